@@ -1,0 +1,39 @@
+//! xsteer's eBPF programs: parse, look up, mark, count.
+//!
+//! One file per attach point, as the packet travels:
+//! - [`from_pod`]: tc ingress of a pod's host-side veth; stamps the encrypt mark.
+//! - [`to_wire`]: tc egress of the uplink; drops what would leave unencrypted.
+//! - [`from_wire`]: XDP on the uplink; drops plaintext from peers' pods and ESP with a bad SPI.
+//!
+//! Policy (which CIDRs, which SPIs, which peers) lives in userspace and reaches the programs
+//! only through the maps in [`maps`]. On the host the crate builds an empty binary so that a
+//! workspace-wide `cargo clippy` works; the real build is `cargo xtask build-ebpf`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod from_pod;
+#[cfg(target_arch = "bpf")]
+mod from_wire;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod to_wire;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called.
+    loop {}
+}
+
+/// Programs attached with `tc` carry this license so they may use GPL-only helpers.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

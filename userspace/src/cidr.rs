@@ -1,0 +1,156 @@
+//! IPv4 CIDRs as operators write them, checked strictly.
+
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+/// An IPv4 network: an address with no bits set past the prefix, and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    prefix_len: u8,
+}
+
+/// Why a string is not an IPv4 CIDR.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    /// No `/` separates address and prefix length.
+    #[error("{0:?} is not a CIDR: expected ADDRESS/PREFIX, e.g. 10.244.1.0/24")]
+    NoPrefix(String),
+    /// The address part does not parse.
+    #[error("{0:?} is not a CIDR: {1:?} is not an IPv4 address")]
+    Address(String, String),
+    /// The prefix length is not a number from 0 to 32.
+    #[error("{0:?} is not a CIDR: prefix length must be 0..=32")]
+    PrefixLen(String),
+    /// Bits are set past the prefix, e.g. `10.0.0.1/24`.
+    #[error("{input:?} has host bits set: did you mean {network}?")]
+    HostBits {
+        /// What was given.
+        input: String,
+        /// The network it falls in.
+        network: Ipv4Cidr,
+    },
+}
+
+impl Ipv4Cidr {
+    /// The network `addr/prefix_len`; fails if bits past the prefix are set.
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Self, CidrError> {
+        let input = format!("{addr}/{prefix_len}");
+        if prefix_len > 32 {
+            return Err(CidrError::PrefixLen(input));
+        }
+        let network = Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix_len)),
+            prefix_len,
+        };
+        if network.addr != addr {
+            return Err(CidrError::HostBits { input, network });
+        }
+        Ok(network)
+    }
+
+    fn mask(prefix_len: u8) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// Whether `addr` is inside this network.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    }
+
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| CidrError::NoPrefix(s.to_owned()))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| CidrError::Address(s.to_owned(), addr.to_owned()))?;
+        // Only plain decimal: "+24" or "024" would be accepted by u8's parser.
+        if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CidrError::PrefixLen(s.to_owned()));
+        }
+        let len: u8 = len
+            .parse()
+            .map_err(|_| CidrError::PrefixLen(s.to_owned()))?;
+        Ipv4Cidr::new(addr, len).map_err(|e| match e {
+            CidrError::HostBits { network, .. } => CidrError::HostBits {
+                input: s.to_owned(),
+                network,
+            },
+            CidrError::PrefixLen(_) => CidrError::PrefixLen(s.to_owned()),
+            other => other,
+        })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_networks() {
+        let c: Ipv4Cidr = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(c.addr(), Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c.prefix_len(), 24);
+        assert_eq!(c.to_string(), "10.244.1.0/24");
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().prefix_len(), 0);
+        assert_eq!("10.0.0.7/32".parse::<Ipv4Cidr>().unwrap().prefix_len(), 32);
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_it() {
+        let host_bits = "10.244.1.5/24".parse::<Ipv4Cidr>().unwrap_err();
+        assert_eq!(
+            host_bits.to_string(),
+            "\"10.244.1.5/24\" has host bits set: did you mean 10.244.1.0/24?"
+        );
+        for bad in [
+            "10.244.1.0",
+            "10.244.1.0/33",
+            "10.244.1.0/",
+            "10.244.1.0/+8",
+            "x/8",
+        ] {
+            let err = bad.parse::<Ipv4Cidr>().unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn contains_and_overlaps() {
+        let a: Ipv4Cidr = "10.244.0.0/16".parse().unwrap();
+        let b: Ipv4Cidr = "10.244.3.0/24".parse().unwrap();
+        let c: Ipv4Cidr = "10.245.0.0/16".parse().unwrap();
+        assert!(a.contains(Ipv4Addr::new(10, 244, 255, 1)));
+        assert!(!a.contains(Ipv4Addr::new(10, 245, 0, 1)));
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!a.overlaps(&c));
+        assert!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().overlaps(&c));
+    }
+}

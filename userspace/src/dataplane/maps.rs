@@ -1,0 +1,192 @@
+//! Typed views of the maps: CIDRs and addresses in, kernel layouts out.
+//!
+//! Each view borrows its map from the [`super::Dataplane`] and converts between the agent's
+//! types (`Ipv4Cidr`, `Ipv4Addr`) and the `#[repr(C)]` layouts of `xsteer_common::maps`.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    Pod,
+    maps::{
+        HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
+    util::nr_cpus,
+};
+use xsteer_common::{
+    counters::Counter,
+    maps::{self as names, EspStats, Ipv4, LocalPodCidr, PeerNode, PeerSpi, RemotePodCidr},
+};
+
+use super::DataplaneError;
+use crate::cidr::Ipv4Cidr;
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// An LPM trie keyed by IPv4 CIDR.
+pub struct CidrMap<'a, V: Pod> {
+    name: &'static str,
+    trie: LpmTrie<&'a mut MapData, Ipv4, V>,
+}
+
+/// Remote pod CIDR → where and with which key to send.
+pub type RemotePodCidrs<'a> = CidrMap<'a, RemotePodCidr>;
+/// This node's pod CIDRs.
+pub type LocalPodCidrs<'a> = CidrMap<'a, LocalPodCidr>;
+
+impl<'a, V: Pod> CidrMap<'a, V> {
+    pub(super) fn new(map: &'a mut Map, name: &'static str) -> Result<Self, DataplaneError> {
+        let trie = LpmTrie::try_from(map).map_err(map_err(name))?;
+        Ok(CidrMap { name, trie })
+    }
+
+    fn key(cidr: Ipv4Cidr) -> Key<Ipv4> {
+        Key::new(u32::from(cidr.prefix_len()), cidr.addr().octets())
+    }
+
+    /// Adds or replaces the entry for `cidr`: one atomic update as the programs see it.
+    pub fn insert(&mut self, cidr: Ipv4Cidr, value: V) -> Result<(), DataplaneError> {
+        self.trie
+            .insert(&Self::key(cidr), value, 0)
+            .map_err(map_err(self.name))
+    }
+
+    /// Removes the entry for `cidr`.
+    pub fn remove(&mut self, cidr: Ipv4Cidr) -> Result<(), DataplaneError> {
+        self.trie
+            .remove(&Self::key(cidr))
+            .map_err(map_err(self.name))
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> Result<Vec<(Ipv4Cidr, V)>, DataplaneError> {
+        self.trie
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(map_err(self.name))?;
+                let cidr = Ipv4Cidr::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                    .expect("the kernel stores LPM keys masked to their prefix");
+                Ok((cidr, value))
+            })
+            .collect()
+    }
+}
+
+/// Peer node IP → peer node.
+pub struct PeerNodes<'a> {
+    map: HashMap<&'a mut MapData, Ipv4, PeerNode>,
+}
+
+impl<'a> PeerNodes<'a> {
+    pub(super) fn new(map: &'a mut Map) -> Result<Self, DataplaneError> {
+        let map = HashMap::try_from(map).map_err(map_err(names::PEER_NODES))?;
+        Ok(PeerNodes { map })
+    }
+
+    /// Adds or replaces the peer at `node_ip`.
+    pub fn insert(&mut self, node_ip: Ipv4Addr, node: PeerNode) -> Result<(), DataplaneError> {
+        self.map
+            .insert(node_ip.octets(), node, 0)
+            .map_err(map_err(names::PEER_NODES))
+    }
+
+    /// Removes the peer at `node_ip`.
+    pub fn remove(&mut self, node_ip: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.map
+            .remove(&node_ip.octets())
+            .map_err(map_err(names::PEER_NODES))
+    }
+}
+
+/// (peer node IP, wire SPI) → ESP accepted under it; presence means "valid".
+pub struct PeerSpis<'a> {
+    map: PerCpuHashMap<&'a mut MapData, PeerSpi, EspStats>,
+}
+
+impl<'a> PeerSpis<'a> {
+    pub(super) fn new(map: &'a mut Map) -> Result<Self, DataplaneError> {
+        let map = PerCpuHashMap::try_from(map).map_err(map_err(names::PEER_SPIS))?;
+        Ok(PeerSpis { map })
+    }
+
+    fn key(node_ip: Ipv4Addr, spi: u32) -> PeerSpi {
+        PeerSpi {
+            node_ip: node_ip.octets(),
+            spi,
+        }
+    }
+
+    /// Marks `spi` valid for the peer at `node_ip`, with zeroed counts.
+    pub fn insert(&mut self, node_ip: Ipv4Addr, spi: u32) -> Result<(), DataplaneError> {
+        let cpus = nr_cpus().map_err(|(_, io)| DataplaneError::Cpus(io))?;
+        let zeros = PerCpuValues::try_from(vec![EspStats::default(); cpus])
+            .map_err(DataplaneError::Cpus)?;
+        self.map
+            .insert(Self::key(node_ip, spi), zeros, 0)
+            .map_err(map_err(names::PEER_SPIS))
+    }
+
+    /// Withdraws `spi` from the peer at `node_ip`.
+    pub fn remove(&mut self, node_ip: Ipv4Addr, spi: u32) -> Result<(), DataplaneError> {
+        self.map
+            .remove(&Self::key(node_ip, spi))
+            .map_err(map_err(names::PEER_SPIS))
+    }
+
+    /// ESP accepted from `node_ip` under `spi`, summed over CPUs.
+    pub fn stats(&self, node_ip: Ipv4Addr, spi: u32) -> Result<EspStats, DataplaneError> {
+        let per_cpu = self
+            .map
+            .get(&Self::key(node_ip, spi), 0)
+            .map_err(map_err(names::PEER_SPIS))?;
+        Ok(per_cpu
+            .iter()
+            .fold(EspStats::default(), |sum, cpu| EspStats {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+            }))
+    }
+}
+
+/// The per-verdict counters.
+pub struct Counters<'a> {
+    map: PerCpuArray<&'a mut MapData, u64>,
+}
+
+/// A snapshot of every counter, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValues([u64; Counter::COUNT as usize]);
+
+impl CounterValues {
+    /// The value of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// Every counter with its name, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.iter().map(|&c| (c, self.get(c)))
+    }
+}
+
+impl<'a> Counters<'a> {
+    pub(super) fn new(map: &'a mut Map) -> Result<Self, DataplaneError> {
+        let map = PerCpuArray::try_from(map).map_err(map_err(names::COUNTERS))?;
+        Ok(Counters { map })
+    }
+
+    /// Reads every counter.
+    pub fn read(&self) -> Result<CounterValues, DataplaneError> {
+        let mut values = CounterValues::default();
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .map
+                .get(&(counter as u32), 0)
+                .map_err(map_err(names::COUNTERS))?;
+            values.0[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(values)
+    }
+}

@@ -1,0 +1,8 @@
+//! xsteer: an eBPF-accelerated encrypt-steering dataplane for Kubernetes.
+//!
+//! tc and XDP programs stamp skb marks on pod traffic bound for other nodes; the kernel's xfrm
+//! policies and policy routing select on those marks and encrypt with IPsec ESP. This crate is
+//! the userspace side: it loads the programs and manages what they read.
+
+pub mod cidr;
+pub mod dataplane;

@@ -1,0 +1,55 @@
+//! xsteer's developer tasks, run as `cargo xtask <task>`.
+//!
+//! Each task installs what it needs (Debian packages, the nightly's rust-src, bpf-linker) and
+//! says so, so a fresh machine needs nothing but cargo and root.
+
+mod bench;
+mod build_ebpf;
+mod install;
+mod test;
+mod vm;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "xsteer developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object, installing rust-src and bpf-linker first if missing.
+    BuildEbpf,
+    /// Run every test level: unit, bpf-tests (root), and the end-to-end tests in the VM bed.
+    Test(test::Args),
+    /// Measure the dataplane and write docs/benchmarks.md.
+    Bench(bench::Args),
+    /// Boot a stock Debian kernel under qemu and run a command in it.
+    Vm(vm::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::BuildEbpf => build_ebpf::run(&root).map(drop),
+        Task::Test(args) => test::run(&root, args),
+        Task::Bench(args) => bench::run(&root, args),
+        Task::Vm(args) => {
+            let code = vm::run(&root, args)?;
+            std::process::exit(code)
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
