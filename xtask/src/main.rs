@@ -5,6 +5,7 @@
 
 mod bench;
 mod build_ebpf;
+mod demo;
 mod install;
 mod test;
 mod vm;
@@ -24,6 +25,8 @@ struct Cli {
 enum Task {
     /// Build the eBPF object, installing rust-src and bpf-linker first if missing.
     BuildEbpf,
+    /// The main job: build, verify the programs in this kernel, run the packet tests, report.
+    Demo,
     /// Run every test level: unit, bpf-tests (root), and the end-to-end tests in the VM bed.
     Test(test::Args),
     /// Measure the dataplane and write docs/benchmarks.md.
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::BuildEbpf => build_ebpf::run(&root).map(drop),
+        Task::Demo => demo::run(&root),
         Task::Test(args) => test::run(&root, args),
         Task::Bench(args) => bench::run(&root, args),
         Task::Vm(args) => {

@@ -4,6 +4,7 @@
 //! nothing on disk. aya-log is compiled into the programs but silenced at load time: a live
 //! `debug!` costs about 30 ns per packet even when nobody reads the log.
 
+pub mod bpffs;
 mod maps;
 
 use std::path::{Path, PathBuf};

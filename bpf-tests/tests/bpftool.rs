@@ -1,0 +1,67 @@
+//! Maps carry BTF, so `bpftool map dump pinned` prints field names, not hex.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use xsteer::dataplane::bpffs;
+use xsteer_bpf_tests::{dataplane, topology::populate};
+use xsteer_common::maps::{COUNTERS, PEER_SPIS, REMOTE_POD_CIDRS};
+
+/// A pin directory of this test's own, removed when dropped.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bpftool_dump(path: &PathBuf) -> String {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "dump", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool is installed by `cargo xtask test`");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn bpftool_dump_of_pinned_maps_shows_field_names() {
+    let Some(mut dp) = dataplane("bpftool_dump_of_pinned_maps_shows_field_names") else {
+        return;
+    };
+    populate(&mut dp);
+    bpffs::ensure_mounted().expect("mount bpffs");
+    let dir = PinDir(
+        PathBuf::from(bpffs::BPFFS_ROOT).join(format!("xsteer-test-{}", std::process::id())),
+    );
+    fs::create_dir_all(&dir.0).unwrap();
+    dp.pin_maps(&dir.0).unwrap();
+
+    let remote = bpftool_dump(&dir.0.join(REMOTE_POD_CIDRS));
+    for expected in [
+        r#""prefix_len":24"#,
+        r#""data":[10,244,2,0]"#,
+        r#""node_id":2"#,
+        r#""spi":3"#,
+        r#""flags":0"#,
+    ] {
+        assert!(
+            remote.contains(expected),
+            "{expected} missing from {remote}"
+        );
+    }
+    let spis = bpftool_dump(&dir.0.join(PEER_SPIS));
+    for expected in [
+        r#""node_ip":[192,168,0,2]"#,
+        r#""spi":131075"#,
+        r#""packets":0"#,
+    ] {
+        assert!(spis.contains(expected), "{expected} missing from {spis}");
+    }
+    assert!(bpftool_dump(&dir.0.join(COUNTERS)).contains(r#""values":"#));
+}
