@@ -5,4 +5,8 @@
 //! the userspace side: it loads the programs and manages what they read.
 
 pub mod cidr;
+pub mod config;
 pub mod dataplane;
+pub mod keys;
+pub mod netlink;
+pub mod xfrm;

@@ -122,7 +122,7 @@ fn bpf_linker_llvm_major() -> Option<Option<u32>> {
     let path = output(Command::new("sh").args(["-c", "command -v bpf-linker"]))?;
     let libs = output(Command::new("ldd").arg(path.trim())).unwrap_or_default();
     Some(libs.lines().find_map(|line| {
-        let name = line.trim().split_whitespace().next()?;
+        let name = line.split_whitespace().next()?;
         let version = name
             .strip_prefix("libLLVM.so.")
             .or_else(|| name.strip_prefix("libLLVM-"))?;

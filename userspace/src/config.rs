@@ -1,0 +1,903 @@
+//! The TOML config of `xsteer apply`: this node, its peers, the key file and the route table.
+//!
+//! Everything is checked here, before anything touches the kernel: a config that parses into a
+//! [`Config`] is complete and consistent, so a later step never fails halfway through an apply
+//! because of bad input. Every problem is reported at once, each naming its field path, e.g.
+//! `peers[1].pod_cidrs[0]: 10.244.1.0/24 overlaps node.pod_cidr 10.244.1.0/24`.
+//! docs/examples/xsteer.toml documents every field.
+
+use std::{
+    collections::HashMap,
+    fmt, fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::Deserialize;
+
+use crate::{cidr::Ipv4Cidr, keys::Epoch};
+
+/// The policy-routing table used when the config names none.
+pub const DEFAULT_ROUTE_TABLE: u32 = 200;
+
+/// Most problems listed in one error; the rest are counted.
+const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Path of the key file. A relative path in a file read by [`Config::from_path`] is resolved
+    /// against that file's directory.
+    pub key_file: PathBuf,
+    /// The routing table for the routes of remote pod CIDRs (not 0, 253, 254 or 255).
+    pub route_table: u32,
+    /// This node.
+    pub node: Node,
+    /// The other nodes, in file order.
+    pub peers: Vec<Peer>,
+}
+
+/// The node xsteer runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Node name, e.g. the Kubernetes node name.
+    pub name: String,
+    /// The IP the node's ESP tunnels start and end at.
+    pub ip: Ipv4Addr,
+    /// Node ID, 1..=65535; it goes into bits 16–31 of the skb mark.
+    pub id: u16,
+    /// The interface that carries the tunnels.
+    pub uplink: String,
+    /// The CIDR of this node's pods.
+    pub pod_cidr: Ipv4Cidr,
+    /// This node's epoch, an input of every SA key it shares.
+    pub epoch: Epoch,
+}
+
+/// Another node that pod traffic is encrypted to and from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Node name; unique in the config.
+    pub name: String,
+    /// The peer's tunnel endpoint IP.
+    pub ip: Ipv4Addr,
+    /// The peer's node ID, 1..=65535.
+    pub id: u16,
+    /// The CIDRs of the peer's pods; at least one.
+    pub pod_cidrs: Vec<Ipv4Cidr>,
+    /// The peer's epoch.
+    pub epoch: Epoch,
+}
+
+/// One thing wrong with a config, at one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `peers[1].pod_cidrs[0]`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a config was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        /// The path given.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The text is not valid TOML, or does not fit the schema (unknown field, wrong type, a
+    /// missing field); the message has the line and column.
+    #[error("{}{source}", in_file(path))]
+    Toml {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// The toml crate's error.
+        source: toml::de::Error,
+    },
+    /// Values are out of range or inconsistent; every problem found is listed.
+    #[error("{}{}", in_file(path), list_problems(problems))]
+    Invalid {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// The problems, in file order of the field they name.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The validation problems, if that is what this error is.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+
+    fn with_path(self, file: &Path) -> ConfigError {
+        let path = Some(file.to_owned());
+        match self {
+            ConfigError::Toml { source, .. } => ConfigError::Toml { path, source },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid { path, problems },
+            io @ ConfigError::Io { .. } => io,
+        }
+    }
+}
+
+fn in_file(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
+
+fn list_problems(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => {
+            let mut out = format!("{} problems:", many.len());
+            for problem in many.iter().take(MAX_LISTED_PROBLEMS) {
+                out.push_str(&format!("\n  {problem}"));
+            }
+            if many.len() > MAX_LISTED_PROBLEMS {
+                out.push_str(&format!(
+                    "\n  ... and {} more",
+                    many.len() - MAX_LISTED_PROBLEMS
+                ));
+            }
+            out
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`; a relative `key_file` is resolved against the
+    /// directory of `path`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = text.parse::<Config>().map_err(|e| e.with_path(path))?;
+        if let Some(dir) = path.parent().filter(|_| config.key_file.is_relative()) {
+            config.key_file = dir.join(&config.key_file);
+        }
+        Ok(config)
+    }
+
+    /// Checks every rule a config must satisfy: the per-field ones (IDs, route table, uplink
+    /// name, names, at least one pod CIDR per peer) and the ones across nodes (no duplicate
+    /// node ID, IP or name; no overlapping pod CIDRs; no node IP inside a pod CIDR). Parsing
+    /// already calls it; call it again after building or changing a `Config` in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: None,
+                problems,
+            })
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
+        if self.key_file.as_os_str().is_empty() {
+            p.push("key_file", "must not be empty");
+        }
+        if let Some(why) = route_table_problem(self.route_table) {
+            p.push("route_table", why);
+        }
+
+        let node = &self.node;
+        check_name(&mut p, "node.name", &node.name);
+        check_ip(&mut p, "node.ip", node.ip);
+        check_id(&mut p, "node.id", node.id);
+        if let Some(why) = uplink_problem(&node.uplink) {
+            p.push("node.uplink", why);
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            check_name(&mut p, &format!("peers[{i}].name"), &peer.name);
+            check_ip(&mut p, &format!("peers[{i}].ip"), peer.ip);
+            check_id(&mut p, &format!("peers[{i}].id"), peer.id);
+            if peer.pod_cidrs.is_empty() {
+                p.push(
+                    format!("peers[{i}].pod_cidrs"),
+                    "must list at least one CIDR",
+                );
+            }
+        }
+
+        // Uniqueness across the node and all peers; the later one is reported.
+        let mut names: HashMap<&str, String> = HashMap::new();
+        let mut ids: HashMap<u16, String> = HashMap::new();
+        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+        let nodes = std::iter::once(("node".to_owned(), &node.name, node.id, node.ip)).chain(
+            self.peers
+                .iter()
+                .enumerate()
+                .map(|(i, peer)| (format!("peers[{i}]"), &peer.name, peer.id, peer.ip)),
+        );
+        for (at, name, id, ip) in nodes {
+            if let Some(first) = names.get(name.as_str()) {
+                p.push(
+                    format!("{at}.name"),
+                    format!("{name:?} duplicates {first}.name"),
+                );
+            } else {
+                names.insert(name, at.clone());
+            }
+            if let Some(first) = ids.get(&id) {
+                p.push(format!("{at}.id"), format!("{id} duplicates {first}.id"));
+            } else {
+                ids.insert(id, at.clone());
+            }
+            if let Some(first) = ips.get(&ip) {
+                p.push(format!("{at}.ip"), format!("{ip} duplicates {first}.ip"));
+            } else {
+                ips.insert(ip, at);
+            }
+        }
+
+        // Pod CIDRs: no two overlap, wherever they are.
+        let cidrs: Vec<(String, Ipv4Cidr)> =
+            std::iter::once(("node.pod_cidr".to_owned(), node.pod_cidr))
+                .chain(self.peers.iter().enumerate().flat_map(|(i, peer)| {
+                    peer.pod_cidrs
+                        .iter()
+                        .enumerate()
+                        .map(move |(j, c)| (format!("peers[{i}].pod_cidrs[{j}]"), *c))
+                }))
+                .collect();
+        for (k, (at, cidr)) in cidrs.iter().enumerate() {
+            for (first_at, first) in &cidrs[..k] {
+                if cidr.overlaps(first) {
+                    p.push(at.clone(), format!("{cidr} overlaps {first_at} {first}"));
+                }
+            }
+        }
+
+        // Node IPs are outside every pod CIDR: tunnel traffic must never look like pod traffic.
+        let ips = std::iter::once(("node.ip".to_owned(), node.ip)).chain(
+            self.peers
+                .iter()
+                .enumerate()
+                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
+        );
+        for (at, ip) in ips {
+            for (cidr_at, cidr) in &cidrs {
+                if cidr.contains(ip) {
+                    p.push(at.clone(), format!("{ip} is inside {cidr_at} {cidr}"));
+                }
+            }
+        }
+        p.0
+    }
+}
+
+impl FromStr for Config {
+    type Err = ConfigError;
+
+    /// Parses and validates config text; `key_file` is taken as it is.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Toml { path: None, source })?;
+        let config = raw.convert().map_err(|problems| ConfigError::Invalid {
+            path: None,
+            problems,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Parses `text` as a `T`, recording the problem under `path` if it does not parse.
+    fn parse<T>(&mut self, path: impl Into<String>, text: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        text.parse()
+            .map_err(|e| self.push(path, format!("{e}")))
+            .ok()
+    }
+
+    fn id(&mut self, path: impl Into<String>, id: i64) -> Option<u16> {
+        match u16::try_from(id) {
+            Ok(id) if id != 0 => Some(id),
+            _ => {
+                self.push(path, format!("must be 1..=65535, found {id}"));
+                None
+            }
+        }
+    }
+}
+
+fn check_name(p: &mut Problems, path: &str, name: &str) {
+    if name.is_empty() {
+        p.push(path, "must not be empty");
+    } else if name.len() > 253 {
+        p.push(
+            path,
+            format!("must be at most 253 bytes, found {}", name.len()),
+        );
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        p.push(
+            path,
+            format!("{name:?} contains whitespace or control characters"),
+        );
+    }
+}
+
+fn check_ip(p: &mut Problems, path: &str, ip: Ipv4Addr) {
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        p.push(
+            path,
+            format!("{ip} is not a unicast address a tunnel can use"),
+        );
+    }
+}
+
+fn check_id(p: &mut Problems, path: &str, id: u16) {
+    if id == 0 {
+        p.push(path, "must be 1..=65535, found 0");
+    }
+}
+
+fn route_table_problem(table: u32) -> Option<String> {
+    let reserved = match table {
+        0 => "0 is not a table (RT_TABLE_UNSPEC)",
+        253 => "253 is the kernel's default table",
+        254 => "254 is the kernel's main table",
+        255 => "255 is the kernel's local table",
+        _ => return None,
+    };
+    Some(format!(
+        "{reserved}; use another one (1..=4294967295 except 253, 254, 255)"
+    ))
+}
+
+/// Why `name` is not a Linux interface name, if it is not.
+fn uplink_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 15 {
+        return Some(format!(
+            "an interface name is 1..=15 bytes, found {}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} is not an interface name"));
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Some(format!(
+            "{name:?} is not an interface name: it must not contain '/', ':', whitespace or \
+             control characters"
+        ));
+    }
+    None
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    key_file: PathBuf,
+    route_table: Option<i64>,
+    node: RawNode,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    ip: String,
+    id: i64,
+    uplink: String,
+    pod_cidr: String,
+    epoch: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    ip: String,
+    id: i64,
+    pod_cidrs: Vec<String>,
+    epoch: String,
+}
+
+fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<Ipv4Addr> {
+    text.parse()
+        .map_err(|_| p.push(path, format!("{text:?} is not an IPv4 address")))
+        .ok()
+}
+
+impl RawConfig {
+    /// Turns strings and wide integers into typed values; the rules across fields come after,
+    /// in [`Config::validate`].
+    fn convert(self) -> Result<Config, Vec<Problem>> {
+        let mut p = Problems::default();
+        let route_table = match self.route_table {
+            None => Some(DEFAULT_ROUTE_TABLE),
+            Some(t) => u32::try_from(t)
+                .map_err(|_| {
+                    p.push(
+                        "route_table",
+                        format!("must be 1..=4294967295 except 253, 254, 255, found {t}"),
+                    )
+                })
+                .ok(),
+        };
+        let n = self.node;
+        // Every field is parsed, so that all problems are reported, before any is combined.
+        let ip = parse_ip(&mut p, "node.ip", &n.ip);
+        let id = p.id("node.id", n.id);
+        let pod_cidr = p.parse("node.pod_cidr", &n.pod_cidr);
+        let epoch = p.parse("node.epoch", &n.epoch);
+        let node = match (ip, id, pod_cidr, epoch) {
+            (Some(ip), Some(id), Some(pod_cidr), Some(epoch)) => Some(Node {
+                name: n.name,
+                ip,
+                id,
+                uplink: n.uplink,
+                pod_cidr,
+                epoch,
+            }),
+            _ => None,
+        };
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for (i, peer) in self.peers.into_iter().enumerate() {
+            let ip = parse_ip(&mut p, &format!("peers[{i}].ip"), &peer.ip);
+            let id = p.id(format!("peers[{i}].id"), peer.id);
+            let cidrs: Vec<Option<Ipv4Cidr>> = peer
+                .pod_cidrs
+                .iter()
+                .enumerate()
+                .map(|(j, c)| p.parse(format!("peers[{i}].pod_cidrs[{j}]"), c))
+                .collect();
+            let epoch = p.parse(format!("peers[{i}].epoch"), &peer.epoch);
+            if let (Some(ip), Some(id), Some(pod_cidrs), Some(epoch)) =
+                (ip, id, cidrs.into_iter().collect(), epoch)
+            {
+                peers.push(Peer {
+                    name: peer.name,
+                    ip,
+                    id,
+                    pod_cidrs,
+                    epoch,
+                });
+            }
+        }
+        match (route_table, node) {
+            (Some(route_table), Some(node)) if p.0.is_empty() => Ok(Config {
+                key_file: self.key_file,
+                route_table,
+                node,
+                peers,
+            }),
+            _ => Err(p.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        fs,
+        os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    };
+
+    use super::*;
+    use crate::keys::{KeyFile, SaKey, SaKeyId};
+
+    const BASE: &str = r#"
+key_file = "/etc/xsteer/keys"
+[node]
+name = "node-a"
+ip = "192.168.0.1"
+id = 1
+uplink = "eth0"
+pod_cidr = "10.244.1.0/24"
+epoch = "00112233445566778899aabbccddeeff"
+
+[[peers]]
+name = "node-b"
+ip = "192.168.0.2"
+id = 2
+pod_cidrs = ["10.244.2.0/24"]
+epoch = "ffeeddccbbaa99887766554433221100"
+"#;
+
+    const PEER_C: &str = r#"
+[[peers]]
+name = "node-c"
+ip = "192.168.0.3"
+id = 3
+pod_cidrs = ["10.244.3.0/24"]
+epoch = "0123456789abcdef0123456789abcdef"
+"#;
+
+    /// BASE and node-c, with `from` replaced by `to` (the first occurrence after `after`).
+    fn edited(after: &str, from: &str, to: &str) -> String {
+        let text = format!("{BASE}{PEER_C}");
+        let start = text.find(after).expect("anchor present");
+        let at = start + text[start..].find(from).expect("text present");
+        format!("{}{to}{}", &text[..at], &text[at + from.len()..])
+    }
+
+    fn error(text: &str) -> String {
+        text.parse::<Config>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_valid_config() {
+        let config: Config = format!("{BASE}{PEER_C}").parse().unwrap();
+        assert_eq!(config.key_file, PathBuf::from("/etc/xsteer/keys"));
+        assert_eq!(config.route_table, DEFAULT_ROUTE_TABLE);
+        assert_eq!(config.node.name, "node-a");
+        assert_eq!(config.node.ip, Ipv4Addr::new(192, 168, 0, 1));
+        assert_eq!(config.node.id, 1);
+        assert_eq!(config.node.uplink, "eth0");
+        assert_eq!(config.node.pod_cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(
+            config.node.epoch.to_string(),
+            "00112233445566778899aabbccddeeff"
+        );
+        assert_eq!(config.peers.len(), 2);
+        assert_eq!(config.peers[1].name, "node-c");
+        assert_eq!(config.peers[1].id, 3);
+        assert_eq!(config.peers[1].pod_cidrs[0].to_string(), "10.244.3.0/24");
+        config.validate().unwrap();
+
+        let table: Config = format!("route_table = 4294967295\n{BASE}").parse().unwrap();
+        assert_eq!(table.route_table, u32::MAX);
+        let alone: Config = BASE[..BASE.find("[[peers]]").unwrap()].parse().unwrap();
+        assert!(alone.peers.is_empty());
+    }
+
+    #[test]
+    fn toml_errors_keep_line_and_column() {
+        let e = error(&edited("[node]", "id = 1", "id = ="));
+        assert!(e.contains("line 6, column"), "{e}");
+        let e = error(&edited("[node]", "uplink", "uplnk"));
+        assert!(e.contains("unknown field `uplnk`"), "{e}");
+        assert!(e.contains("line 7"), "{e}");
+        let e = error(&edited("[node]", "id = 1", "id = \"1\""));
+        assert!(e.contains("line 6"), "{e}");
+        let e = error(&format!("{BASE}colour = \"blue\"\n"));
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        let e = error(&edited(
+            "[node]",
+            "epoch = \"00112233445566778899aabbccddeeff\"\n",
+            "",
+        ));
+        assert!(e.contains("missing field `epoch`"), "{e}");
+    }
+
+    #[test]
+    fn rejects_overlapping_pod_cidrs() {
+        assert_eq!(
+            error(&edited("node-b", "10.244.2.0/24", "10.244.1.0/24")),
+            "peers[0].pod_cidrs[0]: 10.244.1.0/24 overlaps node.pod_cidr 10.244.1.0/24"
+        );
+        assert_eq!(
+            error(&edited("node-c", "10.244.3.0/24", "10.244.0.0/16")),
+            "2 problems:\n  \
+             peers[1].pod_cidrs[0]: 10.244.0.0/16 overlaps node.pod_cidr 10.244.1.0/24\n  \
+             peers[1].pod_cidrs[0]: 10.244.0.0/16 overlaps peers[0].pod_cidrs[0] 10.244.2.0/24"
+        );
+        assert_eq!(
+            error(&edited(
+                "node-c",
+                "[\"10.244.3.0/24\"]",
+                "[\"10.244.3.0/24\", \"10.244.3.128/25\"]"
+            )),
+            "peers[1].pod_cidrs[1]: 10.244.3.128/25 overlaps peers[1].pod_cidrs[0] 10.244.3.0/24"
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_ids_ips_and_names() {
+        assert_eq!(
+            error(&edited("node-c", "id = 3", "id = 1")),
+            "peers[1].id: 1 duplicates node.id"
+        );
+        assert_eq!(
+            error(&edited("node-c", "id = 3", "id = 2")),
+            "peers[1].id: 2 duplicates peers[0].id"
+        );
+        assert_eq!(
+            error(&edited("node-c", "192.168.0.3", "192.168.0.1")),
+            "peers[1].ip: 192.168.0.1 duplicates node.ip"
+        );
+        assert_eq!(
+            error(&edited("node-c", "192.168.0.3", "192.168.0.2")),
+            "peers[1].ip: 192.168.0.2 duplicates peers[0].ip"
+        );
+        assert_eq!(
+            error(&format!("{BASE}{PEER_C}").replace("\"node-c\"", "\"node-b\"")),
+            "peers[1].name: \"node-b\" duplicates peers[0].name"
+        );
+        assert_eq!(
+            error(&format!("{BASE}{PEER_C}").replace("\"node-c\"", "\"node-a\"")),
+            "peers[1].name: \"node-a\" duplicates node.name"
+        );
+    }
+
+    #[test]
+    fn rejects_node_ips_inside_pod_cidrs() {
+        assert_eq!(
+            error(&edited("node-b", "192.168.0.2", "10.244.3.7")),
+            "peers[0].ip: 10.244.3.7 is inside peers[1].pod_cidrs[0] 10.244.3.0/24"
+        );
+        assert_eq!(
+            error(&edited("[node]", "192.168.0.1", "10.244.1.1")),
+            "node.ip: 10.244.1.1 is inside node.pod_cidr 10.244.1.0/24"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        assert_eq!(
+            error(&edited("[node]", "id = 1", "id = 0")),
+            "node.id: must be 1..=65535, found 0"
+        );
+        assert_eq!(
+            error(&edited("node-b", "id = 2", "id = 65536")),
+            "peers[0].id: must be 1..=65535, found 65536"
+        );
+        assert_eq!(
+            error(&edited("node-b", "id = 2", "id = -2")),
+            "peers[0].id: must be 1..=65535, found -2"
+        );
+        let ok: Config = edited("node-b", "id = 2", "id = 65535").parse().unwrap();
+        assert_eq!(ok.peers[0].id, 65535);
+    }
+
+    #[test]
+    fn rejects_bad_route_tables() {
+        for (table, why) in [
+            ("0", "0 is not a table (RT_TABLE_UNSPEC)"),
+            ("253", "253 is the kernel's default table"),
+            ("254", "254 is the kernel's main table"),
+            ("255", "255 is the kernel's local table"),
+        ] {
+            assert_eq!(
+                error(&format!("route_table = {table}\n{BASE}")),
+                format!(
+                    "route_table: {why}; use another one (1..=4294967295 except 253, 254, 255)"
+                )
+            );
+        }
+        for table in ["-1", "4294967296"] {
+            assert_eq!(
+                error(&format!("route_table = {table}\n{BASE}")),
+                format!("route_table: must be 1..=4294967295 except 253, 254, 255, found {table}")
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_uplinks() {
+        assert_eq!(
+            error(&edited("[node]", "\"eth0\"", "\"\"")),
+            "node.uplink: an interface name is 1..=15 bytes, found 0"
+        );
+        assert_eq!(
+            error(&edited("[node]", "\"eth0\"", "\"sixteen-bytes-xx\"")),
+            "node.uplink: an interface name is 1..=15 bytes, found 16"
+        );
+        for bad in ["eth 0", "eth/0", "eth0:1", "eth\\t0", ".."] {
+            let e = error(&edited("[node]", "\"eth0\"", &format!("\"{bad}\"")));
+            assert!(e.starts_with("node.uplink: "), "{e}");
+            assert!(e.contains("is not an interface name"), "{e}");
+        }
+        let ok: Config = edited("[node]", "\"eth0\"", "\"fifteen-bytes-x\"")
+            .parse()
+            .unwrap();
+        assert_eq!(ok.node.uplink.len(), 15);
+    }
+
+    #[test]
+    fn rejects_empty_pod_cidrs_and_bad_values() {
+        assert_eq!(
+            error(&edited("node-b", "[\"10.244.2.0/24\"]", "[]")),
+            "peers[0].pod_cidrs: must list at least one CIDR"
+        );
+        assert_eq!(
+            error(&edited("node-b", "10.244.2.0/24", "10.244.2.1/24")),
+            "peers[0].pod_cidrs[0]: \"10.244.2.1/24\" has host bits set: did you mean \
+             10.244.2.0/24?"
+        );
+        assert_eq!(
+            error(&edited("[node]", "10.244.1.0/24", "10.244.1.0")),
+            "node.pod_cidr: \"10.244.1.0\" is not a CIDR: expected ADDRESS/PREFIX, e.g. \
+             10.244.1.0/24"
+        );
+        assert_eq!(
+            error(&edited("[node]", "192.168.0.1", "192.168.0")),
+            "node.ip: \"192.168.0\" is not an IPv4 address"
+        );
+        assert_eq!(
+            error(&edited("[node]", "192.168.0.1", "0.0.0.0")),
+            "node.ip: 0.0.0.0 is not a unicast address a tunnel can use"
+        );
+        assert_eq!(
+            error(&edited(
+                "node-b",
+                "ffeeddccbbaa99887766554433221100",
+                "ffee"
+            )),
+            "peers[0].epoch: an epoch is exactly 32 hex digits (16 random bytes), found 4 \
+             characters"
+        );
+        assert_eq!(
+            error(&edited("[node]", "\"node-a\"", "\"\"")),
+            "node.name: must not be empty"
+        );
+        assert_eq!(
+            error(&edited("", "\"/etc/xsteer/keys\"", "\"\"")),
+            "key_file: must not be empty"
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = edited("[node]", "id = 1", "id = 0")
+            .replace("10.244.2.0/24", "10.244.1.0/24")
+            .replace("192.168.0.3", "192.168.0");
+        // Field values that do not parse are reported first; cross-field rules need them.
+        assert_eq!(
+            error(&text),
+            "2 problems:\n  node.id: must be 1..=65535, found 0\n  \
+             peers[1].ip: \"192.168.0\" is not an IPv4 address"
+        );
+        let mut many = BASE.to_owned();
+        for i in 0..30 {
+            many.push_str(&format!(
+                "[[peers]]\nname = \"p{i}\"\nip = \"10.0.0.{i}\"\nid = {}\n\
+                 pod_cidrs = [\"10.244.1.0/24\"]\nepoch = \"00112233445566778899aabbccddeeff\"\n",
+                i + 10
+            ));
+        }
+        let err = many.parse::<Config>().unwrap_err();
+        // Each overlaps node.pod_cidr and every peer before it.
+        assert_eq!(err.problems().len(), 30 + 29 * 30 / 2);
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("465 problems:\n  peers[1].pod_cidrs[0]: "),
+            "{shown}"
+        );
+        assert!(shown.ends_with("\n  ... and 445 more"), "{shown}");
+    }
+
+    #[test]
+    fn validate_checks_configs_built_in_code() {
+        let mut config: Config = BASE.parse().unwrap();
+        config.peers[0].id = 0;
+        config.route_table = 254;
+        config.peers.push(config.peers[0].clone());
+        let e = config.validate().unwrap_err();
+        let paths: Vec<&str> = e.problems().iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "route_table",
+                "peers[0].id",
+                "peers[1].id",
+                "peers[1].name",
+                "peers[1].id",
+                "peers[1].ip",
+                "peers[1].pod_cidrs[0]"
+            ]
+        );
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xsteer-config-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn from_path_names_the_file_and_resolves_key_file() {
+        let dir = scratch("from-path");
+        let path = dir.join("xsteer.toml");
+        fs::write(&path, BASE.replace("/etc/xsteer/keys", "keys")).unwrap();
+        let config = Config::from_path(&path).unwrap();
+        assert_eq!(config.key_file, dir.join("keys"));
+
+        fs::write(&path, edited("[node]", "id = 1", "id = 0")).unwrap();
+        assert_eq!(
+            Config::from_path(&path).unwrap_err().to_string(),
+            format!("{}: node.id: must be 1..=65535, found 0", path.display())
+        );
+        fs::write(&path, "key_file = \n").unwrap();
+        let e = Config::from_path(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: TOML parse error at line 1", path.display())),
+            "{e}"
+        );
+        let missing = dir.join("missing.toml");
+        let e = Config::from_path(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read config file {}: ", missing.display())),
+            "{e}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The example config and key file in docs/examples are valid and work together.
+    #[test]
+    fn examples_parse_and_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+        let config = Config::from_path(examples.join("xsteer.toml")).unwrap();
+        assert_eq!(config.key_file, PathBuf::from("/etc/xsteer/keys"));
+        assert_eq!(config.node.name, "node-a");
+        assert_eq!(config.peers.len(), 2);
+
+        // git keeps no mode bits but the exec bit: load a 0600 copy, as an operator would.
+        let text = fs::read_to_string(examples.join("keys")).unwrap();
+        assert!(text.contains("NEVER USE IT IN PRODUCTION"));
+        let dir = scratch("examples");
+        let keys_path = dir.join("keys");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&keys_path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        fs::set_permissions(&keys_path, fs::Permissions::from_mode(0o600)).unwrap();
+        let keys = KeyFile::load(&keys_path).unwrap();
+        let newest = keys.newest().unwrap();
+        assert_eq!(newest.spi(), 3);
+        assert!(newest.plus());
+
+        let peer = &config.peers[0];
+        let out = SaKeyId {
+            src: config.node.ip,
+            dst: peer.ip,
+            spi: newest.spi(),
+            src_epoch: config.node.epoch,
+            dst_epoch: peer.epoch,
+        };
+        let (SaKey::Gcm { key: a, .. }, SaKey::Gcm { key: b, .. }) = (
+            keys.derive(&out).unwrap(),
+            keys.derive(&out.reversed()).unwrap(),
+        ) else {
+            panic!("the example key is GCM")
+        };
+        assert_eq!(a.len(), 20);
+        assert_ne!(a.as_bytes(), b.as_bytes());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,580 @@
+//! The xfrm SAs and policies xsteer owns, as plain values that can be listed, compared, applied.
+//!
+//! Reconciling compares "what the kernel holds" with "what it should hold"; both sides use the
+//! types here. xsteer recognises its own objects and never touches anything else:
+//! - SAs carry reqid [`REQID`];
+//! - policies sit at priority [`PEER_POLICY_PRIORITY`] or [`BLOCK_POLICY_PRIORITY`].
+//!
+//! `0x7873` is ASCII "xs". Key material travels in [`Secret`]s, zeroed on drop, and no error or
+//! `Debug` output of this module ever contains it: netlink errors are reduced to their errno.
+
+use std::{fmt, io, net::Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_xfrm::{
+    Address, IPPROTO_ESP, UserTemplate, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK,
+    XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XfrmAttrs,
+};
+use zeroize::Zeroizing;
+
+use crate::{cidr::Ipv4Cidr, netlink::Netlink};
+
+/// The reqid of every SA and policy template xsteer installs.
+pub const REQID: u32 = 0x7873;
+/// Priority of per-peer policies (lower wins in the kernel).
+pub const PEER_POLICY_PRIORITY: u32 = 0x7873_0010;
+/// Priority of the catch-all block policy: below every per-peer policy.
+pub const BLOCK_POLICY_PRIORITY: u32 = 0x7873_0020;
+/// Replay window of inbound SAs, in packets.
+pub const REPLAY_WINDOW: u32 = 32;
+/// The AEAD xsteer uses by default.
+pub const GCM: &str = "rfc4106(gcm(aes))";
+/// Encryption of the CBC fallback.
+pub const CBC: &str = "cbc(aes)";
+/// Authentication of the CBC fallback.
+pub const HMAC_SHA256: &str = "hmac(sha256)";
+/// Truncated ICV length of hmac(sha256) in ESP (RFC 4868), in bits.
+pub const HMAC_SHA256_ICV_BITS: u32 = 128;
+
+/// Key bytes, zeroed when dropped.
+pub type Secret = Zeroizing<Vec<u8>>;
+
+/// An skb mark and the mask it is compared under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mark {
+    /// The value.
+    pub value: u32,
+    /// The bits compared.
+    pub mask: u32,
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}/{:#x}", self.value, self.mask)
+    }
+}
+
+/// The direction of a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Locally delivered traffic.
+    In,
+    /// Locally generated and forwarded traffic on its way out.
+    Out,
+    /// Forwarded traffic, checked on its way in.
+    Fwd,
+}
+
+impl Direction {
+    fn raw(self) -> u8 {
+        match self {
+            Direction::In => XFRM_POLICY_IN,
+            Direction::Out => XFRM_POLICY_OUT,
+            Direction::Fwd => XFRM_POLICY_FWD,
+        }
+    }
+
+    fn from_raw(raw: u8) -> Option<Direction> {
+        match raw {
+            XFRM_POLICY_IN => Some(Direction::In),
+            XFRM_POLICY_OUT => Some(Direction::Out),
+            XFRM_POLICY_FWD => Some(Direction::Fwd),
+            _ => None,
+        }
+    }
+}
+
+/// What a policy does with the packets it selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyAction {
+    /// Drop them.
+    Block,
+    /// Require (in, fwd) or apply (out) ESP in tunnel mode between these node IPs.
+    Tunnel {
+        /// Outer source.
+        src: Ipv4Addr,
+        /// Outer destination.
+        dst: Ipv4Addr,
+    },
+}
+
+/// An xfrm policy as xsteer writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Policy {
+    /// Which path the policy sits on.
+    pub direction: Direction,
+    /// Selector source.
+    pub src: Ipv4Cidr,
+    /// Selector destination.
+    pub dst: Ipv4Cidr,
+    /// The mark the packet must carry, if any.
+    pub mark: Option<Mark>,
+    /// Kernel priority; lower wins.
+    pub priority: u32,
+    /// Block, or the tunnel template.
+    pub action: PolicyAction,
+}
+
+/// What identifies a policy in the kernel: two policies with the same key cannot coexist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Direction.
+    pub direction: Direction,
+    /// Selector source.
+    pub src: Ipv4Cidr,
+    /// Selector destination.
+    pub dst: Ipv4Cidr,
+    /// Mark, if any.
+    pub mark: Option<Mark>,
+}
+
+impl Policy {
+    /// The kernel identity of this policy.
+    pub fn key(&self) -> PolicyKey {
+        PolicyKey {
+            direction: self.direction,
+            src: self.src,
+            dst: self.dst,
+            mark: self.mark,
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dir = match self.direction {
+            Direction::In => "in",
+            Direction::Out => "out",
+            Direction::Fwd => "fwd",
+        };
+        write!(f, "policy {dir} {} -> {}", self.src, self.dst)?;
+        if let Some(mark) = self.mark {
+            write!(f, " mark {mark}")?;
+        }
+        match self.action {
+            PolicyAction::Block => write!(f, " block"),
+            PolicyAction::Tunnel { src, dst } => write!(f, " tunnel {src} -> {dst}"),
+        }
+    }
+}
+
+/// The transform of an SA, keys included.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Crypto {
+    /// `rfc4106(gcm(aes))`: key with its 4-byte salt, ICV length in bits.
+    Gcm {
+        /// AES key followed by the 4-byte salt.
+        key: Secret,
+        /// ICV length in bits (64, 96 or 128).
+        icv_bits: u32,
+    },
+    /// `cbc(aes)` with `hmac(sha256)` truncated to 128 bits.
+    CbcHmacSha256 {
+        /// The AES key.
+        enc_key: Secret,
+        /// The HMAC key.
+        auth_key: Secret,
+    },
+}
+
+impl fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Crypto::Gcm { key, icv_bits } => {
+                write!(
+                    f,
+                    "{GCM} ({} key bits, icv {icv_bits}, key redacted)",
+                    (key.len() - 4) * 8
+                )
+            }
+            Crypto::CbcHmacSha256 { enc_key, .. } => write!(
+                f,
+                "{CBC} ({} key bits) + {HMAC_SHA256}, keys redacted",
+                enc_key.len() * 8
+            ),
+        }
+    }
+}
+
+/// An ESP tunnel-mode SA as xsteer writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    /// Outer source (sending node).
+    pub src: Ipv4Addr,
+    /// Outer destination (receiving node).
+    pub dst: Ipv4Addr,
+    /// The 32-bit wire SPI.
+    pub spi: u32,
+    /// The mark that selects this SA on output; `None` for inbound SAs, found by SPI.
+    pub mark: Option<Mark>,
+    /// Algorithms and keys.
+    pub crypto: Crypto,
+}
+
+/// What identifies an SA in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StateKey {
+    /// Outer destination.
+    pub dst: Ipv4Addr,
+    /// Wire SPI.
+    pub spi: u32,
+}
+
+impl State {
+    /// The kernel identity of this SA.
+    pub fn key(&self) -> StateKey {
+        StateKey {
+            dst: self.dst,
+            spi: self.spi,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SA {} -> {} spi {:#010x}", self.src, self.dst, self.spi)?;
+        if let Some(mark) = self.mark {
+            write!(f, " mark {mark}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an xfrm operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum XfrmError {
+    /// The kernel refused a request.
+    #[error("{op} {what}: {source}")]
+    Kernel {
+        /// "adding", "deleting", "listing", ...
+        op: &'static str,
+        /// The object, without key material.
+        what: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel cannot do ESP at all.
+    #[error(
+        "this kernel has no ESP (CONFIG_INET_ESP is not set and esp4 cannot be loaded); \
+         xsteer refuses to run, as pod traffic would leave in plaintext"
+    )]
+    NoEsp,
+    /// Neither AES-GCM nor the CBC+HMAC fallback is available.
+    #[error("this kernel has ESP but neither {GCM} nor {CBC}+{HMAC_SHA256}")]
+    NoCipher,
+}
+
+fn kernel(
+    op: &'static str,
+    what: impl fmt::Display,
+) -> impl FnOnce(xfrmnetlink::Error) -> XfrmError {
+    let what = what.to_string();
+    move |e| XfrmError::Kernel {
+        op,
+        what,
+        source: errno(e),
+    }
+}
+
+/// Reduces a netlink error to its errno: the message itself may echo the request, keys included.
+fn errno(e: xfrmnetlink::Error) -> io::Error {
+    match e {
+        xfrmnetlink::Error::NetlinkError(message) => message.to_io(),
+        _ => io::Error::other("unexpected netlink reply"),
+    }
+}
+
+fn ipv4(addr: &Address) -> Ipv4Addr {
+    addr.to_ipv4()
+}
+
+fn cidr(addr: &Address, prefix_len: u8) -> Option<Ipv4Cidr> {
+    Ipv4Cidr::new(addr.to_ipv4(), prefix_len).ok()
+}
+
+fn mark_of(nlas: &[XfrmAttrs]) -> Option<Mark> {
+    nlas.iter().find_map(|nla| match nla {
+        XfrmAttrs::Mark(m) => Some(Mark {
+            value: m.value,
+            mask: m.mask,
+        }),
+        _ => None,
+    })
+}
+
+/// The SAs xsteer owns (reqid [`REQID`]), keys included.
+pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
+    let dump: Vec<_> = netlink
+        .xfrm
+        .state()
+        .get_dump()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel("listing", "SAs"))?;
+    Ok(dump
+        .into_iter()
+        .filter(|m| m.user_sa_info.reqid == REQID && m.user_sa_info.id.proto == IPPROTO_ESP)
+        .filter_map(|m| {
+            let info = &m.user_sa_info;
+            let crypto = crypto_of(&m.nlas)?;
+            Some(State {
+                src: ipv4(&info.saddr),
+                dst: ipv4(&info.id.daddr),
+                spi: u32::from_be(info.id.spi),
+                mark: mark_of(&m.nlas),
+                crypto,
+            })
+        })
+        .collect())
+}
+
+fn crypto_of(nlas: &[XfrmAttrs]) -> Option<Crypto> {
+    let name = |raw: &[u8]| {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    };
+    let mut enc = None;
+    let mut auth = None;
+    for nla in nlas {
+        match nla {
+            XfrmAttrs::EncryptionAlgAead(a) if name(&a.alg_name) == GCM => {
+                return Some(Crypto::Gcm {
+                    key: Zeroizing::new(a.alg_key.clone()),
+                    icv_bits: a.alg_icv_len,
+                });
+            }
+            XfrmAttrs::EncryptionAlg(a) if name(&a.alg_name) == CBC => {
+                enc = Some(Zeroizing::new(a.alg_key.clone()));
+            }
+            XfrmAttrs::AuthenticationAlgTrunc(a) if name(&a.alg_name) == HMAC_SHA256 => {
+                auth = Some(Zeroizing::new(a.alg_key.clone()));
+            }
+            _ => {}
+        }
+    }
+    Some(Crypto::CbcHmacSha256 {
+        enc_key: enc?,
+        auth_key: auth?,
+    })
+}
+
+/// Installs `state`.
+pub async fn add_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError> {
+    let mut request = netlink
+        .xfrm
+        .state()
+        .add(state.src.into(), state.dst.into())
+        .protocol(IPPROTO_ESP)
+        .spi(state.spi.to_be())
+        .mode(XFRM_MODE_TUNNEL)
+        .reqid(REQID)
+        .replay_window(REPLAY_WINDOW, 0, 0, 0, 0);
+    if let Some(mark) = state.mark {
+        request = request.mark(mark.value, mark.mask);
+    }
+    let request = match &state.crypto {
+        Crypto::Gcm { key, icv_bits } => request
+            .encryption_aead(GCM, key, *icv_bits)
+            .map_err(kernel("adding", state))?,
+        Crypto::CbcHmacSha256 { enc_key, auth_key } => request
+            .encryption(CBC, enc_key)
+            .map_err(kernel("adding", state))?
+            .authentication_trunc(HMAC_SHA256, auth_key, HMAC_SHA256_ICV_BITS)
+            .map_err(kernel("adding", state))?,
+    };
+    netlink.count_write();
+    request.execute().await.map_err(kernel("adding", state))
+}
+
+/// Removes `state`.
+pub async fn delete_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError> {
+    let mut request = netlink
+        .xfrm
+        .state()
+        .delete(state.src.into(), state.dst.into())
+        .protocol(IPPROTO_ESP)
+        .spi(state.spi.to_be());
+    if let Some(mark) = state.mark {
+        request = request.mark(mark.value, mark.mask);
+    }
+    netlink.count_write();
+    request.execute().await.map_err(kernel("deleting", state))
+}
+
+/// The policies xsteer owns (at its two priorities).
+pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
+    let dump: Vec<_> = netlink
+        .xfrm
+        .policy()
+        .get_dump()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel("listing", "policies"))?;
+    Ok(dump
+        .into_iter()
+        .filter(|m| {
+            matches!(
+                m.user_policy_info.priority,
+                PEER_POLICY_PRIORITY | BLOCK_POLICY_PRIORITY
+            )
+        })
+        .filter_map(|m| {
+            let info = &m.user_policy_info;
+            let sel = &info.selector;
+            let action = if info.action == XFRM_POLICY_BLOCK {
+                PolicyAction::Block
+            } else {
+                let template = m.nlas.iter().find_map(|nla| match nla {
+                    XfrmAttrs::Template(t) => t.first().cloned(),
+                    _ => None,
+                })?;
+                PolicyAction::Tunnel {
+                    src: ipv4(&template.saddr),
+                    dst: ipv4(&template.id.daddr),
+                }
+            };
+            Some(Policy {
+                direction: Direction::from_raw(info.direction)?,
+                src: cidr(&sel.saddr, sel.prefixlen_s)?,
+                dst: cidr(&sel.daddr, sel.prefixlen_d)?,
+                mark: mark_of(&m.nlas),
+                priority: info.priority,
+                action,
+            })
+        })
+        .collect())
+}
+
+/// Installs `policy`, or replaces the policy with the same key in one atomic step.
+pub async fn put_policy(
+    netlink: &Netlink,
+    policy: &Policy,
+    replace: bool,
+) -> Result<(), XfrmError> {
+    let (src, dst) = (policy.src, policy.dst);
+    let handle = netlink.xfrm.policy();
+    let (s, sl, d, dl) = (
+        src.addr().into(),
+        src.prefix_len(),
+        dst.addr().into(),
+        dst.prefix_len(),
+    );
+    let mut request = if replace {
+        handle.update(s, sl, d, dl)
+    } else {
+        handle.add(s, sl, d, dl)
+    }
+    .direction(policy.direction.raw())
+    .priority(policy.priority);
+    if let Some(mark) = policy.mark {
+        request = request.mark(mark.value, mark.mask);
+    }
+    request = match policy.action {
+        PolicyAction::Block => request.action(XFRM_POLICY_BLOCK),
+        PolicyAction::Tunnel { src, dst } => {
+            let mut template = UserTemplate::default();
+            template.source(&src.into());
+            template.destination(&dst.into());
+            template.protocol(IPPROTO_ESP);
+            template.mode(XFRM_MODE_TUNNEL);
+            template.reqid(REQID);
+            request.action(XFRM_POLICY_ALLOW).add_template(template)
+        }
+    };
+    netlink.count_write();
+    let op = if replace { "replacing" } else { "adding" };
+    request.execute().await.map_err(kernel(op, policy))
+}
+
+/// Removes `policy`.
+pub async fn delete_policy(netlink: &Netlink, policy: &Policy) -> Result<(), XfrmError> {
+    let (src, dst) = (policy.src, policy.dst);
+    let mut request = netlink
+        .xfrm
+        .policy()
+        .delete(
+            src.addr().into(),
+            src.prefix_len(),
+            dst.addr().into(),
+            dst.prefix_len(),
+        )
+        .direction(policy.direction.raw());
+    if let Some(mark) = policy.mark {
+        request = request.mark(mark.value, mark.mask);
+    }
+    netlink.count_write();
+    request.execute().await.map_err(kernel("deleting", policy))
+}
+
+/// Which ciphers the kernel can use for ESP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    /// `rfc4106(gcm(aes))`, the default.
+    Gcm,
+    /// `cbc(aes)` + `hmac(sha256)`, the fallback when GCM is missing.
+    CbcHmacSha256,
+}
+
+/// Finds out, by installing and removing a throwaway SA, whether this kernel can do ESP and with
+/// which cipher; prefers GCM.
+///
+/// The probe SA lives between two TEST-NET-1 addresses (RFC 5737) with a reserved SPI and a
+/// random key, and is deleted at once; it can never carry traffic.
+pub async fn probe(netlink: &Netlink) -> Result<Cipher, XfrmError> {
+    let random = |len: usize| -> Secret {
+        let mut key = Zeroizing::new(vec![0u8; len]);
+        // getrandom(2); a short read only weakens a key that never carries traffic.
+        // SAFETY: `key` is a writable buffer of `len` bytes.
+        unsafe { libc::getrandom(key.as_mut_ptr().cast(), len, 0) };
+        key
+    };
+    let probe = |crypto| State {
+        src: Ipv4Addr::new(192, 0, 2, 1),
+        dst: Ipv4Addr::new(192, 0, 2, 2),
+        spi: 0xFF,
+        mark: None,
+        crypto,
+    };
+    let candidates = [
+        (
+            Cipher::Gcm,
+            probe(Crypto::Gcm {
+                key: random(20),
+                icv_bits: 128,
+            }),
+        ),
+        (
+            Cipher::CbcHmacSha256,
+            probe(Crypto::CbcHmacSha256 {
+                enc_key: random(16),
+                auth_key: random(32),
+            }),
+        ),
+    ];
+    for (cipher, state) in candidates {
+        // A probe left behind by a killed run would make the add fail with EEXIST.
+        let _ = delete_state(netlink, &state).await;
+        match add_state(netlink, &state).await {
+            Ok(()) => {
+                delete_state(netlink, &state).await?;
+                return Ok(cipher);
+            }
+            Err(XfrmError::Kernel { source, .. })
+                if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
+            {
+                return Err(XfrmError::NoEsp);
+            }
+            // The algorithm is missing (ENOSYS/ENOENT): try the next one.
+            Err(XfrmError::Kernel { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOSYS | libc::ENOENT)) =>
+            {
+                continue;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Err(XfrmError::NoCipher)
+}
