@@ -71,8 +71,11 @@ fn foreign_mark_bits_are_preserved() {
         // Stale owned bits are replaced, not OR-ed into.
         (0xFFFF_FFFF, 0x0002_3EFF),
     ] {
-        let Some((out, _)) = classify("foreign_mark_bits_are_preserved", &[frame.clone()], mark_in)
-        else {
+        let Some((out, _)) = classify(
+            "foreign_mark_bits_are_preserved",
+            std::slice::from_ref(&frame),
+            mark_in,
+        ) else {
             return;
         };
         assert_eq!(out[0].mark, expected, "mark in {mark_in:#010x}");

@@ -5,7 +5,8 @@
 //! - SAs carry reqid [`REQID`];
 //! - policies sit at priority [`PEER_POLICY_PRIORITY`] or [`BLOCK_POLICY_PRIORITY`].
 //!
-//! `0x7873` is ASCII "xs". Key material travels in [`Secret`]s, zeroed on drop, and no error or
+//! `0x7873` is ASCII "xs". netlink-packet-xfrm converts SPIs to and from network order itself:
+//! they are host-order `u32`s here. Key material travels in [`Secret`]s, zeroed on drop, and no error or
 //! `Debug` output of this module ever contains it: netlink errors are reduced to their errno.
 
 use std::{fmt, io, net::Ipv4Addr};
@@ -322,7 +323,7 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
             Some(State {
                 src: ipv4(&info.saddr),
                 dst: ipv4(&info.id.daddr),
-                spi: u32::from_be(info.id.spi),
+                spi: info.id.spi,
                 mark: mark_of(&m.nlas),
                 crypto,
             })
@@ -367,7 +368,7 @@ pub async fn add_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError
         .state()
         .add(state.src.into(), state.dst.into())
         .protocol(IPPROTO_ESP)
-        .spi(state.spi.to_be())
+        .spi(state.spi)
         .mode(XFRM_MODE_TUNNEL)
         .reqid(REQID)
         .replay_window(REPLAY_WINDOW, 0, 0, 0, 0);
@@ -395,7 +396,7 @@ pub async fn delete_state(netlink: &Netlink, state: &State) -> Result<(), XfrmEr
         .state()
         .delete(state.src.into(), state.dst.into())
         .protocol(IPPROTO_ESP)
-        .spi(state.spi.to_be());
+        .spi(state.spi);
     if let Some(mark) = state.mark {
         request = request.mark(mark.value, mark.mask);
     }

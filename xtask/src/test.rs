@@ -3,13 +3,14 @@
 //! 1. unit tests and bpf-tests (`cargo test --workspace`): the bpf-tests load the real object
 //!    into the host kernel and need root; `XSTEER_REQUIRE_PRIVILEGED=1` turns their skip into a
 //!    failure, so a CI run cannot pass without running them;
-//! 2. end-to-end tests in the VM bed (real ESP), booted once for all of them.
+//!    The netlink tests (`userspace/tests/*.rs`) run here too, each in a fresh network namespace;
+//! 2. end-to-end tests in the VM bed (real ESP): the `e2e` test binary, booted once for all.
 
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
 
-use crate::{build_ebpf, install};
+use crate::{build_ebpf, install, vm};
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -54,8 +55,5 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: level 3: end-to-end tests in the VM bed");
-    anyhow::bail!(
-        "the VM end-to-end level is not wired in yet ({})",
-        root.display()
-    )
+    vm::run_e2e(root)
 }

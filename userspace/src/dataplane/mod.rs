@@ -6,6 +6,7 @@
 
 pub mod bpffs;
 mod maps;
+mod pinned;
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,15 @@ pub enum DataplaneError {
     /// The number of possible CPUs, which sizes per-CPU values, could not be read.
     #[error("counting possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
+    /// The pin directory could not be created.
+    #[error("creating pin directory {}: {source}", path.display())]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// A map could not be pinned.
     #[error("pinning {}: {source}", path.display())]
     Pin {

@@ -1,0 +1,9 @@
+//! End-to-end tests that need a kernel with ESP: they run inside the VM bed, booted once for all
+//! of them by `cargo xtask test` (`--include-ignored --test-threads=1`). On the host they are
+//! ignored: its kernel has no ESP.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod esp_smoke;
+mod wire;

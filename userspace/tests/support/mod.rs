@@ -1,0 +1,178 @@
+//! Shared by the integration tests that touch the kernel: privilege checks, network namespaces,
+//! the `ip` tool, sockets with marks, and the kernel's xfrm counters.
+//!
+//! Each test binary uses a different part of it.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    future::Future,
+    net::UdpSocket,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    process::Command,
+    thread,
+};
+
+/// Whether a test that needs root may run. Without root it prints a loud skip and returns
+/// false, unless `XSTEER_REQUIRE_PRIVILEGED=1` (CI), where a skip is a failure.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let why = format!("{test}: needs root (network namespaces, netlink writes)");
+    if std::env::var("XSTEER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{why}, and XSTEER_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("\n*** SKIPPED {why} ***\n");
+    false
+}
+
+/// Runs `test` on a current-thread tokio runtime in a thread of its own, inside a network
+/// namespace made for it (with lo up). The namespace dies with the thread, and with it
+/// everything the test created there. A panic in `test` fails the caller.
+pub fn in_fresh_netns<F, Fut>(test: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let joined = thread::spawn(move || {
+        // SAFETY: unshare only affects the calling thread, which owns no namespace-bound state yet.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        ip(&["link", "set", "lo", "up"]);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(test());
+    })
+    .join();
+    if let Err(panic) = joined {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A named network namespace (`ip netns add`), deleted when dropped.
+pub struct Netns {
+    /// Its name, for `ip -n`.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates the namespace `name` (deleting a leftover of that name first) with lo up.
+    pub fn new(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "delete", name]).output();
+        ip(&["netns", "add", name]);
+        let netns = Netns {
+            name: name.to_owned(),
+        };
+        netns.ip(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// Runs `ip -n NAME ARGS...`, panicking with its stderr when it fails.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Runs `f` in a thread that has entered this namespace, and returns its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = fs::File::open(Path::new("/run/netns").join(&self.name))
+            .unwrap_or_else(|e| panic!("opening netns {}: {e}", self.name));
+        let joined = thread::spawn(move || {
+            // SAFETY: setns on a namespace fd affects only the calling thread.
+            let rc = unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join();
+        joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Runs `f` on a current-thread tokio runtime inside this namespace.
+    pub fn block_on<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        self.run(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(f())
+        })
+    }
+
+    /// One counter of this namespace's /proc/net/xfrm_stat.
+    pub fn xfrm_stat(&self, name: &'static str) -> u64 {
+        self.run(move || xfrm_stat(name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// Runs `ip ARGS...` in the calling thread's namespace and returns its stdout; panics with its
+/// stderr when it fails.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip {}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("ip prints UTF-8")
+}
+
+/// One counter of the calling thread's network namespace's /proc/net/xfrm_stat.
+pub fn xfrm_stat(name: &str) -> u64 {
+    let text = fs::read_to_string("/proc/thread-self/net/xfrm_stat").expect("reading xfrm_stat");
+    text.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(char::is_whitespace)?;
+            (key == name).then(|| value.trim().parse().expect("a counter"))
+        })
+        .unwrap_or_else(|| panic!("xfrm_stat has no {name}"))
+}
+
+/// Sets SO_MARK on `socket`, as the pod classifier does for pod traffic.
+pub fn set_mark(socket: &UdpSocket, mark: u32) {
+    // SAFETY: a valid socket fd and a u32 option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&raw const mark).cast(),
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_MARK: {}", std::io::Error::last_os_error());
+}
+
+/// Whether the running kernel can do ESP (has esp4 built in or loaded).
+pub fn kernel_has_esp() -> bool {
+    let _ = Command::new("modprobe").arg("esp4").output();
+    fs::read_to_string("/proc/modules").is_ok_and(|m| m.lines().any(|l| l.starts_with("esp4 ")))
+        || fs::read_to_string("/proc/kallsyms").is_ok_and(|k| k.contains(" esp4_init"))
+}

@@ -1,0 +1,162 @@
+//! xfrm policies on the host kernel, in a fresh network namespace: what xsteer writes reads back
+//! the same, replaces atomically, and foreign policies survive untouched.
+//!
+//! SAs need ESP, which the host kernel lacks; they are covered in the VM bed.
+
+mod support;
+
+use std::net::Ipv4Addr;
+
+use support::{in_fresh_netns, ip, require_root};
+use xsteer::{
+    netlink::Netlink,
+    xfrm::{
+        self, BLOCK_POLICY_PRIORITY, Direction, Mark, PEER_POLICY_PRIORITY, Policy, PolicyAction,
+    },
+};
+
+fn cidr(s: &str) -> xsteer::cidr::Ipv4Cidr {
+    s.parse().unwrap()
+}
+
+fn out_policy(generation: u32) -> Policy {
+    Policy {
+        direction: Direction::Out,
+        src: cidr("0.0.0.0/0"),
+        dst: cidr("10.244.2.0/24"),
+        mark: Some(Mark {
+            value: 0x0002_0E00 | generation << 12,
+            mask: 0xFFFF_FF00,
+        }),
+        priority: PEER_POLICY_PRIORITY,
+        action: PolicyAction::Tunnel {
+            src: Ipv4Addr::new(192, 168, 77, 1),
+            dst: Ipv4Addr::new(192, 168, 77, 2),
+        },
+    }
+}
+
+fn block() -> Policy {
+    Policy {
+        direction: Direction::Out,
+        src: cidr("0.0.0.0/0"),
+        dst: cidr("0.0.0.0/0"),
+        mark: Some(Mark {
+            value: 0xE00,
+            mask: 0xF00,
+        }),
+        priority: BLOCK_POLICY_PRIORITY,
+        action: PolicyAction::Block,
+    }
+}
+
+fn fwd_policy() -> Policy {
+    Policy {
+        direction: Direction::Fwd,
+        src: cidr("10.244.2.0/24"),
+        dst: cidr("10.244.1.0/24"),
+        mark: None,
+        priority: PEER_POLICY_PRIORITY,
+        action: PolicyAction::Tunnel {
+            src: Ipv4Addr::new(192, 168, 77, 2),
+            dst: Ipv4Addr::new(192, 168, 77, 1),
+        },
+    }
+}
+
+/// Foreign policies, as another IPsec user would have them.
+const FOREIGN: &[&str] = &[
+    "policy add dir out src 10.9.0.0/16 dst 10.8.0.0/16 priority 5 tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1",
+    "policy add dir in src 10.244.2.0/24 dst 10.244.1.0/24 mark 0x1 mask 0x1 priority 7 tmpl src 192.0.2.2 dst 192.0.2.1 proto esp mode tunnel",
+];
+
+#[test]
+fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
+    if !require_root("policies_round_trip_replace_and_leave_foreign_ones_alone") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        for line in FOREIGN {
+            ip(&["xfrm"]
+                .iter()
+                .copied()
+                .chain(line.split(' '))
+                .collect::<Vec<_>>());
+        }
+        let foreign_before = ip(&["xfrm", "policy", "show"]);
+        let netlink = Netlink::connect().unwrap();
+
+        let mine = [block(), out_policy(3), fwd_policy()];
+        for p in &mine {
+            xfrm::put_policy(&netlink, p, false).await.unwrap();
+        }
+        let mut listed = xfrm::policies(&netlink).await.unwrap();
+        listed.sort();
+        let mut expected = mine.to_vec();
+        expected.sort();
+        assert_eq!(
+            listed, expected,
+            "only xsteer's policies, read back as written"
+        );
+
+        // Replacing keeps the key and swaps the template in one step.
+        let mut moved = out_policy(3);
+        moved.action = PolicyAction::Tunnel {
+            src: Ipv4Addr::new(192, 168, 77, 1),
+            dst: Ipv4Addr::new(192, 168, 77, 9),
+        };
+        xfrm::put_policy(&netlink, &moved, true).await.unwrap();
+        let listed = xfrm::policies(&netlink).await.unwrap();
+        assert!(
+            listed.contains(&moved) && !listed.contains(&out_policy(3)),
+            "{listed:#?}"
+        );
+
+        // Adding an existing key fails loudly, naming the policy.
+        let err = xfrm::put_policy(&netlink, &block(), false)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("adding policy out 0.0.0.0/0 -> 0.0.0.0/0"),
+            "{err}"
+        );
+
+        for p in [block(), moved, fwd_policy()] {
+            xfrm::delete_policy(&netlink, &p).await.unwrap();
+        }
+        assert!(xfrm::policies(&netlink).await.unwrap().is_empty());
+        assert_eq!(
+            ip(&["xfrm", "policy", "show"]),
+            foreign_before,
+            "foreign policies untouched"
+        );
+        // 3 adds, 1 replace, 1 failed add, 3 deletes.
+        assert_eq!(netlink.writes(), 8);
+    });
+}
+
+#[test]
+fn the_block_policy_drops_a_marked_packet_with_no_peer_policy() {
+    if !require_root("the_block_policy_drops_a_marked_packet_with_no_peer_policy") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        ip(&["link", "add", "xs0", "type", "veth", "peer", "name", "xs1"]);
+        ip(&["addr", "add", "192.168.77.1/24", "dev", "xs0"]);
+        ip(&["link", "set", "xs0", "up"]);
+        ip(&["link", "set", "xs1", "up"]);
+        let netlink = Netlink::connect().unwrap();
+        xfrm::put_policy(&netlink, &block(), false).await.unwrap();
+        let before = support::xfrm_stat("XfrmOutPolBlock");
+        // A UDP datagram marked for encryption towards a peer with no policy of its own.
+        let socket = std::net::UdpSocket::bind("192.168.77.1:0").unwrap();
+        support::set_mark(&socket, 0x0002_3E00);
+        let sent = socket.send_to(b"must not leave", "192.168.77.2:9");
+        assert!(sent.is_err(), "the kernel must refuse to send it: {sent:?}");
+        assert_eq!(support::xfrm_stat("XfrmOutPolBlock"), before + 1);
+        // Unmarked traffic is not xsteer's business and flows.
+        let plain = std::net::UdpSocket::bind("192.168.77.1:0").unwrap();
+        plain.send_to(b"fine", "192.168.77.2:9").unwrap();
+    });
+}

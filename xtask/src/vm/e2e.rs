@@ -1,0 +1,96 @@
+//! The end-to-end level of `cargo xtask test`: the `e2e` test binary of the xsteer crate, built
+//! on the host (compiling inside the emulated guest would take far too long) and run in one guest
+//! boot with its VM-only (ignored on the host) tests included.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Args, DEFAULT_MEM_MB, DEFAULT_TIMEOUT_S, Ending};
+use crate::install::{self, Package};
+
+/// Builds the e2e tests, runs them all in the VM, and fails unless at least one ran and none
+/// failed.
+pub fn run_e2e(root: &Path) -> Result<()> {
+    // The tests drive the guest's network with the host's `ip` (the guest runs on the host's /).
+    install::apt(&[Package {
+        name: "iproute2",
+        provides: "ip",
+    }])?;
+    let binary = build(root)?;
+    let args = Args {
+        kernel: None,
+        cpus: None,
+        mem: DEFAULT_MEM_MB,
+        timeout: DEFAULT_TIMEOUT_S,
+        command: vec![
+            binary,
+            "--include-ignored".into(),
+            "--test-threads=1".into(),
+        ],
+    };
+    let guest = super::boot(root, &args)?;
+    match guest.ending {
+        Ending::Exited(0) => {}
+        Ending::Exited(code) => bail!("end-to-end tests failed in the VM (exit code {code})"),
+        Ending::TimedOut => bail!("end-to-end tests timed out in the VM"),
+        Ending::NoExitCode => bail!("the VM running the end-to-end tests died"),
+    }
+    let (passed, failed) = summary(&String::from_utf8_lossy(&guest.stdout));
+    if failed > 0 || passed == 0 {
+        bail!(
+            "end-to-end tests: {passed} passed, {failed} failed; at least one must run, none fail"
+        );
+    }
+    eprintln!("xtask: end-to-end tests in the VM: {passed} passed");
+    Ok(())
+}
+
+/// Builds the `e2e` test binary and returns its path.
+fn build(root: &Path) -> Result<String> {
+    let out = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "test", "--locked", "-p", "xsteer", "--test", "e2e", "--no-run",
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run for the e2e tests")?;
+    if !out.status.success() {
+        bail!("building the e2e tests failed: {}", out.status);
+    }
+    // The `xsteer` binary is built too (for tests that run it): keep the e2e test target's line.
+    const KEY: &str = "\"executable\":\"";
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains("\"kind\":[\"test\"]") && line.contains("\"name\":\"e2e\""))
+        .filter_map(|line| {
+            let rest = &line[line.find(KEY)? + KEY.len()..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .next_back()
+        .context("cargo reported no executable for the e2e tests")
+}
+
+/// Sums libtest's "test result: ok. N passed; M failed; …" lines.
+fn summary(stdout: &str) -> (u32, u32) {
+    let count = |line: &str, what: &str| -> u32 {
+        line.split(';')
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(what)?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    stdout
+        .lines()
+        .filter(|line| line.starts_with("test result:"))
+        .fold((0, 0), |(p, f), line| {
+            (p + count(line, " passed"), f + count(line, " failed"))
+        })
+}

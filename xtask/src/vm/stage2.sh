@@ -1,0 +1,49 @@
+# Stage 2 of the xtask VM guest, PID 1 in the host's root (under the tmpfs overlay): mount the
+# kernel filesystems and the scratch share, prepare what tests expect (aesni_intel, lo), run the
+# command with its output on the two virtio-serial ports, and leave its exit code in the control
+# share. The host treats a missing exit-code file as a failure, so every early exit powers off
+# without one.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+bb=/bin/busybox
+ctl=/run/xtask-vm
+
+fail() {
+	echo "xtask-vm stage 2: $*"
+	$bb dmesg | $bb tail -n 40
+	$bb poweroff -f
+}
+
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+exec >/dev/console 2>&1 </dev/null
+$bb mkdir -p /dev/pts /dev/shm
+$bb mount -t devpts devpts /dev/pts
+$bb mount -t tmpfs tmpfs /dev/shm
+$bb mount -t tmpfs tmpfs /tmp
+$bb mount -t bpf bpf /sys/fs/bpf || fail "mounting bpffs"
+$bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
+$bb mount -t tracefs tracefs /sys/kernel/tracing
+
+. $ctl/vars
+$bb mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xtask-scratch "$scratch" ||
+	fail "mounting the scratch share on $scratch"
+
+# No udev here: aes-generic would satisfy the AES lookup, so the accelerated one must be asked for.
+modprobe aesni_intel || fail "modprobe aesni_intel"
+$bb ip link set lo up || fail "bringing lo up"
+$bb hostname xsteer-vm
+
+for port in /sys/class/virtio-ports/*; do
+	case $($bb cat "$port/name") in
+	xtask.stdout) out=/dev/${port##*/} ;;
+	xtask.stderr) err=/dev/${port##*/} ;;
+	esac
+done
+[ -n "$out" ] && [ -n "$err" ] || fail "virtio-serial ports xtask.stdout/xtask.stderr not found"
+
+: >$ctl/started
+/bin/sh $ctl/run.sh <"/dev/null" >"$out" 2>"$err"
+echo $? >$ctl/exit-code
+$bb sync
+$bb poweroff -f
