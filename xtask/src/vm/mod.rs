@@ -154,7 +154,8 @@ fn boot(root: &Path, args: &Args) -> Result<Guest> {
         };
         let (guest, booted) = watch(&machine, why, Duration::from_secs(args.timeout))?;
         // The command never ran, so booting again cannot hide a failure of the command.
-        if !booted && matches!(guest.ending, Ending::NoExitCode) {
+        let setup_failed = qemu::ctl_dir(&run_dir).join("boot-error").exists();
+        if !booted && !setup_failed && matches!(guest.ending, Ending::NoExitCode) {
             if accel == Accel::Kvm {
                 eprintln!("xtask vm: the KVM boot never reached the command; retrying under TCG");
                 (accel, why) = (Accel::Tcg, Some("KVM boot failed"));

@@ -9,6 +9,8 @@ ctl=/run/xtask-vm
 
 fail() {
 	echo "xtask-vm stage 2: $*"
+	# Tells the host this is a setup failure, not a crash worth another boot.
+	echo "$*" >$ctl/boot-error
 	$bb dmesg | $bb tail -n 40
 	$bb poweroff -f
 }
@@ -20,7 +22,7 @@ exec >/dev/console 2>&1 </dev/null
 $bb mkdir -p /dev/pts /dev/shm
 $bb mount -t devpts devpts /dev/pts
 $bb mount -t tmpfs tmpfs /dev/shm
-$bb mount -t tmpfs tmpfs /tmp
+# /tmp stays the host's, under the overlay: a project checked out there must stay visible.
 $bb mount -t bpf bpf /sys/fs/bpf || fail "mounting bpffs"
 $bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
 $bb mount -t tracefs tracefs /sys/kernel/tracing
