@@ -98,6 +98,17 @@ impl<'a> PeerNodes<'a> {
             .remove(&node_ip.octets())
             .map_err(map_err(names::PEER_NODES))
     }
+
+    /// Every peer.
+    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, PeerNode)>, DataplaneError> {
+        self.map
+            .iter()
+            .map(|entry| {
+                let (ip, node) = entry.map_err(map_err(names::PEER_NODES))?;
+                Ok((Ipv4Addr::from(ip), node))
+            })
+            .collect()
+    }
 }
 
 /// (peer node IP, wire SPI) → ESP accepted under it; presence means "valid".
@@ -133,6 +144,17 @@ impl<'a> PeerSpis<'a> {
         self.map
             .remove(&Self::key(node_ip, spi))
             .map_err(map_err(names::PEER_SPIS))
+    }
+
+    /// Every valid (peer node IP, wire SPI).
+    pub fn keys(&self) -> Result<Vec<(Ipv4Addr, u32)>, DataplaneError> {
+        self.map
+            .keys()
+            .map(|key| {
+                let key = key.map_err(map_err(names::PEER_SPIS))?;
+                Ok((Ipv4Addr::from(key.node_ip), key.spi))
+            })
+            .collect()
     }
 
     /// ESP accepted from `node_ip` under `spi`, summed over CPUs.
