@@ -4,9 +4,13 @@
 //! policies and policy routing select on those marks and encrypt with IPsec ESP. This crate is
 //! the userspace side: it loads the programs and manages what they read.
 
+pub mod apply;
 pub mod cidr;
 pub mod config;
 pub mod dataplane;
 pub mod keys;
+pub mod ledger;
 pub mod netlink;
+pub mod reconcile;
+pub mod routing;
 pub mod xfrm;

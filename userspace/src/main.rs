@@ -1,8 +1,13 @@
 //! The `xsteer` command.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use xsteer::dataplane::{Dataplane, MAPS};
+use xsteer::{
+    apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
+    dataplane::{Dataplane, MAPS},
+};
 use xsteer_common::programs;
 
 #[derive(Parser)]
@@ -20,12 +25,62 @@ struct Cli {
 enum Command {
     /// Load the eBPF programs into this kernel (verifier included) without attaching them.
     Check,
+    /// Make the kernel hold the SAs, policies, rules, routes and map entries a config calls for,
+    /// changing only what differs; prints each change and a summary.
+    Apply {
+        /// The node's TOML config (see docs/examples/xsteer.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the changes that would be made, and make none.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the maps are pinned (bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Where xsteer keeps the ledger of outbound keys it has used.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Check => check(),
+        Command::Apply {
+            config,
+            dry_run,
+            pin_dir,
+            state_dir,
+        } => run_apply(
+            &config,
+            ApplyOptions {
+                dry_run,
+                pin_dir,
+                state_dir,
+            },
+        ),
     }
+}
+
+/// `xsteer apply`: validates everything, then reconciles once.
+fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
+    let (config, keys) = apply::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let verb = if opts.dry_run { "would " } else { "" };
+    let changes = runtime.block_on(apply::apply(&config, &keys, &opts, |change| {
+        println!("{verb}{change}");
+    }))?;
+    let n = changes.len();
+    let plural = if n == 1 { "" } else { "s" };
+    if opts.dry_run {
+        println!("{n} change{plural} (dry run: none made)");
+    } else {
+        println!("{n} change{plural}");
+    }
+    Ok(())
 }
 
 /// Proves the kernel accepts the dataplane: maps created, every program verified.

@@ -18,7 +18,7 @@ use netlink_packet_xfrm::{
 };
 use zeroize::Zeroizing;
 
-use crate::{cidr::Ipv4Cidr, netlink::Netlink};
+use crate::{cidr::Ipv4Cidr, keys::Fingerprint, netlink::Netlink};
 
 /// The reqid of every SA and policy template xsteer installs.
 pub const REQID: u32 = 0x7873;
@@ -178,6 +178,19 @@ pub enum Crypto {
     },
 }
 
+impl Crypto {
+    /// A short fingerprint of the keys, for output that must not show them.
+    pub fn fingerprint(&self) -> Fingerprint {
+        match self {
+            Crypto::Gcm { key, .. } => Fingerprint::of(GCM, key),
+            Crypto::CbcHmacSha256 { enc_key, auth_key } => {
+                let both = Zeroizing::new([enc_key.as_slice(), auth_key.as_slice()].concat());
+                Fingerprint::of(CBC, &both)
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Crypto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -237,7 +250,7 @@ impl fmt::Display for State {
         if let Some(mark) = self.mark {
             write!(f, " mark {mark}")?;
         }
-        Ok(())
+        write!(f, " key {}", self.crypto.fingerprint())
     }
 }
 

@@ -1,0 +1,168 @@
+//! `xsteer apply`: make the kernel hold what a config and a key file call for, once.
+//!
+//! Everything that can be checked is checked before the first write: the config and key file
+//! (by their loaders), the uplink, a route to every peer, and the kernel's ESP support — a kernel
+//! without ESP is refused outright, since xsteer would otherwise steer pod traffic into nothing
+//! or into plaintext. Then the reconcile reads what xsteer owns, plans the difference and applies
+//! it; `--dry-run` stops after the plan.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    config::Config,
+    dataplane::{Dataplane, DataplaneError, bpffs},
+    keys::{Algorithm, KeyFile},
+    ledger::KeyLedger,
+    netlink::Netlink,
+    reconcile::{
+        self, Change, ReconcileError,
+        desired::{DesiredError, Surroundings, desired},
+        plan::plan,
+    },
+    routing::{self, DEFAULT_RULE_PRIORITY},
+    xfrm::{self, Cipher},
+};
+
+/// Where xsteer pins its maps by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xsteer";
+/// Where xsteer keeps state that must outlive reboots (the outbound key ledger).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xsteer";
+
+/// How to apply.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// Plan and report, write nothing.
+    pub dry_run: bool,
+    /// Where the maps are pinned.
+    pub pin_dir: PathBuf,
+    /// Where the outbound key ledger lives.
+    pub state_dir: PathBuf,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            dry_run: false,
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+/// Why an apply failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The netlink sockets could not be opened.
+    #[error("opening netlink sockets: {0}")]
+    Netlink(#[source] std::io::Error),
+    /// bpffs is missing and could not be mounted.
+    #[error("mounting bpffs at {}: {}", bpffs::BPFFS_ROOT, .0)]
+    Bpffs(#[source] std::io::Error),
+    /// The key file asks for a cipher this kernel lacks.
+    #[error(
+        "the key file's newest generation uses {wanted}, which this kernel lacks; it has {have}"
+    )]
+    Cipher {
+        /// The key file's algorithm.
+        wanted: &'static str,
+        /// What the probe found.
+        have: &'static str,
+    },
+    /// The desired state could not be computed.
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    /// The kernel could not be read or written.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// The maps could not be loaded or pinned.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The uplink or a peer route could not be read.
+    #[error(transparent)]
+    Routing(#[from] routing::RoutingError),
+}
+
+impl From<xfrm::XfrmError> for ApplyError {
+    fn from(e: xfrm::XfrmError) -> Self {
+        ApplyError::Reconcile(e.into())
+    }
+}
+
+fn cipher_name(cipher: Cipher) -> &'static str {
+    match cipher {
+        Cipher::Gcm => xfrm::GCM,
+        Cipher::CbcHmacSha256 => "cbc(aes)+hmac(sha256)",
+    }
+}
+
+/// Opens the pinned maps, or for a dry run without pins, fresh unpinned ones that vanish on exit.
+fn maps(opts: &ApplyOptions) -> Result<Dataplane, ApplyError> {
+    if opts.dry_run && !Dataplane::is_pinned(&opts.pin_dir) {
+        return Ok(Dataplane::load()?);
+    }
+    bpffs::ensure_mounted().map_err(ApplyError::Bpffs)?;
+    Ok(Dataplane::load_pinned(&opts.pin_dir)?)
+}
+
+/// Applies `config` with `keys`; calls `report` with each change as it is made (or, on a dry
+/// run, as it would be). Returns the changes.
+pub async fn apply(
+    config: &Config,
+    keys: &KeyFile,
+    opts: &ApplyOptions,
+    mut report: impl FnMut(&Change),
+) -> Result<Vec<Change>, ApplyError> {
+    let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;
+    let uplink = routing::uplink(&netlink, &config.node.uplink).await?;
+    let mut next_hops = BTreeMap::new();
+    for peer in &config.peers {
+        next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await?);
+    }
+    if !opts.dry_run {
+        let cipher = xfrm::probe(&netlink).await?;
+        let wanted = match keys.newest().map_err(DesiredError::from)?.algorithm() {
+            Algorithm::Gcm { .. } => Cipher::Gcm,
+            Algorithm::CbcHmacSha256 { .. } => Cipher::CbcHmacSha256,
+        };
+        if wanted == Cipher::Gcm && cipher != Cipher::Gcm {
+            return Err(ApplyError::Cipher {
+                wanted: cipher_name(wanted),
+                have: cipher_name(cipher),
+            });
+        }
+    }
+    let around = Surroundings {
+        uplink: &uplink,
+        next_hops: &next_hops,
+        rule_priority: DEFAULT_RULE_PRIORITY,
+    };
+    let want = desired(config, keys, &around)?;
+    let mut dataplane = maps(opts)?;
+    let have = reconcile::read(&netlink, &mut dataplane, config.route_table).await?;
+    let changes = plan(&have, &want);
+    if opts.dry_run {
+        changes.iter().for_each(&mut report);
+        return Ok(changes);
+    }
+    let mut ledger = KeyLedger::open(&opts.state_dir).map_err(ReconcileError::from)?;
+    reconcile::execute(
+        &netlink,
+        &mut dataplane,
+        &mut ledger,
+        config.route_table,
+        &changes,
+        report,
+    )
+    .await?;
+    Ok(changes)
+}
+
+/// Loads the config and the key file it names, all checks included; errors name the file.
+pub fn load(config_path: &Path) -> anyhow::Result<(Config, KeyFile)> {
+    let config = Config::from_path(config_path)?;
+    let keys = KeyFile::load(&config.key_file)?;
+    Ok((config, keys))
+}

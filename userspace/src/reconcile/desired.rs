@@ -1,0 +1,255 @@
+//! The kernel state that a config, a key file and the local network call for.
+//!
+//! Per peer R and per key generation g in the key file:
+//! - an OUT SA local→R selected by the encrypt mark for (g, R), and an IN SA R→local found by
+//!   its SPI alone (the wire SPI names the sender, so it is unique per receiver);
+//! - an OUT policy per R pod CIDR with that mark and a tunnel template local→R;
+//! - R's wire SPI for g in `peer_spis`, so the ingress guard accepts it.
+//!
+//! Per peer, whatever the generation: IN and FWD policies that require ESP from R for traffic
+//! from R's pods to local pods, a route per R pod CIDR in xsteer's table with the ESP-reduced
+//! MTU, R in `peer_nodes`, and R's CIDRs in `remote_pod_cidrs` with the newest generation.
+//! Once per node: the catch-all block policy, the encrypt rule, the local pod CIDR.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use xsteer_common::{
+    maps::{LocalPodCidr, PeerNode, RemotePodCidr},
+    mark,
+};
+
+use super::{
+    mtu::{EspTransform, inner_mtu},
+    plan::Snapshot,
+};
+use crate::{
+    cidr::Ipv4Cidr,
+    config::Config,
+    keys::{Algorithm, DeriveError, Epoch, GenerationError, KeyFile, SaKey, SaKeyId},
+    routing::{EncryptRule, NextHop, PodRoute, Uplink},
+    xfrm::{
+        self, BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
+        PolicyAction, State,
+    },
+};
+
+/// The wire SPI of the SAs a node with `node_id` and `epoch` sends with under `generation`.
+///
+/// `node_id << 16 | tag << 4 | generation`, where `tag` is the first 12 bits of the sender's
+/// epoch. The node ID makes the SPI unique at every receiver; the tag makes an SA re-keyed under
+/// a new epoch carry a new SPI, so old and new SAs can coexist while traffic moves over. Read in
+/// hex it names its sender: `0x0002_a7c3` is node 2, generation 3. Never below 65,536, so never
+/// in the range RFC 4303 reserves.
+pub fn wire_spi(node_id: u16, generation: u8, epoch: &Epoch) -> u32 {
+    let e = epoch.bytes();
+    let tag = (u32::from(e[0]) << 4) | (u32::from(e[1]) >> 4);
+    (u32::from(node_id) << 16) | (tag << 4) | u32::from(generation & 0x0F)
+}
+
+/// What the network around the node looks like, as read from the kernel.
+pub struct Surroundings<'a> {
+    /// The uplink named in the config.
+    pub uplink: &'a Uplink,
+    /// How the main table reaches each peer's node IP.
+    pub next_hops: &'a BTreeMap<Ipv4Addr, NextHop>,
+    /// Priority of the encrypt rule.
+    pub rule_priority: u32,
+}
+
+/// Why the desired state cannot be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    /// The key file's generations do not say which is newest.
+    #[error(transparent)]
+    Generations(#[from] GenerationError),
+    /// A key could not be derived.
+    #[error(transparent)]
+    Derive(#[from] DeriveError),
+    /// No route to a peer's node IP was read.
+    #[error("no route to peer {name} at {ip}")]
+    NoRoute {
+        /// The peer's name.
+        name: String,
+        /// Its node IP.
+        ip: Ipv4Addr,
+    },
+}
+
+fn encrypt_mark(generation: u8, node_id: u16) -> Mark {
+    Mark {
+        value: mark::encrypt(generation, node_id),
+        mask: mark::OWNED_MASK,
+    }
+}
+
+fn crypto(key: SaKey) -> Crypto {
+    match key {
+        SaKey::Gcm { key, icv_bits } => Crypto::Gcm {
+            key: key.into_secret(),
+            icv_bits: u32::from(icv_bits),
+        },
+        SaKey::CbcHmacSha256 { enc, auth } => Crypto::CbcHmacSha256 {
+            enc_key: enc.into_secret(),
+            auth_key: auth.into_secret(),
+        },
+    }
+}
+
+fn transform(algorithm: Algorithm) -> EspTransform {
+    match algorithm {
+        Algorithm::Gcm { icv_bits, .. } => EspTransform::Gcm {
+            icv_bytes: u32::from(icv_bits) / 8,
+        },
+        Algorithm::CbcHmacSha256 { .. } => EspTransform::CbcHmacSha256,
+    }
+}
+
+/// Computes everything xsteer should own in the kernel.
+pub fn desired(
+    config: &Config,
+    keys: &KeyFile,
+    around: &Surroundings<'_>,
+) -> Result<Snapshot, DesiredError> {
+    let local = &config.node;
+    let newest = keys.newest()?;
+    let route_mtu = inner_mtu(around.uplink.mtu, transform(newest.algorithm()));
+    let any = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
+    let mut s = Snapshot::default();
+
+    let block = Policy {
+        direction: Direction::Out,
+        src: any,
+        dst: any,
+        mark: Some(Mark {
+            value: mark::MAGIC_ENCRYPT,
+            mask: mark::MAGIC_MASK,
+        }),
+        priority: BLOCK_POLICY_PRIORITY,
+        action: PolicyAction::Block,
+    };
+    s.policies.insert(block.key(), block);
+    s.rules.insert(EncryptRule {
+        priority: around.rule_priority,
+        table: config.route_table,
+    });
+    s.maps.local_pod_cidrs.insert(
+        local.pod_cidr,
+        LocalPodCidr {
+            node_id: local.id,
+            flags: 0,
+        },
+    );
+
+    for peer in &config.peers {
+        let hop = around
+            .next_hops
+            .get(&peer.ip)
+            .ok_or_else(|| DesiredError::NoRoute {
+                name: peer.name.clone(),
+                ip: peer.ip,
+            })?;
+        s.maps.peer_nodes.insert(
+            peer.ip,
+            PeerNode {
+                node_id: peer.id,
+                flags: 0,
+            },
+        );
+        let to_peer = PolicyAction::Tunnel {
+            src: local.ip,
+            dst: peer.ip,
+        };
+        let from_peer = PolicyAction::Tunnel {
+            src: peer.ip,
+            dst: local.ip,
+        };
+        for &cidr in &peer.pod_cidrs {
+            for direction in [Direction::In, Direction::Fwd] {
+                let p = Policy {
+                    direction,
+                    src: cidr,
+                    dst: local.pod_cidr,
+                    mark: None,
+                    priority: PEER_POLICY_PRIORITY,
+                    action: from_peer,
+                };
+                s.policies.insert(p.key(), p);
+            }
+            s.routes.insert(PodRoute {
+                dst: cidr,
+                via: Some(hop.gateway.unwrap_or(peer.ip)),
+                oif: hop.oif,
+                mtu: route_mtu,
+            });
+            s.maps.remote_pod_cidrs.insert(
+                cidr,
+                RemotePodCidr {
+                    node_id: peer.id,
+                    spi: newest.spi(),
+                    flags: 0,
+                },
+            );
+        }
+
+        for generation in keys.generations() {
+            let g = generation.spi();
+            let out_id = SaKeyId {
+                src: local.ip,
+                dst: peer.ip,
+                spi: g,
+                src_epoch: local.epoch,
+                dst_epoch: peer.epoch,
+            };
+            let out = State {
+                src: local.ip,
+                dst: peer.ip,
+                spi: wire_spi(local.id, g, &local.epoch),
+                mark: Some(encrypt_mark(g, peer.id)),
+                crypto: crypto(generation.derive(&out_id)?),
+            };
+            let inbound = State {
+                src: peer.ip,
+                dst: local.ip,
+                spi: wire_spi(peer.id, g, &peer.epoch),
+                mark: None,
+                crypto: crypto(generation.derive(&out_id.reversed())?),
+            };
+            s.maps.peer_spis.insert((peer.ip, inbound.spi));
+            s.states.insert(out.key(), out);
+            s.states.insert(inbound.key(), inbound);
+            for &cidr in &peer.pod_cidrs {
+                let p = Policy {
+                    direction: Direction::Out,
+                    src: any,
+                    dst: cidr,
+                    mark: Some(encrypt_mark(g, peer.id)),
+                    priority: PEER_POLICY_PRIORITY,
+                    action: to_peer,
+                };
+                s.policies.insert(p.key(), p);
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Whether `state` is an outbound SA (selected by mark), whose key must never be reused.
+pub fn is_outbound(state: &xfrm::State) -> bool {
+    state.mark.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_spi_names_sender_epoch_and_generation() {
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xA7;
+        bytes[1] = 0xC9;
+        let epoch = Epoch::from_bytes(bytes);
+        assert_eq!(wire_spi(2, 3, &epoch), 0x0002_A7C3);
+        assert_eq!(wire_spi(65535, 15, &epoch), 0xFFFF_A7CF);
+        assert!(wire_spi(1, 1, &Epoch::from_bytes([0; 16])) >= 65_536);
+    }
+}

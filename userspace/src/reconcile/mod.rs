@@ -1,0 +1,149 @@
+//! Reconciling: read what xsteer owns in the kernel, compute what it should own, apply only the
+//! difference — never a flush.
+//!
+//! [`desired`] turns config, keys and the local network into a [`Snapshot`]; [`read`] takes the
+//! same snapshot of the kernel and the maps, seeing only xsteer's objects (SAs by reqid,
+//! policies by priority, the encrypt rule by its fwmark, routes by protocol in xsteer's table,
+//! the maps it pins); [`plan::plan`] orders the difference so that no packet can leave in
+//! plaintext at any step; [`execute`] writes it. Applying the same desired state twice writes
+//! nothing.
+
+pub mod desired;
+pub mod mtu;
+pub mod plan;
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError},
+    ledger::{KeyLedger, LedgerError},
+    netlink::Netlink,
+    routing::{self, RoutingError},
+    xfrm::{self, Crypto, XfrmError},
+};
+pub use plan::{Change, MapSnapshot, Snapshot};
+
+/// Why a reconcile step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An SA or policy operation failed.
+    #[error(transparent)]
+    Xfrm(#[from] XfrmError),
+    /// A rule, route or link operation failed.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// A map operation failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The ledger of outbound keys could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// An outbound SA would get a key it had before, with a restarted sequence counter.
+    #[error(
+        "refusing to install {state}: this node used its key on an earlier SA, and a restarted \
+         sequence counter would repeat AES-GCM nonces; give the node a new epoch"
+    )]
+    KeyReuse {
+        /// The SA, without key material.
+        state: String,
+    },
+}
+
+/// Reads everything xsteer owns: SAs, policies, the encrypt rule, the routes in `table`, and the
+/// maps.
+pub async fn read(
+    netlink: &Netlink,
+    dataplane: &mut Dataplane,
+    table: u32,
+) -> Result<Snapshot, ReconcileError> {
+    let mut snapshot = Snapshot::default();
+    for state in xfrm::states(netlink).await? {
+        snapshot.states.insert(state.key(), state);
+    }
+    for policy in xfrm::policies(netlink).await? {
+        snapshot.policies.insert(policy.key(), policy);
+    }
+    snapshot.rules = routing::encrypt_rules(netlink).await?.into_iter().collect();
+    snapshot.routes = routing::pod_routes(netlink, table)
+        .await?
+        .into_iter()
+        .collect();
+    snapshot.maps = MapSnapshot {
+        remote_pod_cidrs: dataplane
+            .remote_pod_cidrs()?
+            .entries()?
+            .into_iter()
+            .collect(),
+        local_pod_cidrs: dataplane
+            .local_pod_cidrs()?
+            .entries()?
+            .into_iter()
+            .collect(),
+        peer_nodes: dataplane.peer_nodes()?.entries()?.into_iter().collect(),
+        peer_spis: dataplane.peer_spis()?.keys()?.into_iter().collect(),
+    };
+    Ok(snapshot)
+}
+
+fn outbound_key(state: &xfrm::State) -> Option<&[u8]> {
+    state.mark?;
+    Some(match &state.crypto {
+        Crypto::Gcm { key, .. } => key,
+        Crypto::CbcHmacSha256 { enc_key, .. } => enc_key,
+    })
+}
+
+/// Refuses the plan, before anything is written, if it would reinstall an outbound key.
+pub fn check_key_reuse(changes: &[Change], ledger: &KeyLedger) -> Result<(), ReconcileError> {
+    for change in changes {
+        if let Change::AddState(state) = change {
+            if outbound_key(state).is_some_and(|key| ledger.contains(key)) {
+                return Err(ReconcileError::KeyReuse {
+                    state: state.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `changes` in order, recording each outbound key in `ledger` before it is installed.
+///
+/// `on_change` is called after each successful write (for logs and output). Stops at the first
+/// failure; the changes before it stay, and the next reconcile picks up from there.
+pub async fn execute(
+    netlink: &Netlink,
+    dataplane: &mut Dataplane,
+    ledger: &mut KeyLedger,
+    table: u32,
+    changes: &[Change],
+    mut on_change: impl FnMut(&Change),
+) -> Result<(), ReconcileError> {
+    check_key_reuse(changes, ledger)?;
+    for change in changes {
+        match change {
+            Change::AddState(s) => {
+                if let Some(key) = outbound_key(s) {
+                    ledger.record(key)?;
+                }
+                xfrm::add_state(netlink, s).await?
+            }
+            Change::DeleteState(s) => xfrm::delete_state(netlink, s).await?,
+            Change::AddPolicy(p) => xfrm::put_policy(netlink, p, false).await?,
+            Change::ReplacePolicy(p) => xfrm::put_policy(netlink, p, true).await?,
+            Change::DeletePolicy(p) => xfrm::delete_policy(netlink, p).await?,
+            Change::AddRule(r) => routing::add_rule(netlink, r).await?,
+            Change::DeleteRule(r) => routing::delete_rule(netlink, r).await?,
+            Change::AddRoute(r) => routing::add_route(netlink, table, r).await?,
+            Change::DeleteRoute(r) => routing::delete_route(netlink, table, r).await?,
+            Change::SetLocalPodCidr(c, v) => dataplane.local_pod_cidrs()?.insert(*c, *v)?,
+            Change::DeleteLocalPodCidr(c) => dataplane.local_pod_cidrs()?.remove(*c)?,
+            Change::SetPeerNode(ip, n) => dataplane.peer_nodes()?.insert(*ip, *n)?,
+            Change::DeletePeerNode(ip) => dataplane.peer_nodes()?.remove(*ip)?,
+            Change::AddPeerSpi(ip, spi) => dataplane.peer_spis()?.insert(*ip, *spi)?,
+            Change::DeletePeerSpi(ip, spi) => dataplane.peer_spis()?.remove(*ip, *spi)?,
+            Change::SetRemotePodCidr(c, v) => dataplane.remote_pod_cidrs()?.insert(*c, *v)?,
+            Change::DeleteRemotePodCidr(c) => dataplane.remote_pod_cidrs()?.remove(*c)?,
+        }
+        on_change(change);
+    }
+    Ok(())
+}

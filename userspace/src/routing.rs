@@ -1,0 +1,468 @@
+//! The policy routing xsteer owns: one rule that sends encrypt-marked packets to xsteer's table,
+//! and in that table a route per remote pod CIDR with the MTU reduced by the ESP overhead.
+//!
+//! Ownership, so that reconciling never touches anyone else's rules and routes:
+//! - a rule is xsteer's when it matches `fwmark 0xe00/0xf00` (the encrypt magic, any key, any
+//!   peer), whatever its priority and table;
+//! - a route is xsteer's when it sits in xsteer's table with protocol [`ROUTE_PROTOCOL`].
+//!
+//! Also here: the lookups that tell the reconcile what the node's network looks like (the
+//! uplink, the next hop to each peer).
+
+use std::{fmt, io, net::Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    AddressFamily,
+    link::LinkAttribute,
+    route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+        RouteType,
+    },
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+};
+use rtnetlink::{IpVersion, RouteMessageBuilder};
+use xsteer_common::mark;
+
+use crate::{cidr::Ipv4Cidr, netlink::Netlink};
+
+/// Protocol number of xsteer's routes ("x"), as `ip route` shows it: `proto 0x78`.
+pub const ROUTE_PROTOCOL: u8 = 0x78;
+/// Priority of the encrypt rule: ahead of the main table (32766) and of the rules CNIs add
+/// in the hundreds and thousands.
+pub const DEFAULT_RULE_PRIORITY: u32 = 100;
+
+/// `ip rule add fwmark 0xe00/0xf00 priority P lookup T`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EncryptRule {
+    /// Rule priority (lower first).
+    pub priority: u32,
+    /// The table looked up.
+    pub table: u32,
+}
+
+impl fmt::Display for EncryptRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule fwmark {:#x}/{:#x} priority {} lookup {}",
+            mark::MAGIC_ENCRYPT,
+            mark::MAGIC_MASK,
+            self.priority,
+            self.table
+        )
+    }
+}
+
+/// A route to a remote pod CIDR in xsteer's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRoute {
+    /// The remote pod CIDR.
+    pub dst: Ipv4Cidr,
+    /// The gateway: the peer node itself on a shared link, or the router towards it.
+    pub via: Option<Ipv4Addr>,
+    /// Output interface index.
+    pub oif: u32,
+    /// Path MTU for pod packets: the uplink's, less the ESP tunnel overhead.
+    pub mtu: u32,
+}
+
+impl fmt::Display for PodRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "route {}", self.dst)?;
+        if let Some(via) = self.via {
+            write!(f, " via {via}")?;
+        }
+        write!(f, " oif {} mtu {}", self.oif, self.mtu)
+    }
+}
+
+/// How the main routing table reaches an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// Output interface index.
+    pub oif: u32,
+    /// The router, if the address is not on a directly connected network.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The node's uplink, as the kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// Why a routing operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// The kernel refused a request.
+    #[error("{op} {what}: {source}")]
+    Kernel {
+        /// "adding", "deleting", "listing", ...
+        op: &'static str,
+        /// The object.
+        what: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// The configured uplink does not exist.
+    #[error("node.uplink: there is no interface named {name:?} on this node")]
+    UnknownUplink {
+        /// The configured name.
+        name: String,
+    },
+    /// The kernel has no route to a peer's node IP.
+    #[error("no route to peer node IP {ip}: {source}")]
+    NoRoute {
+        /// The peer's node IP.
+        ip: Ipv4Addr,
+        /// What the kernel answered.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn errno(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(message) => message.to_io(),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn kernel(
+    op: &'static str,
+    what: impl fmt::Display,
+) -> impl FnOnce(rtnetlink::Error) -> RoutingError {
+    let what = what.to_string();
+    move |e| RoutingError::Kernel {
+        op,
+        what,
+        source: errno(e),
+    }
+}
+
+/// Finds the uplink named `name`.
+pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingError> {
+    let found = netlink
+        .route
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await;
+    let link = match found {
+        Ok(Some(link)) => link,
+        Ok(None) => {
+            return Err(RoutingError::UnknownUplink {
+                name: name.to_owned(),
+            });
+        }
+        Err(e) => {
+            let source = errno(e);
+            return Err(if source.raw_os_error() == Some(libc::ENODEV) {
+                RoutingError::UnknownUplink {
+                    name: name.to_owned(),
+                }
+            } else {
+                RoutingError::Kernel {
+                    op: "reading",
+                    what: format!("link {name}"),
+                    source,
+                }
+            });
+        }
+    };
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        })
+        .unwrap_or(1500);
+    Ok(Uplink {
+        name: name.to_owned(),
+        index: link.header.index,
+        mtu,
+    })
+}
+
+/// Asks the kernel how it routes to `ip` (as `ip route get` does).
+pub async fn route_to(netlink: &Netlink, ip: Ipv4Addr) -> Result<NextHop, RoutingError> {
+    let query = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(ip, 32)
+        .build();
+    let reply = netlink
+        .route
+        .route()
+        .get(query)
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| RoutingError::NoRoute {
+            ip,
+            source: errno(e),
+        })?
+        .ok_or_else(|| RoutingError::NoRoute {
+            ip,
+            source: io::Error::other("empty answer"),
+        })?;
+    let mut hop = NextHop {
+        oif: 0,
+        gateway: None,
+    };
+    for attribute in &reply.attributes {
+        match attribute {
+            RouteAttribute::Oif(oif) => hop.oif = *oif,
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => hop.gateway = Some(*gw),
+            _ => {}
+        }
+    }
+    if hop.oif == 0 {
+        return Err(RoutingError::NoRoute {
+            ip,
+            source: io::Error::other("the route has no output interface"),
+        });
+    }
+    Ok(hop)
+}
+
+fn table_of_rule(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+/// The encrypt rules present (normally one).
+pub async fn encrypt_rules(netlink: &Netlink) -> Result<Vec<EncryptRule>, RoutingError> {
+    let rules: Vec<RuleMessage> = netlink
+        .route
+        .rule()
+        .get(IpVersion::V4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel("listing", "rules"))?;
+    Ok(rules
+        .iter()
+        .filter(|rule| {
+            let has = |want: &RuleAttribute| rule.attributes.contains(want);
+            has(&RuleAttribute::FwMark(mark::MAGIC_ENCRYPT))
+                && has(&RuleAttribute::FwMask(mark::MAGIC_MASK))
+        })
+        .map(|rule| EncryptRule {
+            priority: rule
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RuleAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                })
+                .unwrap_or(0),
+            table: table_of_rule(rule),
+        })
+        .collect())
+}
+
+fn rule_message(rule: &EncryptRule) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.action = RuleAction::ToTable;
+    message.header.table = u8::try_from(rule.table).unwrap_or(0);
+    message.attributes = vec![
+        RuleAttribute::Table(rule.table),
+        RuleAttribute::Priority(rule.priority),
+        RuleAttribute::FwMark(mark::MAGIC_ENCRYPT),
+        RuleAttribute::FwMask(mark::MAGIC_MASK),
+    ];
+    message
+}
+
+/// Adds the encrypt rule.
+pub async fn add_rule(netlink: &Netlink, rule: &EncryptRule) -> Result<(), RoutingError> {
+    let mut request = netlink.route.rule().add().v4();
+    *request.message_mut() = rule_message(rule);
+    netlink.count_write();
+    request.execute().await.map_err(kernel("adding", rule))
+}
+
+/// Removes an encrypt rule.
+pub async fn delete_rule(netlink: &Netlink, rule: &EncryptRule) -> Result<(), RoutingError> {
+    netlink.count_write();
+    netlink
+        .route
+        .rule()
+        .del(rule_message(rule))
+        .execute()
+        .await
+        .map_err(kernel("deleting", rule))
+}
+
+fn table_of_route(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+/// Reads one of xsteer's routes back; `None` for a route xsteer would never write.
+fn pod_route(route: &RouteMessage) -> Option<PodRoute> {
+    let mut dst = None;
+    let mut via = None;
+    let mut oif = None;
+    let mut mtu = None;
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => via = Some(*a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(v) => Some(*v),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+    Some(PodRoute {
+        dst: Ipv4Cidr::new(dst?, route.header.destination_prefix_length).ok()?,
+        via,
+        oif: oif?,
+        mtu: mtu.unwrap_or(0),
+    })
+}
+
+/// xsteer's routes in `table`.
+pub async fn pod_routes(netlink: &Netlink, table: u32) -> Result<Vec<PodRoute>, RoutingError> {
+    let dump = RouteMessageBuilder::<Ipv4Addr>::new()
+        .table_id(table)
+        .build();
+    let routes: Vec<RouteMessage> = netlink
+        .route
+        .route()
+        .get(dump)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel("listing", format!("routes in table {table}")))?;
+    Ok(routes
+        .iter()
+        .filter(|r| {
+            table_of_route(r) == table && r.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
+        })
+        .filter_map(pod_route)
+        .collect())
+}
+
+fn route_message(table: u32, route: &PodRoute) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+        .output_interface(route.oif)
+        .table_id(table)
+        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+        .scope(RouteScope::Universe)
+        .kind(RouteType::Unicast);
+    if let Some(via) = route.via {
+        builder = builder.gateway(via);
+    }
+    let mut message = builder.build();
+    message
+        .attributes
+        .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(route.mtu)]));
+    message
+}
+
+/// Adds `route` to `table`.
+pub async fn add_route(
+    netlink: &Netlink,
+    table: u32,
+    route: &PodRoute,
+) -> Result<(), RoutingError> {
+    netlink.count_write();
+    netlink
+        .route
+        .route()
+        .add(route_message(table, route))
+        .execute()
+        .await
+        .map_err(kernel("adding", route))
+}
+
+/// Removes `route` from `table`.
+pub async fn delete_route(
+    netlink: &Netlink,
+    table: u32,
+    route: &PodRoute,
+) -> Result<(), RoutingError> {
+    netlink.count_write();
+    netlink
+        .route
+        .route()
+        .del(route_message(table, route))
+        .execute()
+        .await
+        .map_err(kernel("deleting", route))
+}
+
+/// Only for tests that compare with `ip route`: the header fields of a route xsteer writes.
+#[cfg(test)]
+fn header(table: u32) -> netlink_packet_route::route::RouteHeader {
+    route_message(
+        table,
+        &PodRoute {
+            dst: "10.0.0.0/24".parse().unwrap(),
+            via: None,
+            oif: 1,
+            mtu: 1400,
+        },
+    )
+    .header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_carry_the_protocol_and_table_and_read_back() {
+        let h = header(200);
+        assert_eq!(h.protocol, RouteProtocol::from(ROUTE_PROTOCOL));
+        assert_eq!(h.table, 200);
+        let route = PodRoute {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            via: Some(Ipv4Addr::new(192, 168, 1, 2)),
+            oif: 7,
+            mtu: 1446,
+        };
+        assert_eq!(pod_route(&route_message(1000, &route)), Some(route));
+        assert_eq!(table_of_route(&route_message(1000, &route)), 1000);
+    }
+
+    #[test]
+    fn rules_carry_the_encrypt_magic_and_big_tables() {
+        let rule = EncryptRule {
+            priority: 100,
+            table: 1000,
+        };
+        let m = rule_message(&rule);
+        assert!(m.attributes.contains(&RuleAttribute::FwMark(0xE00)));
+        assert!(m.attributes.contains(&RuleAttribute::FwMask(0xF00)));
+        assert_eq!(table_of_rule(&m), 1000);
+    }
+}

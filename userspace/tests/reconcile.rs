@@ -1,0 +1,365 @@
+//! The reconcile layer on the host kernel, in fresh network namespaces: everything but SAs
+//! (the host kernel has no ESP; SAs are covered in the VM bed).
+//!
+//! - a plan applied to an empty namespace yields exactly the desired policies, rule, routes and
+//!   map entries, and applying it again writes nothing (netlink writes are counted);
+//! - foreign xfrm policies, rules and routes are byte-for-byte the same afterwards;
+//! - `xsteer apply` with bad input fails naming the problem and changes nothing;
+//! - `xsteer apply` on a kernel without ESP refuses, naming CONFIG_INET_ESP, and changes nothing.
+
+mod support;
+
+use std::{
+    collections::BTreeMap, fs, os::unix::fs::PermissionsExt, path::PathBuf, process::Command,
+};
+
+use support::{in_fresh_netns, ip, require_root};
+use xsteer::{
+    config::Config,
+    dataplane::Dataplane,
+    keys::KeyFile,
+    ledger::KeyLedger,
+    netlink::Netlink,
+    reconcile::{self, desired::Surroundings, plan::plan},
+    routing::{self, DEFAULT_RULE_PRIORITY},
+};
+
+const KEYS: &str = "3 rfc4106(gcm(aes)) 0x000102030405060708090a0b0c0d0e0f10111213 128\n";
+
+fn config_text(extra_peer: &str) -> String {
+    format!(
+        r#"
+key_file = "keys"
+route_table = 200
+
+[node]
+name = "node-a"
+ip = "192.168.77.1"
+id = 1
+uplink = "xs0"
+pod_cidr = "10.244.1.0/24"
+epoch = "00112233445566778899aabbccddeeff"
+
+[[peers]]
+name = "node-b"
+ip = "192.168.77.2"
+id = 2
+pod_cidrs = ["10.244.2.0/24"]
+epoch = "a7c9000000000000000000000000000b"
+
+[[peers]]
+name = "node-c"
+ip = "192.168.77.3"
+id = 3
+pod_cidrs = ["10.244.3.0/24", "10.250.0.0/16"]
+epoch = "5e5e000000000000000000000000000c"
+{extra_peer}"#
+    )
+}
+
+/// The uplink and foreign objects another tool put there first.
+fn network() {
+    ip(&["link", "add", "xs0", "type", "veth", "peer", "name", "xs1"]);
+    ip(&["addr", "add", "192.168.77.1/24", "dev", "xs0"]);
+    ip(&["link", "set", "xs0", "up"]);
+    ip(&["link", "set", "xs1", "up"]);
+    for cmd in [
+        "xfrm policy add dir out src 10.9.0.0/16 dst 10.8.0.0/16 priority 5 tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1",
+        "rule add fwmark 0x1/0x1 lookup 100 priority 900",
+        "rule add to 10.244.2.0/24 lookup 200 priority 901",
+        "route add 10.77.0.0/16 via 192.168.77.9 table 200",
+        "route add 10.78.0.0/16 via 192.168.77.9",
+    ] {
+        ip(&cmd.split(' ').collect::<Vec<_>>());
+    }
+}
+
+/// Everything in the namespace that `ip` can show, to compare before and after.
+fn kernel_state() -> String {
+    [
+        ip(&["xfrm", "policy", "show"]),
+        ip(&["xfrm", "state", "show"]),
+        ip(&["rule", "show"]),
+        ip(&["route", "show", "table", "all"]),
+    ]
+    .join("\n---\n")
+}
+
+/// The lines of `ip` output that belong to someone else.
+fn foreign(state: &str) -> Vec<String> {
+    state
+        .lines()
+        .filter(|l| {
+            l.contains("10.9.0.0/16")
+                || l.contains("10.8.0.0/16")
+                || l.contains("lookup 100")
+                || l.contains("priority 901")
+                || l.contains("10.77.0.0/16")
+                || l.contains("10.78.0.0/16")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
+    if !require_root("reconcile_converges_is_idempotent_and_leaves_foreign_objects") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        network();
+        let before = kernel_state();
+        let config: Config = config_text("").parse().unwrap();
+        let keys = KeyFile::parse(KEYS).unwrap();
+        let netlink = Netlink::connect().unwrap();
+        let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
+        let mut next_hops = BTreeMap::new();
+        for peer in &config.peers {
+            next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
+        }
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+        };
+        let mut want = reconcile::desired::desired(&config, &keys, &around).unwrap();
+        want.states.clear(); // no ESP on the host kernel
+        assert_eq!(
+            want.policies.len(),
+            1 + 2 * 3 + 3,
+            "block, in+fwd per peer CIDR, out per peer CIDR"
+        );
+
+        let mut dataplane = Dataplane::load().unwrap();
+        let state_dir =
+            std::env::temp_dir().join(format!("xsteer-reconcile-{}", std::process::id()));
+        let mut ledger = KeyLedger::open(&state_dir).unwrap();
+
+        let have = reconcile::read(&netlink, &mut dataplane, 200)
+            .await
+            .unwrap();
+        let changes = plan(&have, &want);
+        let kernel_changes = changes.len()
+            - want.maps.remote_pod_cidrs.len()
+            - want.maps.local_pod_cidrs.len()
+            - want.maps.peer_nodes.len()
+            - want.maps.peer_spis.len();
+        reconcile::execute(&netlink, &mut dataplane, &mut ledger, 200, &changes, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(netlink.writes() as usize, kernel_changes);
+
+        let after = reconcile::read(&netlink, &mut dataplane, 200)
+            .await
+            .unwrap();
+        assert_eq!(
+            after, want,
+            "the kernel and the maps hold exactly the desired state"
+        );
+        let shown = kernel_state();
+        assert!(
+            shown.contains("10.244.3.0/24 via 192.168.77.3 dev xs0 table 200 proto 120 mtu 1446"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("from all fwmark 0xe00/0xf00 lookup 200"),
+            "{shown}"
+        );
+
+        // Again: nothing to do, nothing written.
+        let writes = netlink.writes();
+        let again = plan(
+            &reconcile::read(&netlink, &mut dataplane, 200)
+                .await
+                .unwrap(),
+            &want,
+        );
+        assert!(again.is_empty(), "{again:#?}");
+        reconcile::execute(&netlink, &mut dataplane, &mut ledger, 200, &again, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(netlink.writes(), writes);
+
+        // Remove everything xsteer owns: foreign objects are exactly as they were.
+        let empty = reconcile::Snapshot::default();
+        let teardown = plan(&after, &empty);
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut ledger,
+            200,
+            &teardown,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(kernel_state(), before);
+        assert_eq!(foreign(&kernel_state()), foreign(&before));
+        let _ = fs::remove_dir_all(state_dir);
+    });
+}
+
+/// A scratch directory with a config and a key file, for the CLI.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str, config: &str, keys: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("xsteer-apply-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("xsteer.toml"), config).unwrap();
+        fs::write(dir.join("keys"), keys).unwrap();
+        fs::set_permissions(dir.join("keys"), fs::Permissions::from_mode(0o600)).unwrap();
+        Scratch(dir)
+    }
+
+    /// Runs `xsteer apply` on this config; returns (success, stdout + stderr).
+    fn apply(&self, extra: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
+            .arg("apply")
+            .arg("--config")
+            .arg(self.0.join("xsteer.toml"))
+            .arg("--pin-dir")
+            .arg(format!("/sys/fs/bpf/xsteer-test-{}", std::process::id()))
+            .arg("--state-dir")
+            .arg(self.0.join("state"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn apply_on_a_kernel_without_esp_refuses_and_changes_nothing() {
+    if !require_root("apply_on_a_kernel_without_esp_refuses_and_changes_nothing") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        network();
+        if support::kernel_has_esp() {
+            panic!(
+                "this test is about kernels without ESP; it belongs to the host level, not the VM"
+            );
+        }
+        let before = kernel_state();
+        let scratch = Scratch::new("no-esp", &config_text(""), KEYS);
+        let (ok, text) = scratch.apply(&[]);
+        assert!(!ok, "{text}");
+        assert!(text.contains("CONFIG_INET_ESP"), "{text}");
+        assert_eq!(kernel_state(), before);
+        assert!(!scratch.0.join("state").exists(), "no ledger written");
+        // A dry run still shows what would be done, and does nothing.
+        let (ok, text) = scratch.apply(&["--dry-run"]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("would add policy out 0.0.0.0/0 -> 0.0.0.0/0 mark 0xe00/0xf00 block"),
+            "{text}"
+        );
+        assert!(
+            text.trim_end().ends_with("changes (dry run: none made)"),
+            "{text}"
+        );
+        assert_eq!(kernel_state(), before);
+    });
+}
+
+#[test]
+fn apply_with_bad_input_names_the_problem_and_changes_nothing() {
+    if !require_root("apply_with_bad_input_names_the_problem_and_changes_nothing") {
+        return;
+    }
+    let good = config_text("");
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        (
+            "bad-hex",
+            good.clone(),
+            "3 rfc4106(gcm(aes)) 0x00zz0203 128\n".into(),
+            "line 1",
+        ),
+        (
+            "key-length",
+            good.clone(),
+            "3 rfc4106(gcm(aes)) 0x0001020304 128\n".into(),
+            "line 1",
+        ),
+        (
+            "spi-zero",
+            good.clone(),
+            KEYS.replacen('3', "0", 1),
+            "line 1",
+        ),
+        (
+            "spi-16",
+            good.clone(),
+            KEYS.replacen('3', "16", 1),
+            "line 1",
+        ),
+        (
+            "algorithm",
+            good.clone(),
+            KEYS.replace("rfc4106(gcm(aes))", "rfc4106(gcm(des))"),
+            "line 1",
+        ),
+        ("icv", good.clone(), KEYS.replace(" 128", " 100"), "line 1"),
+        (
+            "cidr",
+            good.replace("10.244.1.0/24", "10.244.1.5/24"),
+            KEYS.into(),
+            "node.pod_cidr",
+        ),
+        (
+            "overlap",
+            good.replace("\"10.250.0.0/16\"", "\"10.244.0.0/16\""),
+            KEYS.into(),
+            "overlaps",
+        ),
+        (
+            "duplicate-id",
+            good.replace("id = 3", "id = 2"),
+            KEYS.into(),
+            "peers[1].id",
+        ),
+        (
+            "duplicate-ip",
+            good.replace("192.168.77.3", "192.168.77.2"),
+            KEYS.into(),
+            "peers[1].ip",
+        ),
+        (
+            "uplink",
+            good.replace("uplink = \"xs0\"", "uplink = \"xs9\""),
+            KEYS.into(),
+            "xs9",
+        ),
+    ];
+    in_fresh_netns(|| async move {
+        network();
+        let before = kernel_state();
+        for (name, config, keys, named) in &cases {
+            let scratch = Scratch::new(name, config, keys);
+            let (ok, text) = scratch.apply(&[]);
+            assert!(!ok, "{name}: must fail\n{text}");
+            assert!(
+                text.contains(named),
+                "{name}: the error must name {named:?}:\n{text}"
+            );
+            assert!(
+                !text.contains("0x00zz0203") && !text.contains("000102030405"),
+                "{name}: key material in the error:\n{text}"
+            );
+            assert_eq!(kernel_state(), before, "{name}: the kernel changed");
+        }
+    });
+}
