@@ -5,5 +5,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apply_tunnel;
 mod esp_smoke;
 mod wire;
