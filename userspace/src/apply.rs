@@ -61,16 +61,6 @@ pub enum ApplyError {
     /// bpffs is missing and could not be mounted.
     #[error("mounting bpffs at {}: {}", bpffs::BPFFS_ROOT, .0)]
     Bpffs(#[source] std::io::Error),
-    /// The key file asks for a cipher this kernel lacks.
-    #[error(
-        "the key file's newest generation uses {wanted}, which this kernel lacks; it has {have}"
-    )]
-    Cipher {
-        /// The key file's algorithm.
-        wanted: &'static str,
-        /// What the probe found.
-        have: &'static str,
-    },
     /// The desired state could not be computed.
     #[error(transparent)]
     Desired(#[from] DesiredError),
@@ -107,37 +97,55 @@ fn maps(opts: &ApplyOptions) -> Result<Dataplane, ApplyError> {
     Ok(Dataplane::load_pinned(&opts.pin_dir)?)
 }
 
+/// What an apply did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The changes made (or, on a dry run, that would be made), in order.
+    pub changes: Vec<Change>,
+    /// Things the operator must know, such as a cipher fallback.
+    pub notices: Vec<String>,
+}
+
 /// Applies `config` with `keys`; calls `report` with each change as it is made (or, on a dry
-/// run, as it would be). Returns the changes.
+/// run, as it would be).
 pub async fn apply(
     config: &Config,
     keys: &KeyFile,
     opts: &ApplyOptions,
     mut report: impl FnMut(&Change),
-) -> Result<Vec<Change>, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;
     let uplink = routing::uplink(&netlink, &config.node.uplink).await?;
     let mut next_hops = BTreeMap::new();
     for peer in &config.peers {
         next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await?);
     }
-    if !opts.dry_run {
-        let cipher = xfrm::probe(&netlink).await?;
-        let wanted = match keys.newest().map_err(DesiredError::from)?.algorithm() {
-            Algorithm::Gcm { .. } => Cipher::Gcm,
-            Algorithm::CbcHmacSha256 { .. } => Cipher::CbcHmacSha256,
-        };
-        if wanted == Cipher::Gcm && cipher != Cipher::Gcm {
-            return Err(ApplyError::Cipher {
-                wanted: cipher_name(wanted),
-                have: cipher_name(cipher),
-            });
-        }
+    let mut notices = Vec::new();
+    // A dry run writes nothing, not even the probe's throwaway SA: it plans with the key
+    // file's own cipher.
+    let cipher = if opts.dry_run {
+        Cipher::Gcm
+    } else {
+        xfrm::probe(&netlink).await?
+    };
+    let newest_is_gcm = matches!(
+        keys.newest().map_err(DesiredError::from)?.algorithm(),
+        Algorithm::Gcm { .. }
+    );
+    if cipher == Cipher::CbcHmacSha256 && newest_is_gcm {
+        notices.push(format!(
+            "this kernel lacks {}: falling back to {} with keys derived from the GCM keys; \
+             every peer must fall back too (a peer using GCM drops this node's ESP: traffic \
+             stops, it never leaves in plaintext)",
+            xfrm::GCM,
+            cipher_name(Cipher::CbcHmacSha256)
+        ));
     }
     let around = Surroundings {
         uplink: &uplink,
         next_hops: &next_hops,
         rule_priority: DEFAULT_RULE_PRIORITY,
+        cipher,
     };
     let want = desired(config, keys, &around)?;
     let mut dataplane = maps(opts)?;
@@ -145,7 +153,7 @@ pub async fn apply(
     let changes = plan(&have, &want);
     if opts.dry_run {
         changes.iter().for_each(&mut report);
-        return Ok(changes);
+        return Ok(Applied { changes, notices });
     }
     let mut ledger = KeyLedger::open(&opts.state_dir).map_err(ReconcileError::from)?;
     reconcile::execute(
@@ -157,7 +165,7 @@ pub async fn apply(
         report,
     )
     .await?;
-    Ok(changes)
+    Ok(Applied { changes, notices })
 }
 
 /// Loads the config and the key file it names, all checks included; errors name the file.

@@ -70,10 +70,13 @@ fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let verb = if opts.dry_run { "would " } else { "" };
-    let changes = runtime.block_on(apply::apply(&config, &keys, &opts, |change| {
+    let applied = runtime.block_on(apply::apply(&config, &keys, &opts, |change| {
         println!("{verb}{change}");
     }))?;
-    let n = changes.len();
+    for notice in &applied.notices {
+        eprintln!("warning: {notice}");
+    }
+    let n = applied.changes.len();
     let plural = if n == 1 { "" } else { "s" };
     if opts.dry_run {
         println!("{n} change{plural} (dry run: none made)");

@@ -221,10 +221,34 @@ pub(super) fn derive(master: &MasterKey, id: &SaKeyId) -> SaKey {
     }
 }
 
+/// The key of SA `id` for the cbc(aes)+hmac(sha256) fallback, from a GCM master key: used when
+/// the kernel lacks GCM. The AES key is as long as the GCM key without its salt; the HMAC key
+/// is 32 bytes. The labels differ from every other derivation, so no output repeats another.
+pub(super) fn derive_cbc_fallback(master: &MasterKey, id: &SaKeyId) -> Option<SaKey> {
+    match master {
+        MasterKey::Gcm { key, .. } => Some(SaKey::CbcHmacSha256 {
+            enc: expand_to(key, key.len() - 4, CBC_AES, b"gcm-fallback-enc", id),
+            auth: expand_to(key, 32, HMAC_SHA256, b"gcm-fallback-auth", id),
+        }),
+        MasterKey::CbcHmacSha256 { .. } => None,
+    }
+}
+
 /// HKDF-SHA256 (RFC 5869) with no salt, the master component as IKM, output as long as it.
 fn expand(master: &Secret, algorithm: &'static str, label: &[u8], id: &SaKeyId) -> DerivedKey {
+    expand_to(master, master.len(), algorithm, label, id)
+}
+
+/// HKDF-SHA256 with no salt, the master component as IKM, `len` bytes of output.
+fn expand_to(
+    master: &Secret,
+    len: usize,
+    algorithm: &'static str,
+    label: &[u8],
+    id: &SaKeyId,
+) -> DerivedKey {
     let hkdf = Hkdf::<Sha256>::new(None, master.bytes());
-    let mut okm = Zeroizing::new(vec![0u8; master.len()]);
+    let mut okm = Zeroizing::new(vec![0u8; len]);
     hkdf.expand_multi_info(
         &[
             INFO_PREFIX,
@@ -390,6 +414,32 @@ mod tests {
                 requested: 4
             }
         );
+    }
+
+    /// The cbc(aes)+hmac(sha256) fallback from a GCM master key, computed independently with
+    /// Python's hmac module (RFC 5869 by hand).
+    #[test]
+    fn cbc_fallback_vectors() {
+        let file: KeyFile = FILE.parse().unwrap();
+        let gcm = file.generations().iter().find(|g| g.spi() == 3).unwrap();
+        let SaKey::CbcHmacSha256 { enc, auth } = gcm.derive_cbc(&id()).unwrap() else {
+            panic!("CBC expected")
+        };
+        assert_eq!((enc.algorithm(), auth.algorithm()), (CBC_AES, HMAC_SHA256));
+        assert_eq!(hex(enc.as_bytes()), "32d50d4a27b4381fc4cc0b9f8a4c79e8");
+        assert_eq!(
+            hex(auth.as_bytes()),
+            "8a31693f4c97337b91022e3be2d25bb1944d2e5ed037a1b1c4474b33ff77bf72"
+        );
+        // A generation that is CBC already derives as it always does.
+        let cbc = file.generations().iter().find(|g| g.spi() == 4).unwrap();
+        let id4 = SaKeyId { spi: 4, ..id() };
+        let (SaKey::CbcHmacSha256 { enc: a, .. }, SaKey::CbcHmacSha256 { enc: b, .. }) =
+            (cbc.derive(&id4).unwrap(), cbc.derive_cbc(&id4).unwrap())
+        else {
+            panic!("CBC expected")
+        };
+        assert_eq!(a.as_bytes(), b.as_bytes());
     }
 
     #[test]

@@ -132,6 +132,14 @@ impl KeyGeneration {
         }
         Ok(super::derive::derive(&self.key, id))
     }
+
+    /// The key of the SA `id` for the cbc(aes)+hmac(sha256) fallback, derived from this
+    /// generation's GCM master key (see docs/keys.md). For a generation that is already
+    /// cbc(aes)+hmac(sha256), the same as [`KeyGeneration::derive`].
+    pub fn derive_cbc(&self, id: &SaKeyId) -> Result<SaKey, DeriveError> {
+        let key = self.derive(id)?;
+        Ok(super::derive::derive_cbc_fallback(&self.key, id).unwrap_or(key))
+    }
 }
 
 fn byte_len(len: usize) -> u8 {

@@ -28,7 +28,7 @@ use crate::{
     keys::{Algorithm, DeriveError, Epoch, GenerationError, KeyFile, SaKey, SaKeyId},
     routing::{EncryptRule, NextHop, PodRoute, Uplink},
     xfrm::{
-        self, BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
+        self, BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
         PolicyAction, State,
     },
 };
@@ -54,6 +54,9 @@ pub struct Surroundings<'a> {
     pub next_hops: &'a BTreeMap<Ipv4Addr, NextHop>,
     /// Priority of the encrypt rule.
     pub rule_priority: u32,
+    /// The cipher the kernel offers: with [`Cipher::CbcHmacSha256`], GCM generations are
+    /// installed as cbc(aes)+hmac(sha256) with keys derived for that (see docs/keys.md).
+    pub cipher: Cipher,
 }
 
 /// Why the desired state cannot be computed.
@@ -112,7 +115,13 @@ pub fn desired(
 ) -> Result<Snapshot, DesiredError> {
     let local = &config.node;
     let newest = keys.newest()?;
-    let route_mtu = inner_mtu(around.uplink.mtu, transform(newest.algorithm()));
+    let cbc_fallback = around.cipher == Cipher::CbcHmacSha256;
+    let esp = if cbc_fallback {
+        EspTransform::CbcHmacSha256
+    } else {
+        transform(newest.algorithm())
+    };
+    let route_mtu = inner_mtu(around.uplink.mtu, esp);
     let any = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
     let mut s = Snapshot::default();
 
@@ -193,6 +202,13 @@ pub fn desired(
 
         for generation in keys.generations() {
             let g = generation.spi();
+            let derive = |id: &SaKeyId| {
+                if cbc_fallback {
+                    generation.derive_cbc(id)
+                } else {
+                    generation.derive(id)
+                }
+            };
             let out_id = SaKeyId {
                 src: local.ip,
                 dst: peer.ip,
@@ -205,14 +221,14 @@ pub fn desired(
                 dst: peer.ip,
                 spi: wire_spi(local.id, g, &local.epoch),
                 mark: Some(encrypt_mark(g, peer.id)),
-                crypto: crypto(generation.derive(&out_id)?),
+                crypto: crypto(derive(&out_id)?),
             };
             let inbound = State {
                 src: peer.ip,
                 dst: local.ip,
                 spi: wire_spi(peer.id, g, &peer.epoch),
                 mark: None,
-                crypto: crypto(generation.derive(&out_id.reversed())?),
+                crypto: crypto(derive(&out_id.reversed())?),
             };
             s.maps.peer_spis.insert((peer.ip, inbound.spi));
             s.states.insert(out.key(), out);
@@ -241,6 +257,75 @@ pub fn is_outbound(state: &xfrm::State) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CONFIG: &str = r#"
+key_file = "keys"
+[node]
+name = "a"
+ip = "192.168.0.1"
+id = 1
+uplink = "eth0"
+pod_cidr = "10.244.1.0/24"
+epoch = "00112233445566778899aabbccddeeff"
+[[peers]]
+name = "b"
+ip = "192.168.0.2"
+id = 2
+pod_cidrs = ["10.244.2.0/24"]
+epoch = "ffeeddccbbaa99887766554433221100"
+"#;
+
+    fn snapshot(cipher: Cipher) -> Snapshot {
+        let config: Config = CONFIG.parse().unwrap();
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let uplink = Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+        };
+        let next_hops = BTreeMap::from([(
+            Ipv4Addr::new(192, 168, 0, 2),
+            NextHop {
+                oif: 2,
+                gateway: None,
+            },
+        )]);
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: 100,
+            cipher,
+        };
+        desired(&config, &keys, &around).unwrap()
+    }
+
+    #[test]
+    fn gcm_keys_fall_back_to_cbc_when_the_kernel_lacks_gcm() {
+        let gcm = snapshot(Cipher::Gcm);
+        let cbc = snapshot(Cipher::CbcHmacSha256);
+        assert_eq!(gcm.states.len(), 2);
+        assert!(
+            gcm.states
+                .values()
+                .all(|s| matches!(s.crypto, Crypto::Gcm { .. }))
+        );
+        assert!(
+            cbc.states
+                .values()
+                .all(|s| matches!(s.crypto, Crypto::CbcHmacSha256 { .. }))
+        );
+        // Same SAs otherwise: same SPIs, marks and policies.
+        assert_eq!(
+            gcm.states.keys().collect::<Vec<_>>(),
+            cbc.states.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(gcm.policies, cbc.policies);
+        // The route MTU follows the transform: 1446 for GCM, 1438 for CBC+HMAC.
+        let mtus = |s: &Snapshot| s.routes.iter().map(|r| r.mtu).collect::<Vec<_>>();
+        assert_eq!((mtus(&gcm), mtus(&cbc)), (vec![1446], vec![1438]));
+    }
 
     #[test]
     fn wire_spi_names_sender_epoch_and_generation() {

@@ -17,7 +17,10 @@ use xsteer::dataplane::Dataplane;
 
 use crate::{support::Netns, wire::Capture};
 
-const KEYS: &str = "3 rfc4106(gcm(aes)) 0x6a0c3c1e7d2b4f59a1b2c3d4e5f60718293a4b5c 128\n";
+/// An older CBC generation (installed, idle) and the newest, GCM, which carries the traffic.
+const KEYS: &str = "\
+    3 hmac(sha256) 0x1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988 cbc(aes) 0x0f1e2d3c4b5a69780f1e2d3c4b5a6978\n\
+    4 rfc4106(gcm(aes)) 0x6a0c3c1e7d2b4f59a1b2c3d4e5f60718293a4b5c 128\n";
 const DATAGRAMS: usize = 20;
 
 /// One node: its namespace, its pod's namespace, and its files.
@@ -271,6 +274,18 @@ fn two_nodes_configured_by_apply_exchange_esp_only() {
         assert!(state.contains(line), "foreign line gone: {line}\n{state}");
     }
     assert!(state.contains("fwmark 0xe00/0xf00 lookup 200"), "{state}");
+    // Both generations' SAs, each with its own transform, one per direction.
+    assert_eq!(
+        state.matches("aead rfc4106(gcm(aes))").count(),
+        3,
+        "2 of xsteer's, 1 foreign:\n{state}"
+    );
+    assert_eq!(
+        state.matches("auth-trunc hmac(sha256)").count(),
+        2,
+        "{state}"
+    );
+    assert_eq!(state.matches("enc cbc(aes)").count(), 2, "{state}");
     assert!(
         state.contains("10.244.2.0/24 via 192.168.60.2 dev eth0 table 200 proto 120"),
         "{state}"
@@ -308,14 +323,15 @@ fn two_nodes_configured_by_apply_exchange_esp_only() {
             "every datagram {} -> {} is delivered",
             from.name, to.name
         );
-        // The wire SPI names the sender: node ID in the top 16 bits.
-        let ids: Vec<u32> = sent
-            .iter()
-            .filter_map(|p| p.spi)
-            .map(|spi| spi >> 16)
-            .collect();
+        // The wire SPI names the sender (node ID in the top 16 bits) and the newest generation
+        // (the low 4 bits).
         let sender_id = if from.name == "a" { 1 } else { 2 };
-        assert!(ids.iter().all(|&id| id == sender_id), "{ids:?}");
+        let spis: Vec<u32> = sent.iter().filter_map(|p| p.spi).collect();
+        assert!(
+            spis.iter()
+                .all(|&spi| spi >> 16 == sender_id && spi & 0xF == 4),
+            "{spis:x?}"
+        );
     }
     for node in [&a, &b] {
         let _ = fs::remove_dir_all(node.pin_dir());
