@@ -4,6 +4,7 @@
 //! policies and policy routing select on those marks and encrypt with IPsec ESP. This crate is
 //! the userspace side: it loads the programs and manages what they read.
 
+pub mod agent;
 pub mod apply;
 pub mod cidr;
 pub mod config;

@@ -1,10 +1,11 @@
 //! The `xsteer` command.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xsteer::{
+    agent::{self, AgentOptions, PodVeths},
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     dataplane::{Dataplane, MAPS},
 };
@@ -41,6 +42,26 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Run the node agent: reconcile, attach the programs, follow pod veths and config or key
+    /// changes; on SIGTERM exit leaving the dataplane pinned and running.
+    Agent {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where maps and links are pinned (bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Where xsteer keeps the ledger of outbound keys it has used.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Pod veths are the interfaces whose names start with this (repeatable); default:
+        /// every veth whose peer is in another network namespace.
+        #[arg(long = "pod-veth-prefix")]
+        pod_veth_prefixes: Vec<String>,
+        /// Seconds between reconciles without a change.
+        #[arg(long, default_value_t = 30)]
+        resync: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,16 +80,40 @@ fn main() -> Result<()> {
                 state_dir,
             },
         ),
+        Command::Agent {
+            config,
+            pin_dir,
+            state_dir,
+            pod_veth_prefixes,
+            resync,
+        } => {
+            let opts = AgentOptions {
+                config,
+                pin_dir,
+                state_dir,
+                pod_veths: PodVeths {
+                    prefixes: pod_veth_prefixes,
+                },
+                poll: Duration::from_secs(1),
+                resync: Duration::from_secs(resync.max(1)),
+            };
+            runtime()?.block_on(agent::run(opts))?;
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 /// `xsteer apply`: validates everything, then reconciles once.
 fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
     let (config, keys) = apply::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = runtime()?;
     let verb = if opts.dry_run { "would " } else { "" };
     let applied = runtime.block_on(apply::apply(&config, &keys, &opts, |change| {
         println!("{verb}{change}");

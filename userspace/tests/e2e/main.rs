@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agent;
 mod apply_tunnel;
+mod cluster;
 mod esp_smoke;
 mod wire;

@@ -1,0 +1,287 @@
+//! `xsteer agent`: keeps a node's dataplane true for as long as it runs, and leaves it running
+//! when it stops.
+//!
+//! At start it reconciles the kernel (the same reconcile as `xsteer apply`, so maps are filled
+//! before any program reads them), then attaches the guards to the uplink and the classifier to
+//! every pod veth, adopting the links a previous agent pinned. Then it waits: a new pod veth gets
+//! the classifier at once (link notifications); a changed config or key file is reloaded and
+//! reconciled, and a bad one is logged and ignored, the last good state staying in place; every
+//! `resync` it reconciles anyway, repairing drift. SIGTERM or SIGINT end it with everything
+//! pinned: programs keep running, and the next agent picks them up without a gap.
+
+pub mod attach;
+pub mod pods;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use aya::programs::TcAttachType;
+use futures::StreamExt;
+use tokio::signal::unix::{SignalKind, signal};
+use xsteer_common::programs;
+
+use crate::{
+    apply::{self, ApplyOptions},
+    config::Config,
+    dataplane::{Dataplane, DataplaneError, bpffs},
+    keys::KeyFile,
+};
+pub use pods::PodVeths;
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// The node's config.
+    pub config: PathBuf,
+    /// Where maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// Where the outbound key ledger lives.
+    pub state_dir: PathBuf,
+    /// Which interfaces are pod veths.
+    pub pod_veths: PodVeths,
+    /// How often to look at the config and key file for changes.
+    pub poll: Duration,
+    /// How often to reconcile even without a change.
+    pub resync: Duration,
+}
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The config or key file at start.
+    #[error("{0:#}")]
+    Load(anyhow::Error),
+    /// The first reconcile failed.
+    #[error("reconciling: {0}")]
+    Apply(#[from] apply::ApplyError),
+    /// bpffs could not be mounted.
+    #[error("mounting bpffs: {0}")]
+    Bpffs(#[source] std::io::Error),
+    /// The programs could not be loaded.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// A program could not be attached.
+    #[error("attaching {program} to {interface}: {reason}")]
+    Attach {
+        /// The program.
+        program: &'static str,
+        /// The interface.
+        interface: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Links could not be listed or watched.
+    #[error("links: {0}")]
+    Links(String),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// One log line, on stderr: the agent explains every state change it makes.
+macro_rules! log {
+    ($($arg:tt)*) => { eprintln!("xsteer agent: {}", format_args!($($arg)*)) };
+}
+
+/// What identifies a version of the config and key file: a change of either means a reload.
+fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64)>> {
+    [config, key_file]
+        .iter()
+        .map(|p| {
+            let m = fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// The node's state as the agent holds it between reconciles.
+struct Node {
+    opts: AgentOptions,
+    config: Config,
+    keys: KeyFile,
+    version: Vec<Option<(SystemTime, u64)>>,
+    dataplane: Dataplane,
+    pods: BTreeSet<String>,
+}
+
+impl Node {
+    /// Reconciles the kernel with the config and keys held; logs each change.
+    async fn reconcile(&self, why: &str) -> Result<(), apply::ApplyError> {
+        let opts = ApplyOptions {
+            dry_run: false,
+            pin_dir: self.opts.pin_dir.clone(),
+            state_dir: self.opts.state_dir.clone(),
+        };
+        let applied = apply::apply(&self.config, &self.keys, &opts, |change| {
+            log!("{change} ({why})");
+        })
+        .await?;
+        for notice in &applied.notices {
+            log!("warning: {notice}");
+        }
+        Ok(())
+    }
+
+    /// Re-reads the config and key file if they changed; keeps the last good ones on error.
+    async fn reload_if_changed(&mut self) {
+        let version = inputs_version(&self.opts.config, &self.config.key_file);
+        if version == self.version {
+            return;
+        }
+        self.version = version;
+        match apply::load(&self.opts.config) {
+            Ok((config, keys)) => {
+                log!(
+                    "{} or its key file changed: reconciling",
+                    self.opts.config.display()
+                );
+                self.config = config;
+                self.keys = keys;
+                if let Err(e) = self.reconcile("config or keys changed").await {
+                    log!("reconcile failed, will retry: {e}");
+                }
+            }
+            Err(e) => {
+                log!("ignoring the changed config or key file, the last good state stays: {e:#}")
+            }
+        }
+    }
+
+    /// Attaches the classifier to pod veth `name` unless this agent already did.
+    fn attach_pod(&mut self, name: &str) {
+        if self.pods.contains(name) {
+            return;
+        }
+        let result = self
+            .dataplane
+            .pod_classifier()
+            .map_err(AgentError::from)
+            .and_then(|program| {
+                attach::tc(
+                    program,
+                    programs::POD_CLASSIFIER,
+                    name,
+                    TcAttachType::Ingress,
+                    &self.opts.pin_dir,
+                )
+            });
+        match result {
+            Ok(how) => {
+                log!("pod veth {name}: classifier attached ({how:?})");
+                self.pods.insert(name.to_owned());
+            }
+            Err(e) => log!("pod veth {name}: {e}"),
+        }
+    }
+
+    fn pod_gone(&mut self, name: &str) {
+        if self.pods.remove(name)
+            || attach::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER)
+                .iter()
+                .any(|p| p == name)
+        {
+            match attach::unpin(&self.opts.pin_dir, programs::POD_CLASSIFIER, name) {
+                Ok(()) => log!("pod veth {name} gone: its link unpinned"),
+                Err(e) => log!("pod veth {name} gone, unpinning failed: {e}"),
+            }
+        }
+    }
+
+    /// Attaches to every pod veth present, and forgets pins of veths that are gone.
+    async fn rescan(&mut self, handle: &rtnetlink::Handle) -> Result<(), AgentError> {
+        let present = self.opts.pod_veths.list(handle).await?;
+        for name in &present {
+            self.attach_pod(name);
+        }
+        for name in attach::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER) {
+            if !present.contains(&name) {
+                self.pod_gone(&name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    let (config, keys) = apply::load(&opts.config).map_err(AgentError::Load)?;
+    let version = inputs_version(&opts.config, &config.key_file);
+    bpffs::ensure_mounted().map_err(AgentError::Bpffs)?;
+    let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
+    dataplane.load_programs()?;
+    let uplink = config.node.uplink.clone();
+    let mut node = Node {
+        opts,
+        config,
+        keys,
+        version,
+        dataplane,
+        pods: BTreeSet::new(),
+    };
+    // Maps before programs: a guard attached to empty maps would let nothing be checked.
+    node.reconcile("start").await?;
+
+    let pin_dir = node.opts.pin_dir.clone();
+    let how = attach::tc(
+        node.dataplane.egress_guard()?,
+        programs::EGRESS_GUARD,
+        &uplink,
+        TcAttachType::Egress,
+        &pin_dir,
+    )?;
+    log!("uplink {uplink}: egress guard attached ({how:?})");
+    let how = attach::xdp(
+        node.dataplane.ingress_guard()?,
+        programs::INGRESS_GUARD,
+        &uplink,
+        &pin_dir,
+    )?;
+    log!("uplink {uplink}: ingress guard attached ({how:?})");
+
+    let mut links = pods::watch()?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| AgentError::Links(e.to_string()))?;
+    tokio::spawn(connection);
+    node.rescan(&handle).await?;
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut poll = tokio::time::interval(node.opts.poll);
+    let mut resync = tokio::time::interval(node.opts.resync);
+    resync.tick().await;
+    log!("running: {} pod veth(s) classified", node.pods.len());
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            message = links.messages.next() => {
+                let Some((message, _)) = message else {
+                    return Err(AgentError::Links("the link notification socket closed".into()));
+                };
+                match node.opts.pod_veths.event(&message) {
+                    Some(pods::PodEvent::Up(name)) => node.attach_pod(&name),
+                    Some(pods::PodEvent::Gone(name)) => node.pod_gone(&name),
+                    None => {}
+                }
+            }
+            _ = poll.tick() => node.reload_if_changed().await,
+            _ = resync.tick() => {
+                if let Err(e) = node.reconcile("periodic resync").await {
+                    log!("resync failed, will retry: {e}");
+                }
+                if let Err(e) = node.rescan(&handle).await {
+                    log!("rescanning pod veths failed: {e}");
+                }
+            }
+        }
+    }
+    log!(
+        "stopping; programs, maps and links stay pinned under {}",
+        pin_dir.display()
+    );
+    Ok(())
+}
