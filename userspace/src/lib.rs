@@ -14,4 +14,5 @@ pub mod ledger;
 pub mod netlink;
 pub mod reconcile;
 pub mod routing;
+pub mod uninstall;
 pub mod xfrm;

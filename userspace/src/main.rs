@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use xsteer::{
     agent::{self, AgentOptions, PodVeths},
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
+    config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
+    uninstall,
 };
 use xsteer_common::programs;
 
@@ -62,6 +64,19 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         resync: u64,
     },
+    /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
+    /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
+    Uninstall {
+        /// The node's config, for its route table (default: table 200).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where maps and links are pinned (bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Where the ledger of outbound keys is (kept: it must outlive reinstalls).
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -98,6 +113,22 @@ fn main() -> Result<()> {
                 resync: Duration::from_secs(resync.max(1)),
             };
             runtime()?.block_on(agent::run(opts))?;
+            Ok(())
+        }
+        Command::Uninstall {
+            config,
+            pin_dir,
+            state_dir,
+        } => {
+            let table = match config {
+                Some(path) => Config::from_path(&path)?.route_table,
+                None => DEFAULT_ROUTE_TABLE,
+            };
+            let steps =
+                runtime()?.block_on(uninstall::uninstall(&pin_dir, &state_dir, table, |step| {
+                    println!("{step}")
+                }))?;
+            println!("{steps} changes; pod traffic between nodes is no longer encrypted");
             Ok(())
         }
     }

@@ -113,7 +113,7 @@ fn two_nodes_configured_by_apply_exchange_esp_only() {
         "{state}"
     );
 
-    let _dataplanes = [attach_classifier(&a), attach_classifier(&b)];
+    let dataplanes = [attach_classifier(&a), attach_classifier(&b)];
     let wire_a = Capture::start(&a.netns, "eth0");
     let wire_b = Capture::start(&b.netns, "eth0");
 
@@ -168,4 +168,22 @@ fn two_nodes_configured_by_apply_exchange_esp_only() {
             "{spis:x?}"
         );
     }
+
+    // Uninstall removes xsteer's objects and nothing else: node A is as it was before.
+    drop(dataplanes);
+    let mut uninstall = a.xsteer("uninstall", &[]);
+    let out = a.netns.run(move || uninstall.output().unwrap());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("no longer encrypted"), "{text}");
+    assert_eq!(
+        a.kernel_state(),
+        foreign_before,
+        "uninstall left or removed something:\n{text}"
+    );
+    assert!(!a.pin_dir().exists(), "the pins are gone");
 }

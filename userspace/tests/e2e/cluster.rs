@@ -120,8 +120,9 @@ impl Node {
         [
             self.netns.ip(&["xfrm", "state", "show"]),
             self.netns.ip(&["xfrm", "policy", "show"]),
-            self.netns.ip(&["rule", "show"]),
-            self.netns.ip(&["route", "show", "table", "all"]),
+            // IPv4 only: IPv6 link-local routes appear on their own schedule after links go up.
+            self.netns.ip(&["-4", "rule", "show"]),
+            self.netns.ip(&["-4", "route", "show", "table", "all"]),
         ]
         .join("\n---\n")
     }

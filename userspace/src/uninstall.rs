@@ -1,0 +1,113 @@
+//! `xsteer uninstall`: removes everything xsteer owns on a node, and nothing else.
+//!
+//! Order matters even on the way out: the classifier links go first, so nothing is marked any
+//! more; then the reconcile towards an empty state removes map entries, routes, the rule,
+//! policies and SAs in its safe order; the guards go last, so until the very end a pod packet
+//! bound for another node is dropped rather than sent in plaintext. After that, pod traffic
+//! between nodes is no longer encrypted: that is what uninstalling means.
+
+use std::{fs, io, path::Path};
+
+use xsteer_common::programs;
+
+use crate::{
+    agent::attach,
+    dataplane::{Dataplane, DataplaneError},
+    ledger::KeyLedger,
+    netlink::Netlink,
+    reconcile::{self, Change, ReconcileError, Snapshot, plan::plan},
+};
+
+/// Why an uninstall failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallError {
+    /// The netlink sockets could not be opened.
+    #[error("opening netlink sockets: {0}")]
+    Netlink(#[source] io::Error),
+    /// The pinned maps could not be opened.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// Reading or removing kernel objects failed.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// A pin could not be removed.
+    #[error("removing {path}: {source}")]
+    Unpin {
+        /// The pin.
+        path: String,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn unpin_all(pin_dir: &Path, program: &str) -> Result<Vec<String>, UninstallError> {
+    let interfaces = attach::pinned_interfaces(pin_dir, program);
+    for interface in &interfaces {
+        attach::unpin(pin_dir, program, interface).map_err(|source| UninstallError::Unpin {
+            path: attach::pin_path(pin_dir, program, interface)
+                .display()
+                .to_string(),
+            source,
+        })?;
+    }
+    Ok(interfaces)
+}
+
+/// Removes xsteer's links and pins under `pin_dir`, and its SAs, policies, rule, routes in
+/// `table` and map entries; `report` is called with each step. Returns the number of steps.
+pub async fn uninstall(
+    pin_dir: &Path,
+    state_dir: &Path,
+    table: u32,
+    mut report: impl FnMut(&str),
+) -> Result<usize, UninstallError> {
+    let mut steps = 0;
+    for interface in unpin_all(pin_dir, programs::POD_CLASSIFIER)? {
+        report(&format!(
+            "detach {} from {interface}",
+            programs::POD_CLASSIFIER
+        ));
+        steps += 1;
+    }
+
+    let netlink = Netlink::connect().map_err(UninstallError::Netlink)?;
+    let pinned = Dataplane::is_pinned(pin_dir);
+    let mut dataplane = if pinned {
+        Dataplane::load_pinned(pin_dir)?
+    } else {
+        // Nothing pinned: only kernel objects can be left; empty maps read as nothing.
+        Dataplane::load()?
+    };
+    let have = reconcile::read(&netlink, &mut dataplane, table).await?;
+    let changes: Vec<Change> = plan(&have, &Snapshot::default());
+    let mut ledger = KeyLedger::open(state_dir).map_err(ReconcileError::from)?;
+    reconcile::execute(
+        &netlink,
+        &mut dataplane,
+        &mut ledger,
+        table,
+        &changes,
+        |c| report(&c.to_string()),
+    )
+    .await?;
+    steps += changes.len();
+    drop(dataplane);
+
+    for program in [programs::EGRESS_GUARD, programs::INGRESS_GUARD] {
+        for interface in unpin_all(pin_dir, program)? {
+            report(&format!("detach {program} from {interface}"));
+            steps += 1;
+        }
+    }
+    if pin_dir.exists() {
+        // Removing a pinned map's file drops the last reference once no program holds it.
+        fs::remove_dir_all(pin_dir).map_err(|source| UninstallError::Unpin {
+            path: pin_dir.display().to_string(),
+            source,
+        })?;
+        report(&format!("remove {}", pin_dir.display()));
+        steps += 1;
+    }
+    Ok(steps)
+}
