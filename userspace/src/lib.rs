@@ -14,5 +14,6 @@ pub mod ledger;
 pub mod netlink;
 pub mod reconcile;
 pub mod routing;
+pub mod status;
 pub mod uninstall;
 pub mod xfrm;

@@ -9,7 +9,7 @@ use xsteer::{
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
-    uninstall,
+    status, uninstall,
 };
 use xsteer_common::programs;
 
@@ -63,6 +63,21 @@ enum Command {
         /// Seconds between reconciles without a change.
         #[arg(long, default_value_t = 30)]
         resync: u64,
+        /// Where to serve /metrics and /healthz ("off" to serve nothing).
+        #[arg(long, default_value = "127.0.0.1:9478")]
+        metrics_addr: String,
+    },
+    /// Show peers, key generations (fingerprints only), SA traffic and counters.
+    Status {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where maps are pinned (bpffs).
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// `table` for people, `json` for scripts.
+        #[arg(long, default_value = "table")]
+        output: OutputFormat,
     },
     /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
     /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
@@ -101,7 +116,14 @@ fn main() -> Result<()> {
             state_dir,
             pod_veth_prefixes,
             resync,
+            metrics_addr,
         } => {
+            let metrics = match metrics_addr.as_str() {
+                "off" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!("--metrics-addr {addr:?}: not an address such as 127.0.0.1:9478")
+                })?),
+            };
             let opts = AgentOptions {
                 config,
                 pin_dir,
@@ -111,8 +133,22 @@ fn main() -> Result<()> {
                 },
                 poll: Duration::from_secs(1),
                 resync: Duration::from_secs(resync.max(1)),
+                metrics,
             };
             runtime()?.block_on(agent::run(opts))?;
+            Ok(())
+        }
+        Command::Status {
+            config,
+            pin_dir,
+            output,
+        } => {
+            let (config, keys) = apply::load(&config)?;
+            let status = runtime()?.block_on(status::collect(&config, &keys, &pin_dir))?;
+            match output {
+                OutputFormat::Table => print!("{}", status.table()),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            }
             Ok(())
         }
         Command::Uninstall {
@@ -132,6 +168,15 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Output formats of `xsteer status`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// JSON for scripts.
+    Json,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -344,6 +344,45 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
         .collect())
 }
 
+/// Traffic an SA has carried, as the kernel counts it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaCounters {
+    /// Bytes.
+    pub bytes: u64,
+    /// Packets.
+    pub packets: u64,
+}
+
+/// The traffic counters of xsteer's SAs, by kernel identity.
+pub async fn state_counters(
+    netlink: &Netlink,
+) -> Result<std::collections::BTreeMap<StateKey, SaCounters>, XfrmError> {
+    let dump: Vec<_> = netlink
+        .xfrm
+        .state()
+        .get_dump()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(kernel("listing", "SAs"))?;
+    Ok(dump
+        .into_iter()
+        .filter(|m| m.user_sa_info.reqid == REQID && m.user_sa_info.id.proto == IPPROTO_ESP)
+        .map(|m| {
+            let info = &m.user_sa_info;
+            let key = StateKey {
+                dst: ipv4(&info.id.daddr),
+                spi: info.id.spi,
+            };
+            let counters = SaCounters {
+                bytes: info.lifetime_cur.bytes,
+                packets: info.lifetime_cur.packets,
+            };
+            (key, counters)
+        })
+        .collect())
+}
+
 fn crypto_of(nlas: &[XfrmAttrs]) -> Option<Crypto> {
     let name = |raw: &[u8]| {
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());

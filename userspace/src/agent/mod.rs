@@ -10,6 +10,7 @@
 //! pinned: programs keep running, and the next agent picks them up without a gap.
 
 pub mod attach;
+pub mod metrics;
 pub mod pods;
 
 use std::{
@@ -47,6 +48,8 @@ pub struct AgentOptions {
     pub poll: Duration,
     /// How often to reconcile even without a change.
     pub resync: Duration,
+    /// Where to serve /metrics and /healthz; `None` serves nothing.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Why the agent stopped or could not start.
@@ -77,6 +80,15 @@ pub enum AgentError {
     /// Links could not be listed or watched.
     #[error("links: {0}")]
     Links(String),
+    /// The metrics address could not be bound.
+    #[error("serving metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -106,6 +118,8 @@ struct Node {
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
     pods: BTreeSet<String>,
+    /// The last good config and keys, for the metrics endpoint.
+    published: tokio::sync::watch::Sender<std::sync::Arc<(Config, KeyFile)>>,
 }
 
 impl Node {
@@ -141,6 +155,10 @@ impl Node {
                 );
                 self.config = config;
                 self.keys = keys;
+                self.published.send_replace(std::sync::Arc::new((
+                    self.config.clone(),
+                    self.keys.clone(),
+                )));
                 if let Err(e) = self.reconcile("config or keys changed").await {
                     log!("reconcile failed, will retry: {e}");
                 }
@@ -214,6 +232,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
     dataplane.load_programs()?;
     let uplink = config.node.uplink.clone();
+    let (published, inputs) =
+        tokio::sync::watch::channel(std::sync::Arc::new((config.clone(), keys.clone())));
+    if let Some(addr) = opts.metrics {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        tokio::spawn(metrics::serve(listener, inputs, opts.pin_dir.clone()));
+        log!("serving /metrics and /healthz on http://{addr}");
+    }
     let mut node = Node {
         opts,
         config,
@@ -221,6 +248,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         version,
         dataplane,
         pods: BTreeSet::new(),
+        published,
     };
     // Maps before programs: a guard attached to empty maps would let nothing be checked.
     node.reconcile("start").await?;

@@ -95,6 +95,72 @@ fn flood(
     })
 }
 
+/// `xsteer status --output json` and the agent's /metrics agree with what was sent: at least
+/// `sent` packets marked, and as many on node a's OUT SA to b.
+fn check_status_and_metrics(a: &Node, sent: u64) {
+    let mut status = std::process::Command::new(env!("CARGO_BIN_EXE_xsteer"));
+    status
+        .args(["status", "--output", "json", "--config"])
+        .arg(a.config())
+        .arg("--pin-dir")
+        .arg(a.pin_dir());
+    let out = a.netns.run(move || status.output().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let peer = &json["peers"][0];
+    assert_eq!(peer["name"], "b", "{json}");
+    assert_eq!(peer["sending_generation"], 4, "{json}");
+    let out_packets: u64 = peer["outbound"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sa| sa["packets"].as_u64().unwrap())
+        .sum();
+    assert!(out_packets >= sent, "{json}");
+    let marked = json["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "pod_marked")
+        .map(|c| c[1].as_u64().unwrap())
+        .unwrap();
+    assert!(marked >= sent, "{json}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !text.contains("6a0c3c1e"),
+        "key material in status:\n{text}"
+    );
+
+    let metrics = a.netns.run(|| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9478").unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    });
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    // The sum over every series whose name and labels start with `prefix`.
+    let value = |prefix: &str| -> u64 {
+        let values: Vec<u64> = metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!values.is_empty(), "no {prefix} in\n{metrics}");
+        values.iter().sum()
+    };
+    assert!(value("xsteer_packets_total{verdict=\"pod_marked\"}") >= sent);
+    assert!(value("xsteer_sa_packets_total{peer=\"b\",direction=\"out\"") >= sent);
+    eprintln!("status and /metrics: {out_packets} packets on the OUT SA, {marked} marked");
+}
+
 #[test]
 #[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
 fn the_agent_classifies_pods_survives_sigkill_and_guards_while_down() {
@@ -120,6 +186,7 @@ fn the_agent_classifies_pods_survives_sigkill_and_guards_while_down() {
     let (esp, plaintext) = census(&wire.take(), &a, b.pod_ip);
     eprintln!("at start: {esp} ESP, {plaintext} plaintext, {got}/20 delivered");
     assert_eq!((esp, plaintext, got), (20, 0, 20));
+    check_status_and_metrics(&a, 20);
 
     // SIGKILL during a flood, then a restart: the pinned dataplane carries on alone.
     let mut agent_a = Some(agent_a);

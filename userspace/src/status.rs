@@ -1,0 +1,314 @@
+//! What a node's dataplane is doing, gathered from the kernel: `xsteer status` shows it as a
+//! table or JSON, and the agent serves it as Prometheus metrics.
+//!
+//! Everything comes from the kernel and the pinned maps, not from the agent's memory, so the
+//! status is true even while no agent runs. Keys appear only as fingerprints.
+
+use std::{fmt::Write as _, fs, io, net::Ipv4Addr, path::Path};
+
+use serde::Serialize;
+use xsteer_common::counters::Counter;
+
+use crate::{
+    config::Config,
+    dataplane::{Dataplane, DataplaneError},
+    keys::KeyFile,
+    netlink::Netlink,
+    reconcile::desired::wire_spi,
+    xfrm::{self, XfrmError},
+};
+
+/// One key generation of the key file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Generation {
+    /// Its number (the SPI in the mark), 1..=15.
+    pub spi: u8,
+    /// Cipher suite and key sizes.
+    pub algorithm: String,
+    /// Fingerprints of the master key's components.
+    pub fingerprints: Vec<String>,
+    /// Whether new traffic is sent with it.
+    pub newest: bool,
+}
+
+/// One SA and what it carried.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sa {
+    /// The wire SPI.
+    pub spi: u32,
+    /// The key generation.
+    pub generation: u8,
+    /// Present in the kernel.
+    pub installed: bool,
+    /// Bytes carried.
+    pub bytes: u64,
+    /// Packets carried.
+    pub packets: u64,
+}
+
+/// One peer node.
+#[derive(Clone, Debug, Serialize)]
+pub struct Peer {
+    /// Its name.
+    pub name: String,
+    /// Its node IP.
+    pub ip: Ipv4Addr,
+    /// Its node ID.
+    pub id: u16,
+    /// The generation its pod CIDRs are marked with (`remote_pod_cidrs`), if any.
+    pub sending_generation: Option<u8>,
+    /// SAs towards it, one per generation.
+    pub outbound: Vec<Sa>,
+    /// SAs from it, one per generation.
+    pub inbound: Vec<Sa>,
+    /// ESP the ingress guard accepted from it.
+    pub esp_accepted_packets: u64,
+}
+
+/// A node's status.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// This node's name.
+    pub node: String,
+    /// The key file's generations.
+    pub generations: Vec<Generation>,
+    /// The peers.
+    pub peers: Vec<Peer>,
+    /// The programs' counters, by name.
+    pub counters: Vec<(String, u64)>,
+    /// The kernel's non-zero xfrm error counters (/proc/net/xfrm_stat).
+    pub xfrm_errors: Vec<(String, u64)>,
+}
+
+/// Why the status could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The netlink sockets could not be opened.
+    #[error("opening netlink sockets: {0}")]
+    Netlink(#[source] io::Error),
+    /// The maps could not be read.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The SAs could not be listed.
+    #[error(transparent)]
+    Xfrm(#[from] XfrmError),
+    /// /proc/net/xfrm_stat could not be read.
+    #[error("reading /proc/net/xfrm_stat: {0}")]
+    XfrmStat(#[source] io::Error),
+}
+
+/// The non-zero counters of /proc/net/xfrm_stat.
+fn xfrm_errors() -> Result<Vec<(String, u64)>, StatusError> {
+    let text = fs::read_to_string("/proc/net/xfrm_stat").map_err(StatusError::XfrmStat)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(char::is_whitespace)?;
+            let value: u64 = value.trim().parse().ok()?;
+            (value > 0).then(|| (name.to_owned(), value))
+        })
+        .collect())
+}
+
+/// Gathers the status of the node `config` describes, from the maps pinned in `pin_dir`.
+pub async fn collect(
+    config: &Config,
+    keys: &KeyFile,
+    pin_dir: &Path,
+) -> Result<Status, StatusError> {
+    let netlink = Netlink::connect().map_err(StatusError::Netlink)?;
+    let sa_counters = xfrm::state_counters(&netlink).await?;
+    let pinned = Dataplane::is_pinned(pin_dir);
+    let mut dataplane = if pinned {
+        Some(Dataplane::load_pinned(pin_dir)?)
+    } else {
+        None
+    };
+    let newest = keys.newest().ok().map(|g| g.spi());
+    let generations = keys
+        .generations()
+        .iter()
+        .map(|g| Generation {
+            spi: g.spi(),
+            algorithm: g.algorithm().to_string(),
+            fingerprints: g.fingerprints().iter().map(ToString::to_string).collect(),
+            newest: Some(g.spi()) == newest,
+        })
+        .collect();
+
+    let (remote, esp_stats, counters) = match dataplane.as_mut() {
+        Some(dp) => (
+            dp.remote_pod_cidrs()?.entries()?,
+            {
+                let spis = dp.peer_spis()?;
+                let mut stats = Vec::new();
+                for (ip, spi) in spis.keys()? {
+                    stats.push((ip, spi, spis.stats(ip, spi)?.packets));
+                }
+                stats
+            },
+            dp.counters()?
+                .read()?
+                .iter()
+                .map(|(c, v)| (c.name().to_owned(), v))
+                .collect(),
+        ),
+        None => (
+            Vec::new(),
+            Vec::new(),
+            Counter::ALL
+                .iter()
+                .map(|c| (c.name().to_owned(), 0))
+                .collect(),
+        ),
+    };
+
+    let local = &config.node;
+    let sa = |src_id: u16, epoch, generation: u8, dst: Ipv4Addr| {
+        let spi = wire_spi(src_id, generation, epoch);
+        let counters = sa_counters.get(&xfrm::StateKey { dst, spi });
+        Sa {
+            spi,
+            generation,
+            installed: counters.is_some(),
+            bytes: counters.map_or(0, |c| c.bytes),
+            packets: counters.map_or(0, |c| c.packets),
+        }
+    };
+    let peers = config
+        .peers
+        .iter()
+        .map(|p| Peer {
+            name: p.name.clone(),
+            ip: p.ip,
+            id: p.id,
+            sending_generation: remote
+                .iter()
+                .find(|(cidr, _)| p.pod_cidrs.contains(cidr))
+                .map(|(_, v)| v.spi),
+            outbound: keys
+                .generations()
+                .iter()
+                .map(|g| sa(local.id, &local.epoch, g.spi(), p.ip))
+                .collect(),
+            inbound: keys
+                .generations()
+                .iter()
+                .map(|g| sa(p.id, &p.epoch, g.spi(), local.ip))
+                .collect(),
+            esp_accepted_packets: esp_stats
+                .iter()
+                .filter(|(ip, _, _)| *ip == p.ip)
+                .map(|(_, _, n)| n)
+                .sum(),
+        })
+        .collect();
+    Ok(Status {
+        node: local.name.clone(),
+        generations,
+        peers,
+        counters,
+        xfrm_errors: xfrm_errors()?,
+    })
+}
+
+impl Status {
+    /// A table for people.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "node {}", self.node);
+        let _ = writeln!(out, "\nkey generations:");
+        for g in &self.generations {
+            let newest = if g.newest { "  (newest: sending)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {:>2}  {}  key {}{newest}",
+                g.spi,
+                g.algorithm,
+                g.fingerprints.join(" ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<16} {:<15} {:>5} {:>4}  {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "peer", "ip", "id", "gen", "out pkts", "out bytes", "in pkts", "in bytes", "esp ok"
+        );
+        for p in &self.peers {
+            let sum = |sas: &[Sa]| {
+                sas.iter()
+                    .fold((0, 0), |(n, b), s| (n + s.packets, b + s.bytes))
+            };
+            let (out_n, out_b) = sum(&p.outbound);
+            let (in_n, in_b) = sum(&p.inbound);
+            let generation = p
+                .sending_generation
+                .map_or("-".to_owned(), |g| g.to_string());
+            let _ = writeln!(
+                out,
+                "{:<16} {:<15} {:>5} {:>4}  {:>10} {:>12} {:>10} {:>12} {:>10}",
+                p.name, p.ip, p.id, generation, out_n, out_b, in_n, in_b, p.esp_accepted_packets
+            );
+        }
+        let _ = writeln!(out, "\ncounters:");
+        for (name, value) in &self.counters {
+            let _ = writeln!(out, "  {name:<28} {value}");
+        }
+        if !self.xfrm_errors.is_empty() {
+            let _ = writeln!(out, "\nkernel xfrm errors:");
+            for (name, value) in &self.xfrm_errors {
+                let _ = writeln!(out, "  {name:<28} {value}");
+            }
+        }
+        out
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP xsteer_packets_total Verdicts of the eBPF programs.\n# TYPE xsteer_packets_total counter"
+        );
+        for (name, value) in &self.counters {
+            let _ = writeln!(out, "xsteer_packets_total{{verdict=\"{name}\"}} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP xsteer_sa_packets_total Packets carried per SA.\n# TYPE xsteer_sa_packets_total counter\n\
+             # HELP xsteer_sa_bytes_total Bytes carried per SA.\n# TYPE xsteer_sa_bytes_total counter"
+        );
+        for p in &self.peers {
+            for (direction, sas) in [("out", &p.outbound), ("in", &p.inbound)] {
+                for sa in sas.iter().filter(|s| s.installed) {
+                    let labels = format!(
+                        "peer=\"{}\",direction=\"{direction}\",spi=\"{:#010x}\",generation=\"{}\"",
+                        p.name, sa.spi, sa.generation
+                    );
+                    let _ = writeln!(out, "xsteer_sa_packets_total{{{labels}}} {}", sa.packets);
+                    let _ = writeln!(out, "xsteer_sa_bytes_total{{{labels}}} {}", sa.bytes);
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP xsteer_esp_accepted_packets_total ESP the ingress guard accepted, per peer.\n\
+             # TYPE xsteer_esp_accepted_packets_total counter"
+        );
+        for p in &self.peers {
+            let _ = writeln!(
+                out,
+                "xsteer_esp_accepted_packets_total{{peer=\"{}\"}} {}",
+                p.name, p.esp_accepted_packets
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP xsteer_xfrm_errors_total The kernel's /proc/net/xfrm_stat counters.\n\
+             # TYPE xsteer_xfrm_errors_total counter"
+        );
+        for (name, value) in &self.xfrm_errors {
+            let _ = writeln!(out, "xsteer_xfrm_errors_total{{stat=\"{name}\"}} {value}");
+        }
+        out
+    }
+}
