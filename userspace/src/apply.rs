@@ -106,66 +106,129 @@ pub struct Applied {
     pub notices: Vec<String>,
 }
 
-/// Applies `config` with `keys`; calls `report` with each change as it is made (or, on a dry
-/// run, as it would be).
+/// A node's handle on the kernel, kept across applies: the agent holds one for its lifetime,
+/// `xsteer apply` makes one for a single run.
+///
+/// After a successful apply it remembers the state it left, so the next apply plans against
+/// memory instead of dumping every SA, policy, route and map entry: a one-peer change on top of
+/// 1,000 peers costs its own few writes, not a full read. [`Applier::forget`] makes the next
+/// apply read the kernel in full again (the agent does so periodically, to repair drift), and a
+/// failed apply forgets by itself, since it may have left a partial state.
+pub struct Applier {
+    opts: ApplyOptions,
+    netlink: Netlink,
+    dataplane: Dataplane,
+    /// What the kernel offers, probed before the first write.
+    cipher: Option<Cipher>,
+    /// How the main table reaches each peer, looked up once per peer until forgotten.
+    next_hops: BTreeMap<std::net::Ipv4Addr, routing::NextHop>,
+    /// xsteer's objects as the last apply left them.
+    known: Option<reconcile::Snapshot>,
+}
+
+impl Applier {
+    /// Opens netlink and the pinned maps (fresh unpinned ones for a dry run without pins).
+    pub fn new(opts: ApplyOptions) -> Result<Applier, ApplyError> {
+        let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;
+        let dataplane = maps(&opts)?;
+        Ok(Applier {
+            opts,
+            netlink,
+            dataplane,
+            cipher: None,
+            next_hops: BTreeMap::new(),
+            known: None,
+        })
+    }
+
+    /// Makes the next apply read everything from the kernel and look up routes afresh.
+    pub fn forget(&mut self) {
+        self.known = None;
+        self.next_hops.clear();
+    }
+
+    /// Applies `config` with `keys`; calls `report` with each change as it is made (or, on a
+    /// dry run, as it would be).
+    pub async fn apply(
+        &mut self,
+        config: &Config,
+        keys: &KeyFile,
+        mut report: impl FnMut(&Change),
+    ) -> Result<Applied, ApplyError> {
+        let netlink = &self.netlink;
+        let uplink = routing::uplink(netlink, &config.node.uplink).await?;
+        self.next_hops
+            .retain(|ip, _| config.peers.iter().any(|p| p.ip == *ip));
+        for peer in &config.peers {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.next_hops.entry(peer.ip)
+            {
+                slot.insert(routing::route_to(netlink, peer.ip).await?);
+            }
+        }
+        let mut notices = Vec::new();
+        // A dry run writes nothing, not even the probe's throwaway SA: it plans with the key
+        // file's own cipher.
+        let cipher = match (self.opts.dry_run, self.cipher) {
+            (true, _) => Cipher::Gcm,
+            (false, Some(cipher)) => cipher,
+            (false, None) => *self.cipher.insert(xfrm::probe(netlink).await?),
+        };
+        let newest_is_gcm = matches!(
+            keys.newest().map_err(DesiredError::from)?.algorithm(),
+            Algorithm::Gcm { .. }
+        );
+        if cipher == Cipher::CbcHmacSha256 && newest_is_gcm {
+            notices.push(format!(
+                "this kernel lacks {}: falling back to {} with keys derived from the GCM keys; \
+                 every peer must fall back too (a peer using GCM drops this node's ESP: traffic \
+                 stops, it never leaves in plaintext)",
+                xfrm::GCM,
+                cipher_name(Cipher::CbcHmacSha256)
+            ));
+        }
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &self.next_hops,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            cipher,
+        };
+        let want = desired(config, keys, &around)?;
+        let have = match self.known.take() {
+            Some(known) => known,
+            None => reconcile::read(netlink, &mut self.dataplane, config.route_table).await?,
+        };
+        let changes = plan(&have, &want);
+        if self.opts.dry_run {
+            changes.iter().for_each(&mut report);
+            self.known = Some(have);
+            return Ok(Applied { changes, notices });
+        }
+        let mut ledger = KeyLedger::open(&self.opts.state_dir).map_err(ReconcileError::from)?;
+        reconcile::execute(
+            netlink,
+            &mut self.dataplane,
+            &mut ledger,
+            config.route_table,
+            &changes,
+            report,
+        )
+        .await?;
+        self.known = Some(want);
+        Ok(Applied { changes, notices })
+    }
+}
+
+/// Applies `config` with `keys` once, reading the kernel in full; calls `report` with each
+/// change as it is made (or, on a dry run, as it would be).
 pub async fn apply(
     config: &Config,
     keys: &KeyFile,
     opts: &ApplyOptions,
-    mut report: impl FnMut(&Change),
+    report: impl FnMut(&Change),
 ) -> Result<Applied, ApplyError> {
-    let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;
-    let uplink = routing::uplink(&netlink, &config.node.uplink).await?;
-    let mut next_hops = BTreeMap::new();
-    for peer in &config.peers {
-        next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await?);
-    }
-    let mut notices = Vec::new();
-    // A dry run writes nothing, not even the probe's throwaway SA: it plans with the key
-    // file's own cipher.
-    let cipher = if opts.dry_run {
-        Cipher::Gcm
-    } else {
-        xfrm::probe(&netlink).await?
-    };
-    let newest_is_gcm = matches!(
-        keys.newest().map_err(DesiredError::from)?.algorithm(),
-        Algorithm::Gcm { .. }
-    );
-    if cipher == Cipher::CbcHmacSha256 && newest_is_gcm {
-        notices.push(format!(
-            "this kernel lacks {}: falling back to {} with keys derived from the GCM keys; \
-             every peer must fall back too (a peer using GCM drops this node's ESP: traffic \
-             stops, it never leaves in plaintext)",
-            xfrm::GCM,
-            cipher_name(Cipher::CbcHmacSha256)
-        ));
-    }
-    let around = Surroundings {
-        uplink: &uplink,
-        next_hops: &next_hops,
-        rule_priority: DEFAULT_RULE_PRIORITY,
-        cipher,
-    };
-    let want = desired(config, keys, &around)?;
-    let mut dataplane = maps(opts)?;
-    let have = reconcile::read(&netlink, &mut dataplane, config.route_table).await?;
-    let changes = plan(&have, &want);
-    if opts.dry_run {
-        changes.iter().for_each(&mut report);
-        return Ok(Applied { changes, notices });
-    }
-    let mut ledger = KeyLedger::open(&opts.state_dir).map_err(ReconcileError::from)?;
-    reconcile::execute(
-        &netlink,
-        &mut dataplane,
-        &mut ledger,
-        config.route_table,
-        &changes,
-        report,
-    )
-    .await?;
-    Ok(Applied { changes, notices })
+    Applier::new(opts.clone())?
+        .apply(config, keys, report)
+        .await
 }
 
 /// Loads the config and the key file it names, all checks included; errors name the file.

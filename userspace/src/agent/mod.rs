@@ -5,8 +5,9 @@
 //! before any program reads them), then attaches the guards to the uplink and the classifier to
 //! every pod veth, adopting the links a previous agent pinned. Then it waits: a new pod veth gets
 //! the classifier at once (link notifications); a changed config or key file is reloaded and
-//! reconciled, and a bad one is logged and ignored, the last good state staying in place; every
-//! `resync` it reconciles anyway, repairing drift. SIGTERM or SIGINT end it with everything
+//! reconciled against the state the agent last left (no full kernel read), and a bad one is
+//! logged and ignored, the last good state staying in place; every `resync` it reads the kernel
+//! in full and reconciles, repairing drift. SIGTERM or SIGINT end it with everything
 //! pinned: programs keep running, and the next agent picks them up without a gap.
 
 pub mod attach;
@@ -26,7 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use xsteer_common::programs;
 
 use crate::{
-    apply::{self, ApplyOptions},
+    apply::{self, Applier, ApplyOptions},
     config::Config,
     dataplane::{Dataplane, DataplaneError, bpffs},
     keys::KeyFile,
@@ -117,6 +118,7 @@ struct Node {
     keys: KeyFile,
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
+    applier: Applier,
     pods: BTreeSet<String>,
     /// The last good config and keys, for the metrics endpoint.
     published: tokio::sync::watch::Sender<std::sync::Arc<(Config, KeyFile)>>,
@@ -124,16 +126,13 @@ struct Node {
 
 impl Node {
     /// Reconciles the kernel with the config and keys held; logs each change.
-    async fn reconcile(&self, why: &str) -> Result<(), apply::ApplyError> {
-        let opts = ApplyOptions {
-            dry_run: false,
-            pin_dir: self.opts.pin_dir.clone(),
-            state_dir: self.opts.state_dir.clone(),
-        };
-        let applied = apply::apply(&self.config, &self.keys, &opts, |change| {
-            log!("{change} ({why})");
-        })
-        .await?;
+    async fn reconcile(&mut self, why: &str) -> Result<(), apply::ApplyError> {
+        let applied = self
+            .applier
+            .apply(&self.config, &self.keys, |change| {
+                log!("{change} ({why})");
+            })
+            .await?;
         for notice in &applied.notices {
             log!("warning: {notice}");
         }
@@ -241,12 +240,18 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         tokio::spawn(metrics::serve(listener, inputs, opts.pin_dir.clone()));
         log!("serving /metrics and /healthz on http://{addr}");
     }
+    let applier = Applier::new(ApplyOptions {
+        dry_run: false,
+        pin_dir: opts.pin_dir.clone(),
+        state_dir: opts.state_dir.clone(),
+    })?;
     let mut node = Node {
         opts,
         config,
         keys,
         version,
         dataplane,
+        applier,
         pods: BTreeSet::new(),
         published,
     };
@@ -298,6 +303,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             }
             _ = poll.tick() => node.reload_if_changed().await,
             _ = resync.tick() => {
+                // A full read this time: whatever changed behind xsteer's back is repaired.
+                node.applier.forget();
                 if let Err(e) = node.reconcile("periodic resync").await {
                     log!("resync failed, will retry: {e}");
                 }
