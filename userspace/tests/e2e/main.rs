@@ -9,4 +9,5 @@ mod agent;
 mod apply_tunnel;
 mod cluster;
 mod esp_smoke;
+mod guards;
 mod wire;
