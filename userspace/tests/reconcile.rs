@@ -79,8 +79,9 @@ fn kernel_state() -> String {
     [
         ip(&["xfrm", "policy", "show"]),
         ip(&["xfrm", "state", "show"]),
-        ip(&["rule", "show"]),
-        ip(&["route", "show", "table", "all"]),
+        ip(&["-4", "rule", "show"]),
+        // IPv4 only: IPv6 link-local routes appear on their own schedule after links go up.
+        ip(&["-4", "route", "show", "table", "all"]),
     ]
     .join("\n---\n")
 }
