@@ -16,10 +16,15 @@ pub struct Args {
     /// Print the tables without touching docs/benchmarks.md.
     #[arg(long)]
     no_write: bool,
+    /// Run only these benchmarks (classifier, convergence); default: all.
+    names: Vec<String>,
 }
 
 /// The benchmarks: (marker name, cargo package, bench target).
-const BENCHES: &[(&str, &str, &str)] = &[("classifier", "xsteer-bpf-tests", "classifier")];
+const BENCHES: &[(&str, &str, &str)] = &[
+    ("classifier", "xsteer-bpf-tests", "classifier"),
+    ("convergence", "xsteer", "convergence"),
+];
 
 /// Runs every benchmark and updates docs/benchmarks.md.
 pub fn run(root: &Path, args: Args) -> Result<()> {
@@ -28,7 +33,15 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let doc_path = root.join("docs/benchmarks.md");
     let mut doc =
         fs::read_to_string(&doc_path).with_context(|| format!("reading {}", doc_path.display()))?;
-    for &(name, package, bench) in BENCHES {
+    for name in &args.names {
+        if !BENCHES.iter().any(|(n, _, _)| n == name) {
+            bail!("no benchmark named {name:?}; there are: classifier, convergence");
+        }
+    }
+    let chosen = BENCHES
+        .iter()
+        .filter(|(n, _, _)| args.names.is_empty() || args.names.iter().any(|a| a == n));
+    for &(name, package, bench) in chosen {
         eprintln!("xtask: bench {name}");
         let out = Command::new("cargo")
             .current_dir(root)
