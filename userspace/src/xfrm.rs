@@ -317,9 +317,11 @@ fn mark_of(nlas: &[XfrmAttrs]) -> Option<Mark> {
     })
 }
 
-/// The SAs xsteer owns (reqid [`REQID`]), keys included.
-pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
-    let dump: Vec<_> = netlink
+/// The kernel's messages for the SAs xsteer owns: ESP with reqid [`REQID`].
+async fn owned_states(
+    netlink: &Netlink,
+) -> Result<Vec<netlink_packet_xfrm::state::ModifyMessage>, XfrmError> {
+    let dump: Vec<netlink_packet_xfrm::state::ModifyMessage> = netlink
         .xfrm
         .state()
         .get_dump()
@@ -330,6 +332,14 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
     Ok(dump
         .into_iter()
         .filter(|m| m.user_sa_info.reqid == REQID && m.user_sa_info.id.proto == IPPROTO_ESP)
+        .collect())
+}
+
+/// The SAs xsteer owns (reqid [`REQID`]), keys included.
+pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
+    Ok(owned_states(netlink)
+        .await?
+        .into_iter()
         .filter_map(|m| {
             let info = &m.user_sa_info;
             let crypto = crypto_of(&m.nlas)?;
@@ -357,17 +367,9 @@ pub struct SaCounters {
 pub async fn state_counters(
     netlink: &Netlink,
 ) -> Result<std::collections::BTreeMap<StateKey, SaCounters>, XfrmError> {
-    let dump: Vec<_> = netlink
-        .xfrm
-        .state()
-        .get_dump()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(kernel("listing", "SAs"))?;
-    Ok(dump
+    Ok(owned_states(netlink)
+        .await?
         .into_iter()
-        .filter(|m| m.user_sa_info.reqid == REQID && m.user_sa_info.id.proto == IPPROTO_ESP)
         .map(|m| {
             let info = &m.user_sa_info;
             let key = StateKey {

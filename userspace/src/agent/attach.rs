@@ -92,6 +92,28 @@ fn pin(link: FdLink, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("pinning {}: {e}", path.display()))
 }
 
+/// Adopts the link pinned at `path` for `program` (swapping the program in), or attaches anew
+/// and pins; `adopt` and `attach` do the program-type-specific parts.
+fn adopt_or_attach<P>(
+    program: &mut P,
+    path: &Path,
+    adopt: impl FnOnce(&mut P, FdLink) -> Result<(), String>,
+    attach: impl FnOnce(&mut P) -> Result<FdLink, String>,
+) -> Result<Attached, String> {
+    if let Some(old) = pinned(path)? {
+        match adopt(program, old) {
+            Ok(()) => return Ok(Attached::Adopted),
+            // A link whose interface was deleted and re-created under the same name is dead:
+            // replace it.
+            Err(_) => {
+                fs::remove_file(path).map_err(|e| format!("removing a dead pin: {e}"))?;
+            }
+        }
+    }
+    pin(attach(program)?, path)?;
+    Ok(Attached::New)
+}
+
 /// Attaches the tc `program` (named `name`) to `interface` in direction `attach_type`, adopting
 /// a pinned link if there is one.
 pub fn tc(
@@ -101,35 +123,29 @@ pub fn tc(
     attach_type: TcAttachType,
     pin_dir: &Path,
 ) -> Result<Attached, AgentError> {
-    let fail = attach_error(name, interface);
-    let path = pin_path(pin_dir, name, interface);
-    if let Some(old) = pinned(&path).map_err(attach_error(name, interface))? {
-        let link = SchedClassifierLink::try_from(old).map_err(|e| e.to_string());
-        match link.and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string())) {
-            Ok(id) => {
-                // The pin still holds the link, which now runs this program; our handle can go.
-                drop(program.take_link(id));
-                return Ok(Attached::Adopted);
-            }
-            // A link whose interface was deleted and re-created under the same name is dead:
-            // replace it.
-            Err(_) => fs::remove_file(&path)
-                .map_err(|e| attach_error(name, interface)(format!("removing a dead pin: {e}")))?,
-        }
-    }
-    let id = program
-        .attach(interface, attach_type)
-        .map_err(|e| attach_error(name, interface)(e.to_string()))?;
-    let link = program
-        .take_link(id)
-        .map_err(|e| attach_error(name, interface)(e.to_string()))?;
-    let link = FdLink::try_from(link).map_err(|e| {
-        attach_error(name, interface)(format!(
-            "not a BPF link ({e}): restart-safe attachment needs TCX, kernel 6.6 or newer"
-        ))
-    })?;
-    pin(link, &path).map_err(fail)?;
-    Ok(Attached::New)
+    adopt_or_attach(
+        program,
+        &pin_path(pin_dir, name, interface),
+        |program, old| {
+            let link = SchedClassifierLink::try_from(old).map_err(|e| e.to_string())?;
+            let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+            // The pin still holds the link, which now runs this program; our handle can go.
+            drop(program.take_link(id));
+            Ok(())
+        },
+        |program| {
+            let id = program
+                .attach(interface, attach_type)
+                .map_err(|e| e.to_string())?;
+            let link = program.take_link(id).map_err(|e| e.to_string())?;
+            FdLink::try_from(link).map_err(|e| {
+                format!(
+                    "not a BPF link ({e}): restart-safe attachment needs TCX, kernel 6.6 or newer"
+                )
+            })
+        },
+    )
+    .map_err(attach_error(name, interface))
 }
 
 /// Attaches the XDP `program` (named `name`) to `interface`, adopting a pinned link if there is
@@ -140,27 +156,22 @@ pub fn xdp(
     interface: &str,
     pin_dir: &Path,
 ) -> Result<Attached, AgentError> {
-    let fail = attach_error(name, interface);
-    let path = pin_path(pin_dir, name, interface);
-    if let Some(old) = pinned(&path).map_err(attach_error(name, interface))? {
-        let link = XdpLink::try_from(old).map_err(|e| e.to_string());
-        match link.and_then(|l| program.attach_to_link(l).map_err(|e| e.to_string())) {
-            Ok(id) => {
-                drop(program.take_link(id));
-                return Ok(Attached::Adopted);
-            }
-            Err(_) => fs::remove_file(&path)
-                .map_err(|e| attach_error(name, interface)(format!("removing a dead pin: {e}")))?,
-        }
-    }
-    let id = program
-        .attach(interface, XdpMode::Default)
-        .map_err(|e| attach_error(name, interface)(e.to_string()))?;
-    let link = program
-        .take_link(id)
-        .map_err(|e| attach_error(name, interface)(e.to_string()))?;
-    let link = FdLink::try_from(link)
-        .map_err(|e| attach_error(name, interface)(format!("not a BPF link: {e}")))?;
-    pin(link, &path).map_err(fail)?;
-    Ok(Attached::New)
+    adopt_or_attach(
+        program,
+        &pin_path(pin_dir, name, interface),
+        |program, old| {
+            let link = XdpLink::try_from(old).map_err(|e| e.to_string())?;
+            let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+            drop(program.take_link(id));
+            Ok(())
+        },
+        |program| {
+            let id = program
+                .attach(interface, XdpMode::Default)
+                .map_err(|e| e.to_string())?;
+            let link = program.take_link(id).map_err(|e| e.to_string())?;
+            FdLink::try_from(link).map_err(|e| format!("not a BPF link: {e}"))
+        },
+    )
+    .map_err(attach_error(name, interface))
 }
