@@ -117,7 +117,8 @@ pub struct Applied {
 pub struct Applier {
     opts: ApplyOptions,
     netlink: Netlink,
-    dataplane: Dataplane,
+    /// The maps, opened (and, the first time, created and pinned) once the inputs checked out.
+    dataplane: Option<Dataplane>,
     /// What the kernel offers, probed before the first write.
     cipher: Option<Cipher>,
     /// How the main table reaches each peer, looked up once per peer until forgotten.
@@ -127,14 +128,13 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Opens netlink and the pinned maps (fresh unpinned ones for a dry run without pins).
+    /// Opens netlink. The maps are opened by the first apply, once its inputs checked out.
     pub fn new(opts: ApplyOptions) -> Result<Applier, ApplyError> {
         let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;
-        let dataplane = maps(&opts)?;
         Ok(Applier {
             opts,
             netlink,
-            dataplane,
+            dataplane: None,
             cipher: None,
             next_hops: BTreeMap::new(),
             known: None,
@@ -193,9 +193,14 @@ impl Applier {
             cipher,
         };
         let want = desired(config, keys, &around)?;
+        // Everything is checked: from here on, bpffs may be written (maps created and pinned).
+        let dataplane = match &mut self.dataplane {
+            Some(dataplane) => dataplane,
+            None => self.dataplane.insert(maps(&self.opts)?),
+        };
         let have = match self.known.take() {
             Some(known) => known,
-            None => reconcile::read(netlink, &mut self.dataplane, config.route_table).await?,
+            None => reconcile::read(netlink, dataplane, config.route_table).await?,
         };
         let changes = plan(&have, &want);
         if self.opts.dry_run {
@@ -206,7 +211,7 @@ impl Applier {
         let mut ledger = KeyLedger::open(&self.opts.state_dir).map_err(ReconcileError::from)?;
         reconcile::execute(
             netlink,
-            &mut self.dataplane,
+            dataplane,
             &mut ledger,
             config.route_table,
             &changes,

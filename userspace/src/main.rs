@@ -9,7 +9,7 @@ use xsteer::{
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
-    status, uninstall,
+    keys, status, uninstall,
 };
 use xsteer_common::programs;
 
@@ -67,6 +67,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9478")]
         metrics_addr: String,
     },
+    /// Make and rotate IPsec keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Show peers, key generations (fingerprints only), SA traffic and counters.
     Status {
         /// The node's TOML config.
@@ -94,8 +97,19 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    // One line naming what went wrong, with its causes; no backtrace for operators.
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Check => check(),
         Command::Apply {
             config,
@@ -138,6 +152,24 @@ fn main() -> Result<()> {
             runtime()?.block_on(agent::run(opts))?;
             Ok(())
         }
+        Command::Keys(KeysCommand::Generate { spi }) => {
+            // Printing the key is what was asked for; it goes nowhere else.
+            println!("{}", keys::generate_gcm_line(spi)?.as_str());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { key_file }) => {
+            let rotated = keys::rotate(&key_file)?;
+            println!(
+                "{}: added key generation {} (key {})",
+                key_file.display(),
+                rotated.spi,
+                rotated.fingerprint
+            );
+            if let Some(oldest) = rotated.dropped {
+                println!("dropped the oldest generation, {oldest}, to keep the file unambiguous");
+            }
+            Ok(())
+        }
         Command::Status {
             config,
             pin_dir,
@@ -168,6 +200,23 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `xsteer keys ...`.
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh key-file line (a random AES-GCM key and salt, 128-bit ICV) on stdout.
+    Generate {
+        /// The key generation (SPI) of the line, 1..=15.
+        #[arg(long, default_value_t = 1)]
+        spi: u8,
+    },
+    /// Add the next key generation to a key file, atomically, keeping it mode 0600.
+    Rotate {
+        /// The key file.
+        #[arg(long)]
+        key_file: PathBuf,
+    },
 }
 
 /// Output formats of `xsteer status`.

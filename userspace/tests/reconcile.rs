@@ -362,6 +362,11 @@ fn apply_with_bad_input_names_the_problem_and_changes_nothing() {
                 "{name}: key material in the error:\n{text}"
             );
             assert_eq!(kernel_state(), before, "{name}: the kernel changed");
+            let pins = format!("/sys/fs/bpf/xsteer-test-{}", std::process::id());
+            assert!(
+                !std::path::Path::new(&pins).exists(),
+                "{name}: maps were pinned"
+            );
         }
     });
 }

@@ -15,6 +15,7 @@
 
 mod derive;
 mod file;
+mod rotate;
 mod secret;
 
 pub use derive::{DeriveError, DerivedKey, Epoch, EpochParseError, RandomError, SaKey, SaKeyId};
@@ -22,6 +23,7 @@ pub use file::{
     Algorithm, FieldProblem, Gap, GenerationError, KeyFile, KeyGeneration, LoadError,
     MAX_KEY_FILE_BYTES, ParseError,
 };
+pub use rotate::{RotateError, Rotated, rotate};
 pub use secret::Fingerprint;
 
 use std::fmt::Write as _;

@@ -1,0 +1,222 @@
+//! `xsteer keys rotate`: add the next key generation to a key file, atomically.
+//!
+//! The file is rewritten through a temporary file in the same directory (mode 0600 from its
+//! creation, never wider), fsynced and renamed over the old one, so a reader — an agent watching
+//! the file — sees the old file or the new one, never half of one. The old generations stay:
+//! peers that have not switched yet still send with them.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::{self, Read, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use zeroize::Zeroizing;
+
+use super::{
+    Fingerprint, GenerateError, KeyFile, LoadError, ParseError, generate_gcm_line, next_spi,
+};
+
+/// Why a rotation failed; the key file is unchanged in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The key file could not be loaded (unreadable, too open, malformed).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The key file's generations do not say which is newest.
+    #[error("key file {}: {source}", path.display())]
+    Generations {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: super::GenerationError,
+    },
+    /// A fresh key could not be made.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// The rewritten file would not parse (a bug: nothing is written).
+    #[error("the rotated key file would not parse: {0}")]
+    Rewrite(#[source] ParseError),
+    /// Writing the new file failed.
+    #[error("writing {}: {source}", path.display())]
+    Io {
+        /// The file being written.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// What a rotation did.
+#[derive(Clone, Copy, Debug)]
+pub struct Rotated {
+    /// The generation added.
+    pub spi: u8,
+    /// Its key's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The oldest generation, dropped because the file would otherwise hold all 15 and no
+    /// longer say which is newest.
+    pub dropped: Option<u8>,
+}
+
+/// The SPI of a key-file line, if it is a key line.
+fn line_spi(line: &str) -> Option<u8> {
+    let content = line.split_once('#').map_or(line, |(before, _)| before);
+    let first = content.split_whitespace().next()?;
+    first.trim_end_matches('+').parse().ok()
+}
+
+/// Adds the generation after the newest to the key file at `path` (a fresh random GCM key).
+/// When the file already holds 14 generations, the oldest (the one after the new one) goes.
+pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
+    let keys = KeyFile::load(path)?;
+    let newest = keys
+        .newest()
+        .map_err(|source| RotateError::Generations {
+            path: path.to_owned(),
+            source,
+        })?
+        .spi();
+    let spi = next_spi(newest);
+    let io_error = |source| RotateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut old = Zeroizing::new(String::new());
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut old))
+        .map_err(io_error)?;
+    let line = generate_gcm_line(spi)?;
+    let mut new = Zeroizing::new(String::with_capacity(old.len() + line.len() + 1));
+    let oldest = next_spi(spi);
+    let mut dropped = None;
+    for l in old.lines() {
+        if line_spi(l) == Some(oldest) && keys.generations().len() >= 14 {
+            dropped = Some(oldest);
+            continue;
+        }
+        new.push_str(l);
+        new.push('\n');
+    }
+    new.push_str(&line);
+    new.push('\n');
+    let rotated = KeyFile::parse(&new).map_err(RotateError::Rewrite)?;
+    let fingerprint = rotated
+        .generations()
+        .iter()
+        .find(|g| g.spi() == spi)
+        .and_then(|g| g.fingerprints().first().copied())
+        .expect("the line just added");
+
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map_or("keys".into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{name}.xsteer-rotate"));
+    let tmp_error = |source| RotateError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(tmp_error)?;
+    file.write_all(new.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(tmp_error)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io_error)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error)?;
+    Ok(Rotated {
+        spi,
+        fingerprint,
+        dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn temp_file(name: &str, text: &str, mode: u32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xsteer-rotate-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    const GEN3: &str = "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n";
+
+    #[test]
+    fn adds_the_next_generation_and_keeps_the_old_ones_private() {
+        let path = temp_file("next", GEN3, 0o600);
+        let rotated = rotate(&path).unwrap();
+        assert_eq!((rotated.spi, rotated.dropped), (4, None));
+        let keys = KeyFile::load(&path).unwrap();
+        let spis: Vec<u8> = keys.generations().iter().map(|g| g.spi()).collect();
+        assert_eq!(spis, [3, 4]);
+        assert_eq!(keys.newest().unwrap().spi(), 4);
+        assert_eq!(keys.generations()[1].fingerprints()[0], rotated.fingerprint);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            fs::read_to_string(&path).unwrap().starts_with(GEN3),
+            "old lines kept as they were"
+        );
+        // Twice more: fresh keys each time.
+        let again = rotate(&path).unwrap();
+        assert_eq!(again.spi, 5);
+        assert_ne!(again.fingerprint, rotated.fingerprint);
+        let _ = fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn fifteen_wraps_to_one_and_the_run_never_closes() {
+        let line = |spi: u8| {
+            format!("{spi} rfc4106(gcm(aes)) {spi:02x}0102030405060708090a0b0c0d0e0f10111213 128\n")
+        };
+        let text: String = (2..=15).map(line).collect();
+        let path = temp_file("wrap", &text, 0o600);
+        let rotated = rotate(&path).unwrap();
+        assert_eq!((rotated.spi, rotated.dropped), (1, Some(2)));
+        let keys = KeyFile::load(&path).unwrap();
+        assert_eq!(keys.newest().unwrap().spi(), 1);
+        assert_eq!(keys.generations().len(), 14);
+        assert!(keys.get(2).is_none());
+        let _ = fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn refuses_an_open_or_malformed_file_and_leaves_it_alone() {
+        let open = temp_file("open", GEN3, 0o644);
+        assert!(matches!(
+            rotate(&open),
+            Err(RotateError::Load(LoadError::Permissions { .. }))
+        ));
+        assert_eq!(fs::read_to_string(&open).unwrap(), GEN3);
+        let bad = temp_file("bad", "3 rfc4106(gcm(aes)) 0xzz 128\n", 0o600);
+        let err = rotate(&bad).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        assert_eq!(
+            fs::read_to_string(&bad).unwrap(),
+            "3 rfc4106(gcm(aes)) 0xzz 128\n"
+        );
+        for p in [open, bad] {
+            let _ = fs::remove_dir_all(p.parent().unwrap());
+        }
+    }
+}
