@@ -246,6 +246,7 @@ fn config(n: u32) -> Config {
             epoch: Epoch::from_bytes([0x11; 16]),
         },
         peers: (1..=n).map(peer).collect(),
+        nodes_dir: None,
     };
     config.validate().expect("the benchmark config is valid");
     config

@@ -36,6 +36,10 @@ pub struct Config {
     pub node: Node,
     /// The other nodes, in file order.
     pub peers: Vec<Peer>,
+    /// The directory of node records (the `dir` node source) the agent publishes this node in
+    /// and learns further peers from; `None` when the peers above are all there is. A relative
+    /// path in a file read by [`Config::from_path`] is resolved against that file's directory.
+    pub nodes_dir: Option<PathBuf>,
 }
 
 /// The node xsteer runs on.
@@ -169,8 +173,13 @@ impl Config {
             source,
         })?;
         let mut config = text.parse::<Config>().map_err(|e| e.with_path(path))?;
-        if let Some(dir) = path.parent().filter(|_| config.key_file.is_relative()) {
-            config.key_file = dir.join(&config.key_file);
+        if let Some(dir) = path.parent() {
+            if config.key_file.is_relative() {
+                config.key_file = dir.join(&config.key_file);
+            }
+            if let Some(nodes) = config.nodes_dir.as_mut().filter(|d| d.is_relative()) {
+                *nodes = dir.join(&*nodes);
+            }
         }
         Ok(config)
     }
@@ -195,6 +204,13 @@ impl Config {
         let mut p = Problems::default();
         if self.key_file.as_os_str().is_empty() {
             p.push("key_file", "must not be empty");
+        }
+        if self
+            .nodes_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            p.push("nodes_dir", "must not be empty");
         }
         if let Some(why) = route_table_problem(self.route_table) {
             p.push("route_table", why);
@@ -407,6 +423,7 @@ fn uplink_problem(name: &str) -> Option<String> {
 struct RawConfig {
     key_file: PathBuf,
     route_table: Option<i64>,
+    nodes_dir: Option<PathBuf>,
     node: RawNode,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -501,6 +518,7 @@ impl RawConfig {
                 route_table,
                 node,
                 peers,
+                nodes_dir: self.nodes_dir,
             }),
             _ => Err(p.0),
         }
@@ -834,6 +852,14 @@ epoch = "0123456789abcdef0123456789abcdef"
         fs::write(&path, BASE.replace("/etc/xsteer/keys", "keys")).unwrap();
         let config = Config::from_path(&path).unwrap();
         assert_eq!(config.key_file, dir.join("keys"));
+        assert_eq!(config.nodes_dir, None);
+        let with_nodes = BASE.replace(
+            "key_file = \"/etc/xsteer/keys\"",
+            "key_file = \"keys\"\nnodes_dir = \"nodes\"",
+        );
+        fs::write(&path, with_nodes).unwrap();
+        let config = Config::from_path(&path).unwrap();
+        assert_eq!(config.nodes_dir, Some(dir.join("nodes")));
 
         fs::write(&path, edited("[node]", "id = 1", "id = 0")).unwrap();
         assert_eq!(

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod keys;
 pub mod ledger;
 pub mod netlink;
+pub mod nodes;
 pub mod reconcile;
 pub mod routing;
 pub mod status;

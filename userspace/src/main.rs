@@ -176,6 +176,10 @@ fn run(command: Command) -> Result<()> {
             output,
         } => {
             let (config, keys) = apply::load(&config)?;
+            // The peers the agent knows: the config's and those of the node records.
+            let config = agent::peers::Peers::new(&config)
+                .context("reading node records")?
+                .merged(&config)?;
             let status = runtime()?.block_on(status::collect(&config, &keys, &pin_dir))?;
             match output {
                 OutputFormat::Table => print!("{}", status.table()),

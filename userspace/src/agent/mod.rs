@@ -12,6 +12,7 @@
 
 pub mod attach;
 pub mod metrics;
+pub mod peers;
 pub mod pods;
 
 use std::{
@@ -90,6 +91,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The node records directory could not be created.
+    #[error("node records: {0}")]
+    Nodes(#[source] std::io::Error),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -114,7 +118,11 @@ fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64
 /// The node's state as the agent holds it between reconciles.
 struct Node {
     opts: AgentOptions,
+    /// The config as the file has it.
     config: Config,
+    /// `config` with the peers learned from node records: what is reconciled.
+    effective: Config,
+    peers: peers::Peers,
     keys: KeyFile,
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
@@ -129,42 +137,62 @@ impl Node {
     async fn reconcile(&mut self, why: &str) -> Result<(), apply::ApplyError> {
         let applied = self
             .applier
-            .apply(&self.config, &self.keys, |change| {
+            .apply(&self.effective, &self.keys, |change| {
                 log!("{change} ({why})");
             })
             .await?;
         for notice in &applied.notices {
             log!("warning: {notice}");
         }
+        // Only now, with the IN SAs for every generation installed, may peers send to us.
+        match self.peers.publish(&self.effective, &self.keys) {
+            Ok(true) => log!("published this node's record"),
+            Ok(false) => {}
+            Err(e) => log!("publishing this node's record failed, will retry: {e}"),
+        }
         Ok(())
     }
 
-    /// Re-reads the config and key file if they changed; keeps the last good ones on error.
+    /// Re-reads the config, key file and node records if they changed, and reconciles; keeps
+    /// the last good state when the new one is bad.
     async fn reload_if_changed(&mut self) {
+        let mut changed = false;
         let version = inputs_version(&self.opts.config, &self.config.key_file);
-        if version == self.version {
-            return;
-        }
-        self.version = version;
-        match apply::load(&self.opts.config) {
-            Ok((config, keys)) => {
-                log!(
-                    "{} or its key file changed: reconciling",
-                    self.opts.config.display()
-                );
-                self.config = config;
-                self.keys = keys;
-                self.published.send_replace(std::sync::Arc::new((
-                    self.config.clone(),
-                    self.keys.clone(),
-                )));
-                if let Err(e) = self.reconcile("config or keys changed").await {
-                    log!("reconcile failed, will retry: {e}");
+        if version != self.version {
+            self.version = version;
+            match apply::load(&self.opts.config) {
+                Ok((config, keys)) => {
+                    log!("{} or its key file changed", self.opts.config.display());
+                    self.config = config;
+                    self.keys = keys;
+                    changed = true;
+                }
+                Err(e) => {
+                    log!(
+                        "ignoring the changed config or key file, the last good state stays: {e:#}"
+                    )
                 }
             }
+        }
+        changed |= self
+            .peers
+            .refresh(&self.config.node.name, |line| log!("{line}"));
+        if !changed {
+            return;
+        }
+        match self.peers.merged(&self.config) {
+            Ok(effective) => self.effective = effective,
             Err(e) => {
-                log!("ignoring the changed config or key file, the last good state stays: {e:#}")
+                log!("ignoring the new peers, the last good state stays: {e:#}");
+                return;
             }
+        }
+        self.published.send_replace(std::sync::Arc::new((
+            self.effective.clone(),
+            self.keys.clone(),
+        )));
+        if let Err(e) = self.reconcile("config, keys or peers changed").await {
+            log!("reconcile failed, will retry: {e}");
         }
     }
 
@@ -231,8 +259,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
     dataplane.load_programs()?;
     let uplink = config.node.uplink.clone();
+    let peers = peers::Peers::new(&config).map_err(AgentError::Nodes)?;
+    let effective = peers.merged(&config).unwrap_or_else(|e| {
+        log!("ignoring the node records for now: {e:#}");
+        config.clone()
+    });
     let (published, inputs) =
-        tokio::sync::watch::channel(std::sync::Arc::new((config.clone(), keys.clone())));
+        tokio::sync::watch::channel(std::sync::Arc::new((effective.clone(), keys.clone())));
     if let Some(addr) = opts.metrics {
         let listener = metrics::bind(addr)
             .await
@@ -248,6 +281,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut node = Node {
         opts,
         config,
+        effective,
+        peers,
         keys,
         version,
         dataplane,

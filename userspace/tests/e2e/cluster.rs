@@ -224,6 +224,28 @@ fn node(prefix: &'static str, name: &'static str, id: u16) -> Node {
     node
 }
 
+/// Nodes "a" and "b" as [`pair`] makes them, but with no peers in their configs: each learns
+/// the other from the node records in the returned directory.
+pub fn pair_with_records(prefix: &'static str) -> (Node, Node, PathBuf) {
+    let (a, b) = pair(prefix);
+    let records = std::env::temp_dir().join(format!("xsteer-e2e-{prefix}-nodes"));
+    let _ = fs::remove_dir_all(&records);
+    for node in [&a, &b] {
+        let text = fs::read_to_string(node.config()).unwrap();
+        let own = &text[..text.find("[[peers]]").unwrap()];
+        let with_dir = own.replacen(
+            "key_file = \"keys\"\n",
+            &format!(
+                "key_file = \"keys\"\nnodes_dir = \"{}\"\n",
+                records.display()
+            ),
+            1,
+        );
+        fs::write(node.config(), with_dir).unwrap();
+    }
+    (a, b, records)
+}
+
 /// Nodes "a" (ID 1) and "b" (ID 2), wired together, each with a config naming the other.
 pub fn pair(prefix: &'static str) -> (Node, Node) {
     let a = node(prefix, "a", 1);

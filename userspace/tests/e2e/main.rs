@@ -10,4 +10,5 @@ mod apply_tunnel;
 mod cluster;
 mod esp_smoke;
 mod guards;
+mod records;
 mod wire;
