@@ -10,6 +10,7 @@ pub mod cidr;
 pub mod config;
 pub mod dataplane;
 pub mod keys;
+pub mod lab;
 pub mod ledger;
 pub mod netlink;
 pub mod nodes;

@@ -9,7 +9,7 @@ use xsteer::{
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
-    keys, status, uninstall,
+    keys, lab, status, uninstall,
 };
 use xsteer_common::programs;
 
@@ -67,6 +67,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9478")]
         metrics_addr: String,
     },
+    /// A cluster on this machine out of network namespaces, one agent per node.
+    #[command(subcommand)]
+    Lab(LabCommand),
     /// Make and rotate IPsec keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -152,6 +155,23 @@ fn run(command: Command) -> Result<()> {
             runtime()?.block_on(agent::run(opts))?;
             Ok(())
         }
+        Command::Lab(command) => {
+            let size = |s: LabSize| lab::topology::Size {
+                nodes: s.nodes,
+                pods: s.pods,
+            };
+            match command {
+                LabCommand::Up { size: s, dir } => lab::up(size(s), &dir.dir),
+                LabCommand::Test { dir } => lab::test(&dir.dir),
+                LabCommand::Down { dir } => lab::down(&dir.dir),
+                LabCommand::Status { dir } => lab::status(&dir.dir),
+                LabCommand::Run { size: s, dir } => lab::run(size(s), &dir.dir),
+                LabCommand::Exec { name, command } => {
+                    let code = lab::exec(&name, &command)?;
+                    std::process::exit(code);
+                }
+            }
+        }
         Command::Keys(KeysCommand::Generate { spi }) => {
             // Printing the key is what was asked for; it goes nowhere else.
             println!("{}", keys::generate_gcm_line(spi)?.as_str());
@@ -204,6 +224,68 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `xsteer lab ...`.
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build the lab and start its agents.
+    Up {
+        #[command(flatten)]
+        size: LabSize,
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// Check every cross-node pod pair over ICMP, TCP and UDP and prove the wire carries only
+    /// ESP between pods; ends with `plaintext packets: N`.
+    Test {
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// Stop the agents and remove the lab.
+    Down {
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// List the lab's namespaces, their addresses and agents.
+    Status {
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// Run a command inside a lab namespace, as `docker exec` does.
+    Exec {
+        /// The namespace, as `xsteer lab status` lists it.
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Up, test, show the remote-CIDR map with bpftool, down.
+    Run {
+        #[command(flatten)]
+        size: LabSize,
+        #[command(flatten)]
+        dir: LabDir,
+    },
+}
+
+/// The size of a lab.
+#[derive(clap::Args)]
+struct LabSize {
+    /// Nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u8,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2)]
+    pods: u8,
+}
+
+/// Where a lab keeps its files.
+#[derive(clap::Args)]
+struct LabDir {
+    /// The lab's directory.
+    #[arg(long, default_value = lab::DEFAULT_DIR)]
+    dir: PathBuf,
 }
 
 /// `xsteer keys ...`.

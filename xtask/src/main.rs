@@ -25,7 +25,8 @@ struct Cli {
 enum Task {
     /// Build the eBPF object, installing rust-src and bpf-linker first if missing.
     BuildEbpf,
-    /// The main job: build, verify the programs in this kernel, run the packet tests, report.
+    /// The main job: build, then a 3-node lab (in the VM where the kernel lacks ESP) that proves
+    /// every cross-node pod packet on its wire is ESP.
     Demo,
     /// Run every test level: unit, bpf-tests (root), and the end-to-end tests in the VM bed.
     Test(test::Args),

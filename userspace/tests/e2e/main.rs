@@ -10,5 +10,6 @@ mod apply_tunnel;
 mod cluster;
 mod esp_smoke;
 mod guards;
+mod lab;
 mod records;
 mod wire;

@@ -97,6 +97,20 @@ pub struct Args {
     command: Vec<String>,
 }
 
+/// Runs `command` in a guest with the default machine; returns its exit code.
+pub fn run_command(root: &Path, command: Vec<String>) -> Result<i32> {
+    run(
+        root,
+        Args {
+            kernel: None,
+            cpus: None,
+            mem: DEFAULT_MEM_MB,
+            timeout: DEFAULT_TIMEOUT_S,
+            command,
+        },
+    )
+}
+
 /// Boots the guest, runs the command, returns its exit code (or 124 on timeout, 125 when the
 /// guest ended without one).
 pub fn run(root: &Path, args: Args) -> Result<i32> {
@@ -368,7 +382,7 @@ fn path_str(path: &Path) -> Result<String> {
 }
 
 /// The cargo target dir: $CARGO_TARGET_DIR or target/ in the workspace.
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     root.join(env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
 }
 

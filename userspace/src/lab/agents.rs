@@ -1,0 +1,178 @@
+//! One `xsteer agent` per lab node: its config, its key file, started as a daemon inside the
+//! node's namespace, stopped with SIGTERM.
+//!
+//! The nodes know nothing of each other in their configs: each agent publishes its node record
+//! in the shared `nodes/` directory and learns the others there, as a cluster's nodes would.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{netns::command_in, topology::LabNode};
+use crate::{
+    dataplane::Dataplane,
+    keys::{self, Epoch},
+};
+
+/// Where node `name`'s maps and links are pinned.
+pub fn pin_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/xsteer-lab-{name}"))
+}
+
+fn node_dir(dir: &Path, node: &LabNode) -> PathBuf {
+    dir.join(&node.name)
+}
+
+/// The agent log of `node`.
+pub fn log_path(dir: &Path, node: &LabNode) -> PathBuf {
+    node_dir(dir, node).join("agent.log")
+}
+
+fn pid_path(dir: &Path, node: &LabNode) -> PathBuf {
+    node_dir(dir, node).join("agent.pid")
+}
+
+/// The config of `node`: itself, the shared key file and node records; no peers.
+pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
+    format!(
+        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\n\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
+         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\nepoch = \"{epoch}\"\n",
+        keys = dir.join("keys").display(),
+        nodes = dir.join("nodes").display(),
+        name = node.name,
+        ip = node.ip,
+        id = node.index,
+        cidr = node.pod_cidr(),
+    )
+}
+
+/// Writes the key file (one fresh generation, mode 0600) and every node's config.
+pub fn write_files(dir: &Path, nodes: &[LabNode]) -> Result<()> {
+    let keys_path = dir.join("keys");
+    let line = keys::generate_gcm_line(1)?;
+    fs::write(&keys_path, format!("{}\n", line.as_str()))
+        .with_context(|| format!("writing {}", keys_path.display()))?;
+    fs::set_permissions(&keys_path, fs::Permissions::from_mode(0o600))?;
+    for node in nodes {
+        let node_dir = node_dir(dir, node);
+        fs::create_dir_all(&node_dir)
+            .with_context(|| format!("creating {}", node_dir.display()))?;
+        let epoch = Epoch::random()?;
+        fs::write(node_dir.join("xsteer.toml"), config_text(dir, node, &epoch))?;
+    }
+    Ok(())
+}
+
+/// Starts the agent of every node as a daemon and waits until each says it runs.
+pub fn start(dir: &Path, nodes: &[LabNode]) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the xsteer binary")?;
+    for node in nodes {
+        let node_dir = node_dir(dir, node);
+        let log = fs::File::create(log_path(dir, node))?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("agent")
+            .arg("--config")
+            .arg(node_dir.join("xsteer.toml"))
+            .arg("--pin-dir")
+            .arg(pin_dir(&node.name))
+            .arg("--state-dir")
+            .arg(node_dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        command_in(&mut command, &node.netns, true)?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting the agent of {}", node.name))?;
+        fs::write(pid_path(dir, node), child.id().to_string())?;
+    }
+    for node in nodes {
+        wait_for(dir, node, Duration::from_secs(120))?;
+    }
+    Ok(())
+}
+
+fn pid_of(dir: &Path, node: &LabNode) -> Option<i32> {
+    fs::read_to_string(pid_path(dir, node))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `node`'s agent process is alive.
+pub fn is_running(dir: &Path, node: &LabNode) -> bool {
+    pid_of(dir, node).is_some_and(|pid| {
+        // Reap it first if it is our child and has exited: a zombie still answers kill(0).
+        // SAFETY: waitpid with WNOHANG and kill with signal 0 only look at the process.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+            libc::kill(pid, 0) == 0
+        }
+    })
+}
+
+fn wait_for(dir: &Path, node: &LabNode, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = fs::read_to_string(log_path(dir, node)).unwrap_or_default();
+        if log.contains("xsteer agent: running") {
+            return Ok(());
+        }
+        if !is_running(dir, node) || Instant::now() > deadline {
+            bail!("the agent of {} did not start; its log:\n{log}", node.name);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every node's `remote_pod_cidrs` holds every other node's pod CIDR.
+pub fn wait_for_peers(nodes: &[LabNode], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        loop {
+            let mut dataplane = Dataplane::load_pinned(&pin_dir(&node.name))?;
+            let known = dataplane.remote_pod_cidrs()?.entries()?.len();
+            if known == nodes.len() - 1 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} knows {known} of the {} other nodes' pod CIDRs",
+                    node.name,
+                    nodes.len() - 1
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Stops every agent: SIGTERM, then SIGKILL after 5 s.
+pub fn stop(dir: &Path, nodes: &[LabNode]) {
+    for node in nodes {
+        let Some(pid) = pid_of(dir, node) else {
+            continue;
+        };
+        // SAFETY: signalling a process by pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_running(dir, node) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if is_running(dir, node) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = fs::remove_file(pid_path(dir, node));
+    }
+}

@@ -1,0 +1,225 @@
+//! Reachability checks between lab pods: ICMP echo, a TCP line echoed back, a UDP datagram
+//! echoed back. Each pod runs a small echo server (threads inside its namespace) while the
+//! checks run.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{netns::run_in, topology::LabPod};
+
+/// The port of the echo servers, TCP and UDP.
+pub const ECHO_PORT: u16 = 7700;
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The protocols checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// ICMP echo.
+    Icmp,
+    /// A line over TCP.
+    Tcp,
+    /// A datagram over UDP.
+    Udp,
+}
+
+impl Proto {
+    /// All three.
+    pub const ALL: [Proto; 3] = [Proto::Icmp, Proto::Tcp, Proto::Udp];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Icmp => "icmp",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// Echo servers in every pod; stopped when dropped.
+pub struct EchoServers {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EchoServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts a TCP and a UDP echo server in each of `pods`.
+pub fn serve(pods: &[LabPod]) -> Result<EchoServers> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for pod in pods {
+        let ip = pod.ip;
+        let (udp, tcp) = run_in(&pod.netns, move || {
+            let udp = UdpSocket::bind((ip, ECHO_PORT)).context("binding the UDP echo server")?;
+            let tcp = TcpListener::bind((ip, ECHO_PORT)).context("binding the TCP echo server")?;
+            Ok((udp, tcp))
+        })?;
+        udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+        tcp.set_nonblocking(true)?;
+        let stop_udp = stop.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop_udp.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        });
+        let stop_tcp = stop.clone();
+        thread::spawn(move || {
+            while !stop_tcp.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((stream, _)) => {
+                        thread::spawn(move || echo_line(stream));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+    }
+    Ok(EchoServers { stop })
+}
+
+fn echo_line(stream: TcpStream) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    if reader.read_line(&mut line).is_ok() {
+        let _ = (&stream).write_all(line.as_bytes());
+    }
+}
+
+/// Checks that `from` reaches `to` over `proto`.
+pub fn check(from: &LabPod, to: &LabPod, proto: Proto) -> Result<()> {
+    let (src, dst) = (from.ip, to.ip);
+    run_in(&from.netns, move || match proto {
+        Proto::Udp => udp(src, dst),
+        Proto::Tcp => tcp(dst),
+        Proto::Icmp => icmp(dst),
+    })
+}
+
+fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
+    let socket = UdpSocket::bind((src, 0))?;
+    socket.set_read_timeout(Some(Duration::from_millis(700)))?;
+    let message = format!("xsteer lab {src} -> {dst}");
+    let mut buf = [0u8; 512];
+    // A few tries: the first datagram may wait for ARP on a fresh wire.
+    for _ in 0..4 {
+        socket.send_to(message.as_bytes(), (dst, ECHO_PORT))?;
+        if let Ok(n) = socket.recv(&mut buf) {
+            if &buf[..n] == message.as_bytes() {
+                return Ok(());
+            }
+        }
+    }
+    bail!("no UDP echo from {dst}")
+}
+
+fn tcp(dst: Ipv4Addr) -> Result<()> {
+    let addr = SocketAddr::from((dst, ECHO_PORT));
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    (&stream).write_all(b"xsteer lab\n")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    if line != "xsteer lab\n" {
+        bail!("TCP echo from {addr} was {line:?}");
+    }
+    Ok(())
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn icmp(dst: Ipv4Addr) -> Result<()> {
+    // SAFETY: plain socket(2), closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        bail!("raw ICMP socket: {}", std::io::Error::last_os_error());
+    }
+    let id = (std::process::id() as u16) ^ u16::from(dst.octets()[3]);
+    let mut request = vec![8, 0, 0, 0];
+    request.extend_from_slice(&id.to_be_bytes());
+    request.extend_from_slice(&1u16.to_be_bytes());
+    request.extend_from_slice(b"xsteer lab ping");
+    let sum = checksum(&request);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 300_000,
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    let mut result = Err(anyhow::anyhow!("no ICMP echo reply from {dst}"));
+    // SAFETY: valid fd and buffers of the lengths passed throughout.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        'send: while Instant::now() < deadline {
+            libc::sendto(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let mut buf = [0u8; 1500];
+            for _ in 0..4 {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n < 28 {
+                    continue;
+                }
+                let ihl = usize::from(buf[0] & 0x0F) * 4;
+                let reply = &buf[ihl..n as usize];
+                let from = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                if from == dst
+                    && reply.len() >= 8
+                    && reply[0] == 0
+                    && reply[4..6] == id.to_be_bytes()
+                {
+                    result = Ok(());
+                    break 'send;
+                }
+            }
+        }
+        libc::close(fd);
+    }
+    result
+}
