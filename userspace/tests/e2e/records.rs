@@ -78,6 +78,38 @@ fn a_node_that_joins_is_encrypted_to_and_one_that_leaves_is_forgotten() {
     eprintln!("after the join: {esp} ESP, {plaintext} plaintext, {got}/20 delivered");
     assert_eq!((esp, plaintext, got), (20, 0, 20));
 
+    // b's record turns to garbage: a says so, keeps b's last good record, traffic stays encrypted.
+    fs::write(&b_record, "{ \"version\": 1, \"name\": ").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.agent_log().contains("b.json") {
+        assert!(
+            Instant::now() < deadline,
+            "a never noticed b's bad record:\n{}",
+            a.agent_log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        a.agent_log().contains("keeping its last good record"),
+        "{}",
+        a.agent_log()
+    );
+    let got = cluster::exchange(
+        (&a.pod, a.pod_ip),
+        (&b.pod, b.pod_ip),
+        7498,
+        20,
+        Duration::from_secs(10),
+    );
+    let sent = wire.take();
+    let esp = sent
+        .iter()
+        .filter(|p| p.is_esp() && p.src == a.wire_ip)
+        .count();
+    let plaintext = sent.iter().filter(|p| p.is_udp_to(b.pod_ip)).count();
+    eprintln!("with b's record broken: {esp} ESP, {plaintext} plaintext, {got}/20 delivered");
+    assert_eq!((esp, plaintext, got), (20, 0, 20));
+
     // b leaves: its agent stops and its record goes.
     let _ = agent_b.kill();
     let _ = agent_b.wait();
