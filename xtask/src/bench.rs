@@ -8,7 +8,7 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{build_ebpf, install};
+use crate::{build_ebpf, install, vm};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -16,15 +16,66 @@ pub struct Args {
     /// Print the tables without touching docs/benchmarks.md.
     #[arg(long)]
     no_write: bool,
-    /// Run only these benchmarks (classifier, convergence); default: all.
+    /// Run only these benchmarks (classifier, convergence, agent); default: all.
     names: Vec<String>,
 }
 
-/// The benchmarks: (marker name, cargo package, bench target).
-const BENCHES: &[(&str, &str, &str)] = &[
-    ("classifier", "xsteer-bpf-tests", "classifier"),
-    ("convergence", "xsteer", "convergence"),
+/// Where a benchmark runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// The host's kernel.
+    Host,
+    /// The VM bed's stock kernel (it needs ESP).
+    Vm,
+}
+
+/// The benchmarks: (marker name, cargo package, bench target, kernel).
+const BENCHES: &[(&str, &str, &str, Kernel)] = &[
+    ("classifier", "xsteer-bpf-tests", "classifier", Kernel::Host),
+    ("convergence", "xsteer", "convergence", Kernel::Host),
+    ("agent", "xsteer", "agent", Kernel::Vm),
 ];
+
+/// Runs one benchmark and returns what it printed on stdout.
+fn bench_output(root: &Path, package: &str, bench: &str, kernel: Kernel) -> Result<String> {
+    let cargo = |extra: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.current_dir(root)
+            .args(["bench", "--locked", "-p", package, "--bench", bench])
+            .args(extra)
+            .stderr(std::process::Stdio::inherit());
+        c
+    };
+    if kernel == Kernel::Host {
+        let out = cargo(&[]).output().context("running cargo bench")?;
+        if !out.status.success() {
+            bail!("benchmark {bench} failed: {}", out.status);
+        }
+        return String::from_utf8(out.stdout).context("benchmark output is not UTF-8");
+    }
+    // Built on the host, run in the guest: compiling under emulation would take far too long.
+    let out = cargo(&["--no-run", "--message-format=json-render-diagnostics"])
+        .output()
+        .context("building the benchmark")?;
+    if !out.status.success() {
+        bail!("building benchmark {bench} failed: {}", out.status);
+    }
+    const KEY: &str = "\"executable\":\"";
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("\"name\":\"{bench}\"")))
+        .filter_map(|l| {
+            let rest = &l[l.find(KEY)? + KEY.len()..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .next_back()
+        .with_context(|| format!("cargo reported no executable for benchmark {bench}"))?;
+    let (code, stdout) = vm::run_capture(root, vec![exe, "--bench".into()])?;
+    if code != 0 {
+        bail!("benchmark {bench} failed in the VM (exit code {code})");
+    }
+    Ok(stdout)
+}
 
 /// Runs every benchmark and updates docs/benchmarks.md.
 pub fn run(root: &Path, args: Args) -> Result<()> {
@@ -34,25 +85,16 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let mut doc =
         fs::read_to_string(&doc_path).with_context(|| format!("reading {}", doc_path.display()))?;
     for name in &args.names {
-        if !BENCHES.iter().any(|(n, _, _)| n == name) {
-            bail!("no benchmark named {name:?}; there are: classifier, convergence");
+        if !BENCHES.iter().any(|(n, ..)| n == name) {
+            bail!("no benchmark named {name:?}; there are: classifier, convergence, agent");
         }
     }
     let chosen = BENCHES
         .iter()
-        .filter(|(n, _, _)| args.names.is_empty() || args.names.iter().any(|a| a == n));
-    for &(name, package, bench) in chosen {
+        .filter(|(n, ..)| args.names.is_empty() || args.names.iter().any(|a| a == n));
+    for &(name, package, bench, kernel) in chosen {
         eprintln!("xtask: bench {name}");
-        let out = Command::new("cargo")
-            .current_dir(root)
-            .args(["bench", "--locked", "-p", package, "--bench", bench])
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("running cargo bench")?;
-        if !out.status.success() {
-            bail!("benchmark {name} failed: {}", out.status);
-        }
-        let table = String::from_utf8(out.stdout).context("benchmark output is not UTF-8")?;
+        let table = bench_output(root, package, bench, kernel)?;
         print!("{table}");
         doc = replace_section(&doc, name, &table)?;
     }

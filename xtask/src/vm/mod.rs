@@ -111,6 +111,25 @@ pub fn run_command(root: &Path, command: Vec<String>) -> Result<i32> {
     )
 }
 
+/// Runs `command` in a guest with the default machine; returns its exit code and a copy of
+/// its stdout (which is streamed as well).
+pub fn run_capture(root: &Path, command: Vec<String>) -> Result<(i32, String)> {
+    let guest = boot(
+        root,
+        &Args {
+            kernel: None,
+            cpus: None,
+            mem: DEFAULT_MEM_MB,
+            timeout: DEFAULT_TIMEOUT_S,
+            command,
+        },
+    )?;
+    Ok((
+        guest.exit_code(),
+        String::from_utf8_lossy(&guest.stdout).into_owned(),
+    ))
+}
+
 /// Boots the guest, runs the command, returns its exit code (or 124 on timeout, 125 when the
 /// guest ended without one).
 pub fn run(root: &Path, args: Args) -> Result<i32> {
