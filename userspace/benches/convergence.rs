@@ -247,6 +247,7 @@ fn config(n: u32) -> Config {
         },
         peers: (1..=n).map(peer).collect(),
         nodes_dir: None,
+        cluster_cidr: None,
     };
     config.validate().expect("the benchmark config is valid");
     config

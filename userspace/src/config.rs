@@ -40,6 +40,9 @@ pub struct Config {
     /// and learns further peers from; `None` when the peers above are all there is. A relative
     /// path in a file read by [`Config::from_path`] is resolved against that file's directory.
     pub nodes_dir: Option<PathBuf>,
+    /// The CIDR that node pod CIDRs are carved from, in /24s: with `nodes_dir`, a node whose
+    /// config leaves out `node.id` and `node.pod_cidr` is given free ones from it.
+    pub cluster_cidr: Option<Ipv4Cidr>,
 }
 
 /// The node xsteer runs on.
@@ -109,6 +112,14 @@ pub enum ConfigError {
         /// The toml crate's error.
         source: toml::de::Error,
     },
+    /// No node ID or pod CIDR could be allocated.
+    #[error("{}{source}", in_file(path))]
+    Allocate {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// Why.
+        source: crate::nodes::AllocError,
+    },
     /// Values are out of range or inconsistent; every problem found is listed.
     #[error("{}{}", in_file(path), list_problems(problems))]
     Invalid {
@@ -133,6 +144,7 @@ impl ConfigError {
         match self {
             ConfigError::Toml { source, .. } => ConfigError::Toml { path, source },
             ConfigError::Invalid { problems, .. } => ConfigError::Invalid { path, problems },
+            ConfigError::Allocate { source, .. } => ConfigError::Allocate { path, source },
             io @ ConfigError::Io { .. } => io,
         }
     }
@@ -172,7 +184,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = text.parse::<Config>().map_err(|e| e.with_path(path))?;
+        let mut raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+            path: Some(path.to_owned()),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        raw.allocate(dir).map_err(|source| ConfigError::Allocate {
+            path: Some(path.to_owned()),
+            source,
+        })?;
+        let mut config = raw.into_config().map_err(|e| e.with_path(path))?;
         if let Some(dir) = path.parent() {
             if config.key_file.is_relative() {
                 config.key_file = dir.join(&config.key_file);
@@ -211,6 +232,19 @@ impl Config {
             .is_some_and(|d| d.as_os_str().is_empty())
         {
             p.push("nodes_dir", "must not be empty");
+        }
+        if let Some(cluster) = self.cluster_cidr {
+            let inside = cluster.prefix_len() <= self.node.pod_cidr.prefix_len()
+                && cluster.contains(self.node.pod_cidr.addr());
+            if !inside {
+                p.push(
+                    "node.pod_cidr",
+                    format!(
+                        "{} is not inside cluster_cidr {cluster}",
+                        self.node.pod_cidr
+                    ),
+                );
+            }
         }
         if let Some(why) = route_table_problem(self.route_table) {
             p.push("route_table", why);
@@ -309,12 +343,7 @@ impl FromStr for Config {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|source| ConfigError::Toml { path: None, source })?;
-        let config = raw.convert().map_err(|problems| ConfigError::Invalid {
-            path: None,
-            problems,
-        })?;
-        config.validate()?;
-        Ok(config)
+        raw.into_config()
     }
 }
 
@@ -424,6 +453,7 @@ struct RawConfig {
     key_file: PathBuf,
     route_table: Option<i64>,
     nodes_dir: Option<PathBuf>,
+    cluster_cidr: Option<String>,
     node: RawNode,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -434,9 +464,9 @@ struct RawConfig {
 struct RawNode {
     name: String,
     ip: String,
-    id: i64,
+    id: Option<i64>,
     uplink: String,
-    pod_cidr: String,
+    pod_cidr: Option<String>,
     epoch: String,
 }
 
@@ -457,6 +487,35 @@ fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<Ipv4Addr> {
 }
 
 impl RawConfig {
+    /// Fills in a left-out `node.id` and `node.pod_cidr` from the allocator in `nodes_dir`
+    /// (resolved against `base`), when both are left out and `cluster_cidr` is set; otherwise
+    /// leaves everything to [`RawConfig::convert`] to report.
+    fn allocate(&mut self, base: &Path) -> Result<(), crate::nodes::AllocError> {
+        let node = &mut self.node;
+        let (Some(dir), Some(cluster), None, None) =
+            (&self.nodes_dir, &self.cluster_cidr, node.id, &node.pod_cidr)
+        else {
+            return Ok(());
+        };
+        let Ok(cluster) = cluster.parse::<Ipv4Cidr>() else {
+            return Ok(());
+        };
+        let (id, cidr) = crate::nodes::allocate(&base.join(dir), &node.name, cluster)?;
+        node.id = Some(i64::from(id));
+        node.pod_cidr = Some(cidr.to_string());
+        Ok(())
+    }
+
+    /// Converts and validates.
+    fn into_config(self) -> Result<Config, ConfigError> {
+        let config = self.convert().map_err(|problems| ConfigError::Invalid {
+            path: None,
+            problems,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Turns strings and wide integers into typed values; the rules across fields come after,
     /// in [`Config::validate`].
     fn convert(self) -> Result<Config, Vec<Problem>> {
@@ -472,11 +531,29 @@ impl RawConfig {
                 })
                 .ok(),
         };
+        let cluster_cidr = self
+            .cluster_cidr
+            .as_deref()
+            .map(|c| p.parse("cluster_cidr", c));
         let n = self.node;
         // Every field is parsed, so that all problems are reported, before any is combined.
         let ip = parse_ip(&mut p, "node.ip", &n.ip);
-        let id = p.id("node.id", n.id);
-        let pod_cidr = p.parse("node.pod_cidr", &n.pod_cidr);
+        const LEFT_OUT: &str = "missing: give it, or leave out both node.id and node.pod_cidr \
+             with nodes_dir and cluster_cidr set to have them allocated";
+        let id = match n.id {
+            Some(id) => p.id("node.id", id),
+            None => {
+                p.push("node.id", LEFT_OUT);
+                None
+            }
+        };
+        let pod_cidr = match &n.pod_cidr {
+            Some(cidr) => p.parse("node.pod_cidr", cidr),
+            None => {
+                p.push("node.pod_cidr", LEFT_OUT);
+                None
+            }
+        };
         let epoch = p.parse("node.epoch", &n.epoch);
         let node = match (ip, id, pod_cidr, epoch) {
             (Some(ip), Some(id), Some(pod_cidr), Some(epoch)) => Some(Node {
@@ -519,6 +596,7 @@ impl RawConfig {
                 node,
                 peers,
                 nodes_dir: self.nodes_dir,
+                cluster_cidr: cluster_cidr.flatten(),
             }),
             _ => Err(p.0),
         }
@@ -843,6 +921,52 @@ epoch = "0123456789abcdef0123456789abcdef"
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_node_without_id_and_pod_cidr_gets_free_ones_and_keeps_them() {
+        let dir = scratch("allocate");
+        let text = |name: &str, ip: &str| {
+            format!(
+                "key_file = \"keys\"\nnodes_dir = \"nodes\"\ncluster_cidr = \"10.244.0.0/16\"\n\n\
+                 [node]\nname = \"{name}\"\nip = \"{ip}\"\nuplink = \"eth0\"\n\
+                 epoch = \"00112233445566778899aabbccddeeff\"\n"
+            )
+        };
+        let (a, b) = (dir.join("a.toml"), dir.join("b.toml"));
+        fs::write(&a, text("node-a", "192.168.0.1")).unwrap();
+        fs::write(&b, text("node-b", "192.168.0.2")).unwrap();
+        let first = Config::from_path(&a).unwrap();
+        let other = Config::from_path(&b).unwrap();
+        let again = Config::from_path(&a).unwrap();
+        assert_eq!(
+            (first.node.id, first.node.pod_cidr),
+            (again.node.id, again.node.pod_cidr)
+        );
+        assert_ne!(first.node.id, other.node.id);
+        assert!(!first.node.pod_cidr.overlaps(&other.node.pod_cidr));
+        assert_eq!(first.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
+
+        // Without a cluster CIDR there is nothing to allocate from: both fields are named.
+        fs::write(
+            &a,
+            text("node-a", "192.168.0.1").replace("cluster_cidr = \"10.244.0.0/16\"\n", ""),
+        )
+        .unwrap();
+        let err = Config::from_path(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("node.id: missing") && err.contains("node.pod_cidr: missing"),
+            "{err}"
+        );
+        // A configured pod CIDR outside the cluster CIDR is an error.
+        let outside = text("node-c", "192.168.0.3")
+            .replace("uplink", "id = 9\npod_cidr = \"10.9.0.0/24\"\nuplink");
+        fs::write(&a, outside).unwrap();
+        let err = Config::from_path(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("node.pod_cidr: 10.9.0.0/24 is not inside cluster_cidr 10.244.0.0/16"),
+            "{err}"
+        );
     }
 
     #[test]
