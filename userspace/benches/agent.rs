@@ -116,7 +116,7 @@ fn start_agent(config: &Path) -> Child {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
-        if text.contains("xsteer agent: running") {
+        if text.contains("agent running:") {
             return child;
         }
         if child.try_wait().unwrap().is_some() || Instant::now() > deadline {

@@ -152,6 +152,11 @@ fn run(command: Command) -> Result<()> {
                 resync: Duration::from_secs(resync.max(1)),
                 metrics,
             };
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false)
+                .init();
             runtime()?.block_on(agent::run(opts))?;
             Ok(())
         }

@@ -24,7 +24,7 @@ pub async fn serve(listener: TcpListener, inputs: Inputs, pin_dir: PathBuf) {
         let pin_dir = pin_dir.clone();
         tokio::spawn(async move {
             if let Err(e) = respond(stream, &inputs, &pin_dir).await {
-                eprintln!("xsteer agent: metrics request from {peer}: {e}");
+                tracing::warn!("metrics request from {peer}: {e}");
             }
         });
     }

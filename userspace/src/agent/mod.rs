@@ -99,10 +99,9 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
 }
 
-/// One log line, on stderr: the agent explains every state change it makes.
-macro_rules! log {
-    ($($arg:tt)*) => { eprintln!("xsteer agent: {}", format_args!($($arg)*)) };
-}
+// The agent explains every state change it makes in one log line (tracing, on stderr): what
+// changed and why. Failures it survives are warnings.
+use tracing::{info, warn};
 
 /// What identifies a version of the config and key file: a change of either means a reload.
 fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64)>> {
@@ -138,17 +137,17 @@ impl Node {
         let applied = self
             .applier
             .apply(&self.effective, &self.keys, |change| {
-                log!("{change} ({why})");
+                info!("{change} ({why})");
             })
             .await?;
         for notice in &applied.notices {
-            log!("warning: {notice}");
+            warn!("{notice}");
         }
         // Only now, with the IN SAs for every generation installed, may peers send to us.
         match self.peers.publish(&self.effective, &self.keys) {
-            Ok(true) => log!("published this node's record"),
+            Ok(true) => info!("published this node's record"),
             Ok(false) => {}
-            Err(e) => log!("publishing this node's record failed, will retry: {e}"),
+            Err(e) => warn!("publishing this node's record failed, will retry: {e}"),
         }
         Ok(())
     }
@@ -162,13 +161,13 @@ impl Node {
             self.version = version;
             match apply::load(&self.opts.config) {
                 Ok((config, keys)) => {
-                    log!("{} or its key file changed", self.opts.config.display());
+                    info!("{} or its key file changed", self.opts.config.display());
                     self.config = config;
                     self.keys = keys;
                     changed = true;
                 }
                 Err(e) => {
-                    log!(
+                    warn!(
                         "ignoring the changed config or key file, the last good state stays: {e:#}"
                     )
                 }
@@ -176,14 +175,14 @@ impl Node {
         }
         changed |= self
             .peers
-            .refresh(&self.config.node.name, |line| log!("{line}"));
+            .refresh(&self.config.node.name, |line| info!("{line}"));
         if !changed {
             return;
         }
         match self.peers.merged(&self.config) {
             Ok(effective) => self.effective = effective,
             Err(e) => {
-                log!("ignoring the new peers, the last good state stays: {e:#}");
+                warn!("ignoring the new peers, the last good state stays: {e:#}");
                 return;
             }
         }
@@ -192,7 +191,7 @@ impl Node {
             self.keys.clone(),
         )));
         if let Err(e) = self.reconcile("config, keys or peers changed").await {
-            log!("reconcile failed, will retry: {e}");
+            warn!("reconcile failed, will retry: {e}");
         }
     }
 
@@ -216,10 +215,10 @@ impl Node {
             });
         match result {
             Ok(how) => {
-                log!("pod veth {name}: classifier attached ({how:?})");
+                info!("pod veth {name}: classifier attached ({how:?})");
                 self.pods.insert(name.to_owned());
             }
-            Err(e) => log!("pod veth {name}: {e}"),
+            Err(e) => warn!("pod veth {name}: {e}"),
         }
     }
 
@@ -230,8 +229,8 @@ impl Node {
                 .any(|p| p == name)
         {
             match attach::unpin(&self.opts.pin_dir, programs::POD_CLASSIFIER, name) {
-                Ok(()) => log!("pod veth {name} gone: its link unpinned"),
-                Err(e) => log!("pod veth {name} gone, unpinning failed: {e}"),
+                Ok(()) => info!("pod veth {name} gone: its link unpinned"),
+                Err(e) => warn!("pod veth {name} gone, unpinning failed: {e}"),
             }
         }
     }
@@ -261,7 +260,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let uplink = config.node.uplink.clone();
     let peers = peers::Peers::new(&config).map_err(AgentError::Nodes)?;
     let effective = peers.merged(&config).unwrap_or_else(|e| {
-        log!("ignoring the node records for now: {e:#}");
+        warn!("ignoring the node records for now: {e:#}");
         config.clone()
     });
     let (published, inputs) =
@@ -271,7 +270,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             .await
             .map_err(|source| AgentError::Metrics { addr, source })?;
         tokio::spawn(metrics::serve(listener, inputs, opts.pin_dir.clone()));
-        log!("serving /metrics and /healthz on http://{addr}");
+        info!("serving /metrics and /healthz on http://{addr}");
     }
     let applier = Applier::new(ApplyOptions {
         dry_run: false,
@@ -301,14 +300,14 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         TcAttachType::Egress,
         &pin_dir,
     )?;
-    log!("uplink {uplink}: egress guard attached ({how:?})");
+    info!("uplink {uplink}: egress guard attached ({how:?})");
     let how = attach::xdp(
         node.dataplane.ingress_guard()?,
         programs::INGRESS_GUARD,
         &uplink,
         &pin_dir,
     )?;
-    log!("uplink {uplink}: ingress guard attached ({how:?})");
+    info!("uplink {uplink}: ingress guard attached ({how:?})");
 
     let mut links = pods::watch()?;
     let (connection, handle, _) =
@@ -321,7 +320,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut poll = tokio::time::interval(node.opts.poll);
     let mut resync = tokio::time::interval(node.opts.resync);
     resync.tick().await;
-    log!("running: {} pod veth(s) classified", node.pods.len());
+    info!("agent running: {} pod veth(s) classified", node.pods.len());
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -341,15 +340,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 // A full read this time: whatever changed behind xsteer's back is repaired.
                 node.applier.forget();
                 if let Err(e) = node.reconcile("periodic resync").await {
-                    log!("resync failed, will retry: {e}");
+                    warn!("resync failed, will retry: {e}");
                 }
                 if let Err(e) = node.rescan(&handle).await {
-                    log!("rescanning pod veths failed: {e}");
+                    warn!("rescanning pod veths failed: {e}");
                 }
             }
         }
     }
-    log!(
+    info!(
         "stopping; programs, maps and links stay pinned under {}",
         pin_dir.display()
     );

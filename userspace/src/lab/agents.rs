@@ -124,7 +124,7 @@ fn wait_for(dir: &Path, node: &LabNode, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let log = fs::read_to_string(log_path(dir, node)).unwrap_or_default();
-        if log.contains("xsteer agent: running") {
+        if log.contains("agent running:") {
             return Ok(());
         }
         if !is_running(dir, node) || Instant::now() > deadline {

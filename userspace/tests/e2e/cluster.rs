@@ -89,7 +89,7 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("xsteer agent: running") {
+            if text.contains("agent running:") {
                 return child;
             }
             if let Some(status) = child.try_wait().unwrap() {
