@@ -11,7 +11,7 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use xsteer::{cidr::Ipv4Cidr, dataplane::Dataplane};
+use xsteer::{cidr::Ipv4Cidr, dataplane::Dataplane, dataplane::grid::Grid};
 use xsteer_bpf_tests::packet::Ipv4;
 use xsteer_common::maps::RemotePodCidr;
 
@@ -105,9 +105,10 @@ fn ns_per_packet(prog_fd: i32, frame: &[u8]) -> u32 {
     attr.duration
 }
 
-/// A loaded classifier whose map holds `n` /24s of 10.0.0.0/8; returns it and a frame that
-/// hits the last CIDR inserted.
-fn classifier_with(n: u32) -> (Dataplane, Vec<u8>) {
+/// A loaded classifier whose map holds `n` /24s of 10.0.0.0/8, with the grid of /24 slots over
+/// 10.0.0.0/8 in front of the trie when `grid`; returns it and a frame that hits the last CIDR
+/// inserted.
+fn classifier_with(n: u32, grid: bool) -> (Dataplane, Vec<u8>) {
     let mut dataplane = Dataplane::load().expect("load the object (root?)");
     dataplane.load_programs().expect("verifier");
     let mut remote = dataplane.remote_pod_cidrs().unwrap();
@@ -119,6 +120,10 @@ fn classifier_with(n: u32) -> (Dataplane, Vec<u8>) {
             flags: 0,
         };
         remote.insert(cidr(i), value).unwrap();
+    }
+    if grid {
+        let grid = Grid::new("10.0.0.0/8".parse().unwrap(), 24).unwrap();
+        remote.set_grid(Some(grid)).unwrap();
     }
     let last = cidr(n - 1).addr().octets();
     let dst = Ipv4Addr::new(last[0], last[1], last[2], 9);
@@ -138,10 +143,14 @@ fn main() {
         std::process::exit(1);
     }
     let baseline = load_empty_tc_program();
-    let mut classifiers: Vec<(u32, Dataplane, Vec<u8>)> = SIZES
+    let configs: Vec<(u32, bool)> = [false, true]
+        .into_iter()
+        .flat_map(|grid| SIZES.iter().map(move |&n| (n, grid)))
+        .collect();
+    let mut classifiers: Vec<(u32, Dataplane, Vec<u8>)> = configs
         .iter()
-        .map(|&n| {
-            let (dataplane, frame) = classifier_with(n);
+        .map(|&(n, grid)| {
+            let (dataplane, frame) = classifier_with(n, grid);
             (n, dataplane, frame)
         })
         .collect();
@@ -158,7 +167,7 @@ fn main() {
         .collect();
 
     let mut base_samples = Vec::new();
-    let mut samples = vec![Vec::new(); SIZES.len()];
+    let mut samples = vec![Vec::new(); configs.len()];
     for round in 0..ROUNDS {
         base_samples.push(ns_per_packet(baseline, &classifiers[0].2));
         for (i, (_, _, frame)) in classifiers.iter().enumerate() {
@@ -178,13 +187,18 @@ fn main() {
 
     let base = median(&mut base_samples);
     println!(
-        "| remote CIDRs | classifier ns/packet | empty tc program ns/packet | classifier − empty | ratio |"
+        "| remote CIDRs | lookup | classifier ns/packet | empty tc program ns/packet | classifier − empty | ratio |"
     );
-    println!("|---:|---:|---:|---:|---:|");
-    for (i, &n) in SIZES.iter().enumerate() {
+    println!("|---:|---|---:|---:|---:|---:|");
+    for (i, &(n, grid)) in configs.iter().enumerate() {
         let m = median(&mut samples[i]);
+        let lookup = if grid {
+            "grid of /24 slots, trie behind"
+        } else {
+            "trie only"
+        };
         println!(
-            "| {n} | {m} | {base} | {:+} | {:.2} |",
+            "| {n} | {lookup} | {m} | {base} | {:+} | {:.2} |",
             i64::from(m) - i64::from(base),
             f64::from(m) / f64::from(base.max(1))
         );

@@ -13,10 +13,11 @@ use std::{
 
 use crate::{
     config::Config,
-    dataplane::{Dataplane, DataplaneError, bpffs},
+    dataplane::{Dataplane, DataplaneError, bpffs, grid::Grid},
     keys::{Algorithm, KeyFile},
     ledger::KeyLedger,
     netlink::Netlink,
+    nodes,
     reconcile::{
         self, Change, ReconcileError,
         desired::{DesiredError, Surroundings, desired},
@@ -198,6 +199,13 @@ impl Applier {
             Some(dataplane) => dataplane,
             None => self.dataplane.insert(maps(&self.opts)?),
         };
+        if !self.opts.dry_run {
+            // The grid of /24 slots over the cluster CIDR: a constant-time classifier lookup.
+            let grid = config
+                .cluster_cidr
+                .and_then(|c| Grid::new(c, nodes::ALLOCATED_PREFIX_LEN).ok());
+            dataplane.remote_pod_cidrs()?.set_grid(grid)?;
+        }
         let have = match self.known.take() {
             Some(known) => known,
             None => reconcile::read(netlink, dataplane, config.route_table).await?,

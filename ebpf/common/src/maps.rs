@@ -14,9 +14,18 @@ pub const PEER_NODES: &str = "peer_nodes";
 pub const PEER_SPIS: &str = "peer_spis";
 /// Per-CPU array of packet counters indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "counters";
+/// Array of one [`PodCidrGrid`]: the cluster CIDR whose /24s index [`REMOTE_POD_SLOTS`].
+pub const POD_CIDR_GRID: &str = "pod_cidr_grid";
+/// Array: slot of the grid → [`RemotePodCidr`], a constant-time front for [`REMOTE_POD_CIDRS`].
+pub const REMOTE_POD_SLOTS: &str = "remote_pod_slots";
 
 /// Capacity of [`REMOTE_POD_CIDRS`]: one CIDR per node ID with room for extra pools.
 pub const REMOTE_POD_CIDRS_MAX: u32 = 65_536;
+/// Capacity of [`REMOTE_POD_SLOTS`]: a /8 cluster CIDR in /24s.
+pub const REMOTE_POD_SLOTS_MAX: u32 = 65_536;
+/// [`RemotePodCidr::flags`] bit of a slot that cannot answer alone (a CIDR finer than the slot
+/// lies in it): the trie decides.
+pub const SLOT_CONSULT_TRIE: u8 = 0x01;
 /// Capacity of [`LOCAL_POD_CIDRS`].
 pub const LOCAL_POD_CIDRS_MAX: u32 = 16;
 /// Capacity of [`PEER_NODES`]: every node ID.
@@ -35,8 +44,26 @@ pub struct RemotePodCidr {
     pub node_id: u16,
     /// The key generation to send with (1..=15): bits 12..15 of the encrypt mark.
     pub spi: u8,
-    /// Reserved, zero.
+    /// Zero in the trie; in a grid slot, [`SLOT_CONSULT_TRIE`] or zero.
     pub flags: u8,
+}
+
+/// The grid of remote pod slots: `base/prefix_len` cut into `/slot_prefix_len` slots, slot `i`
+/// holding what the trie answers for the whole of `base + i * slot size`. With the grid on, a
+/// lookup inside it costs one array read instead of a walk down the trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCidrGrid {
+    /// The cluster CIDR's address.
+    pub base: Ipv4,
+    /// The cluster CIDR's prefix length (8..=24).
+    pub prefix_len: u8,
+    /// The slots' prefix length (at most 16 more than `prefix_len`).
+    pub slot_prefix_len: u8,
+    /// Non-zero when the slots are filled and may be used.
+    pub enabled: u8,
+    /// Reserved, zero.
+    pub reserved: u8,
 }
 
 /// A pod CIDR of this node.
@@ -88,4 +115,5 @@ mod pod {
     unsafe impl aya::Pod for super::PeerNode {}
     unsafe impl aya::Pod for super::PeerSpi {}
     unsafe impl aya::Pod for super::EspStats {}
+    unsafe impl aya::Pod for super::PodCidrGrid {}
 }

@@ -4,7 +4,7 @@
 //! `bpftool map dump` prints field names.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
     maps::lpm_trie::Key,
 };
@@ -12,13 +12,20 @@ use xsteer_common::{
     counters::Counter,
     maps::{
         EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX, PEER_SPIS_MAX, PeerNode,
-        PeerSpi, REMOTE_POD_CIDRS_MAX, RemotePodCidr,
+        PeerSpi, PodCidrGrid, REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX, RemotePodCidr,
+        SLOT_CONSULT_TRIE,
     },
 };
 
 #[btf_map(name = "remote_pod_cidrs")]
 static REMOTE_POD_CIDRS: LpmTrie<Ipv4, RemotePodCidr, { REMOTE_POD_CIDRS_MAX as usize }> =
     LpmTrie::new();
+
+#[btf_map(name = "pod_cidr_grid")]
+static POD_CIDR_GRID: Array<PodCidrGrid, 1> = Array::new();
+
+#[btf_map(name = "remote_pod_slots")]
+static REMOTE_POD_SLOTS: Array<RemotePodCidr, { REMOTE_POD_SLOTS_MAX as usize }> = Array::new();
 
 #[btf_map(name = "local_pod_cidrs")]
 static LOCAL_POD_CIDRS: LpmTrie<Ipv4, LocalPodCidr, { LOCAL_POD_CIDRS_MAX as usize }> =
@@ -34,9 +41,26 @@ static PEER_SPIS: PerCpuHashMap<PeerSpi, EspStats, { PEER_SPIS_MAX as usize }> =
 #[btf_map(name = "counters")]
 static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
 
-/// The remote pod CIDR that contains `addr`, if any.
+/// The remote pod CIDR that contains `addr`, if any: from the grid's slot when `addr` lies in
+/// the grid and the slot can answer alone, from the trie otherwise.
 #[inline(always)]
 pub fn remote_pod_cidr(addr: Ipv4) -> Option<RemotePodCidr> {
+    if let Some(grid) = POD_CIDR_GRID.get(0) {
+        if grid.enabled != 0 {
+            let offset = u32::from_be_bytes(addr).wrapping_sub(u32::from_be_bytes(grid.base));
+            // Inside the grid when the offset fits in its host bits; `& 31` keeps the shifts
+            // defined for the verifier (userspace only enables prefixes 8..=24).
+            let host_bits = (32 - u32::from(grid.prefix_len)) & 31;
+            if offset >> host_bits == 0 {
+                let index = offset >> ((32 - u32::from(grid.slot_prefix_len)) & 31);
+                if let Some(slot) = REMOTE_POD_SLOTS.get(index) {
+                    if slot.flags & SLOT_CONSULT_TRIE == 0 {
+                        return (slot.node_id != 0).then_some(*slot);
+                    }
+                }
+            }
+        }
+    }
     REMOTE_POD_CIDRS.get(&Key::new(32, addr)).copied()
 }
 

@@ -3,22 +3,27 @@
 //! Each view borrows its map from the [`super::Dataplane`] and converts between the agent's
 //! types (`Ipv4Cidr`, `Ipv4Addr`) and the `#[repr(C)]` layouts of `xsteer_common::maps`.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::{
     Pod,
     maps::{
-        HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
         lpm_trie::Key,
     },
     util::nr_cpus,
 };
 use xsteer_common::{
     counters::Counter,
-    maps::{self as names, EspStats, Ipv4, LocalPodCidr, PeerNode, PeerSpi, RemotePodCidr},
+    maps::{
+        self as names, EspStats, Ipv4, LocalPodCidr, PeerNode, PeerSpi, PodCidrGrid, RemotePodCidr,
+    },
 };
 
-use super::DataplaneError;
+use super::{
+    DataplaneError,
+    grid::{Grid, slot_value},
+};
 use crate::cidr::Ipv4Cidr;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -31,8 +36,6 @@ pub struct CidrMap<'a, V: Pod> {
     trie: LpmTrie<&'a mut MapData, Ipv4, V>,
 }
 
-/// Remote pod CIDR → where and with which key to send.
-pub type RemotePodCidrs<'a> = CidrMap<'a, RemotePodCidr>;
 /// This node's pod CIDRs.
 pub type LocalPodCidrs<'a> = CidrMap<'a, LocalPodCidr>;
 
@@ -71,6 +74,111 @@ impl<'a, V: Pod> CidrMap<'a, V> {
                 Ok((cidr, value))
             })
             .collect()
+    }
+}
+
+/// Remote pod CIDR → where and with which key to send: the trie, and the grid of slots in
+/// front of it (see [`super::grid`]), kept in step.
+pub struct RemotePodCidrs<'a> {
+    trie: CidrMap<'a, RemotePodCidr>,
+    grid: Array<&'a mut MapData, PodCidrGrid>,
+    slots: Array<&'a mut MapData, RemotePodCidr>,
+    /// The trie's entries, as this process last wrote or read them.
+    mirror: &'a mut BTreeMap<Ipv4Cidr, RemotePodCidr>,
+}
+
+impl<'a> RemotePodCidrs<'a> {
+    pub(super) fn new(
+        trie: &'a mut Map,
+        grid: &'a mut Map,
+        slots: &'a mut Map,
+        mirror: &'a mut Option<BTreeMap<Ipv4Cidr, RemotePodCidr>>,
+    ) -> Result<Self, DataplaneError> {
+        let trie = CidrMap::new(trie, names::REMOTE_POD_CIDRS)?;
+        let mirror = match mirror {
+            Some(m) => m,
+            None => mirror.insert(trie.entries()?.into_iter().collect()),
+        };
+        Ok(RemotePodCidrs {
+            trie,
+            grid: Array::try_from(grid).map_err(map_err(names::POD_CIDR_GRID))?,
+            slots: Array::try_from(slots).map_err(map_err(names::REMOTE_POD_SLOTS))?,
+            mirror,
+        })
+    }
+
+    /// The grid in use, if any.
+    pub fn grid(&self) -> Result<Option<Grid>, DataplaneError> {
+        let raw = self
+            .grid
+            .get(&0, 0)
+            .map_err(map_err(names::POD_CIDR_GRID))?;
+        Ok(Grid::from_raw(&raw))
+    }
+
+    /// Writes the slots `range` of `grid` where they differ from what the trie's entries say.
+    fn write_slots(
+        &mut self,
+        grid: &Grid,
+        range: std::ops::Range<u32>,
+    ) -> Result<(), DataplaneError> {
+        for index in range {
+            let want = slot_value(self.mirror, grid.slot(index));
+            let have = self
+                .slots
+                .get(&index, 0)
+                .map_err(map_err(names::REMOTE_POD_SLOTS))?;
+            if have != want {
+                self.slots
+                    .set(index, want, 0)
+                    .map_err(map_err(names::REMOTE_POD_SLOTS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `grid` in front of the trie (filling its slots before enabling it), or takes the
+    /// grid away (`None`: every lookup goes to the trie).
+    pub fn set_grid(&mut self, grid: Option<Grid>) -> Result<(), DataplaneError> {
+        if self.grid()? == grid {
+            return Ok(());
+        }
+        // Off first: the slots are about to change under a different shape.
+        self.grid
+            .set(0, PodCidrGrid::default(), 0)
+            .map_err(map_err(names::POD_CIDR_GRID))?;
+        if let Some(grid) = grid {
+            self.write_slots(&grid, 0..grid.slots())?;
+            self.grid
+                .set(0, grid.raw(true), 0)
+                .map_err(map_err(names::POD_CIDR_GRID))?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces the entry for `cidr`: the trie first, then the slots it covers.
+    pub fn insert(&mut self, cidr: Ipv4Cidr, value: RemotePodCidr) -> Result<(), DataplaneError> {
+        self.trie.insert(cidr, value)?;
+        self.mirror.insert(cidr, value);
+        if let Some(grid) = self.grid()? {
+            self.write_slots(&grid, grid.slots_of(cidr))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entry for `cidr`: the slots first (to what the trie will answer without
+    /// it), then the trie.
+    pub fn remove(&mut self, cidr: Ipv4Cidr) -> Result<(), DataplaneError> {
+        self.mirror.remove(&cidr);
+        if let Some(grid) = self.grid()? {
+            self.write_slots(&grid, grid.slots_of(cidr))?;
+        }
+        self.trie.remove(cidr)
+    }
+
+    /// Every entry of the trie (the authority).
+    pub fn entries(&self) -> Result<Vec<(Ipv4Cidr, RemotePodCidr)>, DataplaneError> {
+        self.trie.entries()
     }
 }
 

@@ -5,6 +5,7 @@
 //! `debug!` costs about 30 ns per packet even when nobody reads the log.
 
 pub mod bpffs;
+pub mod grid;
 mod maps;
 mod pinned;
 
@@ -25,8 +26,10 @@ use xsteer_common::{maps as map_names, programs};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xsteer.bpf.o"));
 
 /// Every map xsteer owns, by pin name.
-pub const MAPS: [&str; 5] = [
+pub const MAPS: [&str; 7] = [
     map_names::REMOTE_POD_CIDRS,
+    map_names::POD_CIDR_GRID,
+    map_names::REMOTE_POD_SLOTS,
     map_names::LOCAL_POD_CIDRS,
     map_names::PEER_NODES,
     map_names::PEER_SPIS,
@@ -91,6 +94,10 @@ pub enum DataplaneError {
 /// The loaded object: maps created in the kernel, programs ready to be loaded and attached.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// `remote_pod_cidrs` as this process knows it, read once, then kept by its writes.
+    remote_mirror: Option<
+        std::collections::BTreeMap<crate::cidr::Ipv4Cidr, xsteer_common::maps::RemotePodCidr>,
+    >,
 }
 
 impl Dataplane {
@@ -100,7 +107,10 @@ impl Dataplane {
             .override_global("AYA_LOG_LEVEL", &0u8, true)
             .load(OBJECT)
             .map_err(DataplaneError::Load)?;
-        Ok(Dataplane { ebpf })
+        Ok(Dataplane {
+            ebpf,
+            remote_mirror: None,
+        })
     }
 
     /// Loads all three programs into the kernel (the verifier runs here) without attaching.
@@ -143,9 +153,21 @@ impl Dataplane {
 
     /// Remote pod CIDR → node and key generation.
     pub fn remote_pod_cidrs(&mut self) -> Result<RemotePodCidrs<'_>, DataplaneError> {
-        CidrMap::new(
-            self.map(map_names::REMOTE_POD_CIDRS)?,
-            map_names::REMOTE_POD_CIDRS,
+        let (mut trie, mut grid, mut slots) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::REMOTE_POD_CIDRS => trie = Some(map),
+                map_names::POD_CIDR_GRID => grid = Some(map),
+                map_names::REMOTE_POD_SLOTS => slots = Some(map),
+                _ => {}
+            }
+        }
+        let missing = |name| DataplaneError::Missing { kind: "map", name };
+        RemotePodCidrs::new(
+            trie.ok_or_else(|| missing(map_names::REMOTE_POD_CIDRS))?,
+            grid.ok_or_else(|| missing(map_names::POD_CIDR_GRID))?,
+            slots.ok_or_else(|| missing(map_names::REMOTE_POD_SLOTS))?,
+            &mut self.remote_mirror,
         )
     }
 

@@ -27,7 +27,10 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
-        Ok(Dataplane { ebpf })
+        Ok(Dataplane {
+            ebpf,
+            remote_mirror: None,
+        })
     }
 
     /// Whether every map is pinned under `dir`.

@@ -39,10 +39,11 @@ fn pid_path(dir: &Path, node: &LabNode) -> PathBuf {
     node_dir(dir, node).join("agent.pid")
 }
 
-/// The config of `node`: itself, the shared key file and node records; no peers.
+/// The config of `node`: itself, the shared key file and node records, the cluster CIDR (whose
+/// /24 grid the classifier looks pods up in); no peers.
 pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
     format!(
-        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\n\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
+        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
          id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\nepoch = \"{epoch}\"\n",
         keys = dir.join("keys").display(),
         nodes = dir.join("nodes").display(),
