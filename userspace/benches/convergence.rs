@@ -229,6 +229,7 @@ fn peer(i: u32) -> Peer {
             0,
             1,
         ]),
+        generations: None,
     }
 }
 

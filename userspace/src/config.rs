@@ -75,6 +75,9 @@ pub struct Peer {
     pub pod_cidrs: Vec<Ipv4Cidr>,
     /// The peer's epoch.
     pub epoch: Epoch,
+    /// The key generations the peer says it can receive (it has their IN SAs), from its node
+    /// record; `None` for a peer from the config file, which is assumed to receive them all.
+    pub generations: Option<Vec<u8>>,
 }
 
 /// One thing wrong with a config, at one field.
@@ -586,6 +589,7 @@ impl RawConfig {
                     id,
                     pod_cidrs,
                     epoch,
+                    generations: None,
                 });
             }
         }

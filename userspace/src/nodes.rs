@@ -50,6 +50,7 @@ impl NodeRecord {
             id: self.id,
             pod_cidrs: vec![self.pod_cidr],
             epoch: self.epoch,
+            generations: Some(self.generations.clone()),
         }
     }
 }

@@ -197,7 +197,9 @@ impl Node {
 
     /// Attaches the classifier to pod veth `name` unless this agent already did.
     fn attach_pod(&mut self, name: &str) {
-        if self.pods.contains(name) {
+        // The uplink can be a veth with its peer elsewhere too (a lab, a nested node): it is
+        // the wire, never a pod.
+        if self.pods.contains(name) || name == self.effective.node.uplink {
             return;
         }
         let result = self

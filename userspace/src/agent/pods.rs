@@ -4,7 +4,8 @@
 //! left on the node is where pod traffic enters the node, so that is where the classifier goes.
 //! By default a pod veth is a veth whose peer lives in another namespace (the kernel reports
 //! the peer's namespace id, IFLA_LINK_NETNSID, only then). Operators whose CNI names its veths
-//! (`cali*`, `lxc*`, `veth*`) can give name prefixes instead.
+//! (`cali*`, `lxc*`, `veth*`) can give name prefixes instead. The uplink is never a pod veth,
+//! whatever it looks like (the agent skips it).
 
 use futures::TryStreamExt;
 use futures::channel::mpsc::UnboundedReceiver;

@@ -164,6 +164,7 @@ pub fn desired(
                 flags: 0,
             },
         );
+        let sending = sending_generation(keys, peer.generations.as_deref())?;
         let to_peer = PolicyAction::Tunnel {
             src: local.ip,
             dst: peer.ip,
@@ -190,14 +191,19 @@ pub fn desired(
                 oif: hop.oif,
                 mtu: route_mtu,
             });
-            s.maps.remote_pod_cidrs.insert(
-                cidr,
-                RemotePodCidr {
-                    node_id: peer.id,
-                    spi: newest.spi(),
-                    flags: 0,
-                },
-            );
+            // Marking starts only with a generation the peer can receive; with none (it has not
+            // caught up with our key file at all) its pods stay unmarked and the egress guard
+            // holds their traffic back.
+            if let Some(spi) = sending {
+                s.maps.remote_pod_cidrs.insert(
+                    cidr,
+                    RemotePodCidr {
+                        node_id: peer.id,
+                        spi,
+                        flags: 0,
+                    },
+                );
+            }
         }
 
         for generation in keys.generations() {
@@ -247,6 +253,28 @@ pub fn desired(
         }
     }
     Ok(s)
+}
+
+/// The generation to send to a peer with: the newest of the key file's that the peer says it
+/// can receive (all of them for a peer that says nothing). Switching a peer to a new generation
+/// only once it advertises it is what makes a rotation lossless: its IN SAs exist by then.
+pub fn sending_generation(
+    keys: &KeyFile,
+    advertised: Option<&[u8]>,
+) -> Result<Option<u8>, DesiredError> {
+    let newest = keys.newest()?.spi();
+    let Some(advertised) = advertised else {
+        return Ok(Some(newest));
+    };
+    // Walk back from the newest through the file's run of generations (15 precedes 1).
+    let mut spi = newest;
+    for _ in 0..keys.generations().len() {
+        if advertised.contains(&spi) {
+            return Ok(Some(spi));
+        }
+        spi = if spi == 1 { 15 } else { spi - 1 };
+    }
+    Ok(None)
 }
 
 /// Whether `state` is an outbound SA (selected by mark), whose key must never be reused.
@@ -325,6 +353,57 @@ epoch = "ffeeddccbbaa99887766554433221100"
         // The route MTU follows the transform: 1446 for GCM, 1438 for CBC+HMAC.
         let mtus = |s: &Snapshot| s.routes.iter().map(|r| r.mtu).collect::<Vec<_>>();
         assert_eq!((mtus(&gcm), mtus(&cbc)), (vec![1446], vec![1438]));
+    }
+
+    #[test]
+    fn a_peer_is_sent_to_with_the_newest_generation_it_advertises() {
+        let keys = KeyFile::parse(
+            "14 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n\
+             15 rfc4106(gcm(aes)) 101112131415161718191a1b1c1d1e1f20212223 128\n\
+             1 rfc4106(gcm(aes)) 202122232425262728292a2b2c2d2e2f30313233 128\n",
+        )
+        .unwrap();
+        let at = |adv: Option<&[u8]>| sending_generation(&keys, adv).unwrap();
+        assert_eq!(at(None), Some(1), "a configured peer: the newest");
+        assert_eq!(at(Some(&[14, 15, 1])), Some(1));
+        assert_eq!(
+            at(Some(&[14, 15])),
+            Some(15),
+            "not caught up: the one before"
+        );
+        assert_eq!(at(Some(&[14])), Some(14));
+        assert_eq!(at(Some(&[7])), None, "nothing in common: nothing is marked");
+
+        // In the desired state: the map says 15 until the peer advertises 1, while the SAs of
+        // every generation are there all along.
+        let mut config: Config = CONFIG.parse().unwrap();
+        config.peers[0].generations = Some(vec![14, 15]);
+        let uplink = Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+        };
+        let next_hops = BTreeMap::from([(
+            Ipv4Addr::new(192, 168, 0, 2),
+            NextHop {
+                oif: 2,
+                gateway: None,
+            },
+        )]);
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: 100,
+            cipher: Cipher::Gcm,
+        };
+        let want = desired(&config, &keys, &around).unwrap();
+        let spis: Vec<u8> = want.maps.remote_pod_cidrs.values().map(|v| v.spi).collect();
+        assert_eq!(spis, [15]);
+        assert_eq!(
+            want.states.len(),
+            6,
+            "IN and OUT SAs of all three generations"
+        );
     }
 
     #[test]

@@ -177,6 +177,10 @@ fn the_agent_classifies_pods_survives_sigkill_and_guards_while_down() {
             log.contains("uplink eth0: egress guard attached (New)"),
             "{log}"
         );
+        assert!(
+            !log.contains("pod veth eth0"),
+            "the uplink is no pod veth:\n{log}"
+        );
     }
     let wire = Capture::start(&a.netns, "eth0");
     let wait = Duration::from_secs(10);

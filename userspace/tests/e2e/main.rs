@@ -12,4 +12,5 @@ mod esp_smoke;
 mod guards;
 mod lab;
 mod records;
+mod rotation;
 mod wire;
