@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod netlink;
 pub mod nodes;
 pub mod reconcile;
+pub mod retired;
 pub mod routing;
 pub mod status;
 pub mod uninstall;

@@ -9,7 +9,9 @@ use xsteer::{
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
-    keys, lab, status, uninstall,
+    keys, lab,
+    retired::RetiredGenerations,
+    status, uninstall,
 };
 use xsteer_common::programs;
 
@@ -66,6 +68,10 @@ enum Command {
         /// Where to serve /metrics and /healthz ("off" to serve nothing).
         #[arg(long, default_value = "127.0.0.1:9478")]
         metrics_addr: String,
+        /// Seconds an old key generation stays installed after every peer has moved past it,
+        /// for packets in flight and peers that read node records late.
+        #[arg(long, default_value_t = agent::rotation::DEFAULT_GRACE.as_secs())]
+        rotation_grace: u64,
     },
     /// A cluster on this machine out of network namespaces, one agent per node.
     #[command(subcommand)]
@@ -84,6 +90,9 @@ enum Command {
         /// `table` for people, `json` for scripts.
         #[arg(long, default_value = "table")]
         output: OutputFormat,
+        /// Where the agent keeps its state (the retired key generations).
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
     /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
@@ -134,6 +143,7 @@ fn run(command: Command) -> Result<()> {
             pod_veth_prefixes,
             resync,
             metrics_addr,
+            rotation_grace,
         } => {
             let metrics = match metrics_addr.as_str() {
                 "off" => None,
@@ -151,6 +161,7 @@ fn run(command: Command) -> Result<()> {
                 poll: Duration::from_secs(1),
                 resync: Duration::from_secs(resync.max(1)),
                 metrics,
+                rotation_grace: Duration::from_secs(rotation_grace),
             };
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -199,13 +210,24 @@ fn run(command: Command) -> Result<()> {
             config,
             pin_dir,
             output,
+            state_dir,
         } => {
-            let (config, keys) = apply::load(&config)?;
+            let (config, all_keys) = apply::load(&config)?;
+            let keys = RetiredGenerations::open(&state_dir)?
+                .active(&all_keys)
+                .with_context(|| config.key_file.display().to_string())?;
+            let retired: Vec<u8> = all_keys
+                .generations()
+                .iter()
+                .map(|g| g.spi())
+                .filter(|spi| keys.get(*spi).is_none())
+                .collect();
             // The peers the agent knows: the config's and those of the node records.
             let config = agent::peers::Peers::new(&config)
                 .context("reading node records")?
                 .merged(&config)?;
-            let status = runtime()?.block_on(status::collect(&config, &keys, &pin_dir))?;
+            let status =
+                runtime()?.block_on(status::collect(&config, &keys, &retired, &pin_dir))?;
             match output {
                 OutputFormat::Table => print!("{}", status.table()),
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -329,6 +351,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `xsteer apply`: validates everything, then reconciles once.
 fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
     let (config, keys) = apply::load(config_path)?;
+    // Generations the agent retired stay out: their outbound keys must not be installed again.
+    let keys = RetiredGenerations::open(&opts.state_dir)?
+        .active(&keys)
+        .with_context(|| config.key_file.display().to_string())?;
     let runtime = runtime()?;
     let verb = if opts.dry_run { "would " } else { "" };
     let applied = runtime.block_on(apply::apply(&config, &keys, &opts, |change| {

@@ -46,6 +46,45 @@ pub struct Sa {
     pub packets: u64,
 }
 
+/// Where the switch to the newest key generation stands towards one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rotation {
+    /// Its pods are sent to with the newest generation.
+    Done,
+    /// It does not advertise the newest generation yet: sent to with an older one.
+    WaitingForPeer,
+    /// It advertises the newest generation, the map has not switched yet (the agent will).
+    Switching,
+    /// It shares no generation with this node: its traffic is held back by the egress guard.
+    NoSharedGeneration,
+}
+
+impl Rotation {
+    fn of(newest: Option<u8>, sending: Option<u8>, receives: Option<&[u8]>) -> Rotation {
+        let advertises_newest = match (receives, newest) {
+            (None, _) => true,
+            (Some(r), Some(n)) => r.contains(&n),
+            (Some(_), None) => false,
+        };
+        match sending {
+            None => Rotation::NoSharedGeneration,
+            Some(_) if sending == newest => Rotation::Done,
+            Some(_) if advertises_newest => Rotation::Switching,
+            Some(_) => Rotation::WaitingForPeer,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Rotation::Done => "done",
+            Rotation::WaitingForPeer => "waiting for peer",
+            Rotation::Switching => "switching",
+            Rotation::NoSharedGeneration => "no shared generation",
+        }
+    }
+}
+
 /// One peer node.
 #[derive(Clone, Debug, Serialize)]
 pub struct Peer {
@@ -57,6 +96,11 @@ pub struct Peer {
     pub id: u16,
     /// The generation its pod CIDRs are marked with (`remote_pod_cidrs`), if any.
     pub sending_generation: Option<u8>,
+    /// The generations it says it can receive (its node record); `None` for a peer from the
+    /// config file, assumed to receive them all.
+    pub receives: Option<Vec<u8>>,
+    /// Where the rotation towards it stands.
+    pub rotation: Rotation,
     /// SAs towards it, one per generation.
     pub outbound: Vec<Sa>,
     /// SAs from it, one per generation.
@@ -70,8 +114,10 @@ pub struct Peer {
 pub struct Status {
     /// This node's name.
     pub node: String,
-    /// The key file's generations.
+    /// The key file's generations in service.
     pub generations: Vec<Generation>,
+    /// Generations the key file still lists that this node has retired (SAs removed).
+    pub retired_generations: Vec<u8>,
     /// The peers.
     pub peers: Vec<Peer>,
     /// The programs' counters, by name.
@@ -110,10 +156,12 @@ fn xfrm_errors() -> Result<Vec<(String, u64)>, StatusError> {
         .collect())
 }
 
-/// Gathers the status of the node `config` describes, from the maps pinned in `pin_dir`.
+/// Gathers the status of the node `config` describes, from the maps pinned in `pin_dir`; `keys`
+/// are the generations in service, `retired` those the key file lists besides.
 pub async fn collect(
     config: &Config,
     keys: &KeyFile,
+    retired: &[u8],
     pin_dir: &Path,
 ) -> Result<Status, StatusError> {
     let netlink = Netlink::connect().map_err(StatusError::Netlink)?;
@@ -178,14 +226,20 @@ pub async fn collect(
     let peers = config
         .peers
         .iter()
-        .map(|p| Peer {
+        .map(|p| {
+            let sending_generation = remote
+                .iter()
+                .find(|(cidr, _)| p.pod_cidrs.contains(cidr))
+                .map(|(_, v)| v.spi);
+            (p, sending_generation)
+        })
+        .map(|(p, sending_generation)| Peer {
             name: p.name.clone(),
             ip: p.ip,
             id: p.id,
-            sending_generation: remote
-                .iter()
-                .find(|(cidr, _)| p.pod_cidrs.contains(cidr))
-                .map(|(_, v)| v.spi),
+            sending_generation,
+            receives: p.generations.clone(),
+            rotation: Rotation::of(newest, sending_generation, p.generations.as_deref()),
             outbound: keys
                 .generations()
                 .iter()
@@ -206,6 +260,7 @@ pub async fn collect(
     Ok(Status {
         node: local.name.clone(),
         generations,
+        retired_generations: retired.to_vec(),
         peers,
         counters,
         xfrm_errors: xfrm_errors()?,
@@ -219,7 +274,7 @@ impl Status {
         let _ = writeln!(out, "node {}", self.node);
         let _ = writeln!(out, "\nkey generations:");
         for g in &self.generations {
-            let newest = if g.newest { "  (newest: sending)" } else { "" };
+            let newest = if g.newest { "  (newest)" } else { "" };
             let _ = writeln!(
                 out,
                 "  {:>2}  {}  key {}{newest}",
@@ -228,10 +283,24 @@ impl Status {
                 g.fingerprints.join(" ")
             );
         }
+        if !self.retired_generations.is_empty() {
+            let list: Vec<String> = self.retired_generations.iter().map(u8::to_string).collect();
+            let _ = writeln!(out, "  retired (SAs removed): {}", list.join(", "));
+        }
         let _ = writeln!(
             out,
-            "\n{:<16} {:<15} {:>5} {:>4}  {:>10} {:>12} {:>10} {:>12} {:>10}",
-            "peer", "ip", "id", "gen", "out pkts", "out bytes", "in pkts", "in bytes", "esp ok"
+            "\n{:<16} {:<15} {:>5} {:>4} {:<10} {:<20}  {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "peer",
+            "ip",
+            "id",
+            "gen",
+            "receives",
+            "rotation",
+            "out pkts",
+            "out bytes",
+            "in pkts",
+            "in bytes",
+            "esp ok"
         );
         for p in &self.peers {
             let sum = |sas: &[Sa]| {
@@ -243,10 +312,23 @@ impl Status {
             let generation = p
                 .sending_generation
                 .map_or("-".to_owned(), |g| g.to_string());
+            let receives = p.receives.as_ref().map_or("all".to_owned(), |r| {
+                r.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+            });
             let _ = writeln!(
                 out,
-                "{:<16} {:<15} {:>5} {:>4}  {:>10} {:>12} {:>10} {:>12} {:>10}",
-                p.name, p.ip, p.id, generation, out_n, out_b, in_n, in_b, p.esp_accepted_packets
+                "{:<16} {:<15} {:>5} {:>4} {:<10} {:<20}  {:>10} {:>12} {:>10} {:>12} {:>10}",
+                p.name,
+                p.ip,
+                p.id,
+                generation,
+                receives,
+                p.rotation.as_str(),
+                out_n,
+                out_b,
+                in_n,
+                in_b,
+                p.esp_accepted_packets
             );
         }
         let _ = writeln!(out, "\ncounters:");

@@ -53,7 +53,7 @@ async fn respond(
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (code, body) = match path {
         "/healthz" => ("200 OK", "ok\n".to_owned()),
-        "/metrics" => match status::collect(&inputs.0, &inputs.1, pin_dir).await {
+        "/metrics" => match status::collect(&inputs.0, &inputs.1, &[], pin_dir).await {
             Ok(status) => ("200 OK", status.metrics()),
             Err(e) => ("500 Internal Server Error", format!("{e}\n")),
         },

@@ -14,12 +14,13 @@ pub mod attach;
 pub mod metrics;
 pub mod peers;
 pub mod pods;
+pub mod rotation;
 
 use std::{
     collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::programs::TcAttachType;
@@ -32,8 +33,10 @@ use crate::{
     config::Config,
     dataplane::{Dataplane, DataplaneError, bpffs},
     keys::KeyFile,
+    retired::{RetiredError, RetiredGenerations},
 };
 pub use pods::PodVeths;
+use rotation::{Progress, Retirement};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -52,6 +55,8 @@ pub struct AgentOptions {
     pub resync: Duration,
     /// Where to serve /metrics and /healthz; `None` serves nothing.
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long an old key generation stays installed after every peer has moved past it.
+    pub rotation_grace: Duration,
 }
 
 /// Why the agent stopped or could not start.
@@ -97,6 +102,9 @@ pub enum AgentError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// The list of retired key generations could not be read.
+    #[error(transparent)]
+    Retired(#[from] RetiredError),
 }
 
 // The agent explains every state change it makes in one log line (tracing, on stderr): what
@@ -122,7 +130,12 @@ struct Node {
     /// `config` with the peers learned from node records: what is reconciled.
     effective: Config,
     peers: peers::Peers,
+    /// The key file as it reads.
     keys: KeyFile,
+    /// Generations this node has retired: left out of `keys` for good.
+    retired: RetiredGenerations,
+    /// Generations every peer has moved past, waiting out the grace period.
+    retirement: Retirement,
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
     applier: Applier,
@@ -132,11 +145,20 @@ struct Node {
 }
 
 impl Node {
+    /// The key file's generations still in service: all but the retired ones.
+    fn active_keys(&self) -> KeyFile {
+        // A file whose newest generation is ambiguous fails the reconcile, which says why.
+        self.retired
+            .active(&self.keys)
+            .unwrap_or_else(|_| self.keys.clone())
+    }
+
     /// Reconciles the kernel with the config and keys held; logs each change.
     async fn reconcile(&mut self, why: &str) -> Result<(), apply::ApplyError> {
+        let keys = self.active_keys();
         let applied = self
             .applier
-            .apply(&self.effective, &self.keys, |change| {
+            .apply(&self.effective, &keys, |change| {
                 info!("{change} ({why})");
             })
             .await?;
@@ -144,7 +166,7 @@ impl Node {
             warn!("{notice}");
         }
         // Only now, with the IN SAs for every generation installed, may peers send to us.
-        match self.peers.publish(&self.effective, &self.keys) {
+        match self.peers.publish(&self.effective, &keys) {
             Ok(true) => info!("published this node's record"),
             Ok(false) => {}
             Err(e) => warn!("publishing this node's record failed, will retry: {e}"),
@@ -188,9 +210,55 @@ impl Node {
         }
         self.published.send_replace(std::sync::Arc::new((
             self.effective.clone(),
-            self.keys.clone(),
+            self.active_keys(),
         )));
         if let Err(e) = self.reconcile("config, keys or peers changed").await {
+            warn!("reconcile failed, will retry: {e}");
+        }
+    }
+
+    /// Retires the generations that every peer has moved past, once their grace period is over:
+    /// they are recorded as retired, then their SAs, policies and SPIs are removed and this
+    /// node's record stops listing them.
+    async fn retire_if_due(&mut self) {
+        let keys = self.active_keys();
+        let grace = self.retirement.grace().as_secs();
+        let (due, progress) =
+            match self
+                .retirement
+                .due(&keys, &self.effective.peers, Instant::now())
+            {
+                Ok(found) => found,
+                Err(_) => return,
+            };
+        for step in progress {
+            match step {
+                Progress::Pending(spi) => info!(
+                    "every peer has moved past key generation {spi}: removing it in {grace} s"
+                ),
+                Progress::InUseAgain(spi) => {
+                    info!("key generation {spi} is in use again by a peer: keeping it")
+                }
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        for spi in &due {
+            let Some(generation) = keys.get(*spi) else {
+                continue;
+            };
+            if let Err(e) = self.retired.retire(generation) {
+                warn!("cannot record key generation {spi} as retired, keeping it: {e}");
+                return;
+            }
+            info!("key generation {spi} retired: no peer has sent with it for {grace} s");
+        }
+        self.published.send_replace(std::sync::Arc::new((
+            self.effective.clone(),
+            self.active_keys(),
+        )));
+        if let Err(e) = self.reconcile("retiring old key generations").await {
             warn!("reconcile failed, will retry: {e}");
         }
     }
@@ -261,12 +329,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     dataplane.load_programs()?;
     let uplink = config.node.uplink.clone();
     let peers = peers::Peers::new(&config).map_err(AgentError::Nodes)?;
+    let retired = RetiredGenerations::open(&opts.state_dir)?;
+    let retirement = Retirement::new(opts.rotation_grace);
     let effective = peers.merged(&config).unwrap_or_else(|e| {
         warn!("ignoring the node records for now: {e:#}");
         config.clone()
     });
+    let active = retired.active(&keys).unwrap_or_else(|_| keys.clone());
     let (published, inputs) =
-        tokio::sync::watch::channel(std::sync::Arc::new((effective.clone(), keys.clone())));
+        tokio::sync::watch::channel(std::sync::Arc::new((effective.clone(), active)));
     if let Some(addr) = opts.metrics {
         let listener = metrics::bind(addr)
             .await
@@ -285,6 +356,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         effective,
         peers,
         keys,
+        retired,
+        retirement,
         version,
         dataplane,
         applier,
@@ -337,7 +410,10 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                     None => {}
                 }
             }
-            _ = poll.tick() => node.reload_if_changed().await,
+            _ = poll.tick() => {
+                node.reload_if_changed().await;
+                node.retire_if_due().await;
+            }
             _ = resync.tick() => {
                 // A full read this time: whatever changed behind xsteer's back is repaired.
                 node.applier.forget();

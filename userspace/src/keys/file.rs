@@ -253,6 +253,18 @@ impl KeyFile {
         &self.generations
     }
 
+    /// The generations that `keep` accepts, in file order; the caller keeps at least one.
+    pub fn retain(&self, keep: impl Fn(&KeyGeneration) -> bool) -> KeyFile {
+        KeyFile {
+            generations: self
+                .generations
+                .iter()
+                .filter(|g| keep(g))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The generation with SPI `spi`, if the file has it.
     pub fn get(&self, spi: u8) -> Option<&KeyGeneration> {
         self.generations.iter().find(|g| g.spi == spi)

@@ -50,6 +50,11 @@ impl Node {
         ))
     }
 
+    /// The name of the node's port on the bridge of a [`Cluster`]'s wire.
+    pub fn wire_port(&self) -> String {
+        format!("port-{}", self.name)
+    }
+
     /// The node's config file.
     pub fn config(&self) -> PathBuf {
         self.dir.join("xsteer.toml")
@@ -81,8 +86,13 @@ impl Node {
     /// Starts `xsteer agent` in this node's namespace, its log in `dir/agent.log`, and waits
     /// until it says it is running.
     pub fn start_agent(&self) -> Child {
+        self.start_agent_with(&[])
+    }
+
+    /// Starts `xsteer agent EXTRA..` in the node's namespace, as [`Node::start_agent`] does.
+    pub fn start_agent_with(&self, extra: &[&str]) -> Child {
         let log = self.dir.join("agent.log");
-        let mut command = self.xsteer("agent", &[]);
+        let mut command = self.xsteer("agent", extra);
         let file = fs::File::create(&log).unwrap();
         command.stdout(Stdio::null()).stderr(file);
         let mut child = self.netns.run(move || command.spawn().unwrap());
@@ -222,6 +232,80 @@ fn node(prefix: &'static str, name: &'static str, id: u16) -> Node {
     };
     let _ = fs::remove_dir_all(node.pin_dir());
     node
+}
+
+/// Nodes on one wire that learn each other from node records.
+pub struct Cluster {
+    /// The nodes, "a", "b", "c", ... with IDs 1, 2, 3, ...
+    pub nodes: Vec<Node>,
+    /// The node records directory.
+    pub records: PathBuf,
+    /// The namespace holding the bridge that plays the wire.
+    pub wire: Netns,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.records);
+    }
+}
+
+/// Nodes "a", "b" and "c" (IDs 1, 2, 3), each with a pod, on a bridge that plays the wire, pod
+/// CIDRs routed via each other's node IP, and configs with no peers: they learn each other from
+/// the node records in [`Cluster::records`].
+pub fn trio_with_records(prefix: &'static str) -> Cluster {
+    let wire = Netns::new(&format!("xs-{prefix}-wire"));
+    wire.ip(&["link", "add", "br0", "type", "bridge"]);
+    wire.ip(&["link", "set", "br0", "up"]);
+    let records = std::env::temp_dir().join(format!("xsteer-e2e-{prefix}-nodes"));
+    let _ = fs::remove_dir_all(&records);
+    let nodes: Vec<Node> = [("a", 1), ("b", 2), ("c", 3)]
+        .into_iter()
+        .map(|(name, id)| node(prefix, name, id))
+        .collect();
+    for me in &nodes {
+        let port = me.wire_port();
+        wire.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &me.netns.name,
+        ]);
+        wire.ip(&["link", "set", &port, "master", "br0", "up"]);
+        me.netns
+            .ip(&["addr", "add", &format!("{}/24", me.wire_ip), "dev", "eth0"]);
+        me.netns.ip(&["link", "set", "eth0", "up"]);
+        for peer in nodes.iter().filter(|p| p.id != me.id) {
+            let peer_pods = format!("10.244.{}.0/24", peer.id);
+            me.netns
+                .ip(&["route", "add", &peer_pods, "via", &peer.wire_ip.to_string()]);
+        }
+        let epoch = format!("{:02x}", me.id).repeat(16);
+        fs::write(
+            me.config(),
+            format!(
+                "key_file = \"keys\"\nnodes_dir = \"{}\"\n\n[node]\nname = \"{}\"\nip = \"{}\"\n\
+                 id = {}\nuplink = \"eth0\"\npod_cidr = \"10.244.{}.0/24\"\nepoch = \"{epoch}\"\n",
+                records.display(),
+                me.name,
+                me.wire_ip,
+                me.id,
+                me.id
+            ),
+        )
+        .unwrap();
+    }
+    Cluster {
+        nodes,
+        records,
+        wire,
+    }
 }
 
 /// Nodes "a" and "b" as [`pair`] makes them, but with no peers in their configs: each learns
