@@ -19,4 +19,5 @@ pub mod retired;
 pub mod routing;
 pub mod status;
 pub mod uninstall;
+pub mod wireshark;
 pub mod xfrm;

@@ -1,6 +1,10 @@
 //! The `xsteer` command.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::{self, Write as _},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -11,7 +15,7 @@ use xsteer::{
     dataplane::{Dataplane, MAPS},
     keys, lab,
     retired::RetiredGenerations,
-    status, uninstall,
+    status, uninstall, wireshark,
 };
 use xsteer_common::programs;
 
@@ -76,7 +80,7 @@ enum Command {
     /// A cluster on this machine out of network namespaces, one agent per node.
     #[command(subcommand)]
     Lab(LabCommand),
-    /// Make and rotate IPsec keys.
+    /// Make and rotate IPsec keys; print the SAs' keys for Wireshark.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Show peers, key generations (fingerprints only), SA traffic and counters.
@@ -206,6 +210,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Keys(KeysCommand::Wireshark) => print_esp_sa_table(),
         Command::Status {
             config,
             pin_dir,
@@ -330,6 +335,9 @@ enum KeysCommand {
         #[arg(long)]
         key_file: PathBuf,
     },
+    /// Print the keys of xsteer's SAs in this network namespace as Wireshark 4.0 `esp_sa` lines,
+    /// to decrypt a capture. Needs root; the output is secret.
+    Wireshark,
 }
 
 /// Output formats of `xsteer status`.
@@ -371,6 +379,35 @@ fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
         println!("{n} change{plural}");
     }
     Ok(())
+}
+
+/// `xsteer keys wireshark`: the `esp_sa` lines on stdout, the warning about them on stderr.
+fn print_esp_sa_table() -> Result<()> {
+    let table = runtime()?.block_on(wireshark::table())?;
+    for left_out in &table.left_out {
+        eprintln!("warning: {left_out}");
+    }
+    if table.lines.is_empty() {
+        eprintln!(
+            "no SAs of xsteer's (reqid {:#x}) in this network namespace",
+            xsteer::xfrm::REQID
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "warning: the {} lines on stdout hold secret keys: with them, anyone who has a capture of \
+         this node's traffic can read it. Keep them out of tickets and chats, delete them after use.",
+        table.lines.len()
+    );
+    let mut stdout = io::stdout().lock();
+    for line in &table.lines {
+        // Nothing else is printed on stdout, so its buffer is empty and a whole line ending in
+        // a newline goes straight to the file descriptor, never into that buffer (never wiped).
+        stdout
+            .write_all(line.as_bytes())
+            .context("writing to stdout")?;
+    }
+    stdout.flush().context("writing to stdout")
 }
 
 /// Proves the kernel accepts the dataplane: maps created, every program verified.

@@ -14,3 +14,4 @@ mod lab;
 mod records;
 mod rotation;
 mod wire;
+mod wireshark;

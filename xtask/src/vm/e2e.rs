@@ -9,14 +9,27 @@ use anyhow::{Context, Result, bail};
 use super::{Args, DEFAULT_MEM_MB, DEFAULT_TIMEOUT_S, Ending};
 use crate::install::{self, Package};
 
+/// Debian packages the e2e tests run in the guest, which uses the host's root: `ip` drives its
+/// network; tcpdump and tshark capture and decrypt the wire (`wireshark.rs`).
+const PACKAGES: &[Package] = &[
+    Package {
+        name: "iproute2",
+        provides: "ip",
+    },
+    Package {
+        name: "tcpdump",
+        provides: "tcpdump",
+    },
+    Package {
+        name: "tshark",
+        provides: "tshark",
+    },
+];
+
 /// Builds the e2e tests, runs them all in the VM, and fails unless at least one ran and none
 /// failed.
 pub fn run_e2e(root: &Path) -> Result<()> {
-    // The tests drive the guest's network with the host's `ip` (the guest runs on the host's /).
-    install::apt(&[Package {
-        name: "iproute2",
-        provides: "ip",
-    }])?;
+    install::apt(PACKAGES)?;
     let binary = build(root)?;
     let args = Args {
         kernel: None,
