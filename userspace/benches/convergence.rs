@@ -482,6 +482,7 @@ async fn reconcile_timed(
             Change::AddRule(_)
             | Change::DeleteRule(_)
             | Change::AddRoute(_)
+            | Change::ReplaceRoute(_)
             | Change::DeleteRoute(_) => run.routing += took,
             _ => run.maps += took,
         }

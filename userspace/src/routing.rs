@@ -404,6 +404,23 @@ pub async fn add_route(
         .map_err(kernel("adding", route))
 }
 
+/// Replaces the route to `route.dst` in `table` with `route`, in one atomic kernel operation.
+pub async fn replace_route(
+    netlink: &Netlink,
+    table: u32,
+    route: &PodRoute,
+) -> Result<(), RoutingError> {
+    netlink.count_write();
+    netlink
+        .route
+        .route()
+        .add(route_message(table, route))
+        .replace()
+        .execute()
+        .await
+        .map_err(kernel("replacing", route))
+}
+
 /// Removes `route` from `table`.
 pub async fn delete_route(
     netlink: &Netlink,

@@ -133,6 +133,7 @@ pub async fn execute(
             Change::AddRule(r) => routing::add_rule(netlink, r).await?,
             Change::DeleteRule(r) => routing::delete_rule(netlink, r).await?,
             Change::AddRoute(r) => routing::add_route(netlink, table, r).await?,
+            Change::ReplaceRoute(r) => routing::replace_route(netlink, table, r).await?,
             Change::DeleteRoute(r) => routing::delete_route(netlink, table, r).await?,
             Change::SetLocalPodCidr(c, v) => dataplane.local_pod_cidrs()?.insert(*c, *v)?,
             Change::DeleteLocalPodCidr(c) => dataplane.local_pod_cidrs()?.remove(*c)?,

@@ -74,6 +74,8 @@ pub enum Change {
     DeleteRule(EncryptRule),
     /// Add a route to a remote pod CIDR.
     AddRoute(PodRoute),
+    /// Replace the route to the same pod CIDR (a new MTU or next hop), atomically.
+    ReplaceRoute(PodRoute),
     /// Remove a route.
     DeleteRoute(PodRoute),
     /// Write a `local_pod_cidrs` entry.
@@ -105,6 +107,7 @@ impl fmt::Display for Change {
             Change::AddRule(r) => write!(f, "add {r}"),
             Change::DeleteRule(r) => write!(f, "delete {r}"),
             Change::AddRoute(r) => write!(f, "add {r}"),
+            Change::ReplaceRoute(r) => write!(f, "replace {r}"),
             Change::DeleteRoute(r) => write!(f, "delete {r}"),
             Change::SetLocalPodCidr(c, _) => write!(f, "set local_pod_cidrs {c}"),
             Change::DeleteLocalPodCidr(c) => write!(f, "delete local_pod_cidrs {c}"),
@@ -195,9 +198,18 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
     }
 
     let (rules_added, rules_removed) = set_delta(&current.rules, &desired.rules);
-    let (routes_added, routes_removed) = set_delta(&current.routes, &desired.routes);
+    let (routes_added, mut routes_removed) = set_delta(&current.routes, &desired.routes);
     changes.extend(rules_added.into_iter().map(|r| Change::AddRule(*r)));
-    changes.extend(routes_added.into_iter().map(|r| Change::AddRoute(*r)));
+    // A table holds one route per pod CIDR: one whose MTU or next hop changed (a generation
+    // with another ESP overhead, say) is replaced in place, never added beside the old one.
+    for route in routes_added {
+        if routes_removed.iter().any(|old| old.dst == route.dst) {
+            routes_removed.retain(|old| old.dst != route.dst);
+            changes.push(Change::ReplaceRoute(*route));
+        } else {
+            changes.push(Change::AddRoute(*route));
+        }
+    }
 
     let (cm, dm) = (&current.maps, &desired.maps);
     let local = delta(&cm.local_pod_cidrs, &dm.local_pod_cidrs);
@@ -345,6 +357,28 @@ mod tests {
 
     fn position(changes: &[Change], wanted: impl Fn(&Change) -> bool) -> usize {
         changes.iter().position(wanted).expect("change present")
+    }
+
+    #[test]
+    fn a_route_whose_mtu_changes_is_replaced_in_place() {
+        let route = |mtu| crate::routing::PodRoute {
+            dst: cidr("10.244.2.0/24"),
+            via: Some(PEER),
+            oif: 2,
+            mtu,
+        };
+        let mut current = Snapshot::default();
+        current.routes.insert(route(1446));
+        let mut desired = Snapshot::default();
+        desired.routes.insert(route(1438));
+        // Adding the new route beside the old one fails (one route per CIDR and table), and
+        // deleting the old one after a replace would take the new one with it.
+        assert_eq!(
+            plan(&current, &desired),
+            [Change::ReplaceRoute(route(1438))]
+        );
+        desired.routes.clear();
+        assert_eq!(plan(&current, &desired), [Change::DeleteRoute(route(1446))]);
     }
 
     #[test]
