@@ -16,7 +16,7 @@ pub struct Args {
     /// Print the tables without touching docs/benchmarks.md.
     #[arg(long)]
     no_write: bool,
-    /// Run only these benchmarks (classifier, convergence, agent); default: all.
+    /// Run only these benchmarks (classifier, convergence, agent, rotation); default: all.
     names: Vec<String>,
 }
 
@@ -34,6 +34,7 @@ const BENCHES: &[(&str, &str, &str, Kernel)] = &[
     ("classifier", "xsteer-bpf-tests", "classifier", Kernel::Host),
     ("convergence", "xsteer", "convergence", Kernel::Host),
     ("agent", "xsteer", "agent", Kernel::Vm),
+    ("rotation", "xsteer", "rotation", Kernel::Vm),
 ];
 
 /// Runs one benchmark and returns what it printed on stdout.
@@ -86,7 +87,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         fs::read_to_string(&doc_path).with_context(|| format!("reading {}", doc_path.display()))?;
     for name in &args.names {
         if !BENCHES.iter().any(|(n, ..)| n == name) {
-            bail!("no benchmark named {name:?}; there are: classifier, convergence, agent");
+            bail!(
+                "no benchmark named {name:?}; there are: classifier, convergence, agent, rotation"
+            );
         }
     }
     let chosen = BENCHES
