@@ -9,13 +9,13 @@
 
 use std::{
     collections::BTreeSet,
-    fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    io,
     path::{Path, PathBuf},
 };
 
 use sha2::{Digest, Sha256};
+
+use crate::state_file;
 
 /// The ledger file inside the state directory.
 pub const FILE_NAME: &str = "outbound-keys";
@@ -82,25 +82,18 @@ impl KeyLedger {
             path: path.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(io_err)?;
+        state_file::create_dir(state_dir).map_err(io_err)?;
         let mut seen = BTreeSet::new();
-        match File::open(&path) {
-            Ok(file) => {
-                for (i, line) in BufReader::new(file).lines().enumerate() {
-                    let line = line.map_err(io_err)?;
-                    let fp = unhex(line.trim()).ok_or(LedgerError::Corrupt {
-                        path: path.clone(),
-                        line: i + 1,
-                    })?;
-                    seen.insert(fp);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
+        for (i, line) in state_file::read_lines(&path)
+            .map_err(io_err)?
+            .iter()
+            .enumerate()
+        {
+            let fp = unhex(line).ok_or(LedgerError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+            })?;
+            seen.insert(fp);
         }
         Ok(KeyLedger { path, seen })
     }
@@ -116,18 +109,10 @@ impl KeyLedger {
         if self.seen.contains(&fp) {
             return Ok(());
         }
-        let io_err = |source| LedgerError::Io {
+        state_file::append_line(&self.path, &hex(&fp)).map_err(|source| LedgerError::Io {
             path: self.path.clone(),
             source,
-        };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(io_err)?;
-        writeln!(file, "{}", hex(&fp)).map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
+        })?;
         self.seen.insert(fp);
         Ok(())
     }
@@ -135,6 +120,8 @@ impl KeyLedger {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod reconcile;
 pub mod retired;
 pub mod routing;
+mod state_file;
 pub mod status;
 pub mod uninstall;
 pub mod wireshark;

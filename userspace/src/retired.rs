@@ -10,13 +10,14 @@
 
 use std::{
     collections::BTreeSet,
-    fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    io,
     path::{Path, PathBuf},
 };
 
-use crate::keys::{GenerationError, KeyFile, KeyGeneration};
+use crate::{
+    keys::{GenerationError, KeyFile, KeyGeneration},
+    state_file,
+};
 
 /// The list's file inside the state directory.
 pub const FILE_NAME: &str = "retired-generations";
@@ -82,22 +83,18 @@ impl RetiredGenerations {
             source,
         };
         let mut names = BTreeSet::new();
-        match File::open(&path) {
-            Ok(file) => {
-                for (i, line) in BufReader::new(file).lines().enumerate() {
-                    let line = line.map_err(io_err)?;
-                    let line = line.trim();
-                    if !is_name(line) {
-                        return Err(RetiredError::Corrupt {
-                            path: path.clone(),
-                            line: i + 1,
-                        });
-                    }
-                    names.insert(line.to_owned());
-                }
+        for (i, line) in state_file::read_lines(&path)
+            .map_err(io_err)?
+            .into_iter()
+            .enumerate()
+        {
+            if !is_name(&line) {
+                return Err(RetiredError::Corrupt {
+                    path: path.clone(),
+                    line: i + 1,
+                });
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
+            names.insert(line);
         }
         Ok(RetiredGenerations { path, names })
     }
@@ -114,25 +111,10 @@ impl RetiredGenerations {
         if self.names.contains(&name) {
             return Ok(());
         }
-        let io_err = |source| RetiredError::Io {
+        state_file::append_line(&self.path, &name).map_err(|source| RetiredError::Io {
             path: self.path.clone(),
             source,
-        };
-        if let Some(dir) = self.path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err)?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(io_err)?;
-        writeln!(file, "{name}").map_err(io_err)?;
-        file.sync_all().map_err(io_err)?;
+        })?;
         self.names.insert(name);
         Ok(())
     }
@@ -147,6 +129,8 @@ impl RetiredGenerations {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     const KEYS: &str = "4 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n\

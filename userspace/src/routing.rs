@@ -394,14 +394,7 @@ pub async fn add_route(
     table: u32,
     route: &PodRoute,
 ) -> Result<(), RoutingError> {
-    netlink.count_write();
-    netlink
-        .route
-        .route()
-        .add(route_message(table, route))
-        .execute()
-        .await
-        .map_err(kernel("adding", route))
+    write_route(netlink, table, route, false).await
 }
 
 /// Replaces the route to `route.dst` in `table` with `route`, in one atomic kernel operation.
@@ -410,15 +403,23 @@ pub async fn replace_route(
     table: u32,
     route: &PodRoute,
 ) -> Result<(), RoutingError> {
+    write_route(netlink, table, route, true).await
+}
+
+async fn write_route(
+    netlink: &Netlink,
+    table: u32,
+    route: &PodRoute,
+    replace: bool,
+) -> Result<(), RoutingError> {
     netlink.count_write();
-    netlink
-        .route
-        .route()
-        .add(route_message(table, route))
-        .replace()
-        .execute()
-        .await
-        .map_err(kernel("replacing", route))
+    let request = netlink.route.route().add(route_message(table, route));
+    let (request, verb) = if replace {
+        (request.replace(), "replacing")
+    } else {
+        (request, "adding")
+    };
+    request.execute().await.map_err(kernel(verb, route))
 }
 
 /// Removes `route` from `table`.
