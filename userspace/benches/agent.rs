@@ -167,6 +167,8 @@ fn join_latency() -> Duration {
             id: 100 + u16::from(trial),
             pod_cidr: format!("10.251.{trial}.0/24").parse().unwrap(),
             epoch: Epoch::random().unwrap(),
+            next_epoch: None,
+            acks: Default::default(),
             generations: vec![1],
         };
         let started = Instant::now();

@@ -229,6 +229,8 @@ fn peer(i: u32) -> Peer {
             0,
             1,
         ]),
+        next_epoch: None,
+        acked_epoch: None,
         generations: None,
     }
 }
@@ -245,6 +247,7 @@ fn config(n: u32) -> Config {
             uplink: UPLINK.into(),
             pod_cidr: "10.255.0.0/24".parse().unwrap(),
             epoch: Epoch::from_bytes([0x11; 16]),
+            next_epoch: None,
         },
         peers: (1..=n).map(peer).collect(),
         nodes_dir: None,
@@ -268,6 +271,7 @@ async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
         next_hops: &next_hops,
         rule_priority: DEFAULT_RULE_PRIORITY,
         cipher: Cipher::Gcm,
+        esn: true,
     };
     let mut want = desired(&config, &keys, &around).unwrap();
     want.states.clear(); // no ESP on the host kernel
@@ -310,9 +314,10 @@ fn policy_add(p: &Policy) -> String {
     );
     match p.action {
         PolicyAction::Block => s.push_str(" action block"),
-        PolicyAction::Tunnel { src, dst } => write!(
+        PolicyAction::Tunnel { src, dst, spi } => write!(
             s,
-            " tmpl src {src} dst {dst} proto esp mode tunnel reqid {REQID:#x}"
+            " tmpl src {src} dst {dst} proto esp spi {:#x} mode tunnel reqid {REQID:#x}",
+            spi.unwrap_or(0)
         )
         .unwrap(),
     }

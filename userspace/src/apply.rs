@@ -24,7 +24,7 @@ use crate::{
         plan::plan,
     },
     routing::{self, DEFAULT_RULE_PRIORITY},
-    xfrm::{self, Cipher},
+    xfrm::{self, Cipher, EspSupport},
 };
 
 /// Where xsteer pins its maps by default.
@@ -120,8 +120,8 @@ pub struct Applier {
     netlink: Netlink,
     /// The maps, opened (and, the first time, created and pinned) once the inputs checked out.
     dataplane: Option<Dataplane>,
-    /// What the kernel offers, probed before the first write.
-    cipher: Option<Cipher>,
+    /// What the kernel's ESP offers, probed before the first write.
+    support: Option<EspSupport>,
     /// How the main table reaches each peer, looked up once per peer until forgotten.
     next_hops: BTreeMap<std::net::Ipv4Addr, routing::NextHop>,
     /// xsteer's objects as the last apply left them.
@@ -136,7 +136,7 @@ impl Applier {
             opts,
             netlink,
             dataplane: None,
-            cipher: None,
+            support: None,
             next_hops: BTreeMap::new(),
             known: None,
         })
@@ -169,10 +169,13 @@ impl Applier {
         let mut notices = Vec::new();
         // A dry run writes nothing, not even the probe's throwaway SA: it plans with the key
         // file's own cipher.
-        let cipher = match (self.opts.dry_run, self.cipher) {
-            (true, _) => Cipher::Gcm,
-            (false, Some(cipher)) => cipher,
-            (false, None) => *self.cipher.insert(xfrm::probe(netlink).await?),
+        let EspSupport { cipher, esn } = match (self.opts.dry_run, self.support) {
+            (true, _) => EspSupport {
+                cipher: Cipher::Gcm,
+                esn: true,
+            },
+            (false, Some(support)) => support,
+            (false, None) => *self.support.insert(xfrm::probe(netlink).await?),
         };
         let newest_is_gcm = matches!(
             keys.newest().map_err(DesiredError::from)?.algorithm(),
@@ -187,11 +190,19 @@ impl Applier {
                 cipher_name(Cipher::CbcHmacSha256)
             ));
         }
+        if !esn {
+            notices.push(
+                "this kernel's ESP has no extended sequence numbers: an SA stops after 2^32 \
+                 packets, so re-keying must come first (it does, at --rekey-after-packets)"
+                    .to_owned(),
+            );
+        }
         let around = Surroundings {
             uplink: &uplink,
             next_hops: &self.next_hops,
             rule_priority: DEFAULT_RULE_PRIORITY,
             cipher,
+            esn,
         };
         let want = desired(config, keys, &around)?;
         // Everything is checked: from here on, bpffs may be written (maps created and pinned).

@@ -60,6 +60,9 @@ pub struct Node {
     pub pod_cidr: Ipv4Cidr,
     /// This node's epoch, an input of every SA key it shares.
     pub epoch: Epoch,
+    /// The epoch the node is re-keying to, if it is: SAs under both exist until every peer has
+    /// moved over. Never read from the config file; the agent keeps it in its state directory.
+    pub next_epoch: Option<Epoch>,
 }
 
 /// Another node that pod traffic is encrypted to and from.
@@ -75,6 +78,12 @@ pub struct Peer {
     pub pod_cidrs: Vec<Ipv4Cidr>,
     /// The peer's epoch.
     pub epoch: Epoch,
+    /// The epoch the peer is re-keying to, from its node record.
+    pub next_epoch: Option<Epoch>,
+    /// Which of this node's epochs the peer has SAs for when this node is re-keying, from its
+    /// record: the re-keyed SAs are used towards it only once it names this node's
+    /// `next_epoch` here.
+    pub acked_epoch: Option<Epoch>,
     /// The key generations the peer says it can receive (it has their IN SAs), from its node
     /// record; `None` for a peer from the config file, which is assumed to receive them all.
     pub generations: Option<Vec<u8>>,
@@ -566,6 +575,7 @@ impl RawConfig {
                 uplink: n.uplink,
                 pod_cidr,
                 epoch,
+                next_epoch: None,
             }),
             _ => None,
         };
@@ -589,6 +599,8 @@ impl RawConfig {
                     id,
                     pod_cidrs,
                     epoch,
+                    next_epoch: None,
+                    acked_epoch: None,
                     generations: None,
                 });
             }

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cidr;
 pub mod config;
 pub mod dataplane;
+pub mod epochs;
 pub mod keys;
 pub mod lab;
 pub mod ledger;

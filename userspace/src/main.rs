@@ -13,6 +13,7 @@ use xsteer::{
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
+    epochs::NodeEpochs,
     keys, lab,
     retired::RetiredGenerations,
     status, uninstall, wireshark,
@@ -46,7 +47,8 @@ enum Command {
         /// Where the maps are pinned (bpffs).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        /// Where xsteer keeps the ledger of outbound keys it has used.
+        /// Where xsteer keeps its state: the ledger of outbound keys it has used, retired key
+        /// generations, epochs.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
@@ -59,7 +61,8 @@ enum Command {
         /// Where maps and links are pinned (bpffs).
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        /// Where xsteer keeps the ledger of outbound keys it has used.
+        /// Where xsteer keeps its state: the ledger of outbound keys it has used, retired key
+        /// generations, epochs.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// Pod veths are the interfaces whose names start with this (repeatable); default:
@@ -76,6 +79,11 @@ enum Command {
         /// for packets in flight and peers that read node records late.
         #[arg(long, default_value_t = agent::rotation::DEFAULT_GRACE.as_secs())]
         rotation_grace: u64,
+        /// Re-key (take a new epoch, moving every peer onto new SAs) once an SA in use has sent
+        /// this many packets: well before 2^32, where an SA without ESN stops.
+        #[arg(long, default_value_t = agent::rekey::DEFAULT_AFTER_PACKETS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        rekey_after_packets: u64,
     },
     /// A cluster on this machine out of network namespaces, one agent per node.
     #[command(subcommand)]
@@ -94,7 +102,7 @@ enum Command {
         /// `table` for people, `json` for scripts.
         #[arg(long, default_value = "table")]
         output: OutputFormat,
-        /// Where the agent keeps its state (the retired key generations).
+        /// Where the agent keeps its state (retired key generations, epochs).
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
@@ -148,6 +156,7 @@ fn run(command: Command) -> Result<()> {
             resync,
             metrics_addr,
             rotation_grace,
+            rekey_after_packets,
         } => {
             let metrics = match metrics_addr.as_str() {
                 "off" => None,
@@ -166,6 +175,7 @@ fn run(command: Command) -> Result<()> {
                 resync: Duration::from_secs(resync.max(1)),
                 metrics,
                 rotation_grace: Duration::from_secs(rotation_grace),
+                rekey_after_packets,
             };
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -217,7 +227,8 @@ fn run(command: Command) -> Result<()> {
             output,
             state_dir,
         } => {
-            let (config, all_keys) = apply::load(&config)?;
+            let (mut config, all_keys) = apply::load(&config)?;
+            NodeEpochs::read(&state_dir, config.node.epoch)?.apply_to(&mut config.node);
             let keys = RetiredGenerations::open(&state_dir)?
                 .active(&all_keys)
                 .with_context(|| config.key_file.display().to_string())?;
@@ -358,7 +369,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// `xsteer apply`: validates everything, then reconciles once.
 fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
-    let (config, keys) = apply::load(config_path)?;
+    let (mut config, keys) = apply::load(config_path)?;
+    // The agent's epochs, if it re-keyed: the configured one's keys may be used up.
+    NodeEpochs::read(&opts.state_dir, config.node.epoch)?.apply_to(&mut config.node);
     // Generations the agent retired stay out: their outbound keys must not be installed again.
     let keys = RetiredGenerations::open(&opts.state_dir)?
         .active(&keys)

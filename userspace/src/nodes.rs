@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{cidr::Ipv4Cidr, config::Peer, keys::Epoch};
 
-/// The record format this build writes and reads.
-pub const RECORD_VERSION: u32 = 1;
+/// The record format this build writes and reads. Version 2 added re-keying (`next_epoch`,
+/// `acks`) and the wire SPI that names both epochs; nodes of version 1 cannot talk to it.
+pub const RECORD_VERSION: u32 = 2;
 
 /// What a node tells the others about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,19 +38,26 @@ pub struct NodeRecord {
     pub pod_cidr: Ipv4Cidr,
     /// Its current epoch (an input of every SA key shared with it).
     pub epoch: Epoch,
+    /// The epoch it is re-keying to, if it is; it has IN SAs for it from every peer it knows.
+    pub next_epoch: Option<Epoch>,
+    /// For each peer that is re-keying, the peer's `next_epoch`: it has SAs for it both ways.
+    /// Only peers in the middle of a re-key are listed, so records stay small.
+    pub acks: BTreeMap<String, Epoch>,
     /// The key generations it can receive (it has IN SAs for them).
     pub generations: Vec<u8>,
 }
 
 impl NodeRecord {
-    /// This record as a peer of the reading node.
-    pub fn peer(&self) -> Peer {
+    /// This record as a peer of the node named `reader`.
+    pub fn peer(&self, reader: &str) -> Peer {
         Peer {
             name: self.name.clone(),
             ip: self.ip,
             id: self.id,
             pod_cidrs: vec![self.pod_cidr],
             epoch: self.epoch,
+            next_epoch: self.next_epoch,
+            acked_epoch: self.acks.get(reader).copied(),
             generations: Some(self.generations.clone()),
         }
     }
@@ -65,6 +73,10 @@ struct RawRecord {
     id: i64,
     pod_cidr: String,
     epoch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_epoch: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    acks: BTreeMap<String, String>,
     generations: Vec<i64>,
 }
 
@@ -137,6 +149,24 @@ fn parse_record(path: &Path, text: &str) -> Result<NodeRecord, RecordError> {
         .epoch
         .parse()
         .map_err(|e| field("epoch", format!("{e}")))?;
+    let next_epoch = raw
+        .next_epoch
+        .map(|e| e.parse())
+        .transpose()
+        .map_err(|e| field("next_epoch", format!("{e}")))?;
+    if next_epoch == Some(epoch) {
+        return Err(field(
+            "next_epoch",
+            "is the same as epoch: a re-key needs a new one".into(),
+        ));
+    }
+    let mut acks = BTreeMap::new();
+    for (node, e) in raw.acks {
+        let e: Epoch = e
+            .parse()
+            .map_err(|e| field("acks", format!("{node}: {e}")))?;
+        acks.insert(node, e);
+    }
     let mut generations = Vec::new();
     for g in raw.generations {
         match u8::try_from(g).ok().filter(|g| (1..=15).contains(g)) {
@@ -150,6 +180,8 @@ fn parse_record(path: &Path, text: &str) -> Result<NodeRecord, RecordError> {
         id,
         pod_cidr,
         epoch,
+        next_epoch,
+        acks,
         generations,
     })
 }
@@ -162,6 +194,12 @@ fn render(record: &NodeRecord) -> String {
         id: i64::from(record.id),
         pod_cidr: record.pod_cidr.to_string(),
         epoch: record.epoch.to_string(),
+        next_epoch: record.next_epoch.map(|e| e.to_string()),
+        acks: record
+            .acks
+            .iter()
+            .map(|(node, e)| (node.clone(), e.to_string()))
+            .collect(),
         generations: record.generations.iter().map(|&g| i64::from(g)).collect(),
     };
     serde_json::to_string_pretty(&raw).expect("a record always serializes") + "\n"
@@ -395,6 +433,8 @@ mod tests {
             id,
             pod_cidr: format!("10.244.{id}.0/24").parse().unwrap(),
             epoch: Epoch::from_bytes([id as u8; 16]),
+            next_epoch: None,
+            acks: BTreeMap::new(),
             generations: vec![3, 4],
         }
     }
@@ -457,6 +497,10 @@ mod tests {
         let before = source.version().unwrap();
         let mut changed = record("b", 2);
         changed.generations = vec![4, 5];
+        changed.next_epoch = Some(Epoch::from_bytes([0xB2; 16]));
+        changed
+            .acks
+            .insert("a".into(), Epoch::from_bytes([0xA1; 16]));
         source.publish(&changed).unwrap();
         let snapshot = source.snapshot().unwrap();
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
@@ -512,8 +556,24 @@ mod tests {
             ),
             (
                 "h.json",
-                good.replace("\"version\": 1", "\"version\": 2"),
-                "h.json: version",
+                good.replace("\"version\": 2", "\"version\": 1"),
+                "h.json: version: 1 is not 2",
+            ),
+            (
+                "i.json",
+                good.replace(
+                    "\"generations\"",
+                    "\"next_epoch\": \"03030303030303030303030303030303\",\n  \"generations\"",
+                ),
+                "i.json: next_epoch: is the same as epoch",
+            ),
+            (
+                "j.json",
+                good.replace(
+                    "\"generations\"",
+                    "\"acks\": { \"a\": \"0011\" },\n  \"generations\"",
+                ),
+                "j.json: acks: a:",
             ),
         ] {
             fs::write(dir.join(file), text).unwrap();

@@ -14,7 +14,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError},
     keys::KeyFile,
     netlink::Netlink,
-    reconcile::desired::wire_spi,
+    reconcile::desired::{epochs, sending_epochs, wire_spi},
     xfrm::{self, XfrmError},
 };
 
@@ -40,6 +40,8 @@ pub struct Sa {
     pub generation: u8,
     /// Present in the kernel.
     pub installed: bool,
+    /// The one its generation's OUT policy sends with (outbound SAs only).
+    pub in_use: bool,
     /// Bytes carried.
     pub bytes: u64,
     /// Packets carried.
@@ -85,6 +87,36 @@ impl Rotation {
     }
 }
 
+/// Where a re-key (a new epoch of this node's) stands towards one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rekey {
+    /// This node is not re-keying.
+    None,
+    /// The peer has not acked the new epoch: sent to under the old one.
+    WaitingForPeer,
+    /// The peer acked the new epoch: sent to under it.
+    Switched,
+}
+
+impl Rekey {
+    fn of(local: &crate::config::Node, peer: &crate::config::Peer) -> Rekey {
+        match local.next_epoch {
+            None => Rekey::None,
+            Some(next) if peer.acked_epoch == Some(next) => Rekey::Switched,
+            Some(_) => Rekey::WaitingForPeer,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Rekey::None => "-",
+            Rekey::WaitingForPeer => "waiting for peer",
+            Rekey::Switched => "switched",
+        }
+    }
+}
+
 /// One peer node.
 #[derive(Clone, Debug, Serialize)]
 pub struct Peer {
@@ -101,9 +133,11 @@ pub struct Peer {
     pub receives: Option<Vec<u8>>,
     /// Where the rotation towards it stands.
     pub rotation: Rotation,
-    /// SAs towards it, one per generation.
+    /// Where a re-key of this node's stands towards it.
+    pub rekey: Rekey,
+    /// SAs towards it, per generation and pairing of epochs.
     pub outbound: Vec<Sa>,
-    /// SAs from it, one per generation.
+    /// SAs from it, per generation and pairing of epochs.
     pub inbound: Vec<Sa>,
     /// ESP the ingress guard accepted from it.
     pub esp_accepted_packets: u64,
@@ -114,6 +148,10 @@ pub struct Peer {
 pub struct Status {
     /// This node's name.
     pub node: String,
+    /// Its epoch in service.
+    pub epoch: String,
+    /// The epoch it is re-keying to, if it is.
+    pub next_epoch: Option<String>,
     /// The key file's generations in service.
     pub generations: Vec<Generation>,
     /// Generations the key file still lists that this node has retired (SAs removed).
@@ -212,16 +250,27 @@ pub async fn collect(
     };
 
     let local = &config.node;
-    let sa = |src_id: u16, epoch, generation: u8, dst: Ipv4Addr| {
-        let spi = wire_spi(src_id, generation, epoch);
+    let sa = |spi: u32, generation: u8, dst: Ipv4Addr, in_use: bool| {
         let counters = sa_counters.get(&xfrm::StateKey { dst, spi });
         Sa {
             spi,
             generation,
             installed: counters.is_some(),
+            in_use,
             bytes: counters.map_or(0, |c| c.bytes),
             packets: counters.map_or(0, |c| c.packets),
         }
+    };
+    // Every generation under every pairing of the two nodes' epochs.
+    let pairings = |p: &crate::config::Peer| {
+        keys.generations()
+            .iter()
+            .flat_map(|g| {
+                epochs(local.epoch, local.next_epoch).flat_map(move |ours| {
+                    epochs(p.epoch, p.next_epoch).map(move |theirs| (g.spi(), ours, theirs))
+                })
+            })
+            .collect::<Vec<_>>()
     };
     let peers = config
         .peers
@@ -240,15 +289,17 @@ pub async fn collect(
             sending_generation,
             receives: p.generations.clone(),
             rotation: Rotation::of(newest, sending_generation, p.generations.as_deref()),
-            outbound: keys
-                .generations()
-                .iter()
-                .map(|g| sa(local.id, &local.epoch, g.spi(), p.ip))
+            rekey: Rekey::of(local, p),
+            outbound: pairings(p)
+                .into_iter()
+                .map(|(g, ours, theirs)| {
+                    let in_use = sending_epochs(local, p) == (ours, theirs);
+                    sa(wire_spi(local.id, g, &ours, &theirs), g, p.ip, in_use)
+                })
                 .collect(),
-            inbound: keys
-                .generations()
-                .iter()
-                .map(|g| sa(p.id, &p.epoch, g.spi(), local.ip))
+            inbound: pairings(p)
+                .into_iter()
+                .map(|(g, ours, theirs)| sa(wire_spi(p.id, g, &theirs, &ours), g, local.ip, false))
                 .collect(),
             esp_accepted_packets: esp_stats
                 .iter()
@@ -259,6 +310,8 @@ pub async fn collect(
         .collect();
     Ok(Status {
         node: local.name.clone(),
+        epoch: local.epoch.to_string(),
+        next_epoch: local.next_epoch.map(|e| e.to_string()),
         generations,
         retired_generations: retired.to_vec(),
         peers,
@@ -272,6 +325,10 @@ impl Status {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "node {}", self.node);
+        let _ = match &self.next_epoch {
+            Some(next) => writeln!(out, "epoch {} (re-keying to {next})", self.epoch),
+            None => writeln!(out, "epoch {}", self.epoch),
+        };
         let _ = writeln!(out, "\nkey generations:");
         for g in &self.generations {
             let newest = if g.newest { "  (newest)" } else { "" };
@@ -289,13 +346,14 @@ impl Status {
         }
         let _ = writeln!(
             out,
-            "\n{:<16} {:<15} {:>5} {:>4} {:<10} {:<20}  {:>10} {:>12} {:>10} {:>12} {:>10}",
+            "\n{:<16} {:<15} {:>5} {:>4} {:<10} {:<20} {:<16}  {:>10} {:>12} {:>10} {:>12} {:>10}",
             "peer",
             "ip",
             "id",
             "gen",
             "receives",
             "rotation",
+            "re-key",
             "out pkts",
             "out bytes",
             "in pkts",
@@ -317,13 +375,14 @@ impl Status {
             });
             let _ = writeln!(
                 out,
-                "{:<16} {:<15} {:>5} {:>4} {:<10} {:<20}  {:>10} {:>12} {:>10} {:>12} {:>10}",
+                "{:<16} {:<15} {:>5} {:>4} {:<10} {:<20} {:<16}  {:>10} {:>12} {:>10} {:>12} {:>10}",
                 p.name,
                 p.ip,
                 p.id,
                 generation,
                 receives,
                 p.rotation.as_str(),
+                p.rekey.as_str(),
                 out_n,
                 out_b,
                 in_n,

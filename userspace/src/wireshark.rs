@@ -152,6 +152,7 @@ mod tests {
                 mask: 0xffff_ff00,
             }),
             crypto,
+            esn: true,
         }
     }
 

@@ -14,7 +14,7 @@ use std::{fmt, io, net::Ipv4Addr};
 use futures::TryStreamExt;
 use netlink_packet_xfrm::{
     Address, IPPROTO_ESP, UserTemplate, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK,
-    XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XfrmAttrs,
+    XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_ESN, XfrmAttrs,
 };
 use zeroize::Zeroizing;
 
@@ -96,6 +96,9 @@ pub enum PolicyAction {
         src: Ipv4Addr,
         /// Outer destination.
         dst: Ipv4Addr,
+        /// The one SA an OUT policy may use, by SPI; `None` takes any SA that matches. Moving
+        /// traffic onto a re-keyed SA is one atomic update of this field.
+        spi: Option<u32>,
     },
 }
 
@@ -154,7 +157,13 @@ impl fmt::Display for Policy {
         }
         match self.action {
             PolicyAction::Block => write!(f, " block"),
-            PolicyAction::Tunnel { src, dst } => write!(f, " tunnel {src} -> {dst}"),
+            PolicyAction::Tunnel { src, dst, spi } => {
+                write!(f, " tunnel {src} -> {dst}")?;
+                match spi {
+                    Some(spi) => write!(f, " spi {spi:#010x}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -223,6 +232,9 @@ pub struct State {
     pub mark: Option<Mark>,
     /// Algorithms and keys.
     pub crypto: Crypto,
+    /// 64-bit extended sequence numbers (RFC 4304): the counter cannot run out after 2^32
+    /// packets, should a re-key be late.
+    pub esn: bool,
 }
 
 /// What identifies an SA in the kernel.
@@ -249,6 +261,9 @@ impl fmt::Display for State {
         write!(f, "SA {} -> {} spi {:#010x}", self.src, self.dst, self.spi)?;
         if let Some(mark) = self.mark {
             write!(f, " mark {mark}")?;
+        }
+        if self.esn {
+            write!(f, " esn")?;
         }
         write!(f, " key {}", self.crypto.fingerprint())
     }
@@ -349,6 +364,7 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
                 spi: info.id.spi,
                 mark: mark_of(&m.nlas),
                 crypto,
+                esn: info.flags & XFRM_STATE_ESN != 0,
             })
         })
         .collect())
@@ -424,8 +440,12 @@ pub async fn add_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError
         .protocol(IPPROTO_ESP)
         .spi(state.spi)
         .mode(XFRM_MODE_TUNNEL)
-        .reqid(REQID)
-        .replay_window(REPLAY_WINDOW, 0, 0, 0, 0);
+        .reqid(REQID);
+    // ESN first: the replay window then travels as XFRMA_REPLAY_ESN_VAL, which ESN requires.
+    if state.esn {
+        request = request.flags(XFRM_STATE_ESN);
+    }
+    request = request.replay_window(REPLAY_WINDOW, 0, 0, 0, 0);
     if let Some(mark) = state.mark {
         request = request.mark(mark.value, mark.mask);
     }
@@ -489,6 +509,7 @@ pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
                 PolicyAction::Tunnel {
                     src: ipv4(&template.saddr),
                     dst: ipv4(&template.id.daddr),
+                    spi: Some(template.id.spi).filter(|&spi| spi != 0),
                 }
             };
             Some(Policy {
@@ -529,10 +550,11 @@ pub async fn put_policy(
     }
     request = match policy.action {
         PolicyAction::Block => request.action(XFRM_POLICY_BLOCK),
-        PolicyAction::Tunnel { src, dst } => {
+        PolicyAction::Tunnel { src, dst, spi } => {
             let mut template = UserTemplate::default();
             template.source(&src.into());
             template.destination(&dst.into());
+            template.spi(spi.unwrap_or(0));
             template.protocol(IPPROTO_ESP);
             template.mode(XFRM_MODE_TUNNEL);
             template.reqid(REQID);
@@ -573,12 +595,21 @@ pub enum Cipher {
     CbcHmacSha256,
 }
 
-/// Finds out, by installing and removing a throwaway SA, whether this kernel can do ESP and with
-/// which cipher; prefers GCM.
+/// What the kernel's ESP can do, as [`probe`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EspSupport {
+    /// The cipher to install SAs with.
+    pub cipher: Cipher,
+    /// Whether SAs with that cipher can have 64-bit sequence numbers.
+    pub esn: bool,
+}
+
+/// Finds out, by installing and removing throwaway SAs, whether this kernel can do ESP, with
+/// which cipher (GCM preferred), and whether with extended sequence numbers.
 ///
 /// The probe SA lives between two TEST-NET-1 addresses (RFC 5737) with a reserved SPI and a
 /// random key, and is deleted at once; it can never carry traffic.
-pub async fn probe(netlink: &Netlink) -> Result<Cipher, XfrmError> {
+pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
     let random = |len: usize| -> Secret {
         let mut key = Zeroizing::new(vec![0u8; len]);
         // getrandom(2); a short read only weakens a key that never carries traffic.
@@ -586,37 +617,29 @@ pub async fn probe(netlink: &Netlink) -> Result<Cipher, XfrmError> {
         unsafe { libc::getrandom(key.as_mut_ptr().cast(), len, 0) };
         key
     };
-    let probe = |crypto| State {
+    let probe = |cipher| State {
         src: Ipv4Addr::new(192, 0, 2, 1),
         dst: Ipv4Addr::new(192, 0, 2, 2),
         spi: 0xFF,
         mark: None,
-        crypto,
-    };
-    let candidates = [
-        (
-            Cipher::Gcm,
-            probe(Crypto::Gcm {
+        crypto: match cipher {
+            Cipher::Gcm => Crypto::Gcm {
                 key: random(20),
                 icv_bits: 128,
-            }),
-        ),
-        (
-            Cipher::CbcHmacSha256,
-            probe(Crypto::CbcHmacSha256 {
+            },
+            Cipher::CbcHmacSha256 => Crypto::CbcHmacSha256 {
                 enc_key: random(16),
                 auth_key: random(32),
-            }),
-        ),
-    ];
-    for (cipher, state) in candidates {
+            },
+        },
+        esn: false,
+    };
+    for cipher in [Cipher::Gcm, Cipher::CbcHmacSha256] {
+        let mut state = probe(cipher);
         // A probe left behind by a killed run would make the add fail with EEXIST.
         let _ = delete_state(netlink, &state).await;
         match add_state(netlink, &state).await {
-            Ok(()) => {
-                delete_state(netlink, &state).await?;
-                return Ok(cipher);
-            }
+            Ok(()) => delete_state(netlink, &state).await?,
             Err(XfrmError::Kernel { source, .. })
                 if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
             {
@@ -630,6 +653,14 @@ pub async fn probe(netlink: &Netlink) -> Result<Cipher, XfrmError> {
             }
             Err(other) => return Err(other),
         }
+        // The cipher works; ESN needs more (authencesn for CBC+HMAC), so it is tried apart and
+        // any refusal means "without".
+        state.esn = true;
+        let esn = add_state(netlink, &state).await.is_ok();
+        if esn {
+            delete_state(netlink, &state).await?;
+        }
+        return Ok(EspSupport { cipher, esn });
     }
     Err(XfrmError::NoCipher)
 }

@@ -123,6 +123,7 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
             next_hops: &next_hops,
             rule_priority: DEFAULT_RULE_PRIORITY,
             cipher: xsteer::xfrm::Cipher::Gcm,
+            esn: true,
         };
         let mut want = reconcile::desired::desired(&config, &keys, &around).unwrap();
         want.states.clear(); // no ESP on the host kernel

@@ -32,6 +32,7 @@ fn out_policy(generation: u32) -> Policy {
         action: PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 1),
             dst: Ipv4Addr::new(192, 168, 77, 2),
+            spi: Some(0x0001_0000 | generation),
         },
     }
 }
@@ -60,6 +61,7 @@ fn fwd_policy() -> Policy {
         action: PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 2),
             dst: Ipv4Addr::new(192, 168, 77, 1),
+            spi: None,
         },
     }
 }
@@ -99,16 +101,30 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
             "only xsteer's policies, read back as written"
         );
 
-        // Replacing keeps the key and swaps the template in one step.
+        // Replacing keeps the key and swaps the template in one step: the SA it names by
+        // SPI (a re-key), then its endpoint.
+        let mut rekeyed = out_policy(3);
+        rekeyed.action = PolicyAction::Tunnel {
+            src: Ipv4Addr::new(192, 168, 77, 1),
+            dst: Ipv4Addr::new(192, 168, 77, 2),
+            spi: Some(0x0001_5673),
+        };
+        xfrm::put_policy(&netlink, &rekeyed, true).await.unwrap();
+        let listed = xfrm::policies(&netlink).await.unwrap();
+        assert!(
+            listed.contains(&rekeyed) && !listed.contains(&out_policy(3)),
+            "{listed:#?}"
+        );
         let mut moved = out_policy(3);
         moved.action = PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 1),
             dst: Ipv4Addr::new(192, 168, 77, 9),
+            spi: Some(0x0001_5673),
         };
         xfrm::put_policy(&netlink, &moved, true).await.unwrap();
         let listed = xfrm::policies(&netlink).await.unwrap();
         assert!(
-            listed.contains(&moved) && !listed.contains(&out_policy(3)),
+            listed.contains(&moved) && !listed.contains(&rekeyed),
             "{listed:#?}"
         );
 
@@ -131,8 +147,8 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
             foreign_before,
             "foreign policies untouched"
         );
-        // 3 adds, 1 replace, 1 failed add, 3 deletes.
-        assert_eq!(netlink.writes(), 8);
+        // 3 adds, 2 replaces, 1 failed add, 3 deletes.
+        assert_eq!(netlink.writes(), 9);
     });
 }
 

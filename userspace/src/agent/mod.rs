@@ -14,6 +14,7 @@ pub mod attach;
 pub mod metrics;
 pub mod peers;
 pub mod pods;
+pub mod rekey;
 pub mod rotation;
 
 use std::{
@@ -32,8 +33,11 @@ use crate::{
     apply::{self, Applier, ApplyOptions},
     config::Config,
     dataplane::{Dataplane, DataplaneError, bpffs},
+    epochs::{EpochsError, NodeEpochs},
     keys::KeyFile,
+    netlink::Netlink,
     retired::{RetiredError, RetiredGenerations},
+    xfrm,
 };
 pub use pods::PodVeths;
 use rotation::{Progress, Retirement};
@@ -55,8 +59,11 @@ pub struct AgentOptions {
     pub resync: Duration,
     /// Where to serve /metrics and /healthz; `None` serves nothing.
     pub metrics: Option<std::net::SocketAddr>,
-    /// How long an old key generation stays installed after every peer has moved past it.
+    /// How long an old key generation stays installed after every peer has moved past it, and
+    /// an old epoch after every peer has acked the new one.
     pub rotation_grace: Duration,
+    /// Packets an SA in use may send before the node re-keys.
+    pub rekey_after_packets: u64,
 }
 
 /// Why the agent stopped or could not start.
@@ -105,6 +112,12 @@ pub enum AgentError {
     /// The list of retired key generations could not be read.
     #[error(transparent)]
     Retired(#[from] RetiredError),
+    /// The netlink sockets could not be opened.
+    #[error("opening netlink sockets: {0}")]
+    Netlink(#[source] std::io::Error),
+    /// The node's epochs could not be read or recorded.
+    #[error(transparent)]
+    Epochs(#[from] EpochsError),
 }
 
 // The agent explains every state change it makes in one log line (tracing, on stderr): what
@@ -136,6 +149,12 @@ struct Node {
     retired: RetiredGenerations,
     /// Generations every peer has moved past, waiting out the grace period.
     retirement: Retirement,
+    /// The epoch in service and, during a re-key, the next one.
+    epochs: NodeEpochs,
+    /// How the re-key under way is ending.
+    completion: rekey::Completion,
+    /// For reading SA counters.
+    netlink: Netlink,
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
     applier: Applier,
@@ -181,11 +200,23 @@ impl Node {
         let version = inputs_version(&self.opts.config, &self.config.key_file);
         if version != self.version {
             self.version = version;
-            match apply::load(&self.opts.config) {
-                Ok((config, keys)) => {
+            let loaded = apply::load(&self.opts.config).and_then(|(mut config, keys)| {
+                let epochs = NodeEpochs::open(&self.opts.state_dir, config.node.epoch)?;
+                epochs.apply_to(&mut config.node);
+                Ok((config, keys, epochs))
+            });
+            match loaded {
+                Ok((config, keys, epochs)) => {
                     info!("{} or its key file changed", self.opts.config.display());
+                    if epochs.current() != self.epochs.current() {
+                        info!(
+                            "node.epoch changed in the config: epoch {} in service",
+                            epochs.current()
+                        );
+                    }
                     self.config = config;
                     self.keys = keys;
+                    self.epochs = epochs;
                     changed = true;
                 }
                 Err(e) => {
@@ -263,6 +294,85 @@ impl Node {
         }
     }
 
+    /// Re-keys once an SA in use has sent `rekey_after_packets`: takes a new epoch and
+    /// installs its SAs. Reads the SA counters, so the caller calls it every
+    /// [`rekey::CHECK_EVERY`].
+    async fn rekey_if_worn_out(&mut self) {
+        if self.epochs.next().is_some() {
+            return;
+        }
+        let counters = match xfrm::state_counters(&self.netlink).await {
+            Ok(counters) => counters,
+            Err(e) => {
+                warn!("reading SA counters failed, will retry: {e}");
+                return;
+            }
+        };
+        let after = self.opts.rekey_after_packets;
+        let keys = self.active_keys();
+        let Some(worn) = rekey::worn_out(&self.effective, &keys, &counters, after) else {
+            return;
+        };
+        let next = match self.epochs.begin_rekey() {
+            Ok(next) => next,
+            Err(e) => {
+                warn!("cannot begin a re-key, will retry: {e}");
+                return;
+            }
+        };
+        info!(
+            "re-keying: the SA to {} (spi {:#010x}) has sent {} packets, the limit is {after}; \
+             new epoch {next}",
+            worn.peer, worn.spi, worn.packets
+        );
+        self.epochs_changed("re-keying").await;
+    }
+
+    /// Ends the re-key under way once every peer has acked the new epoch and the grace period
+    /// is over: the old epoch's SAs go.
+    async fn finish_rekey_if_due(&mut self) {
+        let Some(next) = self.epochs.next() else {
+            return;
+        };
+        let grace = self.completion.grace().as_secs();
+        match self.completion.step(next, &self.effective, Instant::now()) {
+            rekey::Finish::Waiting(peers) => {
+                info!(
+                    "re-key to epoch {next}: waiting for {} to ack it",
+                    peers.join(", ")
+                );
+                return;
+            }
+            rekey::Finish::GraceStarted => {
+                info!(
+                    "re-key to epoch {next}: every peer has acked it, the old epoch goes in {grace} s"
+                );
+                return;
+            }
+            rekey::Finish::Unchanged => return,
+            rekey::Finish::Due => {}
+        }
+        if let Err(e) = self.epochs.finish_rekey() {
+            warn!("cannot record the end of the re-key, keeping the old epoch: {e}");
+            return;
+        }
+        info!("re-key finished: epoch {next} in service, the old epoch's SAs go");
+        self.epochs_changed("finishing a re-key").await;
+    }
+
+    /// Puts the epochs into the config held and reconciles.
+    async fn epochs_changed(&mut self, why: &str) {
+        self.epochs.apply_to(&mut self.config.node);
+        self.epochs.apply_to(&mut self.effective.node);
+        self.published.send_replace(std::sync::Arc::new((
+            self.effective.clone(),
+            self.active_keys(),
+        )));
+        if let Err(e) = self.reconcile(why).await {
+            warn!("reconcile failed, will retry: {e}");
+        }
+    }
+
     /// Attaches the classifier to pod veth `name` unless this agent already did.
     fn attach_pod(&mut self, name: &str) {
         // The uplink can be a veth with its peer elsewhere too (a lab, a nested node): it is
@@ -322,7 +432,15 @@ impl Node {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
-    let (config, keys) = apply::load(&opts.config).map_err(AgentError::Load)?;
+    let (mut config, keys) = apply::load(&opts.config).map_err(AgentError::Load)?;
+    let epochs = NodeEpochs::open(&opts.state_dir, config.node.epoch)?;
+    epochs.apply_to(&mut config.node);
+    if let Some(next) = epochs.next() {
+        info!(
+            "resuming the re-key from epoch {} to {next}",
+            epochs.current()
+        );
+    }
     let version = inputs_version(&opts.config, &config.key_file);
     bpffs::ensure_mounted().map_err(AgentError::Bpffs)?;
     let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
@@ -331,6 +449,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let peers = peers::Peers::new(&config).map_err(AgentError::Nodes)?;
     let retired = RetiredGenerations::open(&opts.state_dir)?;
     let retirement = Retirement::new(opts.rotation_grace);
+    let completion = rekey::Completion::new(opts.rotation_grace);
+    let netlink = Netlink::connect().map_err(AgentError::Netlink)?;
     let effective = peers.merged(&config).unwrap_or_else(|e| {
         warn!("ignoring the node records for now: {e:#}");
         config.clone()
@@ -358,6 +478,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         keys,
         retired,
         retirement,
+        epochs,
+        completion,
+        netlink,
         version,
         dataplane,
         applier,
@@ -395,6 +518,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut poll = tokio::time::interval(node.opts.poll);
     let mut resync = tokio::time::interval(node.opts.resync);
     resync.tick().await;
+    let mut counters = tokio::time::interval(rekey::CHECK_EVERY);
     info!("agent running: {} pod veth(s) classified", node.pods.len());
     loop {
         tokio::select! {
@@ -413,7 +537,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
             _ = poll.tick() => {
                 node.reload_if_changed().await;
                 node.retire_if_due().await;
+                node.finish_rekey_if_due().await;
             }
+            _ = counters.tick() => node.rekey_if_worn_out().await,
             _ = resync.tick() => {
                 // A full read this time: whatever changed behind xsteer's back is repaired.
                 node.applier.forget();

@@ -102,14 +102,14 @@ impl Peers {
         let mut merged = config.clone();
         for record in self.records.values() {
             merged.peers.retain(|p| p.name != record.name);
-            merged.peers.push(record.peer());
+            merged.peers.push(record.peer(&config.node.name));
         }
         merged.validate()?;
         Ok(merged)
     }
 
     /// Publishes this node's record if it changed: called after a successful reconcile, so
-    /// the generations it lists have their IN SAs installed.
+    /// the generations and epochs it lists, and the re-keys it acks, have their SAs installed.
     pub fn publish(&mut self, config: &Config, keys: &KeyFile) -> std::io::Result<bool> {
         let Some(source) = &self.source else {
             return Ok(false);
@@ -121,6 +121,12 @@ impl Peers {
             id: node.id,
             pod_cidr: node.pod_cidr,
             epoch: node.epoch,
+            next_epoch: node.next_epoch,
+            acks: config
+                .peers
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.next_epoch?)))
+                .collect(),
             generations: keys.generations().iter().map(|g| g.spi()).collect(),
         };
         if self.published.as_ref() == Some(&record) {

@@ -144,6 +144,8 @@ mod tests {
             id: 2,
             pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
             epoch: Epoch::from_bytes([2; 16]),
+            next_epoch: None,
+            acked_epoch: None,
             generations: generations.map(<[u8]>::to_vec),
         }
     }

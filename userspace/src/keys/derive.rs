@@ -34,9 +34,25 @@ impl Epoch {
         Epoch(bytes)
     }
 
+    /// A fresh epoch to re-key to from `current`: its SPI tag differs from `current`'s, so the
+    /// SAs of both can be installed side by side (see `wire_spi`).
+    pub fn random_after(current: &Epoch) -> Result<Epoch, RandomError> {
+        loop {
+            let next = Epoch::random()?;
+            if next.spi_tag() != current.spi_tag() {
+                return Ok(next);
+            }
+        }
+    }
+
     /// The 16 bytes.
     pub fn bytes(&self) -> [u8; 16] {
         self.0
+    }
+
+    /// The 6 bits of the epoch that go into wire SPIs: the top of its first byte.
+    pub fn spi_tag(&self) -> u32 {
+        u32::from(self.0[0] >> 2)
     }
 }
 

@@ -1,10 +1,13 @@
 //! The kernel state that a config, a key file and the local network call for.
 //!
-//! Per peer R and per key generation g in the key file:
+//! Per peer R, per key generation g in the key file, and per pairing of the two nodes' epochs
+//! (one each, two while a node re-keys):
 //! - an OUT SA local→R selected by the encrypt mark for (g, R), and an IN SA R→local found by
 //!   its SPI alone (the wire SPI names the sender, so it is unique per receiver);
-//! - an OUT policy per R pod CIDR with that mark and a tunnel template local→R;
-//! - R's wire SPI for g in `peer_spis`, so the ingress guard accepts it.
+//! - R's wire SPI in `peer_spis`, so the ingress guard accepts it.
+//!
+//! Per peer and generation: an OUT policy per R pod CIDR with that mark and a tunnel template
+//! local→R that names the OUT SA in use by its SPI ([`sending_epochs`]).
 //!
 //! Per peer, whatever the generation: IN and FWD policies that require ESP from R for traffic
 //! from R's pods to local pods, a route per R pod CIDR in xsteer's table with the ESP-reduced
@@ -24,7 +27,7 @@ use super::{
 };
 use crate::{
     cidr::Ipv4Cidr,
-    config::Config,
+    config::{Config, Node, Peer},
     keys::{Algorithm, DeriveError, Epoch, GenerationError, KeyFile, SaKey, SaKeyId},
     routing::{EncryptRule, NextHop, PodRoute, Uplink},
     xfrm::{
@@ -33,17 +36,36 @@ use crate::{
     },
 };
 
-/// The wire SPI of the SAs a node with `node_id` and `epoch` sends with under `generation`.
+/// The wire SPI of the SA from node `node_id` under `generation`, keyed with the sender's epoch
+/// `src_epoch` and the receiver's `dst_epoch`.
 ///
-/// `node_id << 16 | tag << 4 | generation`, where `tag` is the first 12 bits of the sender's
-/// epoch. The node ID makes the SPI unique at every receiver; the tag makes an SA re-keyed under
-/// a new epoch carry a new SPI, so old and new SAs can coexist while traffic moves over. Read in
-/// hex it names its sender: `0x0002_a7c3` is node 2, generation 3. Never below 65,536, so never
-/// in the range RFC 4303 reserves.
-pub fn wire_spi(node_id: u16, generation: u8, epoch: &Epoch) -> u32 {
-    let e = epoch.bytes();
-    let tag = (u32::from(e[0]) << 4) | (u32::from(e[1]) >> 4);
-    (u32::from(node_id) << 16) | (tag << 4) | u32::from(generation & 0x0F)
+/// `node_id << 16 | tag(src_epoch) << 10 | tag(dst_epoch) << 4 | generation`, where a tag is
+/// [`Epoch::spi_tag`]. The node ID makes the SPI unique at every receiver; the tags give an SA
+/// re-keyed on either side a new SPI (a node re-keys to an epoch with another tag), so old and
+/// new SAs coexist while traffic moves over. Read in hex it names its sender: `0x0002_a7c3` is
+/// node 2, generation 3. Never below 65,536, so never in the range RFC 4303 reserves.
+pub fn wire_spi(node_id: u16, generation: u8, src_epoch: &Epoch, dst_epoch: &Epoch) -> u32 {
+    (u32::from(node_id) << 16)
+        | (src_epoch.spi_tag() << 10)
+        | (dst_epoch.spi_tag() << 4)
+        | u32::from(generation & 0x0F)
+}
+
+/// The epochs of a node: the current one, then the one it is re-keying to.
+pub fn epochs(epoch: Epoch, next: Option<Epoch>) -> impl Iterator<Item = Epoch> + Clone {
+    std::iter::once(epoch).chain(next)
+}
+
+/// The (local, peer) epochs that traffic to `peer` is sent under.
+///
+/// The peer's newest: it lists a new epoch only once it has the IN SAs for it. Ours: the new
+/// one only once the peer acks it in its record, for only then does it have the IN SAs.
+pub fn sending_epochs(local: &Node, peer: &Peer) -> (Epoch, Epoch) {
+    let ours = match local.next_epoch {
+        Some(next) if peer.acked_epoch == Some(next) => next,
+        _ => local.epoch,
+    };
+    (ours, peer.next_epoch.unwrap_or(peer.epoch))
 }
 
 /// What the network around the node looks like, as read from the kernel.
@@ -57,6 +79,8 @@ pub struct Surroundings<'a> {
     /// The cipher the kernel offers: with [`Cipher::CbcHmacSha256`], GCM generations are
     /// installed as cbc(aes)+hmac(sha256) with keys derived for that (see docs/keys.md).
     pub cipher: Cipher,
+    /// Whether SAs get 64-bit extended sequence numbers.
+    pub esn: bool,
 }
 
 /// Why the desired state cannot be computed.
@@ -165,13 +189,10 @@ pub fn desired(
             },
         );
         let sending = sending_generation(keys, peer.generations.as_deref())?;
-        let to_peer = PolicyAction::Tunnel {
-            src: local.ip,
-            dst: peer.ip,
-        };
         let from_peer = PolicyAction::Tunnel {
             src: peer.ip,
             dst: local.ip,
+            spi: None,
         };
         for &cidr in &peer.pod_cidrs {
             for direction in [Direction::In, Direction::Fwd] {
@@ -206,6 +227,7 @@ pub fn desired(
             }
         }
 
+        let (send_local, send_peer) = sending_epochs(local, peer);
         for generation in keys.generations() {
             let g = generation.spi();
             let derive = |id: &SaKeyId| {
@@ -215,30 +237,45 @@ pub fn desired(
                     generation.derive(id)
                 }
             };
-            let out_id = SaKeyId {
+            // Every pairing of the two nodes' epochs has its SAs, so that either side can
+            // re-key while the other does too.
+            for local_epoch in epochs(local.epoch, local.next_epoch) {
+                for peer_epoch in epochs(peer.epoch, peer.next_epoch) {
+                    let out_id = SaKeyId {
+                        src: local.ip,
+                        dst: peer.ip,
+                        spi: g,
+                        src_epoch: local_epoch,
+                        dst_epoch: peer_epoch,
+                    };
+                    let out = State {
+                        src: local.ip,
+                        dst: peer.ip,
+                        spi: wire_spi(local.id, g, &local_epoch, &peer_epoch),
+                        mark: Some(encrypt_mark(g, peer.id)),
+                        crypto: crypto(derive(&out_id)?),
+                        esn: around.esn,
+                    };
+                    let inbound = State {
+                        src: peer.ip,
+                        dst: local.ip,
+                        spi: wire_spi(peer.id, g, &peer_epoch, &local_epoch),
+                        mark: None,
+                        crypto: crypto(derive(&out_id.reversed())?),
+                        esn: around.esn,
+                    };
+                    s.maps.peer_spis.insert((peer.ip, inbound.spi));
+                    s.states.insert(out.key(), out);
+                    s.states.insert(inbound.key(), inbound);
+                }
+            }
+            // The OUT SAs of all pairings share one mark: the policy's template names the one
+            // in use by SPI, so moving over to a re-keyed SA is one atomic policy update.
+            let to_peer = PolicyAction::Tunnel {
                 src: local.ip,
                 dst: peer.ip,
-                spi: g,
-                src_epoch: local.epoch,
-                dst_epoch: peer.epoch,
+                spi: Some(wire_spi(local.id, g, &send_local, &send_peer)),
             };
-            let out = State {
-                src: local.ip,
-                dst: peer.ip,
-                spi: wire_spi(local.id, g, &local.epoch),
-                mark: Some(encrypt_mark(g, peer.id)),
-                crypto: crypto(derive(&out_id)?),
-            };
-            let inbound = State {
-                src: peer.ip,
-                dst: local.ip,
-                spi: wire_spi(peer.id, g, &peer.epoch),
-                mark: None,
-                crypto: crypto(derive(&out_id.reversed())?),
-            };
-            s.maps.peer_spis.insert((peer.ip, inbound.spi));
-            s.states.insert(out.key(), out);
-            s.states.insert(inbound.key(), inbound);
             for &cidr in &peer.pod_cidrs {
                 let p = Policy {
                     direction: Direction::Out,
@@ -284,6 +321,8 @@ pub fn is_outbound(state: &xfrm::State) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const CONFIG: &str = r#"
@@ -325,6 +364,7 @@ epoch = "ffeeddccbbaa99887766554433221100"
             next_hops: &next_hops,
             rule_priority: 100,
             cipher,
+            esn: true,
         };
         desired(&config, &keys, &around).unwrap()
     }
@@ -395,6 +435,7 @@ epoch = "ffeeddccbbaa99887766554433221100"
             next_hops: &next_hops,
             rule_priority: 100,
             cipher: Cipher::Gcm,
+            esn: true,
         };
         let want = desired(&config, &keys, &around).unwrap();
         let spis: Vec<u8> = want.maps.remote_pod_cidrs.values().map(|v| v.spi).collect();
@@ -407,13 +448,96 @@ epoch = "ffeeddccbbaa99887766554433221100"
     }
 
     #[test]
-    fn wire_spi_names_sender_epoch_and_generation() {
-        let mut bytes = [0u8; 16];
-        bytes[0] = 0xA7;
-        bytes[1] = 0xC9;
-        let epoch = Epoch::from_bytes(bytes);
-        assert_eq!(wire_spi(2, 3, &epoch), 0x0002_A7C3);
-        assert_eq!(wire_spi(65535, 15, &epoch), 0xFFFF_A7CF);
-        assert!(wire_spi(1, 1, &Epoch::from_bytes([0; 16])) >= 65_536);
+    fn wire_spi_names_sender_both_epochs_and_generation() {
+        let epoch = |first: u8| {
+            let mut bytes = [0u8; 16];
+            bytes[0] = first;
+            Epoch::from_bytes(bytes)
+        };
+        // Tags 0b101001 and 0b110010: 0xA7 >> 2 and 0xC9 >> 2.
+        let (src, dst) = (epoch(0xA7), epoch(0xC9));
+        assert_eq!(wire_spi(2, 3, &src, &dst), 0x0002_A723);
+        assert_eq!(wire_spi(2, 3, &dst, &src), 0x0002_CA93);
+        assert_eq!(wire_spi(65535, 15, &src, &dst), 0xFFFF_A72F);
+        assert!(wire_spi(1, 1, &epoch(0), &epoch(0)) >= 65_536);
+    }
+
+    #[test]
+    fn a_rekey_installs_every_pairing_and_sends_under_the_new_epoch_once_acked() {
+        let mut config: Config = CONFIG.parse().unwrap();
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let uplink = Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+        };
+        let next_hops = BTreeMap::from([(
+            Ipv4Addr::new(192, 168, 0, 2),
+            NextHop {
+                oif: 2,
+                gateway: None,
+            },
+        )]);
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: 100,
+            cipher: Cipher::Gcm,
+            esn: true,
+        };
+        let out_spi = |s: &Snapshot| {
+            let spis: Vec<_> = s
+                .policies
+                .values()
+                .filter(|p| p.direction == Direction::Out && p.mark.is_some())
+                .filter_map(|p| match p.action {
+                    PolicyAction::Tunnel { spi, .. } => spi,
+                    PolicyAction::Block => None,
+                })
+                .collect();
+            assert_eq!(spis.len(), 1, "one OUT policy: {spis:?}");
+            spis[0]
+        };
+        let (a_old, b_old) = (config.node.epoch, config.peers[0].epoch);
+        let before = desired(&config, &keys, &around).unwrap();
+        assert_eq!(out_spi(&before), wire_spi(1, 3, &a_old, &b_old));
+
+        // a re-keys: SAs of both a's epochs, still sent under the old one.
+        let a_new = Epoch::random_after(&a_old).unwrap();
+        config.node.next_epoch = Some(a_new);
+        let rekeying = desired(&config, &keys, &around).unwrap();
+        assert_eq!(
+            rekeying.states.len(),
+            4,
+            "in and out under each of a's epochs"
+        );
+        assert!(rekeying.states.values().all(|s| s.esn));
+        assert_eq!(out_spi(&rekeying), out_spi(&before));
+        assert!(
+            rekeying.maps.peer_spis.contains(&(
+                Ipv4Addr::new(192, 168, 0, 2),
+                wire_spi(2, 3, &b_old, &a_new)
+            )),
+            "b may send under a's new epoch at once"
+        );
+
+        // b acks: the OUT policy names the new SA; b re-keys too: all four pairings.
+        config.peers[0].acked_epoch = Some(a_new);
+        let b_new = Epoch::random_after(&b_old).unwrap();
+        config.peers[0].next_epoch = Some(b_new);
+        let both = desired(&config, &keys, &around).unwrap();
+        assert_eq!(both.states.len(), 8);
+        assert_eq!(out_spi(&both), wire_spi(1, 3, &a_new, &b_new));
+        let spis: BTreeSet<u32> = both.states.keys().map(|k| k.spi).collect();
+        assert_eq!(spis.len(), 8, "no two SAs share an SPI");
+        // The new SAs' keys differ from the old ones'.
+        let fingerprints: BTreeSet<_> = both
+            .states
+            .values()
+            .map(|s| s.crypto.fingerprint())
+            .collect();
+        assert_eq!(fingerprints.len(), 8);
     }
 }

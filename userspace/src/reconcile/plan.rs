@@ -316,6 +316,7 @@ mod tests {
             action: PolicyAction::Tunnel {
                 src: LOCAL,
                 dst: PEER,
+                spi: Some(0x0001_0000 | spi),
             },
         }
     }
@@ -330,6 +331,7 @@ mod tests {
                 key: Zeroizing::new(vec![key; 20]),
                 icv_bits: 128,
             },
+            esn: true,
         }
     }
 
@@ -457,6 +459,7 @@ mod tests {
         moved.action = PolicyAction::Tunnel {
             src: LOCAL,
             dst: Ipv4Addr::new(192, 168, 0, 9),
+            spi: Some(0x0001_0003),
         };
         let changes = plan(
             &snapshot(&[], &[out_policy(3)], None),

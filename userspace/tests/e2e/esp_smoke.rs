@@ -42,6 +42,7 @@ fn sa(src: Ipv4Addr, dst: Ipv4Addr, spi: u32, mark: Option<Mark>, key_byte: u8) 
             key: Zeroizing::new(vec![key_byte; 20]),
             icv_bits: 128,
         },
+        esn: false,
     }
 }
 
@@ -61,6 +62,7 @@ fn policy(
         action: PolicyAction::Tunnel {
             src: tunnel.0,
             dst: tunnel.1,
+            spi: None,
         },
     }
 }

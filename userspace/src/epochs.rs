@@ -1,0 +1,241 @@
+//! The node's epochs across agent restarts: the one in service and, during a re-key, the one it
+//! moves to.
+//!
+//! An epoch is an input of every SA key the node shares, so a new one re-keys every SA at once
+//! (docs/keys.md). The config names the first; re-keys draw the next ones, and a restarted agent
+//! must go on with the same, or it would derive keys its peers do not have. They are kept in
+//! `<state dir>/epochs`, an append-only log with one line per change, fsynced before the change
+//! is used:
+//! - `configured <epoch>`: the config's `node.epoch`, when first seen: it is in service.
+//! - `next <epoch>`: a re-key to this epoch began.
+//! - `current <epoch>`: the re-key finished: the next epoch is the one in service.
+//!
+//! An operator who puts a new `node.epoch` in the config starts over from it.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    config::Node,
+    keys::{Epoch, RandomError},
+    state_file,
+};
+
+/// The log's file name in the state directory.
+pub const FILE: &str = "epochs";
+
+/// Why the epochs could not be read or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochsError {
+    /// The log could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The log.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A line of the log is not one this build writes.
+    #[error("{}: line {line}: {problem}", path.display())]
+    Line {
+        /// The log.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No random epoch could be drawn.
+    #[error("drawing a new epoch: {0}")]
+    Random(#[from] RandomError),
+}
+
+/// The node's epochs, as the log has them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEpochs {
+    path: PathBuf,
+    configured: Option<Epoch>,
+    current: Epoch,
+    next: Option<Epoch>,
+}
+
+impl NodeEpochs {
+    /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`, without
+    /// writing: what [`NodeEpochs::open`] would find.
+    pub fn read(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, EpochsError> {
+        let path = state_dir.join(FILE);
+        let lines = state_file::read_lines(&path).map_err(|source| EpochsError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut epochs = NodeEpochs {
+            path,
+            configured: None,
+            current: configured,
+            next: None,
+        };
+        for (i, line) in lines.iter().enumerate() {
+            let bad = |problem: String| EpochsError::Line {
+                path: epochs.path.clone(),
+                line: i + 1,
+                problem,
+            };
+            if line.is_empty() {
+                continue;
+            }
+            let (word, hex) = line
+                .split_once(' ')
+                .ok_or_else(|| bad(format!("{line:?} is not `<word> <epoch>`")))?;
+            let epoch: Epoch = hex.parse().map_err(|e| bad(format!("{e}")))?;
+            match word {
+                "configured" => {
+                    epochs.configured = Some(epoch);
+                    epochs.current = epoch;
+                    epochs.next = None;
+                }
+                "next" => epochs.next = Some(epoch),
+                "current" if epochs.next == Some(epoch) => {
+                    epochs.current = epoch;
+                    epochs.next = None;
+                }
+                "current" => return Err(bad(format!("{epoch} was never the next epoch"))),
+                _ => return Err(bad(format!("{word:?} is not configured, next or current"))),
+            }
+        }
+        if epochs.configured != Some(configured) {
+            epochs.current = configured;
+            epochs.next = None;
+        }
+        Ok(epochs)
+    }
+
+    /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`; records that
+    /// epoch first if the log does not have it as the configured one.
+    pub fn open(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, EpochsError> {
+        let mut epochs = NodeEpochs::read(state_dir, configured)?;
+        if epochs.configured != Some(configured) {
+            epochs.append("configured", configured)?;
+            epochs.configured = Some(configured);
+        }
+        Ok(epochs)
+    }
+
+    fn append(&self, word: &str, epoch: Epoch) -> Result<(), EpochsError> {
+        state_file::append_line(&self.path, &format!("{word} {epoch}")).map_err(|source| {
+            EpochsError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The epoch in service.
+    pub fn current(&self) -> Epoch {
+        self.current
+    }
+
+    /// The epoch being re-keyed to, if a re-key is under way.
+    pub fn next(&self) -> Option<Epoch> {
+        self.next
+    }
+
+    /// Begins a re-key: draws and records a next epoch, whose SPI tag differs from the current
+    /// one's. Returns the next epoch; one already under way is kept.
+    pub fn begin_rekey(&mut self) -> Result<Epoch, EpochsError> {
+        if let Some(next) = self.next {
+            return Ok(next);
+        }
+        let next = Epoch::random_after(&self.current)?;
+        self.append("next", next)?;
+        self.next = Some(next);
+        Ok(next)
+    }
+
+    /// Finishes the re-key under way: the next epoch is the one in service.
+    pub fn finish_rekey(&mut self) -> Result<(), EpochsError> {
+        let Some(next) = self.next else {
+            return Ok(());
+        };
+        self.append("current", next)?;
+        self.current = next;
+        self.next = None;
+        Ok(())
+    }
+
+    /// Puts these epochs into `node`.
+    pub fn apply_to(&self, node: &mut Node) {
+        node.epoch = self.current;
+        node.next_epoch = self.next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt};
+
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xsteer-epochs-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_rekey_survives_a_restart_and_a_new_configured_epoch_starts_over() {
+        let dir = temp_dir("restart");
+        let first = Epoch::from_bytes([0x11; 16]);
+        let mut epochs = NodeEpochs::open(&dir, first).unwrap();
+        assert_eq!((epochs.current(), epochs.next()), (first, None));
+
+        let next = epochs.begin_rekey().unwrap();
+        assert_ne!(next.spi_tag(), first.spi_tag(), "a new SPI tag");
+        assert_eq!(epochs.begin_rekey().unwrap(), next, "one re-key at a time");
+        let restarted = NodeEpochs::open(&dir, first).unwrap();
+        assert_eq!(restarted, epochs, "mid re-key, a restart resumes it");
+
+        epochs.finish_rekey().unwrap();
+        let restarted = NodeEpochs::open(&dir, first).unwrap();
+        assert_eq!((restarted.current(), restarted.next()), (next, None));
+        let mode = fs::metadata(dir.join(FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let operator = Epoch::from_bytes([0x22; 16]);
+        assert_eq!(
+            NodeEpochs::read(&dir, operator).unwrap().current(),
+            operator
+        );
+        let lines = fs::read_to_string(dir.join(FILE)).unwrap().lines().count();
+        assert_eq!(lines, 3, "read writes nothing");
+        let reopened = NodeEpochs::open(&dir, operator).unwrap();
+        assert_eq!((reopened.current(), reopened.next()), (operator, None));
+        assert_eq!(
+            NodeEpochs::open(&dir, operator).unwrap().current(),
+            operator
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_damaged_log_is_refused_with_its_line() {
+        let dir = temp_dir("damaged");
+        fs::create_dir_all(&dir).unwrap();
+        let e = "11111111111111111111111111111111";
+        for (text, expect) in [
+            (format!("configured {e}\nnext 12\n"), "line 2: an epoch"),
+            (format!("configured {e}\nlater {e}\n"), "line 2: \"later\""),
+            (format!("configured {e}\ncurrent {e}\n"), "line 2: 1111"),
+            ("configured\n".to_owned(), "line 1: \"configured\""),
+        ] {
+            fs::write(dir.join(FILE), text).unwrap();
+            let err = NodeEpochs::read(&dir, Epoch::from_bytes([0x11; 16]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{err:?} lacks {expect:?}");
+            assert!(err.contains("epochs"), "{err:?} names the file");
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+}
