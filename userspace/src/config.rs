@@ -619,6 +619,38 @@ impl RawConfig {
     }
 }
 
+/// Configs for the unit tests of other modules.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    /// Node a (ID 1) with peer b (ID 2), each with a /24 of pods and a fixed epoch.
+    pub const TWO_NODES: &str = r#"
+key_file = "keys"
+[node]
+name = "a"
+ip = "192.168.0.1"
+id = 1
+uplink = "eth0"
+pod_cidr = "10.244.1.0/24"
+epoch = "00112233445566778899aabbccddeeff"
+[[peers]]
+name = "b"
+ip = "192.168.0.2"
+id = 2
+pod_cidrs = ["10.244.2.0/24"]
+epoch = "ffeeddccbbaa99887766554433221100"
+"#;
+
+    /// A third node, c (ID 3), to append to [`TWO_NODES`].
+    pub const PEER_C: &str = r#"
+[[peers]]
+name = "c"
+ip = "192.168.0.3"
+id = 3
+pod_cidrs = ["10.244.3.0/24"]
+epoch = "44eeddccbbaa99887766554433221100"
+"#;
+}
+
 #[cfg(test)]
 mod tests {
     use std::{

@@ -146,28 +146,11 @@ impl Completion {
 mod tests {
     use super::*;
 
-    const CONFIG: &str = r#"
-key_file = "keys"
-[node]
-name = "a"
-ip = "192.168.0.1"
-id = 1
-uplink = "eth0"
-pod_cidr = "10.244.1.0/24"
-epoch = "00112233445566778899aabbccddeeff"
-[[peers]]
-name = "b"
-ip = "192.168.0.2"
-id = 2
-pod_cidrs = ["10.244.2.0/24"]
-epoch = "ffeeddccbbaa99887766554433221100"
-[[peers]]
-name = "c"
-ip = "192.168.0.3"
-id = 3
-pod_cidrs = ["10.244.3.0/24"]
-epoch = "44eeddccbbaa99887766554433221100"
-"#;
+    use crate::config::fixtures::{PEER_C, TWO_NODES};
+
+    fn config() -> Config {
+        format!("{TWO_NODES}{PEER_C}").parse().unwrap()
+    }
 
     fn keys() -> KeyFile {
         KeyFile::parse(
@@ -179,7 +162,7 @@ epoch = "44eeddccbbaa99887766554433221100"
 
     #[test]
     fn only_the_sas_in_use_count_towards_a_rekey() {
-        let mut config: Config = CONFIG.parse().unwrap();
+        let mut config = config();
         let keys = keys();
         let local = config.node.clone();
         let b = config.peers[0].clone();
@@ -202,7 +185,7 @@ epoch = "44eeddccbbaa99887766554433221100"
 
     #[test]
     fn a_rekey_ends_a_grace_period_after_the_last_ack() {
-        let mut config: Config = CONFIG.parse().unwrap();
+        let mut config = config();
         let next = Epoch::from_bytes([0x99; 16]);
         config.node.next_epoch = Some(next);
         let mut completion = Completion::new(Duration::from_secs(10));

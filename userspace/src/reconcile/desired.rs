@@ -325,28 +325,10 @@ mod tests {
 
     use super::*;
 
-    const CONFIG: &str = r#"
-key_file = "keys"
-[node]
-name = "a"
-ip = "192.168.0.1"
-id = 1
-uplink = "eth0"
-pod_cidr = "10.244.1.0/24"
-epoch = "00112233445566778899aabbccddeeff"
-[[peers]]
-name = "b"
-ip = "192.168.0.2"
-id = 2
-pod_cidrs = ["10.244.2.0/24"]
-epoch = "ffeeddccbbaa99887766554433221100"
-"#;
+    use crate::config::fixtures::TWO_NODES as CONFIG;
 
-    fn snapshot(cipher: Cipher) -> Snapshot {
-        let config: Config = CONFIG.parse().unwrap();
-        let keys =
-            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
-                .unwrap();
+    /// The desired state of `config` with `keys`, on a 1500-byte uplink with b on link.
+    fn desired_for(config: &Config, keys: &KeyFile, cipher: Cipher) -> Snapshot {
         let uplink = Uplink {
             name: "eth0".into(),
             index: 2,
@@ -366,7 +348,15 @@ epoch = "ffeeddccbbaa99887766554433221100"
             cipher,
             esn: true,
         };
-        desired(&config, &keys, &around).unwrap()
+        desired(config, keys, &around).unwrap()
+    }
+
+    fn snapshot(cipher: Cipher) -> Snapshot {
+        let config: Config = CONFIG.parse().unwrap();
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        desired_for(&config, &keys, cipher)
     }
 
     #[test]
@@ -418,26 +408,7 @@ epoch = "ffeeddccbbaa99887766554433221100"
         // every generation are there all along.
         let mut config: Config = CONFIG.parse().unwrap();
         config.peers[0].generations = Some(vec![14, 15]);
-        let uplink = Uplink {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-        };
-        let next_hops = BTreeMap::from([(
-            Ipv4Addr::new(192, 168, 0, 2),
-            NextHop {
-                oif: 2,
-                gateway: None,
-            },
-        )]);
-        let around = Surroundings {
-            uplink: &uplink,
-            next_hops: &next_hops,
-            rule_priority: 100,
-            cipher: Cipher::Gcm,
-            esn: true,
-        };
-        let want = desired(&config, &keys, &around).unwrap();
+        let want = desired_for(&config, &keys, Cipher::Gcm);
         let spis: Vec<u8> = want.maps.remote_pod_cidrs.values().map(|v| v.spi).collect();
         assert_eq!(spis, [15]);
         assert_eq!(
@@ -468,25 +439,6 @@ epoch = "ffeeddccbbaa99887766554433221100"
         let keys =
             KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
                 .unwrap();
-        let uplink = Uplink {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-        };
-        let next_hops = BTreeMap::from([(
-            Ipv4Addr::new(192, 168, 0, 2),
-            NextHop {
-                oif: 2,
-                gateway: None,
-            },
-        )]);
-        let around = Surroundings {
-            uplink: &uplink,
-            next_hops: &next_hops,
-            rule_priority: 100,
-            cipher: Cipher::Gcm,
-            esn: true,
-        };
         let out_spi = |s: &Snapshot| {
             let spis: Vec<_> = s
                 .policies
@@ -501,13 +453,13 @@ epoch = "ffeeddccbbaa99887766554433221100"
             spis[0]
         };
         let (a_old, b_old) = (config.node.epoch, config.peers[0].epoch);
-        let before = desired(&config, &keys, &around).unwrap();
+        let before = desired_for(&config, &keys, Cipher::Gcm);
         assert_eq!(out_spi(&before), wire_spi(1, 3, &a_old, &b_old));
 
         // a re-keys: SAs of both a's epochs, still sent under the old one.
         let a_new = Epoch::random_after(&a_old).unwrap();
         config.node.next_epoch = Some(a_new);
-        let rekeying = desired(&config, &keys, &around).unwrap();
+        let rekeying = desired_for(&config, &keys, Cipher::Gcm);
         assert_eq!(
             rekeying.states.len(),
             4,
@@ -527,7 +479,7 @@ epoch = "ffeeddccbbaa99887766554433221100"
         config.peers[0].acked_epoch = Some(a_new);
         let b_new = Epoch::random_after(&b_old).unwrap();
         config.peers[0].next_epoch = Some(b_new);
-        let both = desired(&config, &keys, &around).unwrap();
+        let both = desired_for(&config, &keys, Cipher::Gcm);
         assert_eq!(both.states.len(), 8);
         assert_eq!(out_spi(&both), wire_spi(1, 3, &a_new, &b_new));
         let spis: BTreeSet<u32> = both.states.keys().map(|k| k.spi).collect();

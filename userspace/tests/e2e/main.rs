@@ -12,6 +12,8 @@ mod esp_smoke;
 mod guards;
 mod lab;
 mod records;
+mod rekey;
 mod rotation;
+mod streams;
 mod wire;
 mod wireshark;

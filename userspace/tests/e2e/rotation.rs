@@ -7,26 +7,30 @@
 //! plaintext on the wire, and old SAs gone at the end.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs,
-    net::UdpSocket,
     os::unix::fs::PermissionsExt,
     path::Path,
-    process::{Child, Command},
-    sync::atomic::{AtomicBool, Ordering},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use crate::{
     cluster::{self, Node},
+    streams::{
+        Wire, agent_logs, connected, plaintext, sas, spis_on_wire, start_agents, status, stop,
+        stream,
+    },
     support::Netns,
-    wire::{Capture, Packet},
+    wire::Packet,
 };
 
 const RATE: u32 = 1_000;
 /// The shortened grace period the agents run with, in seconds.
 const GRACE: &str = "3";
+/// What every agent runs with.
+const AGENT: [&str; 2] = ["--rotation-grace", GRACE];
 
 /// Appends `line` to the key file at `path` the way an operator's tooling should: a new file,
 /// mode 0600, renamed over the old one.
@@ -36,59 +40,6 @@ fn append_key(path: &Path, line: &str) {
     fs::write(&tmp, text).unwrap();
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).unwrap();
     fs::rename(&tmp, path).unwrap();
-}
-
-/// The result of one stream.
-struct Streamed {
-    sent: u32,
-    received: usize,
-    duplicates: usize,
-}
-
-impl Streamed {
-    fn lost(&self) -> usize {
-        self.sent as usize - self.received
-    }
-}
-
-/// A stream of sequence-numbered datagrams at [`RATE`] for `seconds` from the pod of `from` to
-/// the pod of `to`.
-fn stream(from: &Node, to: &Node, port: u16, seconds: u32) -> Streamed {
-    let (src, dst) = (from.pod_ip, to.pod_ip);
-    let receiver = to.pod.run(move || UdpSocket::bind((dst, port)).unwrap());
-    receiver
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let sender = from.pod.run(move || UdpSocket::bind((src, 0)).unwrap());
-    thread::scope(|s| {
-        let received = s.spawn(|| {
-            let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
-            let mut buf = [0u8; 4];
-            while let Ok(n) = receiver.recv(&mut buf) {
-                if n == 4 {
-                    *seen.entry(u32::from_be_bytes(buf)).or_default() += 1;
-                }
-            }
-            (seen.len(), seen.values().map(|c| c - 1).sum::<usize>())
-        });
-        let start = Instant::now();
-        let mut sent = 0;
-        for seq in 0..RATE * seconds {
-            let due = start + Duration::from_secs(1) * seq / RATE;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                thread::sleep(wait);
-            }
-            if sender.send_to(&seq.to_be_bytes(), (dst, port)).is_ok() {
-                sent += 1;
-            }
-        }
-        let (received, duplicates) = received.join().unwrap();
-        Streamed {
-            sent,
-            received,
-            duplicates,
-        }
-    })
 }
 
 /// `xsteer keys generate --spi SPI`.
@@ -101,76 +52,20 @@ fn generate(spi: u8) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Captures on every node's wire side, drained as packets come (tens of thousands outgrow a
-/// capture socket's buffer), until dropped.
-struct Wire {
-    done: std::sync::Arc<AtomicBool>,
-    drain: Option<thread::JoinHandle<Vec<Packet>>>,
-}
-
-impl Wire {
-    fn start(nodes: &[&Node]) -> Wire {
-        let captures: Vec<Capture> = nodes
-            .iter()
-            .map(|n| Capture::start(&n.netns, "eth0"))
-            .collect();
-        let done = std::sync::Arc::new(AtomicBool::new(false));
-        let stop = done.clone();
-        let drain = thread::spawn(move || {
-            let mut packets = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                captures.iter().for_each(|c| packets.extend(c.take()));
-                thread::sleep(Duration::from_millis(100));
-            }
-            captures.iter().for_each(|c| packets.extend(c.take()));
-            packets
-        });
-        Wire {
-            done,
-            drain: Some(drain),
-        }
-    }
-
-    /// Everything every node sent on the wire since the start.
-    fn stop(mut self) -> Vec<Packet> {
-        self.done.store(true, Ordering::Relaxed);
-        self.drain.take().unwrap().join().unwrap()
-    }
-}
-
 /// The generations of the ESP packets from `from` to `to` on the wire, in order, repeats
 /// folded: `[4, 5, 6]`.
 fn generations_on_wire(packets: &[Packet], from: &Node, to: &Node) -> Vec<u32> {
-    let mut order: Vec<u32> = packets
-        .iter()
-        .filter(|p| p.is_esp() && p.src == from.wire_ip && p.dst == to.wire_ip)
-        .filter_map(|p| p.spi)
+    let mut order: Vec<u32> = spis_on_wire(packets, from, to)
+        .into_iter()
         .map(|spi| spi & 0xF)
         .collect();
     order.dedup();
     order
 }
 
-/// Plaintext pod packets on the wire: UDP whose outer destination is a pod.
-fn plaintext(packets: &[Packet], nodes: &[&Node]) -> usize {
-    packets
-        .iter()
-        .filter(|p| nodes.iter().any(|n| p.is_udp_to(n.pod_ip)))
-        .count()
-}
-
 /// The generations of the SAs in `netns` (the low nibble of each SPI).
 fn installed_generations(netns: &Netns) -> BTreeSet<u32> {
-    netns
-        .ip(&["xfrm", "state", "show"])
-        .split_whitespace()
-        .skip_while(|w| *w != "spi")
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|w| w[0] == "spi")
-        .filter_map(|w| u32::from_str_radix(w[1].trim_start_matches("0x"), 16).ok())
-        .map(|spi| spi & 0xF)
-        .collect()
+    sas(netns).iter().map(|sa| sa.spi & 0xF).collect()
 }
 
 /// Waits until every node in `nodes` holds SAs of `generations` only; panics naming what each
@@ -189,26 +84,10 @@ fn wait_for_generations(nodes: &[&Node], generations: &[u32], timeout: Duration)
         assert!(
             start.elapsed() < timeout,
             "SAs of generations {held:?} after {timeout:?}, want only {want:?}\n{}",
-            nodes
-                .iter()
-                .map(|n| format!("{}:\n{}", n.name, n.agent_log()))
-                .collect::<Vec<_>>()
-                .join("\n")
+            agent_logs(nodes)
         );
         thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// `xsteer status --output json` of `node`.
-fn status(node: &Node) -> serde_json::Value {
-    let mut command = node.xsteer("status", &["--output", "json"]);
-    let out = node.netns.run(move || command.output().unwrap());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The status of `node`'s peer `name`.
@@ -223,59 +102,13 @@ fn peer_status(node: &Node, name: &str) -> serde_json::Value {
         .clone()
 }
 
-fn start_agents(nodes: &[&Node]) -> Vec<Child> {
-    nodes
-        .iter()
-        .map(|n| n.start_agent_with(&["--rotation-grace", GRACE]))
-        .collect()
-}
-
-fn stop(agents: &mut [Child]) {
-    for agent in agents {
-        let _ = agent.kill();
-        let _ = agent.wait();
-    }
-}
-
-/// Every ordered pair of `nodes` exchanges a datagram within 30 s (each has learned the others).
-fn connected(nodes: &[&Node], port: u16) {
-    for from in nodes {
-        for to in nodes.iter().filter(|n| n.id != from.id) {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut got = 0;
-            while got == 0 && Instant::now() < deadline {
-                got = cluster::exchange(
-                    (&from.pod, from.pod_ip),
-                    (&to.pod, to.pod_ip),
-                    port,
-                    1,
-                    Duration::from_secs(1),
-                );
-            }
-            assert_eq!(
-                got,
-                1,
-                "{} -> {} never connected\n{}:\n{}\n{}\n{}:\n{}\n{}",
-                from.name,
-                to.name,
-                from.name,
-                from.agent_log(),
-                from.kernel_state(),
-                to.name,
-                to.agent_log(),
-                to.kernel_state()
-            );
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
 fn keys_rotate_twice_across_three_nodes_with_nothing_lost_or_in_plaintext() {
     let cluster = cluster::trio_with_records("rotate");
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let nodes = [a, b, c];
-    let mut agents = start_agents(&nodes);
+    let mut agents = start_agents(&nodes, &AGENT);
     connected(&nodes, 7600);
     let wire = Wire::start(&nodes);
 
@@ -283,8 +116,9 @@ fn keys_rotate_twice_across_three_nodes_with_nothing_lost_or_in_plaintext() {
     let (line5, line6) = (generate(5), generate(6));
     let seconds = 18;
     let (streams, rotated_at) = thread::scope(|s| {
-        let streams = [(a, b, 7601), (b, c, 7602), (c, a, 7603)]
-            .map(|(from, to, port)| s.spawn(move || (from, to, stream(from, to, port, seconds))));
+        let streams = [(a, b, 7601), (b, c, 7602), (c, a, 7603)].map(|(from, to, port)| {
+            s.spawn(move || (from, to, stream(from, to, port, RATE, seconds)))
+        });
         let start = Instant::now();
         let mut rotated_at = Vec::new();
         for (at, node, line) in [
@@ -304,13 +138,7 @@ fn keys_rotate_twice_across_three_nodes_with_nothing_lost_or_in_plaintext() {
     });
     assert_eq!(rotated_at.len(), 6);
     let packets = wire.stop();
-    let logs = || {
-        nodes
-            .iter()
-            .map(|n| format!("{}:\n{}", n.name, n.agent_log()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let logs = || agent_logs(&nodes);
 
     let plain = plaintext(&packets, &nodes);
     eprintln!(
@@ -372,7 +200,7 @@ fn a_node_down_during_a_rotation_catches_up_when_it_returns() {
     let cluster = cluster::trio_with_records("rotdown");
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let nodes = [a, b, c];
-    let mut agents = start_agents(&nodes);
+    let mut agents = start_agents(&nodes, &AGENT);
     connected(&nodes, 7700);
 
     // c goes down: its agent dies and its port on the wire goes dark. Its record stays, listing
@@ -385,7 +213,7 @@ fn a_node_down_during_a_rotation_catches_up_when_it_returns() {
     let line5 = generate(5);
     let wire = Wire::start(&[a, b]);
     let ab = thread::scope(|s| {
-        let ab = s.spawn(|| stream(a, b, 7701, 8));
+        let ab = s.spawn(|| stream(a, b, 7701, RATE, 8));
         thread::sleep(Duration::from_secs(2));
         append_key(&a.dir.join("keys"), &line5);
         thread::sleep(Duration::from_secs(2));
@@ -423,11 +251,11 @@ fn a_node_down_during_a_rotation_catches_up_when_it_returns() {
     // nothing lost from the moment its agent runs.
     append_key(&c.dir.join("keys"), &line5);
     cluster.wire.ip(&["link", "set", &c.wire_port(), "up"]);
-    agents[2] = c.start_agent_with(&["--rotation-grace", GRACE]);
+    agents[2] = c.start_agent_with(&AGENT);
     let wire = Wire::start(&nodes);
     let (ac, cb) = thread::scope(|s| {
-        let ac = s.spawn(|| stream(a, c, 7702, 6));
-        let cb = s.spawn(|| stream(c, b, 7703, 6));
+        let ac = s.spawn(|| stream(a, c, 7702, RATE, 6));
+        let cb = s.spawn(|| stream(c, b, 7703, RATE, 6));
         (ac.join().unwrap(), cb.join().unwrap())
     });
     let packets = wire.stop();
