@@ -231,3 +231,105 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
     );
     stop(&mut agents);
 }
+
+/// Polls `node`'s status until `done` holds for it; panics with the agent's log after `timeout`.
+fn wait_for_status(
+    node: &Node,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let status = streams::status(node);
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{}: {what} not seen within {timeout:?}: epoch {}, next {}\n{}",
+            node.name,
+            status["epoch"],
+            status["next_epoch"],
+            node.agent_log()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+#[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
+fn an_agent_killed_in_the_middle_of_a_rekey_resumes_it_with_nothing_lost() {
+    let cluster = cluster::trio_with_records("rekeyrestart");
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let nodes = [a, b, c];
+    // A long grace keeps the old epoch's SAs, and so the re-key, open across the restart; only
+    // a sends (a one-way stream to b), so only a re-keys.
+    let args = ["--rotation-grace", "20", "--rekey-after-packets", "2000"];
+    let mut agents = start_agents(&nodes, &args);
+    connected(&nodes, 7900);
+    let configured = streams::status(a)["epoch"].clone();
+
+    let wire = Wire::start(&nodes);
+    let (ab, next) = thread::scope(|s| {
+        let ab = s.spawn(|| streams::stream(a, b, 7901, RATE, 24));
+        // a's re-key begins, b acks it: SIGKILL a's agent mid-way and start it again.
+        let acked_by_b = |s: &serde_json::Value| {
+            s["next_epoch"].is_string()
+                && s["peers"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["name"] == "b" && p["rekey"] == "switched")
+                })
+        };
+        let status = wait_for_status(
+            a,
+            "b acking a's new epoch",
+            Duration::from_secs(20),
+            acked_by_b,
+        );
+        let next = status["next_epoch"].clone();
+        let _ = agents[0].kill();
+        let _ = agents[0].wait();
+        thread::sleep(Duration::from_secs(1));
+        agents[0] = a.start_agent_with(&args);
+        let resumed = streams::status(a);
+        assert_eq!(
+            (&resumed["epoch"], &resumed["next_epoch"]),
+            (&configured, &next),
+            "the restarted agent resumes the same re-key\n{}",
+            a.agent_log()
+        );
+        (ab.join().unwrap(), next)
+    });
+    let packets = wire.stop();
+    let spis = spis_on_wire(&packets, a, b);
+    let order = runs(&spis);
+    eprintln!(
+        "a -> b across a SIGKILL mid re-key: {} sent, {} lost, {} duplicated; SPIs on the wire: {}",
+        ab.sent,
+        ab.lost(),
+        ab.duplicates,
+        describe(&order)
+    );
+    assert_eq!(plaintext(&packets, &nodes), 0, "plaintext pod packets");
+    assert_eq!(
+        (ab.sent, ab.lost(), ab.duplicates),
+        (RATE * 24, 0, 0),
+        "{}",
+        agent_logs(&nodes)
+    );
+    // One move, old SA to new: the restart neither drew another epoch nor went back.
+    assert_eq!(
+        order.len(),
+        2,
+        "a -> b went through {}\n{}",
+        describe(&order),
+        agent_logs(&nodes)
+    );
+
+    // The re-key ends a grace period after the restart: the new epoch is a's only one.
+    wait_for_status(a, "the re-key finish", Duration::from_secs(40), |s| {
+        s["epoch"] == next
+    });
+    stop(&mut agents);
+}
