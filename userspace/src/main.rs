@@ -407,6 +407,14 @@ fn print_esp_sa_table() -> Result<()> {
         );
         return Ok(());
     }
+    if table.esn > 0 {
+        eprintln!(
+            "note: {} of the SAs use extended sequence numbers; Wireshark decrypts their packets \
+             but computes their ICV without the high sequence bits (wireshark#19658), so it \
+             shows the ICV as bad",
+            table.esn
+        );
+    }
     eprintln!(
         "warning: the {} lines on stdout hold secret keys: with them, anyone who has a capture of \
          this node's traffic can read it. Keep them out of tickets and chats, delete them after use.",

@@ -93,6 +93,10 @@ pub struct EspSaTable {
     pub lines: Vec<Zeroizing<String>>,
     /// The SAs that have no line.
     pub left_out: Vec<UnsupportedSa>,
+    /// How many of the lines are SAs with extended sequence numbers, whose ICV Wireshark
+    /// computes without the high sequence bits (wireshark#19658): it decrypts them, and
+    /// reports their ICV as bad.
+    pub esn: usize,
 }
 
 /// Why the table could not be made.
@@ -125,6 +129,7 @@ pub async fn table() -> Result<EspSaTable, WiresharkError> {
     let mut table = EspSaTable {
         lines: Vec::with_capacity(states.len()),
         left_out: Vec::new(),
+        esn: states.iter().filter(|s| s.esn).count(),
     };
     for state in &states {
         match line(state) {

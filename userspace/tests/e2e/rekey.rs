@@ -166,9 +166,10 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
         assert_eq!(
             s.lost(),
             0,
-            "{dir}: {} of {} datagrams lost across the re-keys\n{}",
+            "{dir}: {} of {} datagrams lost across the re-keys\n{}\n{}",
             s.lost(),
             s.sent,
+            streams::drop_counters(&nodes),
             agent_logs(&nodes)
         );
         assert_eq!(

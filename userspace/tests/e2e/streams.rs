@@ -192,6 +192,33 @@ pub fn agent_logs(nodes: &[&Node]) -> String {
         .join("\n")
 }
 
+/// Where a packet can be dropped on each of `nodes`, for a loss to be traced: the links'
+/// counters and the kernel's xfrm error counters.
+pub fn drop_counters(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            let xfrm_stat = n.netns.run(|| {
+                std::process::Command::new("cat")
+                    .arg("/proc/net/xfrm_stat")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            });
+            let errors: Vec<&str> = xfrm_stat
+                .lines()
+                .filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0"))
+                .collect();
+            format!(
+                "{}: xfrm errors {errors:?}\n{}",
+                n.name,
+                n.netns.ip(&["-s", "link", "show"])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `xsteer status --output json` of `node`.
 pub fn status(node: &Node) -> serde_json::Value {
     let mut command = node.xsteer("status", &["--output", "json"]);

@@ -373,7 +373,12 @@ fn decrypt_a_capture(
         assert_eq!(frame.dst, outer_and_inner(to), "{frame:?}");
         assert_eq!(frame.port, Some(port), "{frame:?}");
         assert_eq!(frame.spi & 0xF, u32::from(generation), "{frame:?}");
-        assert!(frame.icv_good, "ICV not checked good: {frame:?}");
+        // The SAs have ESN, whose ICV Wireshark computes without the high sequence bits
+        // (wireshark#19658): the right payloads, inner addresses and port are the proof.
+        assert!(
+            !frame.icv_good,
+            "an ESN SA's ICV checked good: has tshark fixed wireshark#19658? {frame:?}"
+        );
         seen.entry(from.name)
             .or_default()
             .push(frame.payload.clone().expect("a decrypted payload"));
