@@ -76,6 +76,14 @@ pub enum ApplyError {
     Routing(#[from] routing::RoutingError),
 }
 
+impl ApplyError {
+    /// Whether the apply stopped short of installing an outbound key this node used before:
+    /// its SAs were removed behind its back (a reboot, a flush), and only a new epoch helps.
+    pub fn is_key_reuse(&self) -> bool {
+        matches!(self, ApplyError::Reconcile(ReconcileError::KeyReuse { .. }))
+    }
+}
+
 impl From<xfrm::XfrmError> for ApplyError {
     fn from(e: xfrm::XfrmError) -> Self {
         ApplyError::Reconcile(e.into())

@@ -164,6 +164,23 @@ impl NodeEpochs {
         Ok(())
     }
 
+    /// Starts over from a fresh epoch, in service at once, with no re-key under way: for when
+    /// the kernel lost this node's SAs (a reboot) and the outbound keys of its epochs are used
+    /// up. Returns the new epoch, whose SPI tag differs from both old ones.
+    pub fn start_over(&mut self) -> Result<Epoch, EpochsError> {
+        let fresh = loop {
+            let candidate = Epoch::random_after(&self.current)?;
+            if self.next.is_none_or(|n| n.spi_tag() != candidate.spi_tag()) {
+                break candidate;
+            }
+        };
+        self.append("next", fresh)?;
+        self.append("current", fresh)?;
+        self.current = fresh;
+        self.next = None;
+        Ok(fresh)
+    }
+
     /// Puts these epochs into `node`.
     pub fn apply_to(&self, node: &mut Node) {
         node.epoch = self.current;
@@ -199,6 +216,14 @@ mod tests {
         epochs.finish_rekey().unwrap();
         let restarted = NodeEpochs::open(&dir, first).unwrap();
         assert_eq!((restarted.current(), restarted.next()), (next, None));
+
+        // Starting over, mid re-key or not, puts a fresh epoch in service at once.
+        let during = epochs.begin_rekey().unwrap();
+        let fresh = epochs.start_over().unwrap();
+        assert!(![first, next, during].contains(&fresh));
+        assert!(![next.spi_tag(), during.spi_tag()].contains(&fresh.spi_tag()));
+        let restarted = NodeEpochs::open(&dir, first).unwrap();
+        assert_eq!((restarted.current(), restarted.next()), (fresh, None));
         let mode = fs::metadata(dir.join(FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
 
@@ -208,7 +233,7 @@ mod tests {
             operator
         );
         let lines = fs::read_to_string(dir.join(FILE)).unwrap().lines().count();
-        assert_eq!(lines, 3, "read writes nothing");
+        assert_eq!(lines, 6, "read writes nothing");
         let reopened = NodeEpochs::open(&dir, operator).unwrap();
         assert_eq!((reopened.current(), reopened.next()), (operator, None));
         assert_eq!(

@@ -172,8 +172,32 @@ impl Node {
             .unwrap_or_else(|_| self.keys.clone())
     }
 
-    /// Reconciles the kernel with the config and keys held; logs each change.
+    /// Reconciles the kernel with the config and keys held; logs each change. If the kernel
+    /// lost this node's SAs (a reboot, a flush) so that their outbound keys would be used again,
+    /// the node starts over from a fresh epoch and reconciles with that.
     async fn reconcile(&mut self, why: &str) -> Result<(), apply::ApplyError> {
+        match self.reconcile_once(why).await {
+            Err(e) if e.is_key_reuse() => {
+                let fresh = match self.epochs.start_over() {
+                    Ok(fresh) => fresh,
+                    Err(record) => {
+                        warn!("{e}; cannot take a new epoch: {record}");
+                        return Err(e);
+                    }
+                };
+                warn!(
+                    "this node's SAs are gone while their outbound keys were used (a reboot or a \
+                     flush: {e}); taking the new epoch {fresh}, peers follow once they read its \
+                     record"
+                );
+                self.use_epochs();
+                self.reconcile_once("a new epoch after lost SAs").await
+            }
+            other => other,
+        }
+    }
+
+    async fn reconcile_once(&mut self, why: &str) -> Result<(), apply::ApplyError> {
         let keys = self.active_keys();
         let applied = self
             .applier
@@ -362,15 +386,20 @@ impl Node {
 
     /// Puts the epochs into the config held and reconciles.
     async fn epochs_changed(&mut self, why: &str) {
+        self.use_epochs();
+        if let Err(e) = self.reconcile(why).await {
+            warn!("reconcile failed, will retry: {e}");
+        }
+    }
+
+    /// Puts the epochs into the config held and into what the metrics endpoint shows.
+    fn use_epochs(&mut self) {
         self.epochs.apply_to(&mut self.config.node);
         self.epochs.apply_to(&mut self.effective.node);
         self.published.send_replace(std::sync::Arc::new((
             self.effective.clone(),
             self.active_keys(),
         )));
-        if let Err(e) = self.reconcile(why).await {
-            warn!("reconcile failed, will retry: {e}");
-        }
     }
 
     /// Attaches the classifier to pod veth `name` unless this agent already did.

@@ -39,7 +39,8 @@ pub enum ReconcileError {
     /// An outbound SA would get a key it had before, with a restarted sequence counter.
     #[error(
         "refusing to install {state}: this node used its key on an earlier SA, and a restarted \
-         sequence counter would repeat AES-GCM nonces; give the node a new epoch"
+         sequence counter would repeat AES-GCM nonces; give the node a new epoch (node.epoch in \
+         the config; xsteer agent takes one by itself)"
     )]
     KeyReuse {
         /// The SA, without key material.

@@ -334,3 +334,65 @@ fn an_agent_killed_in_the_middle_of_a_rekey_resumes_it_with_nothing_lost() {
     });
     stop(&mut agents);
 }
+
+#[test]
+#[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
+fn a_node_whose_sas_were_wiped_takes_a_new_epoch_by_itself() {
+    let cluster = cluster::trio_with_records("rekeywipe");
+    let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+    let nodes = [a, b, c];
+    let mut agents = start_agents(&nodes, &[]);
+    connected(&nodes, 7950);
+    let before = streams::status(a)["epoch"].clone();
+
+    // As after a reboot: a's agent gone and everything xsteer had in a's kernel with it, while
+    // its state directory (the key ledger, the epochs) stays. The outbound keys of a's epoch are
+    // used up: the agent must not install them again, and must not stay down either.
+    let _ = agents[0].kill();
+    let _ = agents[0].wait();
+    let mut uninstall = a.xsteer("uninstall", &[]);
+    let out = a.netns.run(move || uninstall.output().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(xsteer_sas(&a.netns).is_empty(), "uninstall left SAs");
+
+    let wire = Wire::start(&nodes);
+    agents[0] = a.start_agent();
+    let after = streams::status(a)["epoch"].clone();
+    assert_ne!(after, before, "a new epoch\n{}", a.agent_log());
+    assert!(
+        a.agent_log().contains("taking the new epoch"),
+        "the agent says why it took a new epoch:\n{}",
+        a.agent_log()
+    );
+    // The peers follow a's record; from then on traffic both ways flows under the new epoch.
+    connected(&nodes, 7951);
+    let (ab, ba) = thread::scope(|s| {
+        let ab = s.spawn(|| streams::stream(a, b, 7952, RATE, 6));
+        let ca = s.spawn(|| streams::stream(c, a, 7953, RATE, 6));
+        (ab.join().unwrap(), ca.join().unwrap())
+    });
+    let packets = wire.stop();
+    eprintln!(
+        "after a's SAs were wiped: a -> b {} of {} received, c -> a {} of {}; {} wire packets, \
+         epoch {before} -> {after}",
+        ab.received,
+        ab.sent,
+        ba.received,
+        ba.sent,
+        packets.len()
+    );
+    assert_eq!(plaintext(&packets, &nodes), 0, "plaintext pod packets");
+    for (name, s) in [("a -> b", &ab), ("c -> a", &ba)] {
+        assert_eq!(
+            (s.sent, s.lost(), s.duplicates),
+            (RATE * 6, 0, 0),
+            "{name}\n{}",
+            agent_logs(&nodes)
+        );
+    }
+    stop(&mut agents);
+}

@@ -193,7 +193,7 @@ pub fn agent_logs(nodes: &[&Node]) -> String {
 }
 
 /// Where a packet can be dropped on each of `nodes`, for a loss to be traced: the links'
-/// counters and the kernel's xfrm error counters.
+/// counters and the kernel's xfrm error counters, then the backlog drops of every CPU.
 pub fn drop_counters(nodes: &[&Node]) -> String {
     nodes
         .iter()
@@ -215,6 +215,10 @@ pub fn drop_counters(nodes: &[&Node]) -> String {
                 n.netns.ip(&["-s", "link", "show"])
             )
         })
+        .chain(std::iter::once(format!(
+            "softnet_stat (per CPU: processed, dropped, ...):\n{}",
+            std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default()
+        )))
         .collect::<Vec<_>>()
         .join("\n")
 }
