@@ -12,8 +12,8 @@
 //!    presence means traffic to the node is encrypted). The record is then withdrawn and its
 //!    entry awaited, untimed. Median of 9 trials.
 //!
-//! Under emulation (TCG) the absolute figures are slow; the agent polls the directory every
-//! second, which bounds the second figure from below by the phase of that poll.
+//! Under emulation (TCG) the absolute figures are slow. The agent watches the directory with
+//! inotify, so the second figure is mostly one reconcile.
 
 use std::{
     fs,
@@ -225,7 +225,7 @@ fn main() {
     }
     println!();
     println!(
-        "Node record published → everything to encrypt to that node installed: **{} ms** (median of 9; the agent polls the directory every 1,000 ms).",
+        "Node record published → everything to encrypt to that node installed: **{} ms** (median of 9; the agent watches the directory with inotify, and polls it every 1,000 ms besides).",
         join.as_millis()
     );
     let _ = fs::remove_dir_all(scratch());

@@ -172,6 +172,6 @@ fn main() {
     }
     println!();
     println!(
-        "Medians of {ROTATIONS} rotations per size, one 1,000 packets/s stream node1 → node2 across them; the agents poll the key file and the node records every 1,000 ms; VM under emulation (TCG)."
+        "Medians of {ROTATIONS} rotations per size, one 1,000 packets/s stream node1 → node2 across them; the agents watch the key file's and the node records' directories with inotify (and poll them every 1,000 ms besides); VM under emulation (TCG)."
     );
 }

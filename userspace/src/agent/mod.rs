@@ -16,6 +16,7 @@ pub mod peers;
 pub mod pods;
 pub mod rekey;
 pub mod rotation;
+pub mod watch;
 
 use std::{
     collections::BTreeSet,
@@ -349,6 +350,22 @@ impl Node {
              new epoch {next}",
             worn.peer, worn.spi, worn.packets
         );
+        // A peer without a record has this node's epoch in its config file: it can never learn
+        // the new one.
+        let static_peers: Vec<&str> = self
+            .effective
+            .peers
+            .iter()
+            .filter(|p| p.generations.is_none())
+            .map(|p| p.name.as_str())
+            .collect();
+        if !static_peers.is_empty() {
+            warn!(
+                "re-keying: {} come from the config file, not node records, and cannot learn the \
+                 new epoch: traffic to them stays on the old SAs and the re-key cannot finish",
+                static_peers.join(", ")
+            );
+        }
         self.epochs_changed("re-keying").await;
     }
 
@@ -548,6 +565,35 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut resync = tokio::time::interval(node.opts.resync);
     resync.tick().await;
     let mut counters = tokio::time::interval(rekey::CHECK_EVERY);
+    // The directories of the config, the key file and the node records: a write there wakes the
+    // agent at once; the poll stays for what inotify cannot see.
+    let dirs: Vec<PathBuf> = [
+        Some(node.opts.config.as_path()),
+        Some(node.config.key_file.as_path()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|file| file.parent().map(Path::to_path_buf))
+    .chain(node.config.nodes_dir.clone())
+    .map(|dir| {
+        if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        }
+    })
+    .collect();
+    let mut watch = match watch::DirWatch::new(dirs.iter().map(PathBuf::as_path)) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            warn!("cannot watch {dirs:?} for changes, polling every second only: {e}");
+            None
+        }
+    };
+    let changed = async |watch: &Option<watch::DirWatch>| match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    };
     info!("agent running: {} pod veth(s) classified", node.pods.len());
     loop {
         tokio::select! {
@@ -562,6 +608,14 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                     Some(pods::PodEvent::Gone(name)) => node.pod_gone(&name),
                     None => {}
                 }
+            }
+            woken = changed(&watch) => {
+                if let Err(e) = woken {
+                    warn!("watching for changes failed, polling every second only: {e}");
+                    watch = None;
+                }
+                node.reload_if_changed().await;
+                node.finish_rekey_if_due().await;
             }
             _ = poll.tick() => {
                 node.reload_if_changed().await;
