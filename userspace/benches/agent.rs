@@ -208,6 +208,13 @@ fn main() {
             namespace();
             let agent = start_agent(&config(peers, None));
             thread::sleep(Duration::from_secs(1));
+            // The figure means something only with every peer's SAs in: in and out, per peer.
+            let count = ip_in(NETNS, &["xfrm", "state", "count"]).unwrap();
+            assert_eq!(
+                count.split_whitespace().last(),
+                Some((2 * peers).to_string().as_str()),
+                "{peers} peers: {count}"
+            );
             samples.push(rss_kib(agent.id()));
             eprintln!(
                 "{peers} peers, round {round}/3: {} KiB",
