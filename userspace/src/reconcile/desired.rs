@@ -10,8 +10,8 @@
 //! local→R that names the OUT SA in use by its SPI ([`sending_epochs`]).
 //!
 //! Per peer, whatever the generation: IN and FWD policies that require ESP from R for traffic
-//! from R's pods to local pods, a route per R pod CIDR in xsteer's table with the ESP-reduced
-//! MTU, R in `peer_nodes`, and R's CIDRs in `remote_pod_cidrs` with the newest generation.
+//! from R's pods to local pods, a route per R pod CIDR in xsteer's table with the MTU left by
+//! the costliest generation's ESP overhead, R in `peer_nodes`, and R's CIDRs in `remote_pod_cidrs` with the newest generation.
 //! Once per node: the catch-all block policy, the encrypt rule, the local pod CIDR.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -138,14 +138,24 @@ pub fn desired(
     around: &Surroundings<'_>,
 ) -> Result<Snapshot, DesiredError> {
     let local = &config.node;
-    let newest = keys.newest()?;
+    keys.newest()?;
     let cbc_fallback = around.cipher == Cipher::CbcHmacSha256;
-    let esp = if cbc_fallback {
-        EspTransform::CbcHmacSha256
-    } else {
-        transform(newest.algorithm())
-    };
-    let route_mtu = inner_mtu(around.uplink.mtu, esp);
+    // Any generation in service may carry a peer's traffic (an older one until the peer has
+    // the newest), so the routes take the smallest MTU of them all: it shrinks as soon as a
+    // generation with more overhead is installed, and grows only once the last one is gone.
+    let route_mtu = keys
+        .generations()
+        .iter()
+        .map(|g| {
+            let esp = if cbc_fallback {
+                EspTransform::CbcHmacSha256
+            } else {
+                transform(g.algorithm())
+            };
+            inner_mtu(around.uplink.mtu, esp)
+        })
+        .min()
+        .unwrap_or(around.uplink.mtu);
     let any = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
     let mut s = Snapshot::default();
 
@@ -383,6 +393,25 @@ mod tests {
         // The route MTU follows the transform: 1446 for GCM, 1438 for CBC+HMAC.
         let mtus = |s: &Snapshot| s.routes.iter().map(|r| r.mtu).collect::<Vec<_>>();
         assert_eq!((mtus(&gcm), mtus(&cbc)), (vec![1446], vec![1438]));
+    }
+
+    #[test]
+    fn routes_take_the_mtu_of_the_costliest_generation_in_service() {
+        let config: Config = CONFIG.parse().unwrap();
+        let mtu = |text: &str| {
+            let keys = KeyFile::parse(text).unwrap();
+            let s = desired_for(&config, &keys, Cipher::Gcm);
+            s.routes.iter().map(|r| r.mtu).collect::<Vec<_>>()
+        };
+        let gcm = "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n";
+        let cbc = "4 hmac(sha256) 000102030405060708090a0b0c0d0e0f cbc(aes) 101112131415161718191a1b1c1d1e1f\n";
+        assert_eq!(mtu(gcm), [1446]);
+        // Rotating GCM to CBC: smaller at once, while the peer may still get GCM.
+        assert_eq!(mtu(&format!("{gcm}{cbc}")), [1438]);
+        // Rotating CBC to GCM: still the CBC MTU until the CBC generation is gone.
+        let gcm5 = gcm.replacen('3', "5", 1);
+        assert_eq!(mtu(&format!("{cbc}{gcm5}")), [1438]);
+        assert_eq!(mtu(&gcm5), [1446]);
     }
 
     #[test]
