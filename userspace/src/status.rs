@@ -415,6 +415,12 @@ impl Status {
         }
         let _ = writeln!(
             out,
+            "# HELP xsteer_rekey_in_progress 1 while this node moves its SAs to a new epoch.\n\
+             # TYPE xsteer_rekey_in_progress gauge\nxsteer_rekey_in_progress {}",
+            u8::from(self.next_epoch.is_some())
+        );
+        let _ = writeln!(
+            out,
             "# HELP xsteer_sa_packets_total Packets carried per SA.\n# TYPE xsteer_sa_packets_total counter\n\
              # HELP xsteer_sa_bytes_total Bytes carried per SA.\n# TYPE xsteer_sa_bytes_total counter"
         );

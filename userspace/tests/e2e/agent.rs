@@ -158,6 +158,7 @@ fn check_status_and_metrics(a: &Node, sent: u64) {
     };
     assert!(value("xsteer_packets_total{verdict=\"pod_marked\"}") >= sent);
     assert!(value("xsteer_sa_packets_total{peer=\"b\",direction=\"out\"") >= sent);
+    assert_eq!(value("xsteer_rekey_in_progress"), 0, "no re-key under way");
     eprintln!("status and /metrics: {out_packets} packets on the OUT SA, {marked} marked");
 }
 
