@@ -565,24 +565,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut resync = tokio::time::interval(node.opts.resync);
     resync.tick().await;
     let mut counters = tokio::time::interval(rekey::CHECK_EVERY);
-    // The directories of the config, the key file and the node records: a write there wakes the
-    // agent at once; the poll stays for what inotify cannot see.
-    let dirs: Vec<PathBuf> = [
-        Some(node.opts.config.as_path()),
-        Some(node.config.key_file.as_path()),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|file| file.parent().map(Path::to_path_buf))
-    .chain(node.config.nodes_dir.clone())
-    .map(|dir| {
-        if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        }
-    })
-    .collect();
+    // A write to the config, the key file or a node record wakes the agent at once; the poll
+    // stays for what inotify cannot see.
+    let dirs = watch::input_dirs(&node.opts.config, &node.config);
     let mut watch = match watch::DirWatch::new(dirs.iter().map(PathBuf::as_path)) {
         Ok(watch) => Some(watch),
         Err(e) => {

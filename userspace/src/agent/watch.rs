@@ -13,10 +13,29 @@ use std::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::config::Config;
+
+/// The directories of the agent's inputs: those of the config file at `config_path` and of its
+/// key file, and the node records directory.
+pub fn input_dirs(config_path: &Path, config: &Config) -> Vec<PathBuf> {
+    [config_path, config.key_file.as_path()]
+        .iter()
+        .filter_map(|file| file.parent())
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.to_path_buf()
+            }
+        })
+        .chain(config.nodes_dir.clone())
+        .collect()
+}
 
 /// An inotify instance watching directories for files written, moved in or removed.
 pub struct DirWatch {

@@ -138,6 +138,7 @@ pub fn desired(
     around: &Surroundings<'_>,
 ) -> Result<Snapshot, DesiredError> {
     let local = &config.node;
+    // A key file that does not say which generation is newest installs nothing.
     keys.newest()?;
     let cbc_fallback = around.cipher == Cipher::CbcHmacSha256;
     // Any generation in service may carry a peer's traffic (an older one until the peer has
