@@ -150,6 +150,11 @@ impl Applier {
         })
     }
 
+    /// The netlink sockets applies go through, for reads between them.
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
     /// Makes the next apply read everything from the kernel and look up routes afresh.
     pub fn forget(&mut self) {
         self.known = None;

@@ -36,7 +36,6 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, bpffs},
     epochs::{EpochsError, NodeEpochs},
     keys::KeyFile,
-    netlink::Netlink,
     retired::{RetiredError, RetiredGenerations},
     xfrm,
 };
@@ -113,9 +112,6 @@ pub enum AgentError {
     /// The list of retired key generations could not be read.
     #[error(transparent)]
     Retired(#[from] RetiredError),
-    /// The netlink sockets could not be opened.
-    #[error("opening netlink sockets: {0}")]
-    Netlink(#[source] std::io::Error),
     /// The node's epochs could not be read or recorded.
     #[error(transparent)]
     Epochs(#[from] EpochsError),
@@ -154,8 +150,6 @@ struct Node {
     epochs: NodeEpochs,
     /// How the re-key under way is ending.
     completion: rekey::Completion,
-    /// For reading SA counters.
-    netlink: Netlink,
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
     applier: Applier,
@@ -264,10 +258,7 @@ impl Node {
                 return;
             }
         }
-        self.published.send_replace(std::sync::Arc::new((
-            self.effective.clone(),
-            self.active_keys(),
-        )));
+        self.share_inputs();
         if let Err(e) = self.reconcile("config, keys or peers changed").await {
             warn!("reconcile failed, will retry: {e}");
         }
@@ -310,10 +301,7 @@ impl Node {
             }
             info!("key generation {spi} retired: no peer has sent with it for {grace} s");
         }
-        self.published.send_replace(std::sync::Arc::new((
-            self.effective.clone(),
-            self.active_keys(),
-        )));
+        self.share_inputs();
         if let Err(e) = self.reconcile("retiring old key generations").await {
             warn!("reconcile failed, will retry: {e}");
         }
@@ -326,7 +314,7 @@ impl Node {
         if self.epochs.next().is_some() {
             return;
         }
-        let counters = match xfrm::state_counters(&self.netlink).await {
+        let counters = match xfrm::state_counters(self.applier.netlink()).await {
             Ok(counters) => counters,
             Err(e) => {
                 warn!("reading SA counters failed, will retry: {e}");
@@ -413,6 +401,11 @@ impl Node {
     fn use_epochs(&mut self) {
         self.epochs.apply_to(&mut self.config.node);
         self.epochs.apply_to(&mut self.effective.node);
+        self.share_inputs();
+    }
+
+    /// Hands the config and keys held to the metrics endpoint.
+    fn share_inputs(&self) {
         self.published.send_replace(std::sync::Arc::new((
             self.effective.clone(),
             self.active_keys(),
@@ -496,7 +489,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let retired = RetiredGenerations::open(&opts.state_dir)?;
     let retirement = Retirement::new(opts.rotation_grace);
     let completion = rekey::Completion::new(opts.rotation_grace);
-    let netlink = Netlink::connect().map_err(AgentError::Netlink)?;
     let effective = peers.merged(&config).unwrap_or_else(|e| {
         warn!("ignoring the node records for now: {e:#}");
         config.clone()
@@ -526,7 +518,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         retirement,
         epochs,
         completion,
-        netlink,
         version,
         dataplane,
         applier,
