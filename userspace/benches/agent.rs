@@ -28,7 +28,7 @@ use std::{
 use xsteer::{
     cidr::Ipv4Cidr,
     dataplane::Dataplane,
-    keys::{self, Epoch},
+    keys::{self, Epoch, Generation},
     lab::netns::{command_in, ip, ip_in},
     nodes::{DirSource, NodeRecord, NodeSource},
 };
@@ -74,7 +74,10 @@ fn config(peers: u32, nodes_dir: Option<&Path>) -> PathBuf {
     let keys = dir.join("keys");
     fs::write(
         &keys,
-        format!("{}\n", keys::generate_gcm_line(1).unwrap().as_str()),
+        format!(
+            "{}\n",
+            keys::generate_gcm_line(Generation::MIN).unwrap().as_str()
+        ),
     )
     .unwrap();
     fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
@@ -158,7 +161,7 @@ fn join_latency() -> Duration {
     let _ = fs::remove_dir_all(&nodes);
     namespace();
     let agent = start_agent(&config(0, Some(&nodes)));
-    let source = DirSource::new(&nodes).unwrap();
+    let mut source = DirSource::new(&nodes).unwrap();
     let mut trials = Vec::new();
     for trial in 1..=9u8 {
         let record = NodeRecord {
@@ -169,7 +172,7 @@ fn join_latency() -> Duration {
             epoch: Epoch::random().unwrap(),
             next_epoch: None,
             acks: Default::default(),
-            generations: vec![1],
+            generations: vec![Generation::MIN],
         };
         let started = Instant::now();
         source.publish(&record).unwrap();

@@ -48,18 +48,20 @@ use std::{
 
 use xsteer::{
     cidr::Ipv4Cidr,
-    config::{Config, Node, Peer},
     dataplane::Dataplane,
+    kernel::{
+        Netlink,
+        routing::{self, DEFAULT_RULE_PRIORITY, EncryptRule, PodRoute, ROUTE_PROTOCOL, Uplink},
+        xfrm::{self, Cipher, Direction, Policy, PolicyAction, REQID},
+    },
     keys::{Epoch, KeyFile},
-    ledger::KeyLedger,
-    netlink::Netlink,
     reconcile::{
         self, Change, Snapshot,
         desired::{Surroundings, desired},
         plan::plan,
     },
-    routing::{self, DEFAULT_RULE_PRIORITY, EncryptRule, PodRoute, ROUTE_PROTOCOL, Uplink},
-    xfrm::{self, Cipher, Direction, Policy, PolicyAction, REQID},
+    state::KeyLedger,
+    view::{LocalNode, Peer, View},
 };
 use xsteer_common::mark;
 
@@ -236,11 +238,11 @@ fn peer(i: u32) -> Peer {
 }
 
 /// This node and peers 1..=n.
-fn config(n: u32) -> Config {
-    let config = Config {
-        key_file: PathBuf::from("keys"),
+fn view(n: u32) -> View {
+    let mut view = View {
         route_table: TABLE,
-        node: Node {
+        cluster_cidr: None,
+        node: LocalNode {
             name: "node-a".into(),
             ip: NODE_IP,
             id: 1,
@@ -249,21 +251,22 @@ fn config(n: u32) -> Config {
             epoch: Epoch::from_bytes([0x11; 16]),
             next_epoch: None,
         },
-        peers: (1..=n).map(peer).collect(),
-        nodes_dir: None,
-        cluster_cidr: None,
+        peers: Vec::new(),
     };
-    config.validate().expect("the benchmark config is valid");
-    config
+    for i in 1..=n {
+        view.admit(peer(i))
+            .expect("the benchmark's peers fit together");
+    }
+    view
 }
 
 /// Looks up the uplink and every peer's next hop, and computes the desired state without SAs.
 async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
-    let config = config(n);
+    let view = view(n);
     let keys = KeyFile::parse(KEYS).unwrap();
     let uplink = routing::uplink(netlink, UPLINK).await.unwrap();
     let mut next_hops = BTreeMap::new();
-    for peer in &config.peers {
+    for peer in &view.peers {
         next_hops.insert(peer.ip, routing::route_to(netlink, peer.ip).await.unwrap());
     }
     let around = Surroundings {
@@ -273,7 +276,7 @@ async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
         cipher: Cipher::Gcm,
         esn: true,
     };
-    let mut want = desired(&config, &keys, &around).unwrap();
+    let mut want = desired(&view, &keys, &around).unwrap();
     want.states.clear(); // no ESP on the host kernel
     assert_eq!(want.policies.len() as u32, 1 + 3 * n);
     assert_eq!(want.routes.len() as u32, n);

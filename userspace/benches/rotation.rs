@@ -125,18 +125,18 @@ fn measure(nodes: u8, dir: &Path) -> (Vec<Duration>, (u32, usize, usize)) {
     for round in 1..=ROTATIONS {
         let rotated = keys::rotate(&dir.join("keys")).expect("rotating the lab's key file");
         let start = Instant::now();
-        while !switched(lab, rotated.spi) {
+        while !switched(lab, rotated.generation.get()) {
             assert!(
                 start.elapsed() < Duration::from_secs(120),
                 "{nodes} nodes: not every peer switched to generation {} within 120 s",
-                rotated.spi
+                rotated.generation
             );
             thread::sleep(Duration::from_millis(20));
         }
         times.push(start.elapsed());
         eprintln!(
             "{nodes} nodes, rotation {round}/{ROTATIONS}: every peer on generation {} after {:?}",
-            rotated.spi,
+            rotated.generation,
             times.last().unwrap()
         );
         thread::sleep(Duration::from_secs(1));

@@ -1,4 +1,5 @@
-//! `xsteer apply`: make the kernel hold what a config and a key file call for, once.
+//! Applying a node's view: make the kernel hold what the view and the keys call for. `xsteer
+//! apply` does it once; the agent keeps an [`Applier`] for its lifetime.
 //!
 //! Everything that can be checked is checked before the first write: the config and key file
 //! (by their loaders), the uplink, a route to every peer, and the kernel's ESP support — a kernel
@@ -6,25 +7,24 @@
 //! or into plaintext. Then the reconcile reads what xsteer owns, plans the difference and applies
 //! it; `--dry-run` stops after the plan.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
-    config::Config,
+    cidr::NODE_POD_PREFIX_LEN,
     dataplane::{Dataplane, DataplaneError, bpffs, grid::Grid},
-    keys::{Algorithm, KeyFile},
-    ledger::KeyLedger,
-    netlink::Netlink,
-    nodes,
+    kernel::{
+        Netlink,
+        routing::{self, DEFAULT_RULE_PRIORITY},
+        xfrm::{self, Cipher, EspSupport},
+    },
+    keys::{Algorithm, GCM, KeyFile},
     reconcile::{
         self, Change, ReconcileError,
         desired::{DesiredError, Surroundings, desired},
         plan::plan,
     },
-    routing::{self, DEFAULT_RULE_PRIORITY},
-    xfrm::{self, Cipher, EspSupport},
+    state::KeyLedger,
+    view::View,
 };
 
 /// Where xsteer pins its maps by default.
@@ -58,10 +58,10 @@ impl Default for ApplyOptions {
 pub enum ApplyError {
     /// The netlink sockets could not be opened.
     #[error("opening netlink sockets: {0}")]
-    Netlink(#[source] std::io::Error),
+    Netlink(std::io::Error),
     /// bpffs is missing and could not be mounted.
     #[error("mounting bpffs at {}: {}", bpffs::BPFFS_ROOT, .0)]
-    Bpffs(#[source] std::io::Error),
+    Bpffs(std::io::Error),
     /// The desired state could not be computed.
     #[error(transparent)]
     Desired(#[from] DesiredError),
@@ -92,7 +92,7 @@ impl From<xfrm::XfrmError> for ApplyError {
 
 fn cipher_name(cipher: Cipher) -> &'static str {
     match cipher {
-        Cipher::Gcm => xfrm::GCM,
+        Cipher::Gcm => GCM,
         Cipher::CbcHmacSha256 => "cbc(aes)+hmac(sha256)",
     }
 }
@@ -161,19 +161,19 @@ impl Applier {
         self.next_hops.clear();
     }
 
-    /// Applies `config` with `keys`; calls `report` with each change as it is made (or, on a
+    /// Applies `view` with `keys`; calls `report` with each change as it is made (or, on a
     /// dry run, as it would be).
     pub async fn apply(
         &mut self,
-        config: &Config,
+        view: &View,
         keys: &KeyFile,
         mut report: impl FnMut(&Change),
     ) -> Result<Applied, ApplyError> {
         let netlink = &self.netlink;
-        let uplink = routing::uplink(netlink, &config.node.uplink).await?;
+        let uplink = routing::uplink(netlink, &view.node.uplink).await?;
         self.next_hops
-            .retain(|ip, _| config.peers.iter().any(|p| p.ip == *ip));
-        for peer in &config.peers {
+            .retain(|ip, _| view.peers.iter().any(|p| p.ip == *ip));
+        for peer in &view.peers {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.next_hops.entry(peer.ip)
             {
                 slot.insert(routing::route_to(netlink, peer.ip).await?);
@@ -199,7 +199,7 @@ impl Applier {
                 "this kernel lacks {}: falling back to {} with keys derived from the GCM keys; \
                  every peer must fall back too (a peer using GCM drops this node's ESP: traffic \
                  stops, it never leaves in plaintext)",
-                xfrm::GCM,
+                GCM,
                 cipher_name(Cipher::CbcHmacSha256)
             ));
         }
@@ -217,7 +217,7 @@ impl Applier {
             cipher,
             esn,
         };
-        let want = desired(config, keys, &around)?;
+        let want = desired(view, keys, &around)?;
         // Everything is checked: from here on, bpffs may be written (maps created and pinned).
         let dataplane = match &mut self.dataplane {
             Some(dataplane) => dataplane,
@@ -225,14 +225,14 @@ impl Applier {
         };
         if !self.opts.dry_run {
             // The grid of /24 slots over the cluster CIDR: a constant-time classifier lookup.
-            let grid = config
+            let grid = view
                 .cluster_cidr
-                .and_then(|c| Grid::new(c, nodes::ALLOCATED_PREFIX_LEN).ok());
+                .and_then(|c| Grid::new(c, NODE_POD_PREFIX_LEN).ok());
             dataplane.remote_pod_cidrs()?.set_grid(grid)?;
         }
         let have = match self.known.take() {
             Some(known) => known,
-            None => reconcile::read(netlink, dataplane, config.route_table).await?,
+            None => reconcile::read(netlink, dataplane, view.route_table).await?,
         };
         let changes = plan(&have, &want);
         if self.opts.dry_run {
@@ -245,7 +245,7 @@ impl Applier {
             netlink,
             dataplane,
             &mut ledger,
-            config.route_table,
+            view.route_table,
             &changes,
             report,
         )
@@ -255,22 +255,13 @@ impl Applier {
     }
 }
 
-/// Applies `config` with `keys` once, reading the kernel in full; calls `report` with each
-/// change as it is made (or, on a dry run, as it would be).
+/// Applies `view` with `keys` once, reading the kernel in full; calls `report` with each change
+/// as it is made (or, on a dry run, as it would be).
 pub async fn apply(
-    config: &Config,
+    view: &View,
     keys: &KeyFile,
     opts: &ApplyOptions,
     report: impl FnMut(&Change),
 ) -> Result<Applied, ApplyError> {
-    Applier::new(opts.clone())?
-        .apply(config, keys, report)
-        .await
-}
-
-/// Loads the config and the key file it names, all checks included; errors name the file.
-pub fn load(config_path: &Path) -> anyhow::Result<(Config, KeyFile)> {
-    let config = Config::from_path(config_path)?;
-    let keys = KeyFile::load(&config.key_file)?;
-    Ok((config, keys))
+    Applier::new(opts.clone())?.apply(view, keys, report).await
 }

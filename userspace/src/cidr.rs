@@ -2,6 +2,10 @@
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
+/// The prefix length of the pod CIDR a node is given when its pod CIDR is allocated from the
+/// cluster CIDR; the classifier's grid of slots over the cluster CIDR uses the same size.
+pub const NODE_POD_PREFIX_LEN: u8 = 24;
+
 /// An IPv4 network: an address with no bits set past the prefix, and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Cidr {
@@ -67,6 +71,11 @@ impl Ipv4Cidr {
     /// Whether `addr` is inside this network.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         u32::from(addr) & Self::mask(self.prefix_len) == u32::from(self.addr)
+    }
+
+    /// Whether every address of `other` is inside this network.
+    pub fn covers(&self, other: &Ipv4Cidr) -> bool {
+        self.prefix_len <= other.prefix_len && self.contains(other.addr)
     }
 
     /// Whether the two networks share any address.
@@ -152,5 +161,6 @@ mod tests {
         assert!(a.overlaps(&b) && b.overlaps(&a));
         assert!(!a.overlaps(&c));
         assert!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().overlaps(&c));
+        assert!(a.covers(&b) && a.covers(&a) && !b.covers(&a) && !a.covers(&c));
     }
 }

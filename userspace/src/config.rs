@@ -1,4 +1,10 @@
-//! The TOML config of `xsteer apply`: this node, its peers, the key file and the route table.
+//! The TOML config of a node: this node, its static peers, the key file, the route table, and
+//! where node records and pod CIDRs come from.
+//!
+//! This is the file as the operator wrote it, checked and typed, nothing more: reading it has no
+//! side effects. What the node reconciles — the config with its allocated identity, its epochs
+//! from the state directory and the peers learned from node records — is a [`crate::view::View`],
+//! assembled by [`crate::inputs`].
 //!
 //! Everything is checked here, before anything touches the kernel: a config that parses into a
 //! [`Config`] is complete and consistent, so a later step never fails halfway through an apply
@@ -24,7 +30,7 @@ pub const DEFAULT_ROUTE_TABLE: u32 = 200;
 /// Most problems listed in one error; the rest are counted.
 const MAX_LISTED_PROBLEMS: usize = 20;
 
-/// A validated config.
+/// A validated config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Path of the key file. A relative path in a file read by [`Config::from_path`] is resolved
@@ -33,9 +39,9 @@ pub struct Config {
     /// The routing table for the routes of remote pod CIDRs (not 0, 253, 254 or 255).
     pub route_table: u32,
     /// This node.
-    pub node: Node,
-    /// The other nodes, in file order.
-    pub peers: Vec<Peer>,
+    pub node: NodeConfig,
+    /// The other nodes given in the file, in file order.
+    pub peers: Vec<PeerConfig>,
     /// The directory of node records (the `dir` node source) the agent publishes this node in
     /// and learns further peers from; `None` when the peers above are all there is. A relative
     /// path in a file read by [`Config::from_path`] is resolved against that file's directory.
@@ -45,29 +51,34 @@ pub struct Config {
     pub cluster_cidr: Option<Ipv4Cidr>,
 }
 
-/// The node xsteer runs on.
+/// The node xsteer runs on, as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Node {
+pub struct NodeConfig {
     /// Node name, e.g. the Kubernetes node name.
     pub name: String,
     /// The IP the node's ESP tunnels start and end at.
     pub ip: Ipv4Addr,
-    /// Node ID, 1..=65535; it goes into bits 16–31 of the skb mark.
-    pub id: u16,
+    /// Node ID, 1..=65535; it goes into bits 16–31 of the skb mark. `None`: allocated from
+    /// `cluster_cidr` in `nodes_dir` together with the pod CIDR.
+    pub id: Option<u16>,
     /// The interface that carries the tunnels.
     pub uplink: String,
-    /// The CIDR of this node's pods.
-    pub pod_cidr: Ipv4Cidr,
-    /// This node's epoch, an input of every SA key it shares.
+    /// The CIDR of this node's pods; `None` when allocated (see `id`).
+    pub pod_cidr: Option<Ipv4Cidr>,
+    /// The epoch the node starts from, an input of every SA key it shares.
     pub epoch: Epoch,
-    /// The epoch the node is re-keying to, if it is: SAs under both exist until every peer has
-    /// moved over. Never read from the config file; the agent keeps it in its state directory.
-    pub next_epoch: Option<Epoch>,
 }
 
-/// Another node that pod traffic is encrypted to and from.
+impl NodeConfig {
+    /// The node ID and pod CIDR the file gives, if it gives both.
+    pub fn identity(&self) -> Option<(u16, Ipv4Cidr)> {
+        Some((self.id?, self.pod_cidr?))
+    }
+}
+
+/// Another node that pod traffic is encrypted to and from, given in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
+pub struct PeerConfig {
     /// Node name; unique in the config.
     pub name: String,
     /// The peer's tunnel endpoint IP.
@@ -78,15 +89,6 @@ pub struct Peer {
     pub pod_cidrs: Vec<Ipv4Cidr>,
     /// The peer's epoch.
     pub epoch: Epoch,
-    /// The epoch the peer is re-keying to, from its node record.
-    pub next_epoch: Option<Epoch>,
-    /// Which of this node's epochs the peer has SAs for when this node is re-keying, from its
-    /// record: the re-keyed SAs are used towards it only once it names this node's
-    /// `next_epoch` here.
-    pub acked_epoch: Option<Epoch>,
-    /// The key generations the peer says it can receive (it has their IN SAs), from its node
-    /// record; `None` for a peer from the config file, which is assumed to receive them all.
-    pub generations: Option<Vec<u8>>,
 }
 
 /// One thing wrong with a config, at one field.
@@ -108,29 +110,21 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {error}", path.display())]
     Io {
         /// The path given.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// What the OS said.
+        error: io::Error,
     },
     /// The text is not valid TOML, or does not fit the schema (unknown field, wrong type, a
     /// missing field); the message has the line and column.
-    #[error("{}{source}", in_file(path))]
+    #[error("{}{error}", in_file(path))]
     Toml {
         /// The file, when read from one.
         path: Option<PathBuf>,
         /// The toml crate's error.
-        source: toml::de::Error,
-    },
-    /// No node ID or pod CIDR could be allocated.
-    #[error("{}{source}", in_file(path))]
-    Allocate {
-        /// The file, when read from one.
-        path: Option<PathBuf>,
-        /// Why.
-        source: crate::nodes::AllocError,
+        error: toml::de::Error,
     },
     /// Values are out of range or inconsistent; every problem found is listed.
     #[error("{}{}", in_file(path), list_problems(problems))]
@@ -154,9 +148,8 @@ impl ConfigError {
     fn with_path(self, file: &Path) -> ConfigError {
         let path = Some(file.to_owned());
         match self {
-            ConfigError::Toml { source, .. } => ConfigError::Toml { path, source },
+            ConfigError::Toml { error, .. } => ConfigError::Toml { path, error },
             ConfigError::Invalid { problems, .. } => ConfigError::Invalid { path, problems },
-            ConfigError::Allocate { source, .. } => ConfigError::Allocate { path, source },
             io @ ConfigError::Io { .. } => io,
         }
     }
@@ -188,22 +181,17 @@ fn list_problems(problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads and validates the config at `path`; a relative `key_file` is resolved against the
-    /// directory of `path`.
+    /// Reads and validates the config at `path`; a relative `key_file` or `nodes_dir` is
+    /// resolved against the directory of `path`. Writes nothing.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let mut raw: RawConfig = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+        let raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError::Toml {
             path: Some(path.to_owned()),
-            source,
-        })?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        raw.allocate(dir).map_err(|source| ConfigError::Allocate {
-            path: Some(path.to_owned()),
-            source,
+            error,
         })?;
         let mut config = raw.into_config().map_err(|e| e.with_path(path))?;
         if let Some(dir) = path.parent() {
@@ -245,16 +233,11 @@ impl Config {
         {
             p.push("nodes_dir", "must not be empty");
         }
-        if let Some(cluster) = self.cluster_cidr {
-            let inside = cluster.prefix_len() <= self.node.pod_cidr.prefix_len()
-                && cluster.contains(self.node.pod_cidr.addr());
-            if !inside {
+        if let (Some(cluster), Some(pod_cidr)) = (self.cluster_cidr, self.node.pod_cidr) {
+            if !cluster.covers(&pod_cidr) {
                 p.push(
                     "node.pod_cidr",
-                    format!(
-                        "{} is not inside cluster_cidr {cluster}",
-                        self.node.pod_cidr
-                    ),
+                    format!("{pod_cidr} is not inside cluster_cidr {cluster}"),
                 );
             }
         }
@@ -265,7 +248,19 @@ impl Config {
         let node = &self.node;
         check_name(&mut p, "node.name", &node.name);
         check_ip(&mut p, "node.ip", node.ip);
-        check_id(&mut p, "node.id", node.id);
+        // Both given, or both left out to be allocated (which needs somewhere to allocate in).
+        const LEFT_OUT: &str = "missing: give it, or leave out both node.id and node.pod_cidr \
+             with nodes_dir and cluster_cidr set to have them allocated";
+        let allocatable = self.nodes_dir.is_some() && self.cluster_cidr.is_some();
+        match (node.id, node.pod_cidr) {
+            (Some(id), _) => check_id(&mut p, "node.id", id),
+            (None, Some(_)) => p.push("node.id", LEFT_OUT),
+            (None, None) if !allocatable => p.push("node.id", LEFT_OUT),
+            (None, None) => {}
+        }
+        if node.pod_cidr.is_none() && (node.id.is_some() || !allocatable) {
+            p.push("node.pod_cidr", LEFT_OUT);
+        }
         if let Some(why) = uplink_problem(&node.uplink) {
             p.push("node.uplink", why);
         }
@@ -289,7 +284,7 @@ impl Config {
             self.peers
                 .iter()
                 .enumerate()
-                .map(|(i, peer)| (format!("peers[{i}]"), &peer.name, peer.id, peer.ip)),
+                .map(|(i, peer)| (format!("peers[{i}]"), &peer.name, Some(peer.id), peer.ip)),
         );
         for (at, name, id, ip) in nodes {
             if let Some(first) = names.get(name.as_str()) {
@@ -300,10 +295,12 @@ impl Config {
             } else {
                 names.insert(name, at.clone());
             }
-            if let Some(first) = ids.get(&id) {
-                p.push(format!("{at}.id"), format!("{id} duplicates {first}.id"));
-            } else {
-                ids.insert(id, at.clone());
+            if let Some(id) = id {
+                if let Some(first) = ids.get(&id) {
+                    p.push(format!("{at}.id"), format!("{id} duplicates {first}.id"));
+                } else {
+                    ids.insert(id, at.clone());
+                }
             }
             if let Some(first) = ips.get(&ip) {
                 p.push(format!("{at}.ip"), format!("{ip} duplicates {first}.ip"));
@@ -313,15 +310,17 @@ impl Config {
         }
 
         // Pod CIDRs: no two overlap, wherever they are.
-        let cidrs: Vec<(String, Ipv4Cidr)> =
-            std::iter::once(("node.pod_cidr".to_owned(), node.pod_cidr))
-                .chain(self.peers.iter().enumerate().flat_map(|(i, peer)| {
-                    peer.pod_cidrs
-                        .iter()
-                        .enumerate()
-                        .map(move |(j, c)| (format!("peers[{i}].pod_cidrs[{j}]"), *c))
-                }))
-                .collect();
+        let cidrs: Vec<(String, Ipv4Cidr)> = node
+            .pod_cidr
+            .map(|c| ("node.pod_cidr".to_owned(), c))
+            .into_iter()
+            .chain(self.peers.iter().enumerate().flat_map(|(i, peer)| {
+                peer.pod_cidrs
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, c)| (format!("peers[{i}].pod_cidrs[{j}]"), *c))
+            }))
+            .collect();
         for (k, (at, cidr)) in cidrs.iter().enumerate() {
             for (first_at, first) in &cidrs[..k] {
                 if cidr.overlaps(first) {
@@ -354,7 +353,7 @@ impl FromStr for Config {
     /// Parses and validates config text; `key_file` is taken as it is.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let raw: RawConfig =
-            toml::from_str(text).map_err(|source| ConfigError::Toml { path: None, source })?;
+            toml::from_str(text).map_err(|error| ConfigError::Toml { path: None, error })?;
         raw.into_config()
     }
 }
@@ -499,25 +498,6 @@ fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<Ipv4Addr> {
 }
 
 impl RawConfig {
-    /// Fills in a left-out `node.id` and `node.pod_cidr` from the allocator in `nodes_dir`
-    /// (resolved against `base`), when both are left out and `cluster_cidr` is set; otherwise
-    /// leaves everything to [`RawConfig::convert`] to report.
-    fn allocate(&mut self, base: &Path) -> Result<(), crate::nodes::AllocError> {
-        let node = &mut self.node;
-        let (Some(dir), Some(cluster), None, None) =
-            (&self.nodes_dir, &self.cluster_cidr, node.id, &node.pod_cidr)
-        else {
-            return Ok(());
-        };
-        let Ok(cluster) = cluster.parse::<Ipv4Cidr>() else {
-            return Ok(());
-        };
-        let (id, cidr) = crate::nodes::allocate(&base.join(dir), &node.name, cluster)?;
-        node.id = Some(i64::from(id));
-        node.pod_cidr = Some(cidr.to_string());
-        Ok(())
-    }
-
     /// Converts and validates.
     fn into_config(self) -> Result<Config, ConfigError> {
         let config = self.convert().map_err(|problems| ConfigError::Invalid {
@@ -550,32 +530,21 @@ impl RawConfig {
         let n = self.node;
         // Every field is parsed, so that all problems are reported, before any is combined.
         let ip = parse_ip(&mut p, "node.ip", &n.ip);
-        const LEFT_OUT: &str = "missing: give it, or leave out both node.id and node.pod_cidr \
-             with nodes_dir and cluster_cidr set to have them allocated";
-        let id = match n.id {
-            Some(id) => p.id("node.id", id),
-            None => {
-                p.push("node.id", LEFT_OUT);
-                None
-            }
-        };
-        let pod_cidr = match &n.pod_cidr {
-            Some(cidr) => p.parse("node.pod_cidr", cidr),
-            None => {
-                p.push("node.pod_cidr", LEFT_OUT);
-                None
-            }
-        };
+        // A field left out is reported by `Config::validate`, which knows whether it may be.
+        let id = n.id.map(|id| p.id("node.id", id).ok_or(()));
+        let pod_cidr = n
+            .pod_cidr
+            .as_deref()
+            .map(|cidr| p.parse("node.pod_cidr", cidr).ok_or(()));
         let epoch = p.parse("node.epoch", &n.epoch);
-        let node = match (ip, id, pod_cidr, epoch) {
-            (Some(ip), Some(id), Some(pod_cidr), Some(epoch)) => Some(Node {
+        let node = match (ip, id.transpose(), pod_cidr.transpose(), epoch) {
+            (Some(ip), Ok(id), Ok(pod_cidr), Some(epoch)) => Some(NodeConfig {
                 name: n.name,
                 ip,
                 id,
                 uplink: n.uplink,
                 pod_cidr,
                 epoch,
-                next_epoch: None,
             }),
             _ => None,
         };
@@ -593,15 +562,12 @@ impl RawConfig {
             if let (Some(ip), Some(id), Some(pod_cidrs), Some(epoch)) =
                 (ip, id, cidrs.into_iter().collect(), epoch)
             {
-                peers.push(Peer {
+                peers.push(PeerConfig {
                     name: peer.name,
                     ip,
                     id,
                     pod_cidrs,
                     epoch,
-                    next_epoch: None,
-                    acked_epoch: None,
-                    generations: None,
                 });
             }
         }
@@ -707,9 +673,9 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert_eq!(config.route_table, DEFAULT_ROUTE_TABLE);
         assert_eq!(config.node.name, "node-a");
         assert_eq!(config.node.ip, Ipv4Addr::new(192, 168, 0, 1));
-        assert_eq!(config.node.id, 1);
+        assert_eq!(config.node.id, Some(1));
         assert_eq!(config.node.uplink, "eth0");
-        assert_eq!(config.node.pod_cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(config.node.pod_cidr.unwrap().to_string(), "10.244.1.0/24");
         assert_eq!(
             config.node.epoch.to_string(),
             "00112233445566778899aabbccddeeff"
@@ -972,7 +938,7 @@ epoch = "0123456789abcdef0123456789abcdef"
     }
 
     #[test]
-    fn a_node_without_id_and_pod_cidr_gets_free_ones_and_keeps_them() {
+    fn an_identity_is_given_whole_or_left_to_the_allocator() {
         let dir = scratch("allocate");
         let text = |name: &str, ip: &str| {
             format!(
@@ -981,19 +947,15 @@ epoch = "0123456789abcdef0123456789abcdef"
                  epoch = \"00112233445566778899aabbccddeeff\"\n"
             )
         };
-        let (a, b) = (dir.join("a.toml"), dir.join("b.toml"));
+        let a = dir.join("a.toml");
         fs::write(&a, text("node-a", "192.168.0.1")).unwrap();
-        fs::write(&b, text("node-b", "192.168.0.2")).unwrap();
-        let first = Config::from_path(&a).unwrap();
-        let other = Config::from_path(&b).unwrap();
-        let again = Config::from_path(&a).unwrap();
-        assert_eq!(
-            (first.node.id, first.node.pod_cidr),
-            (again.node.id, again.node.pod_cidr)
+        let config = Config::from_path(&a).unwrap();
+        assert_eq!((config.node.id, config.node.pod_cidr), (None, None));
+        assert_eq!(config.node.identity(), None, "left to the allocator");
+        assert!(
+            !dir.join("nodes").exists(),
+            "reading a config allocates nothing"
         );
-        assert_ne!(first.node.id, other.node.id);
-        assert!(!first.node.pod_cidr.overlaps(&other.node.pod_cidr));
-        assert_eq!(first.cluster_cidr, Some("10.244.0.0/16".parse().unwrap()));
 
         // Without a cluster CIDR there is nothing to allocate from: both fields are named.
         fs::write(
@@ -1006,6 +968,12 @@ epoch = "0123456789abcdef0123456789abcdef"
             err.contains("node.id: missing") && err.contains("node.pod_cidr: missing"),
             "{err}"
         );
+        // One without the other is named too.
+        let half = text("node-a", "192.168.0.1").replace("uplink", "id = 9\nuplink");
+        fs::write(&a, half).unwrap();
+        let err = Config::from_path(&a).unwrap_err().to_string();
+        assert!(err.contains("node.pod_cidr: missing"), "{err}");
+        assert!(!err.contains("node.id: "), "{err}");
         // A configured pod CIDR outside the cluster CIDR is an error.
         let outside = text("node-c", "192.168.0.3")
             .replace("uplink", "id = 9\npod_cidr = \"10.9.0.0/24\"\nuplink");
@@ -1077,14 +1045,14 @@ epoch = "0123456789abcdef0123456789abcdef"
         fs::set_permissions(&keys_path, fs::Permissions::from_mode(0o600)).unwrap();
         let keys = KeyFile::load(&keys_path).unwrap();
         let newest = keys.newest().unwrap();
-        assert_eq!(newest.spi(), 3);
+        assert_eq!(newest.generation().get(), 3);
         assert!(newest.plus());
 
         let peer = &config.peers[0];
         let out = SaKeyId {
             src: config.node.ip,
             dst: peer.ip,
-            spi: newest.spi(),
+            generation: newest.generation(),
             src_epoch: config.node.epoch,
             dst_epoch: peer.epoch,
         };

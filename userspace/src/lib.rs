@@ -3,23 +3,31 @@
 //! tc and XDP programs stamp skb marks on pod traffic bound for other nodes; the kernel's xfrm
 //! policies and policy routing select on those marks and encrypt with IPsec ESP. This crate is
 //! the userspace side: it loads the programs and manages what they read.
+//!
+//! The modules, from the ground up (docs/architecture.md draws them):
+//! - values and rules: [`cidr`], [`keys`], [`protocol`];
+//! - what is read: [`config`] (the file), [`state`] (the state directory), [`nodes`] (node
+//!   records), put together by [`inputs`] into a [`view`];
+//! - what is written: [`kernel`] (xfrm, routing) and [`dataplane`] (the eBPF object, its maps and
+//!   links), planned and written by [`reconcile`] and [`apply`];
+//! - what runs: [`agent`], and the one-shot commands [`status`], [`uninstall`], [`wireshark`],
+//!   [`lab`].
 
 pub mod agent;
 pub mod apply;
 pub mod cidr;
 pub mod config;
 pub mod dataplane;
-pub mod epochs;
+pub mod inputs;
+pub mod kernel;
 pub mod keys;
 pub mod lab;
-pub mod ledger;
-pub mod netlink;
 pub mod nodes;
+pub mod protocol;
 pub mod reconcile;
-pub mod retired;
-pub mod routing;
-mod state_file;
+pub mod state;
 pub mod status;
 pub mod uninstall;
+pub mod view;
+pub mod watch;
 pub mod wireshark;
-pub mod xfrm;

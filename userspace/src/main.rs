@@ -13,10 +13,10 @@ use xsteer::{
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
-    epochs::NodeEpochs,
-    keys, lab,
-    retired::RetiredGenerations,
-    status, uninstall, wireshark,
+    inputs::{self, Access},
+    kernel::xfrm::REQID,
+    keys::{self, Generation},
+    lab, status, uninstall, wireshark,
 };
 use xsteer_common::programs;
 
@@ -44,13 +44,8 @@ enum Command {
         /// Print the changes that would be made, and make none.
         #[arg(long)]
         dry_run: bool,
-        /// Where the maps are pinned (bpffs).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Where xsteer keeps its state: the ledger of outbound keys it has used, retired key
-        /// generations, epochs.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        dirs: Dirs,
     },
     /// Run the node agent: reconcile, attach the programs, follow pod veths and config or key
     /// changes; on SIGTERM exit leaving the dataplane pinned and running.
@@ -58,13 +53,8 @@ enum Command {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
-        /// Where maps and links are pinned (bpffs).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Where xsteer keeps its state: the ledger of outbound keys it has used, retired key
-        /// generations, epochs.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        dirs: Dirs,
         /// Pod veths are the interfaces whose names start with this (repeatable); default:
         /// every veth whose peer is in another network namespace.
         #[arg(long = "pod-veth-prefix")]
@@ -96,15 +86,11 @@ enum Command {
         /// The node's TOML config.
         #[arg(long)]
         config: PathBuf,
-        /// Where maps are pinned (bpffs).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
         /// `table` for people, `json` for scripts.
         #[arg(long, default_value = "table")]
         output: OutputFormat,
-        /// Where the agent keeps its state (retired key generations, epochs).
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        dirs: Dirs,
     },
     /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
     /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
@@ -112,13 +98,21 @@ enum Command {
         /// The node's config, for its route table (default: table 200).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Where maps and links are pinned (bpffs).
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Where the ledger of outbound keys is (kept: it must outlive reinstalls).
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        dirs: Dirs,
     },
+}
+
+/// Where xsteer keeps what outlives it.
+#[derive(clap::Args)]
+struct Dirs {
+    /// Where maps and links are pinned (bpffs).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Where xsteer keeps its state: the ledger of outbound keys it has used (kept by
+    /// uninstall: it must outlive reinstalls), retired key generations, epochs.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -138,20 +132,18 @@ fn run(command: Command) -> Result<()> {
         Command::Apply {
             config,
             dry_run,
-            pin_dir,
-            state_dir,
+            dirs,
         } => run_apply(
             &config,
             ApplyOptions {
                 dry_run,
-                pin_dir,
-                state_dir,
+                pin_dir: dirs.pin_dir,
+                state_dir: dirs.state_dir,
             },
         ),
         Command::Agent {
             config,
-            pin_dir,
-            state_dir,
+            dirs,
             pod_veth_prefixes,
             resync,
             metrics_addr,
@@ -166,8 +158,8 @@ fn run(command: Command) -> Result<()> {
             };
             let opts = AgentOptions {
                 config,
-                pin_dir,
-                state_dir,
+                pin_dir: dirs.pin_dir,
+                state_dir: dirs.state_dir,
                 pod_veths: PodVeths {
                     prefixes: pod_veth_prefixes,
                 },
@@ -203,8 +195,10 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Keys(KeysCommand::Generate { spi }) => {
+            let generation = Generation::new(spi)
+                .with_context(|| format!("--spi {spi}: a generation is 1..=15"))?;
             // Printing the key is what was asked for; it goes nowhere else.
-            println!("{}", keys::generate_gcm_line(spi)?.as_str());
+            println!("{}", keys::generate_gcm_line(generation)?.as_str());
             Ok(())
         }
         Command::Keys(KeysCommand::Rotate { key_file }) => {
@@ -212,7 +206,7 @@ fn run(command: Command) -> Result<()> {
             println!(
                 "{}: added key generation {} (key {})",
                 key_file.display(),
-                rotated.spi,
+                rotated.generation,
                 rotated.fingerprint
             );
             if let Some(oldest) = rotated.dropped {
@@ -223,46 +217,37 @@ fn run(command: Command) -> Result<()> {
         Command::Keys(KeysCommand::Wireshark) => print_esp_sa_table(),
         Command::Status {
             config,
-            pin_dir,
             output,
-            state_dir,
+            dirs,
         } => {
-            let (mut config, all_keys) = apply::load(&config)?;
-            NodeEpochs::read(&state_dir, config.node.epoch)?.apply_to(&mut config.node);
-            let keys = RetiredGenerations::open(&state_dir)?
-                .active(&all_keys)
-                .with_context(|| config.key_file.display().to_string())?;
-            let retired: Vec<u8> = all_keys
-                .generations()
-                .iter()
-                .map(|g| g.spi())
-                .filter(|spi| keys.get(*spi).is_none())
-                .collect();
-            // The peers the agent knows: the config's and those of the node records.
-            let config = agent::peers::Peers::new(&config)
-                .context("reading node records")?
-                .merged(&config)?;
-            let status =
-                runtime()?.block_on(status::collect(&config, &keys, &retired, &pin_dir))?;
+            // What the agent reconciles: the config, its state, the node records.
+            let inputs = inputs::load(&config, &dirs.state_dir, Access::ReadOnly)?;
+            for refused in &inputs.refused {
+                eprintln!("warning: {refused}");
+            }
+            let status = runtime()?.block_on(status::collect(
+                &inputs.view,
+                &inputs.keys,
+                &inputs.retired,
+                &dirs.pin_dir,
+            ))?;
             match output {
                 OutputFormat::Table => print!("{}", status.table()),
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
             }
             Ok(())
         }
-        Command::Uninstall {
-            config,
-            pin_dir,
-            state_dir,
-        } => {
+        Command::Uninstall { config, dirs } => {
             let table = match config {
                 Some(path) => Config::from_path(&path)?.route_table,
                 None => DEFAULT_ROUTE_TABLE,
             };
-            let steps =
-                runtime()?.block_on(uninstall::uninstall(&pin_dir, &state_dir, table, |step| {
-                    println!("{step}")
-                }))?;
+            let steps = runtime()?.block_on(uninstall::uninstall(
+                &dirs.pin_dir,
+                &dirs.state_dir,
+                table,
+                |step| println!("{step}"),
+            ))?;
             println!("{steps} changes; pod traffic between nodes is no longer encrypted");
             Ok(())
         }
@@ -369,16 +354,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// `xsteer apply`: validates everything, then reconciles once.
 fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
-    let (mut config, keys) = apply::load(config_path)?;
-    // The agent's epochs, if it re-keyed: the configured one's keys may be used up.
-    NodeEpochs::read(&opts.state_dir, config.node.epoch)?.apply_to(&mut config.node);
-    // Generations the agent retired stay out: their outbound keys must not be installed again.
-    let keys = RetiredGenerations::open(&opts.state_dir)?
-        .active(&keys)
-        .with_context(|| config.key_file.display().to_string())?;
+    // The same inputs the agent reconciles: its epochs (the configured one's keys may be used
+    // up), without the generations it retired (their outbound keys must not come back), with
+    // the peers of the node records. Read only: nothing is written before the checks of the
+    // apply itself have passed (an identity is allocated by the agent's first start).
+    let inputs = inputs::load(config_path, &opts.state_dir, Access::ReadOnly)?;
+    for refused in &inputs.refused {
+        eprintln!("warning: {refused}");
+    }
     let runtime = runtime()?;
     let verb = if opts.dry_run { "would " } else { "" };
-    let applied = runtime.block_on(apply::apply(&config, &keys, &opts, |change| {
+    let applied = runtime.block_on(apply::apply(&inputs.view, &inputs.keys, &opts, |change| {
         println!("{verb}{change}");
     }))?;
     for notice in &applied.notices {
@@ -401,10 +387,7 @@ fn print_esp_sa_table() -> Result<()> {
         eprintln!("warning: {left_out}");
     }
     if table.lines.is_empty() {
-        eprintln!(
-            "no SAs of xsteer's (reqid {:#x}) in this network namespace",
-            xsteer::xfrm::REQID
-        );
+        eprintln!("no SAs of xsteer's (reqid {REQID:#x}) in this network namespace");
         return Ok(());
     }
     if table.esn > 0 {

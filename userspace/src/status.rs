@@ -10,19 +10,21 @@ use serde::Serialize;
 use xsteer_common::counters::Counter;
 
 use crate::{
-    config::Config,
     dataplane::{Dataplane, DataplaneError},
-    keys::KeyFile,
-    netlink::Netlink,
-    reconcile::desired::{epochs, sending_epochs, wire_spi},
-    xfrm::{self, XfrmError},
+    kernel::{
+        Netlink,
+        xfrm::{self, XfrmError},
+    },
+    keys::{Generation, KeyFile},
+    protocol::{epochs, sending_epochs, wire_spi},
+    view::{self, View},
 };
 
 /// One key generation of the key file.
 #[derive(Clone, Debug, Serialize)]
-pub struct Generation {
-    /// Its number (the SPI in the mark), 1..=15.
-    pub spi: u8,
+pub struct KeyGeneration {
+    /// Its number, which the mark carries.
+    pub generation: Generation,
     /// Cipher suite and key sizes.
     pub algorithm: String,
     /// Fingerprints of the master key's components.
@@ -37,7 +39,7 @@ pub struct Sa {
     /// The wire SPI.
     pub spi: u32,
     /// The key generation.
-    pub generation: u8,
+    pub generation: Generation,
     /// Present in the kernel.
     pub installed: bool,
     /// The one its generation's OUT policy sends with (outbound SAs only).
@@ -63,7 +65,11 @@ pub enum Rotation {
 }
 
 impl Rotation {
-    fn of(newest: Option<u8>, sending: Option<u8>, receives: Option<&[u8]>) -> Rotation {
+    fn of(
+        newest: Option<Generation>,
+        sending: Option<Generation>,
+        receives: Option<&[Generation]>,
+    ) -> Rotation {
         let advertises_newest = match (receives, newest) {
             (None, _) => true,
             (Some(r), Some(n)) => r.contains(&n),
@@ -100,7 +106,7 @@ pub enum Rekey {
 }
 
 impl Rekey {
-    fn of(local: &crate::config::Node, peer: &crate::config::Peer) -> Rekey {
+    fn of(local: &view::LocalNode, peer: &view::Peer) -> Rekey {
         match local.next_epoch {
             None => Rekey::None,
             Some(next) if peer.acked_epoch == Some(next) => Rekey::Switched,
@@ -127,10 +133,10 @@ pub struct Peer {
     /// Its node ID.
     pub id: u16,
     /// The generation its pod CIDRs are marked with (`remote_pod_cidrs`), if any.
-    pub sending_generation: Option<u8>,
+    pub sending_generation: Option<Generation>,
     /// The generations it says it can receive (its node record); `None` for a peer from the
     /// config file, assumed to receive them all.
-    pub receives: Option<Vec<u8>>,
+    pub receives: Option<Vec<Generation>>,
     /// Where the rotation towards it stands.
     pub rotation: Rotation,
     /// Where a re-key of this node's stands towards it.
@@ -153,9 +159,9 @@ pub struct Status {
     /// The epoch it is re-keying to, if it is.
     pub next_epoch: Option<String>,
     /// The key file's generations in service.
-    pub generations: Vec<Generation>,
+    pub generations: Vec<KeyGeneration>,
     /// Generations the key file still lists that this node has retired (SAs removed).
-    pub retired_generations: Vec<u8>,
+    pub retired_generations: Vec<Generation>,
     /// The peers.
     pub peers: Vec<Peer>,
     /// The programs' counters, by name.
@@ -169,7 +175,7 @@ pub struct Status {
 pub enum StatusError {
     /// The netlink sockets could not be opened.
     #[error("opening netlink sockets: {0}")]
-    Netlink(#[source] io::Error),
+    Netlink(io::Error),
     /// The maps could not be read.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
@@ -178,7 +184,7 @@ pub enum StatusError {
     Xfrm(#[from] XfrmError),
     /// /proc/net/xfrm_stat could not be read.
     #[error("reading /proc/net/xfrm_stat: {0}")]
-    XfrmStat(#[source] io::Error),
+    XfrmStat(io::Error),
 }
 
 /// The non-zero counters of /proc/net/xfrm_stat.
@@ -194,12 +200,12 @@ fn xfrm_errors() -> Result<Vec<(String, u64)>, StatusError> {
         .collect())
 }
 
-/// Gathers the status of the node `config` describes, from the maps pinned in `pin_dir`; `keys`
+/// Gathers the status of the node `view` describes, from the maps pinned in `pin_dir`; `keys`
 /// are the generations in service, `retired` those the key file lists besides.
 pub async fn collect(
-    config: &Config,
+    view: &View,
     keys: &KeyFile,
-    retired: &[u8],
+    retired: &[Generation],
     pin_dir: &Path,
 ) -> Result<Status, StatusError> {
     let netlink = Netlink::connect().map_err(StatusError::Netlink)?;
@@ -210,15 +216,15 @@ pub async fn collect(
     } else {
         None
     };
-    let newest = keys.newest().ok().map(|g| g.spi());
+    let newest = keys.newest().ok().map(|g| g.generation());
     let generations = keys
         .generations()
         .iter()
-        .map(|g| Generation {
-            spi: g.spi(),
+        .map(|g| KeyGeneration {
+            generation: g.generation(),
             algorithm: g.algorithm().to_string(),
             fingerprints: g.fingerprints().iter().map(ToString::to_string).collect(),
-            newest: Some(g.spi()) == newest,
+            newest: Some(g.generation()) == newest,
         })
         .collect();
 
@@ -249,8 +255,8 @@ pub async fn collect(
         ),
     };
 
-    let local = &config.node;
-    let sa = |spi: u32, generation: u8, dst: Ipv4Addr, in_use: bool| {
+    let local = &view.node;
+    let sa = |spi: u32, generation: Generation, dst: Ipv4Addr, in_use: bool| {
         let counters = sa_counters.get(&xfrm::StateKey { dst, spi });
         Sa {
             spi,
@@ -262,24 +268,24 @@ pub async fn collect(
         }
     };
     // Every generation under every pairing of the two nodes' epochs.
-    let pairings = |p: &crate::config::Peer| {
+    let pairings = |p: &view::Peer| {
         keys.generations()
             .iter()
             .flat_map(|g| {
                 epochs(local.epoch, local.next_epoch).flat_map(move |ours| {
-                    epochs(p.epoch, p.next_epoch).map(move |theirs| (g.spi(), ours, theirs))
+                    epochs(p.epoch, p.next_epoch).map(move |theirs| (g.generation(), ours, theirs))
                 })
             })
             .collect::<Vec<_>>()
     };
-    let peers = config
+    let peers = view
         .peers
         .iter()
         .map(|p| {
             let sending_generation = remote
                 .iter()
                 .find(|(cidr, _)| p.pod_cidrs.contains(cidr))
-                .map(|(_, v)| v.spi);
+                .and_then(|(_, v)| Generation::new(v.spi));
             (p, sending_generation)
         })
         .map(|(p, sending_generation)| Peer {
@@ -335,13 +341,17 @@ impl Status {
             let _ = writeln!(
                 out,
                 "  {:>2}  {}  key {}{newest}",
-                g.spi,
+                g.generation,
                 g.algorithm,
                 g.fingerprints.join(" ")
             );
         }
         if !self.retired_generations.is_empty() {
-            let list: Vec<String> = self.retired_generations.iter().map(u8::to_string).collect();
+            let list: Vec<String> = self
+                .retired_generations
+                .iter()
+                .map(Generation::to_string)
+                .collect();
             let _ = writeln!(out, "  retired (SAs removed): {}", list.join(", "));
         }
         let _ = writeln!(
@@ -371,7 +381,10 @@ impl Status {
                 .sending_generation
                 .map_or("-".to_owned(), |g| g.to_string());
             let receives = p.receives.as_ref().map_or("all".to_owned(), |r| {
-                r.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+                r.iter()
+                    .map(Generation::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             });
             let _ = writeln!(
                 out,

@@ -11,11 +11,10 @@ use std::{fs, io, path::Path};
 use xsteer_common::programs;
 
 use crate::{
-    agent::attach,
-    dataplane::{Dataplane, DataplaneError},
-    ledger::KeyLedger,
-    netlink::Netlink,
+    dataplane::{Dataplane, DataplaneError, links},
+    kernel::Netlink,
     reconcile::{self, Change, ReconcileError, Snapshot, plan::plan},
+    state::KeyLedger,
 };
 
 /// Why an uninstall failed.
@@ -23,7 +22,7 @@ use crate::{
 pub enum UninstallError {
     /// The netlink sockets could not be opened.
     #[error("opening netlink sockets: {0}")]
-    Netlink(#[source] io::Error),
+    Netlink(io::Error),
     /// The pinned maps could not be opened.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
@@ -31,24 +30,23 @@ pub enum UninstallError {
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
     /// A pin could not be removed.
-    #[error("removing {path}: {source}")]
+    #[error("removing {path}: {error}")]
     Unpin {
         /// The pin.
         path: String,
         /// What the OS said.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 fn unpin_all(pin_dir: &Path, program: &str) -> Result<Vec<String>, UninstallError> {
-    let interfaces = attach::pinned_interfaces(pin_dir, program);
+    let interfaces = links::pinned_interfaces(pin_dir, program);
     for interface in &interfaces {
-        attach::unpin(pin_dir, program, interface).map_err(|source| UninstallError::Unpin {
-            path: attach::pin_path(pin_dir, program, interface)
+        links::unpin(pin_dir, program, interface).map_err(|error| UninstallError::Unpin {
+            path: links::pin_path(pin_dir, program, interface)
                 .display()
                 .to_string(),
-            source,
+            error,
         })?;
     }
     Ok(interfaces)
@@ -102,9 +100,9 @@ pub async fn uninstall(
     }
     if pin_dir.exists() {
         // Removing a pinned map's file drops the last reference once no program holds it.
-        fs::remove_dir_all(pin_dir).map_err(|source| UninstallError::Unpin {
+        fs::remove_dir_all(pin_dir).map_err(|error| UninstallError::Unpin {
             path: pin_dir.display().to_string(),
-            source,
+            error,
         })?;
         report(&format!("remove {}", pin_dir.display()));
         steps += 1;

@@ -11,8 +11,8 @@ use std::{fmt::Write as _, io};
 
 use zeroize::Zeroizing;
 
-use crate::{
-    netlink::Netlink,
+use crate::kernel::{
+    Netlink,
     xfrm::{self, Crypto, State, XfrmError},
 };
 
@@ -110,7 +110,7 @@ pub enum WiresharkError {
     NotRoot,
     /// The netlink sockets could not be opened.
     #[error("opening netlink sockets: {0}")]
-    Netlink(#[source] io::Error),
+    Netlink(io::Error),
     /// The SAs could not be listed.
     #[error(transparent)]
     Xfrm(#[from] XfrmError),
@@ -119,8 +119,7 @@ pub enum WiresharkError {
 /// Reads the SAs xsteer owns (reqid [`xfrm::REQID`]) in the calling thread's network namespace,
 /// keys included, and makes their lines.
 pub async fn table() -> Result<EspSaTable, WiresharkError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(WiresharkError::NotRoot);
     }
     let netlink = Netlink::connect().map_err(WiresharkError::Netlink)?;
@@ -145,7 +144,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::xfrm::Mark;
+    use crate::kernel::xfrm::Mark;
 
     fn sa(crypto: Crypto) -> State {
         State {

@@ -17,11 +17,15 @@ use support::{in_fresh_netns, ip, require_root};
 use xsteer::{
     config::Config,
     dataplane::Dataplane,
+    kernel::{
+        Netlink,
+        routing::{self, DEFAULT_RULE_PRIORITY},
+        xfrm::Cipher,
+    },
     keys::KeyFile,
-    ledger::KeyLedger,
-    netlink::Netlink,
     reconcile::{self, desired::Surroundings, plan::plan},
-    routing::{self, DEFAULT_RULE_PRIORITY},
+    state::KeyLedger,
+    view::View,
 };
 
 const KEYS: &str = "3 rfc4106(gcm(aes)) 0x000102030405060708090a0b0c0d0e0f10111213 128\n";
@@ -55,6 +59,13 @@ pod_cidrs = ["10.244.3.0/24", "10.250.0.0/16"]
 epoch = "5e5e000000000000000000000000000c"
 {extra_peer}"#
     )
+}
+
+/// The view of node a in `text`, a config that gives its identity.
+fn view(text: &str) -> View {
+    let config: Config = text.parse().unwrap();
+    let identity = config.node.identity().unwrap();
+    View::from_config(&config, identity, config.node.epoch, None).unwrap()
 }
 
 /// The uplink and foreign objects another tool put there first.
@@ -110,22 +121,22 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
     in_fresh_netns(|| async {
         network();
         let before = kernel_state();
-        let config: Config = config_text("").parse().unwrap();
+        let view = view(&config_text(""));
         let keys = KeyFile::parse(KEYS).unwrap();
         let netlink = Netlink::connect().unwrap();
         let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
         let mut next_hops = BTreeMap::new();
-        for peer in &config.peers {
+        for peer in &view.peers {
             next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
         }
         let around = Surroundings {
             uplink: &uplink,
             next_hops: &next_hops,
             rule_priority: DEFAULT_RULE_PRIORITY,
-            cipher: xsteer::xfrm::Cipher::Gcm,
+            cipher: Cipher::Gcm,
             esn: true,
         };
-        let mut want = reconcile::desired::desired(&config, &keys, &around).unwrap();
+        let mut want = reconcile::desired::desired(&view, &keys, &around).unwrap();
         want.states.clear(); // no ESP on the host kernel
         assert_eq!(
             want.policies.len(),

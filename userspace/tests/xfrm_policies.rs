@@ -8,8 +8,8 @@ mod support;
 use std::net::Ipv4Addr;
 
 use support::{in_fresh_netns, ip, require_root};
-use xsteer::{
-    netlink::Netlink,
+use xsteer::kernel::{
+    Netlink,
     xfrm::{
         self, BLOCK_POLICY_PRIORITY, Direction, Mark, PEER_POLICY_PRIORITY, Policy, PolicyAction,
     },

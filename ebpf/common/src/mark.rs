@@ -3,12 +3,12 @@
 //! ```text
 //!  31                16 15    12 11     8 7       0
 //! +--------------------+--------+--------+---------+
-//! |   remote node ID   |  SPI   | magic  | foreign |
+//! |   remote node ID   |  gen   | magic  | foreign |
 //! +--------------------+--------+--------+---------+
 //! ```
 //!
-//! The pod classifier stamps `magic = 0xE` (encrypt), the key generation (SPI 1..15) and the
-//! remote node ID. xfrm OUT states and policies select on these bits, and policy routing selects
+//! The pod classifier stamps `magic = 0xE` (encrypt), the key generation (1..15; Cilium calls
+//! it the SPI) and the remote node ID. xfrm OUT states and policies select on these bits, and policy routing selects
 //! on the magic alone. Bits 0..7 belong to other software and are always preserved.
 //! docs/marks.md has worked examples.
 
@@ -18,28 +18,31 @@ pub const OWNED_MASK: u32 = 0xFFFF_FF00;
 pub const MAGIC_MASK: u32 = 0x0000_0F00;
 /// Magic meaning "encrypt this packet" (`0xE00`).
 pub const MAGIC_ENCRYPT: u32 = 0x0000_0E00;
-/// The magic nibble and the SPI nibble: what an xfrm policy matches for one key generation.
+/// The magic nibble and the generation nibble: what an xfrm policy matches for one key
+/// generation.
 pub const KEY_MASK: u32 = 0x0000_FF00;
-/// Where the key generation (SPI 1..15) sits.
-pub const SPI_SHIFT: u32 = 12;
+/// Where the key generation (1..15) sits.
+pub const GENERATION_SHIFT: u32 = 12;
 /// The key generation nibble.
-pub const SPI_MASK: u32 = 0x0000_F000;
+pub const GENERATION_MASK: u32 = 0x0000_F000;
 /// Where the remote node ID sits.
 pub const NODE_ID_SHIFT: u32 = 16;
 /// The remote node ID half-word.
 pub const NODE_ID_MASK: u32 = 0xFFFF_0000;
 
-/// Lowest and highest key generation (SPI) a mark can carry.
-pub const SPI_MIN: u8 = 1;
-/// Highest key generation; the generation after it is [`SPI_MIN`].
-pub const SPI_MAX: u8 = 15;
+/// Lowest key generation a mark can carry.
+pub const GENERATION_MIN: u8 = 1;
+/// Highest key generation; the generation after it is [`GENERATION_MIN`].
+pub const GENERATION_MAX: u8 = 15;
 
-/// The owned bits of an encrypt mark for key generation `spi` towards node `node_id`.
+/// The owned bits of an encrypt mark for key generation `generation` towards node `node_id`.
 ///
-/// Only the low four bits of `spi` are used; the caller guarantees `1..=15`.
+/// Only the low four bits of `generation` are used; the caller guarantees `1..=15`.
 #[inline(always)]
-pub const fn encrypt(spi: u8, node_id: u16) -> u32 {
-    ((node_id as u32) << NODE_ID_SHIFT) | (((spi & 0x0F) as u32) << SPI_SHIFT) | MAGIC_ENCRYPT
+pub const fn encrypt(generation: u8, node_id: u16) -> u32 {
+    ((node_id as u32) << NODE_ID_SHIFT)
+        | (((generation & 0x0F) as u32) << GENERATION_SHIFT)
+        | MAGIC_ENCRYPT
 }
 
 /// Replaces the owned bits of `current` with `owned`, preserving every foreign bit.
@@ -54,7 +57,7 @@ mod tests {
 
     #[test]
     fn encrypt_mark_matches_the_documented_examples() {
-        // docs/marks.md: SPI 3 to node 7.
+        // docs/marks.md: generation 3 to node 7.
         assert_eq!(encrypt(3, 7), 0x0007_3E00);
         assert_eq!(encrypt(3, 7) & KEY_MASK, 0x3E00);
         assert_eq!(encrypt(15, 65535), 0xFFFF_FE00);
@@ -69,7 +72,7 @@ mod tests {
     }
 
     #[test]
-    fn spi_is_confined_to_its_nibble() {
-        assert_eq!(encrypt(0x1F, 0) & !SPI_MASK & !MAGIC_MASK, 0);
+    fn generation_is_confined_to_its_nibble() {
+        assert_eq!(encrypt(0x1F, 0) & !GENERATION_MASK & !MAGIC_MASK, 0);
     }
 }

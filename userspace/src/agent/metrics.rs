@@ -9,13 +9,13 @@ use tokio::{
     sync::watch,
 };
 
-use crate::{config::Config, keys::KeyFile, status};
+use crate::{inputs::Inputs, status};
 
-/// The last good config and key file, as the agent holds them.
-pub type Inputs = watch::Receiver<Arc<(Config, KeyFile)>>;
+/// The last good inputs, as the agent holds them.
+pub type Shared = watch::Receiver<Arc<Inputs>>;
 
 /// Serves until the listener fails; each request reads the status afresh from the kernel.
-pub async fn serve(listener: TcpListener, inputs: Inputs, pin_dir: PathBuf) {
+pub async fn serve(listener: TcpListener, inputs: Shared, pin_dir: PathBuf) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
@@ -37,7 +37,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn respond(
     mut stream: TcpStream,
-    inputs: &(Config, KeyFile),
+    inputs: &Inputs,
     pin_dir: &std::path::Path,
 ) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
@@ -53,10 +53,12 @@ async fn respond(
     let path = line.split_whitespace().nth(1).unwrap_or("");
     let (code, body) = match path {
         "/healthz" => ("200 OK", "ok\n".to_owned()),
-        "/metrics" => match status::collect(&inputs.0, &inputs.1, &[], pin_dir).await {
-            Ok(status) => ("200 OK", status.metrics()),
-            Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-        },
+        "/metrics" => {
+            match status::collect(&inputs.view, &inputs.keys, &inputs.retired, pin_dir).await {
+                Ok(status) => ("200 OK", status.metrics()),
+                Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+            }
+        }
         _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
     };
     let response = format!(

@@ -10,18 +10,16 @@
 //! in full and reconciles, repairing drift. SIGTERM or SIGINT end it with everything
 //! pinned: programs keep running, and the next agent picks them up without a gap.
 
-pub mod attach;
 pub mod metrics;
-pub mod peers;
 pub mod pods;
 pub mod rekey;
 pub mod rotation;
-pub mod watch;
 
 use std::{
     collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -32,13 +30,17 @@ use xsteer_common::programs;
 
 use crate::{
     apply::{self, Applier, ApplyOptions},
-    config::Config,
-    dataplane::{Dataplane, DataplaneError, bpffs},
-    epochs::{EpochsError, NodeEpochs},
-    keys::KeyFile,
-    retired::{RetiredError, RetiredGenerations},
-    xfrm,
+    dataplane::{
+        Dataplane, DataplaneError, bpffs,
+        links::{self, LinkError},
+    },
+    inputs::{self, Access, Files, Inputs, InputsError},
+    kernel::xfrm,
+    nodes::{self, Peers, SourceError},
+    state::StateError,
+    watch::DirWatch,
 };
+use pods::LinksError;
 pub use pods::PodVeths;
 use rotation::{Progress, Retirement};
 
@@ -69,57 +71,62 @@ pub struct AgentOptions {
 /// Why the agent stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The config or key file at start.
-    #[error("{0:#}")]
-    Load(anyhow::Error),
+    /// The config, the key file or the state at start.
+    #[error(transparent)]
+    Inputs(#[from] InputsError),
     /// The first reconcile failed.
     #[error("reconciling: {0}")]
-    Apply(#[from] apply::ApplyError),
+    Apply(apply::ApplyError),
     /// bpffs could not be mounted.
     #[error("mounting bpffs: {0}")]
-    Bpffs(#[source] std::io::Error),
+    Bpffs(std::io::Error),
     /// The programs could not be loaded.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     /// A program could not be attached.
-    #[error("attaching {program} to {interface}: {reason}")]
-    Attach {
-        /// The program.
-        program: &'static str,
-        /// The interface.
-        interface: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// Links could not be listed or watched.
-    #[error("links: {0}")]
-    Links(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Pod veths could not be listed or followed.
+    #[error(transparent)]
+    Links(#[from] LinksError),
     /// The metrics address could not be bound.
-    #[error("serving metrics on {addr}: {source}")]
+    #[error("serving metrics on {addr}: {error}")]
     Metrics {
         /// The address.
         addr: std::net::SocketAddr,
         /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// The node records directory could not be created.
-    #[error("node records: {0}")]
-    Nodes(#[source] std::io::Error),
+    /// The node records could not be reached.
+    #[error(transparent)]
+    Nodes(#[from] SourceError),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
-    /// The list of retired key generations could not be read.
+    Signals(std::io::Error),
+    /// A state file could not be read or written.
     #[error(transparent)]
-    Retired(#[from] RetiredError),
-    /// The node's epochs could not be read or recorded.
-    #[error(transparent)]
-    Epochs(#[from] EpochsError),
+    State(#[from] StateError),
 }
 
 // The agent explains every state change it makes in one log line (tracing, on stderr): what
 // changed and why. Failures it survives are warnings.
 use tracing::{info, warn};
+
+/// The directories of the agent's own files: those of the config file at `config_path` and of
+/// its key file. (The node source watches its own records.)
+fn input_dirs(config_path: &Path, key_file: &Path) -> Vec<PathBuf> {
+    [config_path, key_file]
+        .iter()
+        .filter_map(|file| file.parent())
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.to_path_buf()
+            }
+        })
+        .collect()
+}
 
 /// What identifies a version of the config and key file: a change of either means a reload.
 fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64)>> {
@@ -135,45 +142,32 @@ fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64
 /// The node's state as the agent holds it between reconciles.
 struct Node {
     opts: AgentOptions,
-    /// The config as the file has it.
-    config: Config,
-    /// `config` with the peers learned from node records: what is reconciled.
-    effective: Config,
-    peers: peers::Peers,
-    /// The key file as it reads.
-    keys: KeyFile,
-    /// Generations this node has retired: left out of `keys` for good.
-    retired: RetiredGenerations,
+    /// The config, key file and state as last read with success.
+    files: Files,
+    /// The peers learned from node records.
+    peers: Peers,
+    /// What is reconciled: `files` and `peers` put together.
+    inputs: Inputs,
     /// Generations every peer has moved past, waiting out the grace period.
     retirement: Retirement,
-    /// The epoch in service and, during a re-key, the next one.
-    epochs: NodeEpochs,
     /// How the re-key under way is ending.
     completion: rekey::Completion,
     version: Vec<Option<(SystemTime, u64)>>,
     dataplane: Dataplane,
     applier: Applier,
     pods: BTreeSet<String>,
-    /// The last good config and keys, for the metrics endpoint.
-    published: tokio::sync::watch::Sender<std::sync::Arc<(Config, KeyFile)>>,
+    /// The last good inputs, for the metrics endpoint.
+    shared: tokio::sync::watch::Sender<Arc<Inputs>>,
 }
 
 impl Node {
-    /// The key file's generations still in service: all but the retired ones.
-    fn active_keys(&self) -> KeyFile {
-        // A file whose newest generation is ambiguous fails the reconcile, which says why.
-        self.retired
-            .active(&self.keys)
-            .unwrap_or_else(|_| self.keys.clone())
-    }
-
     /// Reconciles the kernel with the config and keys held; logs each change. If the kernel
     /// lost this node's SAs (a reboot, a flush) so that their outbound keys would be used again,
     /// the node starts over from a fresh epoch and reconciles with that.
     async fn reconcile(&mut self, why: &str) -> Result<(), apply::ApplyError> {
         match self.reconcile_once(why).await {
             Err(e) if e.is_key_reuse() => {
-                let fresh = match self.epochs.start_over() {
+                let fresh = match self.files.epochs.start_over() {
                     Ok(fresh) => fresh,
                     Err(record) => {
                         warn!("{e}; cannot take a new epoch: {record}");
@@ -185,7 +179,7 @@ impl Node {
                      flush: {e}); taking the new epoch {fresh}, peers follow once they read its \
                      record"
                 );
-                self.use_epochs();
+                self.reassemble();
                 self.reconcile_once("a new epoch after lost SAs").await
             }
             other => other,
@@ -193,10 +187,9 @@ impl Node {
     }
 
     async fn reconcile_once(&mut self, why: &str) -> Result<(), apply::ApplyError> {
-        let keys = self.active_keys();
         let applied = self
             .applier
-            .apply(&self.effective, &keys, |change| {
+            .apply(&self.inputs.view, &self.inputs.keys, |change| {
                 info!("{change} ({why})");
             })
             .await?;
@@ -204,7 +197,7 @@ impl Node {
             warn!("{notice}");
         }
         // Only now, with the IN SAs for every generation installed, may peers send to us.
-        match self.peers.publish(&self.effective, &keys) {
+        match self.peers.publish(&self.inputs.view, &self.inputs.keys) {
             Ok(true) => info!("published this node's record"),
             Ok(false) => {}
             Err(e) => warn!("publishing this node's record failed, will retry: {e}"),
@@ -216,51 +209,55 @@ impl Node {
     /// the last good state when the new one is bad.
     async fn reload_if_changed(&mut self) {
         let mut changed = false;
-        let version = inputs_version(&self.opts.config, &self.config.key_file);
+        let version = inputs_version(&self.opts.config, &self.files.config.key_file);
         if version != self.version {
             self.version = version;
-            let loaded = apply::load(&self.opts.config).and_then(|(mut config, keys)| {
-                let epochs = NodeEpochs::open(&self.opts.state_dir, config.node.epoch)?;
-                epochs.apply_to(&mut config.node);
-                Ok((config, keys, epochs))
-            });
-            match loaded {
-                Ok((config, keys, epochs)) => {
+            match inputs::read_files(&self.opts.config, &self.opts.state_dir, Access::Write) {
+                Ok(files) => {
                     info!("{} or its key file changed", self.opts.config.display());
-                    if epochs.current() != self.epochs.current() {
+                    if files.epochs.current() != self.files.epochs.current() {
                         info!(
                             "node.epoch changed in the config: epoch {} in service",
-                            epochs.current()
+                            files.epochs.current()
                         );
                     }
-                    self.config = config;
-                    self.keys = keys;
-                    self.epochs = epochs;
+                    self.files = files;
                     changed = true;
                 }
                 Err(e) => {
-                    warn!(
-                        "ignoring the changed config or key file, the last good state stays: {e:#}"
-                    )
+                    warn!("ignoring the changed config or key file, the last good state stays: {e}")
                 }
             }
         }
         changed |= self
             .peers
-            .refresh(&self.config.node.name, |line| info!("{line}"));
-        if !changed {
+            .refresh(&self.files.config.node.name, |line| info!("{line}"));
+        if !changed || !self.reassemble() {
             return;
         }
-        match self.peers.merged(&self.config) {
-            Ok(effective) => self.effective = effective,
-            Err(e) => {
-                warn!("ignoring the new peers, the last good state stays: {e:#}");
-                return;
-            }
-        }
-        self.share_inputs();
         if let Err(e) = self.reconcile("config, keys or peers changed").await {
             warn!("reconcile failed, will retry: {e}");
+        }
+    }
+
+    /// Puts the files and the peers together again; keeps the last good inputs if that fails.
+    /// Returns whether the inputs are new.
+    fn reassemble(&mut self) -> bool {
+        match self.files.assemble(&mut self.peers) {
+            Ok(inputs) => {
+                if inputs.refused != self.inputs.refused {
+                    for refused in &inputs.refused {
+                        warn!("{refused}");
+                    }
+                }
+                self.inputs = inputs;
+                self.shared.send_replace(Arc::new(self.inputs.clone()));
+                true
+            }
+            Err(e) => {
+                warn!("ignoring the new inputs, the last good state stays: {e}");
+                false
+            }
         }
     }
 
@@ -268,40 +265,42 @@ impl Node {
     /// they are recorded as retired, then their SAs, policies and SPIs are removed and this
     /// node's record stops listing them.
     async fn retire_if_due(&mut self) {
-        let keys = self.active_keys();
+        let keys = &self.inputs.keys;
         let grace = self.retirement.grace().as_secs();
         let (due, progress) =
             match self
                 .retirement
-                .due(&keys, &self.effective.peers, Instant::now())
+                .due(keys, &self.inputs.view.peers, Instant::now())
             {
                 Ok(found) => found,
                 Err(_) => return,
             };
         for step in progress {
             match step {
-                Progress::Pending(spi) => info!(
-                    "every peer has moved past key generation {spi}: removing it in {grace} s"
+                Progress::Pending(generation) => info!(
+                    "every peer has moved past key generation {generation}: removing it in {grace} s"
                 ),
-                Progress::InUseAgain(spi) => {
-                    info!("key generation {spi} is in use again by a peer: keeping it")
+                Progress::InUseAgain(generation) => {
+                    info!("key generation {generation} is in use again by a peer: keeping it")
                 }
             }
         }
         if due.is_empty() {
             return;
         }
-        for spi in &due {
-            let Some(generation) = keys.get(*spi) else {
+        for number in &due {
+            let Some(generation) = self.inputs.keys.get(*number) else {
                 continue;
             };
-            if let Err(e) = self.retired.retire(generation) {
-                warn!("cannot record key generation {spi} as retired, keeping it: {e}");
+            if let Err(e) = self.files.retired.retire(generation) {
+                warn!("cannot record key generation {number} as retired, keeping it: {e}");
                 return;
             }
-            info!("key generation {spi} retired: no peer has sent with it for {grace} s");
+            info!("key generation {number} retired: no peer has sent with it for {grace} s");
         }
-        self.share_inputs();
+        if !self.reassemble() {
+            return;
+        }
         if let Err(e) = self.reconcile("retiring old key generations").await {
             warn!("reconcile failed, will retry: {e}");
         }
@@ -311,7 +310,7 @@ impl Node {
     /// installs its SAs. Reads the SA counters, so the caller calls it every
     /// [`rekey::CHECK_EVERY`].
     async fn rekey_if_worn_out(&mut self) {
-        if self.epochs.next().is_some() {
+        if self.files.epochs.next().is_some() {
             return;
         }
         let counters = match xfrm::state_counters(self.applier.netlink()).await {
@@ -322,11 +321,11 @@ impl Node {
             }
         };
         let after = self.opts.rekey_after_packets;
-        let keys = self.active_keys();
-        let Some(worn) = rekey::worn_out(&self.effective, &keys, &counters, after) else {
+        let Some(worn) = rekey::worn_out(&self.inputs.view, &self.inputs.keys, &counters, after)
+        else {
             return;
         };
-        let next = match self.epochs.begin_rekey() {
+        let next = match self.files.epochs.begin_rekey() {
             Ok(next) => next,
             Err(e) => {
                 warn!("cannot begin a re-key, will retry: {e}");
@@ -341,7 +340,8 @@ impl Node {
         // A peer without a record has this node's epoch in its config file: it can never learn
         // the new one.
         let static_peers: Vec<&str> = self
-            .effective
+            .inputs
+            .view
             .peers
             .iter()
             .filter(|p| p.generations.is_none())
@@ -360,11 +360,14 @@ impl Node {
     /// Ends the re-key under way once every peer has acked the new epoch and the grace period
     /// is over: the old epoch's SAs go.
     async fn finish_rekey_if_due(&mut self) {
-        let Some(next) = self.epochs.next() else {
+        let Some(next) = self.files.epochs.next() else {
             return;
         };
         let grace = self.completion.grace().as_secs();
-        match self.completion.step(next, &self.effective, Instant::now()) {
+        match self
+            .completion
+            .step(next, &self.inputs.view, Instant::now())
+        {
             rekey::Finish::Waiting(peers) => {
                 info!(
                     "re-key to epoch {next}: waiting for {} to ack it",
@@ -381,7 +384,7 @@ impl Node {
             rekey::Finish::Unchanged => return,
             rekey::Finish::Due => {}
         }
-        if let Err(e) = self.epochs.finish_rekey() {
+        if let Err(e) = self.files.epochs.finish_rekey() {
             warn!("cannot record the end of the re-key, keeping the old epoch: {e}");
             return;
         }
@@ -389,34 +392,21 @@ impl Node {
         self.epochs_changed("finishing a re-key").await;
     }
 
-    /// Puts the epochs into the config held and reconciles.
+    /// Puts the new epochs into the inputs and reconciles.
     async fn epochs_changed(&mut self, why: &str) {
-        self.use_epochs();
+        if !self.reassemble() {
+            return;
+        }
         if let Err(e) = self.reconcile(why).await {
             warn!("reconcile failed, will retry: {e}");
         }
-    }
-
-    /// Puts the epochs into the config held and into what the metrics endpoint shows.
-    fn use_epochs(&mut self) {
-        self.epochs.apply_to(&mut self.config.node);
-        self.epochs.apply_to(&mut self.effective.node);
-        self.share_inputs();
-    }
-
-    /// Hands the config and keys held to the metrics endpoint.
-    fn share_inputs(&self) {
-        self.published.send_replace(std::sync::Arc::new((
-            self.effective.clone(),
-            self.active_keys(),
-        )));
     }
 
     /// Attaches the classifier to pod veth `name` unless this agent already did.
     fn attach_pod(&mut self, name: &str) {
         // The uplink can be a veth with its peer elsewhere too (a lab, a nested node): it is
         // the wire, never a pod.
-        if self.pods.contains(name) || name == self.effective.node.uplink {
+        if self.pods.contains(name) || name == self.inputs.view.node.uplink {
             return;
         }
         let result = self
@@ -424,13 +414,13 @@ impl Node {
             .pod_classifier()
             .map_err(AgentError::from)
             .and_then(|program| {
-                attach::tc(
+                Ok(links::tc(
                     program,
                     programs::POD_CLASSIFIER,
                     name,
                     TcAttachType::Ingress,
                     &self.opts.pin_dir,
-                )
+                )?)
             });
         match result {
             Ok(how) => {
@@ -443,11 +433,11 @@ impl Node {
 
     fn pod_gone(&mut self, name: &str) {
         if self.pods.remove(name)
-            || attach::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER)
+            || links::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER)
                 .iter()
                 .any(|p| p == name)
         {
-            match attach::unpin(&self.opts.pin_dir, programs::POD_CLASSIFIER, name) {
+            match links::unpin(&self.opts.pin_dir, programs::POD_CLASSIFIER, name) {
                 Ok(()) => info!("pod veth {name} gone: its link unpinned"),
                 Err(e) => warn!("pod veth {name} gone, unpinning failed: {e}"),
             }
@@ -460,7 +450,7 @@ impl Node {
         for name in &present {
             self.attach_pod(name);
         }
-        for name in attach::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER) {
+        for name in links::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER) {
             if !present.contains(&name) {
                 self.pod_gone(&name);
             }
@@ -471,64 +461,57 @@ impl Node {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
-    let (mut config, keys) = apply::load(&opts.config).map_err(AgentError::Load)?;
-    let epochs = NodeEpochs::open(&opts.state_dir, config.node.epoch)?;
-    epochs.apply_to(&mut config.node);
-    if let Some(next) = epochs.next() {
+    let files = inputs::read_files(&opts.config, &opts.state_dir, Access::Write)?;
+    if let Some(next) = files.epochs.next() {
         info!(
             "resuming the re-key from epoch {} to {next}",
-            epochs.current()
+            files.epochs.current()
         );
     }
-    let version = inputs_version(&opts.config, &config.key_file);
+    let version = inputs_version(&opts.config, &files.config.key_file);
     bpffs::ensure_mounted().map_err(AgentError::Bpffs)?;
     let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
     dataplane.load_programs()?;
-    let uplink = config.node.uplink.clone();
-    let peers = peers::Peers::new(&config).map_err(AgentError::Nodes)?;
-    let retired = RetiredGenerations::open(&opts.state_dir)?;
-    let retirement = Retirement::new(opts.rotation_grace);
-    let completion = rekey::Completion::new(opts.rotation_grace);
-    let effective = peers.merged(&config).unwrap_or_else(|e| {
-        warn!("ignoring the node records for now: {e:#}");
-        config.clone()
-    });
-    let active = retired.active(&keys).unwrap_or_else(|_| keys.clone());
-    let (published, inputs) =
-        tokio::sync::watch::channel(std::sync::Arc::new((effective.clone(), active)));
+    let source = nodes::source_of(&files.config, false)?;
+    let changes = source.changes();
+    let mut peers = Peers::new(source, &files.config.node.name, |line| info!("{line}"));
+    let inputs = files.assemble(&mut peers)?;
+    for refused in &inputs.refused {
+        warn!("{refused}");
+    }
+    let uplink = inputs.view.node.uplink.clone();
+    let (shared, watched) = tokio::sync::watch::channel(Arc::new(inputs.clone()));
     if let Some(addr) = opts.metrics {
         let listener = metrics::bind(addr)
             .await
-            .map_err(|source| AgentError::Metrics { addr, source })?;
-        tokio::spawn(metrics::serve(listener, inputs, opts.pin_dir.clone()));
+            .map_err(|error| AgentError::Metrics { addr, error })?;
+        tokio::spawn(metrics::serve(listener, watched, opts.pin_dir.clone()));
         info!("serving /metrics and /healthz on http://{addr}");
     }
     let applier = Applier::new(ApplyOptions {
         dry_run: false,
         pin_dir: opts.pin_dir.clone(),
         state_dir: opts.state_dir.clone(),
-    })?;
+    })
+    .map_err(AgentError::Apply)?;
     let mut node = Node {
+        retirement: Retirement::new(opts.rotation_grace),
+        completion: rekey::Completion::new(opts.rotation_grace),
         opts,
-        config,
-        effective,
+        files,
         peers,
-        keys,
-        retired,
-        retirement,
-        epochs,
-        completion,
+        inputs,
         version,
         dataplane,
         applier,
         pods: BTreeSet::new(),
-        published,
+        shared,
     };
     // Maps before programs: a guard attached to empty maps would let nothing be checked.
-    node.reconcile("start").await?;
+    node.reconcile("start").await.map_err(AgentError::Apply)?;
 
     let pin_dir = node.opts.pin_dir.clone();
-    let how = attach::tc(
+    let how = links::tc(
         node.dataplane.egress_guard()?,
         programs::EGRESS_GUARD,
         &uplink,
@@ -536,7 +519,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pin_dir,
     )?;
     info!("uplink {uplink}: egress guard attached ({how:?})");
-    let how = attach::xdp(
+    let how = links::xdp(
         node.dataplane.ingress_guard()?,
         programs::INGRESS_GUARD,
         &uplink,
@@ -544,9 +527,8 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     )?;
     info!("uplink {uplink}: ingress guard attached ({how:?})");
 
-    let mut links = pods::watch()?;
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(|e| AgentError::Links(e.to_string()))?;
+    let mut link_events = pods::watch()?;
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(LinksError::Subscribe)?;
     tokio::spawn(connection);
     node.rescan(&handle).await?;
 
@@ -558,26 +540,33 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut counters = tokio::time::interval(rekey::CHECK_EVERY);
     // A write to the config, the key file or a node record wakes the agent at once; the poll
     // stays for what inotify cannot see.
-    let dirs = watch::input_dirs(&node.opts.config, &node.config);
-    let mut watch = match watch::DirWatch::new(dirs.iter().map(PathBuf::as_path)) {
+    let dirs = input_dirs(&node.opts.config, &node.files.config.key_file);
+    let mut watch = match DirWatch::new(dirs.iter().map(PathBuf::as_path)) {
         Ok(watch) => Some(watch),
         Err(e) => {
             warn!("cannot watch {dirs:?} for changes, polling every second only: {e}");
             None
         }
     };
-    let changed = async |watch: &Option<watch::DirWatch>| match watch {
+    let changed = async |watch: &Option<DirWatch>| match watch {
         Some(watch) => watch.changed().await,
         None => std::future::pending().await,
+    };
+    let mut changes = match changes {
+        Ok(changes) => changes,
+        Err(e) => {
+            warn!("cannot follow node records, polling every second only: {e}");
+            Box::pin(futures::stream::pending())
+        }
     };
     info!("agent running: {} pod veth(s) classified", node.pods.len());
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            message = links.messages.next() => {
+            message = link_events.messages.next() => {
                 let Some((message, _)) = message else {
-                    return Err(AgentError::Links("the link notification socket closed".into()));
+                    return Err(LinksError::Closed.into());
                 };
                 match node.opts.pod_veths.event(&message) {
                     Some(pods::PodEvent::Up(name)) => node.attach_pod(&name),
@@ -589,6 +578,14 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 if let Err(e) = woken {
                     warn!("watching for changes failed, polling every second only: {e}");
                     watch = None;
+                }
+                node.reload_if_changed().await;
+                node.finish_rekey_if_due().await;
+            }
+            woken = changes.next() => {
+                if let Some(Err(e)) = woken {
+                    warn!("following node records failed, polling every second only: {e}");
+                    changes = Box::pin(futures::stream::pending());
                 }
                 node.reload_if_changed().await;
                 node.finish_rekey_if_due().await;

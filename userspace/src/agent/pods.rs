@@ -18,7 +18,19 @@ use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
 };
 
-use super::AgentError;
+/// Why pod veths could not be listed or followed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinksError {
+    /// The kernel would not list the links.
+    #[error("listing links: {0}")]
+    List(rtnetlink::Error),
+    /// No subscription to link notifications.
+    #[error("subscribing to link events: {0}")]
+    Subscribe(std::io::Error),
+    /// The subscription ended.
+    #[error("the link notification socket closed")]
+    Closed,
+}
 
 /// How pod veths are recognised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,14 +80,14 @@ impl PodVeths {
     }
 
     /// The pod veths present now.
-    pub async fn list(&self, handle: &Handle) -> Result<Vec<String>, AgentError> {
+    pub async fn list(&self, handle: &Handle) -> Result<Vec<String>, LinksError> {
         let links: Vec<LinkMessage> = handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(|e| AgentError::Links(e.to_string()))?;
+            .map_err(LinksError::List)?;
         Ok(links
             .iter()
             .filter_map(|l| self.pod_name(l).map(str::to_owned))
@@ -108,10 +120,10 @@ pub struct LinkWatch {
 }
 
 /// Subscribes to link notifications; the connection runs on the current tokio runtime.
-pub fn watch() -> Result<LinkWatch, AgentError> {
+pub fn watch() -> Result<LinkWatch, LinksError> {
     let (connection, handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
-            .map_err(|e| AgentError::Links(format!("subscribing to link events: {e}")))?;
+            .map_err(LinksError::Subscribe)?;
     tokio::spawn(connection);
     Ok(LinkWatch {
         _handle: handle,

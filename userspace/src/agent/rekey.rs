@@ -19,10 +19,10 @@ use std::{
 };
 
 use crate::{
-    config::Config,
+    kernel::xfrm::{SaCounters, StateKey},
     keys::{Epoch, KeyFile},
-    reconcile::desired::{sending_epochs, wire_spi},
-    xfrm::{SaCounters, StateKey},
+    protocol::{sending_epochs, wire_spi},
+    view::View,
 };
 
 /// The default number of packets an SA in use sends before the node re-keys: half of what an
@@ -47,19 +47,18 @@ pub struct WornOut {
 /// more. SAs kept only for a re-key or rotation under way are not counted: they are on their
 /// way out.
 pub fn worn_out(
-    config: &Config,
+    view: &View,
     keys: &KeyFile,
     counters: &BTreeMap<StateKey, SaCounters>,
     after_packets: u64,
 ) -> Option<WornOut> {
-    let local = &config.node;
-    config
-        .peers
+    let local = &view.node;
+    view.peers
         .iter()
         .flat_map(|peer| {
             let (ours, theirs) = sending_epochs(local, peer);
             keys.generations().iter().filter_map(move |g| {
-                let spi = wire_spi(local.id, g.spi(), &ours, &theirs);
+                let spi = wire_spi(local.id, g.generation(), &ours, &theirs);
                 let packets = counters.get(&StateKey { dst: peer.ip, spi })?.packets;
                 Some(WornOut {
                     peer: peer.name.clone(),
@@ -108,9 +107,9 @@ impl Completion {
         self.grace
     }
 
-    /// Updates the re-key to `next` from the peers of `config` at `now`.
-    pub fn step(&mut self, next: Epoch, config: &Config, now: Instant) -> Finish {
-        let waiting: BTreeSet<String> = config
+    /// Updates the re-key to `next` from the peers of `view` at `now`.
+    pub fn step(&mut self, next: Epoch, view: &View, now: Instant) -> Finish {
+        let waiting: BTreeSet<String> = view
             .peers
             .iter()
             .filter(|p| p.acked_epoch != Some(next))
@@ -146,10 +145,14 @@ impl Completion {
 mod tests {
     use super::*;
 
-    use crate::config::fixtures::{PEER_C, TWO_NODES};
+    use crate::{
+        config::fixtures::{PEER_C, TWO_NODES},
+        keys::Generation,
+        view::fixtures,
+    };
 
-    fn config() -> Config {
-        format!("{TWO_NODES}{PEER_C}").parse().unwrap()
+    fn config() -> View {
+        fixtures::view(&format!("{TWO_NODES}{PEER_C}"))
     }
 
     fn keys() -> KeyFile {
@@ -166,7 +169,7 @@ mod tests {
         let keys = keys();
         let local = config.node.clone();
         let b = config.peers[0].clone();
-        let in_use = wire_spi(1, 4, &local.epoch, &b.epoch);
+        let in_use = wire_spi(1, Generation::new(4).unwrap(), &local.epoch, &b.epoch);
         let key = |spi| StateKey { dst: b.ip, spi };
         let counters = |packets| BTreeMap::from([(key(in_use), SaCounters { bytes: 0, packets })]);
         assert_eq!(worn_out(&config, &keys, &counters(999), 1000), None);

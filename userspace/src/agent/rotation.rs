@@ -16,9 +16,9 @@ use std::{
 };
 
 use crate::{
-    config::Peer,
-    keys::{GenerationError, KeyFile},
-    reconcile::desired::{DesiredError, sending_generation},
+    keys::{Generation, GenerationError, KeyFile},
+    protocol::sending_generation,
+    view::Peer,
 };
 
 /// The default time between "every peer has moved past a generation" and its removal.
@@ -29,30 +29,25 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 pub struct Retirement {
     grace: Duration,
     /// Generation → when every peer was first seen past it.
-    pending: BTreeMap<u8, Instant>,
+    pending: BTreeMap<Generation, Instant>,
 }
 
 /// A generation that has become due or stopped being retirable, for the log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
     /// Every peer has moved past the generation; it goes after the grace period.
-    Pending(u8),
+    Pending(Generation),
     /// A peer uses the generation again (a node came back with an older record): kept.
-    InUseAgain(u8),
+    InUseAgain(Generation),
 }
 
 /// The generations of `keys` older than the oldest one still shared with some peer, oldest
 /// first: nobody sends with them any more. The newest generation is never among them.
-pub fn moved_past(keys: &KeyFile, peers: &[Peer]) -> Result<Vec<u8>, DesiredError> {
+pub fn moved_past(keys: &KeyFile, peers: &[Peer]) -> Result<Vec<Generation>, GenerationError> {
     // The file's run of generations, newest first (15 precedes 1).
-    let newest = keys.newest()?.spi();
-    let mut order = Vec::new();
-    let mut spi = newest;
-    while keys.get(spi).is_some() && order.len() < keys.generations().len() {
-        order.push(spi);
-        spi = if spi == 1 { 15 } else { spi - 1 };
-    }
-    let position = |spi: u8| order.iter().position(|&g| g == spi);
+    keys.newest()?;
+    let order = keys.newest_first();
+    let position = |generation: Generation| order.iter().position(|&g| g == generation);
     // The oldest generation still in use with some peer; a peer that shares none of them can
     // neither send nor receive with any, so it holds nothing back.
     let mut in_use = 0;
@@ -85,24 +80,19 @@ impl Retirement {
         keys: &KeyFile,
         peers: &[Peer],
         now: Instant,
-    ) -> Result<(Vec<u8>, Vec<Progress>), GenerationError> {
-        let past = match moved_past(keys, peers) {
-            Ok(past) => past,
-            Err(DesiredError::Generations(e)) => return Err(e),
-            // sending_generation only fails on the generations, checked above.
-            Err(_) => Vec::new(),
-        };
+    ) -> Result<(Vec<Generation>, Vec<Progress>), GenerationError> {
+        let past = moved_past(keys, peers)?;
         let mut progress = Vec::new();
-        self.pending.retain(|spi, _| {
-            let keep = past.contains(spi);
-            if !keep && keys.get(*spi).is_some() {
-                progress.push(Progress::InUseAgain(*spi));
+        self.pending.retain(|generation, _| {
+            let keep = past.contains(generation);
+            if !keep && keys.get(*generation).is_some() {
+                progress.push(Progress::InUseAgain(*generation));
             }
             keep
         });
-        for &spi in &past {
-            self.pending.entry(spi).or_insert_with(|| {
-                progress.push(Progress::Pending(spi));
+        for &generation in &past {
+            self.pending.entry(generation).or_insert_with(|| {
+                progress.push(Progress::Pending(generation));
                 now
             });
         }
@@ -110,17 +100,19 @@ impl Retirement {
             .pending
             .iter()
             .filter(|(_, since)| now.duration_since(**since) >= self.grace)
-            .map(|(spi, _)| *spi)
+            .map(|(generation, _)| *generation)
             .collect::<Vec<_>>();
-        for spi in &due {
-            self.pending.remove(spi);
+        for generation in &due {
+            self.pending.remove(generation);
         }
         Ok((due, progress))
     }
 
-    /// When generation `spi` will be removed, if it is waiting.
-    pub fn removal_at(&self, spi: u8) -> Option<Instant> {
-        self.pending.get(&spi).map(|since| *since + self.grace)
+    /// When `generation` will be removed, if it is waiting.
+    pub fn removal_at(&self, generation: Generation) -> Option<Instant> {
+        self.pending
+            .get(&generation)
+            .map(|since| *since + self.grace)
     }
 }
 
@@ -128,6 +120,14 @@ impl Retirement {
 mod tests {
     use super::*;
     use crate::keys::Epoch;
+
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
+    }
+
+    fn gens(numbers: &[u8]) -> Vec<Generation> {
+        numbers.iter().map(|&n| g(n)).collect()
+    }
 
     fn keys(spis: &[u8]) -> KeyFile {
         let text: String = spis
@@ -146,7 +146,7 @@ mod tests {
             epoch: Epoch::from_bytes([2; 16]),
             next_epoch: None,
             acked_epoch: None,
-            generations: generations.map(<[u8]>::to_vec),
+            generations: generations.map(gens),
         }
     }
 
@@ -155,7 +155,7 @@ mod tests {
         let k = keys(&[14, 15, 1]);
         assert_eq!(
             moved_past(&k, &[]).unwrap(),
-            [14, 15],
+            gens(&[14, 15]),
             "alone: all but the newest"
         );
         let b_done = peer("b", Some(&[14, 15, 1]));
@@ -163,23 +163,23 @@ mod tests {
         let c_far_behind = peer("c", Some(&[14]));
         assert_eq!(
             moved_past(&k, std::slice::from_ref(&b_done)).unwrap(),
-            [14, 15]
+            gens(&[14, 15])
         );
         assert_eq!(
             moved_past(&k, &[b_done.clone(), c_behind]).unwrap(),
-            [14],
+            gens(&[14]),
             "c still uses 15"
         );
         assert_eq!(
             moved_past(&k, &[b_done.clone(), c_far_behind]).unwrap(),
-            Vec::<u8>::new()
+            Vec::<Generation>::new()
         );
         // A config peer without a record is assumed to move in step.
-        assert_eq!(moved_past(&k, &[peer("d", None)]).unwrap(), [14, 15]);
+        assert_eq!(moved_past(&k, &[peer("d", None)]).unwrap(), gens(&[14, 15]));
         // A peer sharing nothing holds nothing back.
         assert_eq!(
             moved_past(&k, &[b_done, peer("e", Some(&[7]))]).unwrap(),
-            [14, 15]
+            gens(&[14, 15])
         );
     }
 
@@ -194,14 +194,14 @@ mod tests {
         assert_eq!(r.due(&k, &behind, t0).unwrap(), (vec![], vec![]));
         assert_eq!(
             r.due(&k, &done, t0 + Duration::from_secs(1)).unwrap(),
-            (vec![], vec![Progress::Pending(4)])
+            (vec![], vec![Progress::Pending(g(4))])
         );
-        assert_eq!(r.removal_at(4), Some(t0 + Duration::from_secs(11)));
+        assert_eq!(r.removal_at(g(4)), Some(t0 + Duration::from_secs(11)));
         assert_eq!(
             r.due(&k, &behind, t0 + Duration::from_secs(2)).unwrap(),
-            (vec![], vec![Progress::InUseAgain(4)])
+            (vec![], vec![Progress::InUseAgain(g(4))])
         );
-        assert_eq!(r.removal_at(4), None);
+        assert_eq!(r.removal_at(g(4)), None);
         r.due(&k, &done, t0 + Duration::from_secs(3)).unwrap();
         assert_eq!(
             r.due(&k, &done, t0 + Duration::from_secs(12)).unwrap(),
@@ -210,8 +210,8 @@ mod tests {
         );
         assert_eq!(
             r.due(&k, &done, t0 + Duration::from_secs(13)).unwrap(),
-            (vec![4], vec![])
+            (vec![g(4)], vec![])
         );
-        assert_eq!(r.removal_at(4), None);
+        assert_eq!(r.removal_at(g(4)), None);
     }
 }

@@ -27,7 +27,7 @@ use super::{
 use crate::cidr::Ipv4Cidr;
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
+    move |error| DataplaneError::Map { name, error }
 }
 
 /// An LPM trie keyed by IPv4 CIDR.

@@ -6,6 +6,7 @@
 
 pub mod bpffs;
 pub mod grid;
+pub mod links;
 mod maps;
 mod pinned;
 
@@ -41,7 +42,7 @@ pub const MAPS: [&str; 7] = [
 pub enum DataplaneError {
     /// The kernel refused the object or one of its maps.
     #[error("loading the eBPF object: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(aya::EbpfError),
     /// The object lacks a program or map this build expects.
     #[error("the eBPF object has no {kind} named {name:?}")]
     Missing {
@@ -51,43 +52,39 @@ pub enum DataplaneError {
         name: &'static str,
     },
     /// A program could not be loaded, attached or run.
-    #[error("program {name}: {source}")]
+    #[error("program {name}: {error}")]
     Program {
         /// The program's name.
         name: &'static str,
         /// What the kernel or aya said.
-        #[source]
-        source: ProgramError,
+        error: ProgramError,
     },
     /// A map operation failed.
-    #[error("map {name}: {source}")]
+    #[error("map {name}: {error}")]
     Map {
         /// The map's name.
         name: &'static str,
         /// What the kernel or aya said.
-        #[source]
-        source: MapError,
+        error: MapError,
     },
     /// The number of possible CPUs, which sizes per-CPU values, could not be read.
     #[error("counting possible CPUs: {0}")]
-    Cpus(#[source] std::io::Error),
+    Cpus(std::io::Error),
     /// The pin directory could not be created.
-    #[error("creating pin directory {}: {source}", path.display())]
+    #[error("creating pin directory {}: {error}", path.display())]
     PinDir {
         /// The directory.
         path: PathBuf,
         /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A map could not be pinned.
-    #[error("pinning {}: {source}", path.display())]
+    #[error("pinning {}: {error}", path.display())]
     Pin {
         /// Where it was to be pinned.
         path: PathBuf,
         /// What the kernel or aya said.
-        #[source]
-        source: PinError,
+        error: PinError,
     },
 }
 
@@ -116,7 +113,7 @@ impl Dataplane {
     /// Loads all three programs into the kernel (the verifier runs here) without attaching.
     pub fn load_programs(&mut self) -> Result<(), DataplaneError> {
         let load = |name, result: Result<(), ProgramError>| {
-            result.map_err(|source| DataplaneError::Program { name, source })
+            result.map_err(|error| DataplaneError::Program { name, error })
         };
         load(programs::POD_CLASSIFIER, self.pod_classifier()?.load())?;
         load(programs::EGRESS_GUARD, self.egress_guard()?.load())?;
@@ -148,7 +145,7 @@ impl Dataplane {
         })?;
         program
             .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })
+            .map_err(|error| DataplaneError::Program { name, error })
     }
 
     /// Remote pod CIDR → node and key generation.
@@ -206,7 +203,7 @@ impl Dataplane {
             let path = dir.join(name);
             self.map(name)?
                 .pin(&path)
-                .map_err(|source| DataplaneError::Pin { path, source })?;
+                .map_err(|error| DataplaneError::Pin { path, error })?;
         }
         Ok(())
     }

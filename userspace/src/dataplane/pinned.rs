@@ -1,6 +1,6 @@
 //! Maps that outlive the process: created once, pinned under a directory, adopted afterwards.
 //!
-//! `xsteer apply` and, later, a restarted agent must see the maps the last run filled, or the
+//! `xsteer apply` and a restarted agent must see the maps the last run filled, or the
 //! programs attached to the interfaces would keep reading maps nobody updates. aya's
 //! `map_pin_path` does exactly this: it opens the pinned map if one is there and otherwise
 //! creates it and pins it.
@@ -16,9 +16,9 @@ impl Dataplane {
     ///
     /// `dir` must be on bpffs; it is created if missing.
     pub fn load_pinned(dir: &Path) -> Result<Self, DataplaneError> {
-        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+        std::fs::create_dir_all(dir).map_err(|error| DataplaneError::PinDir {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         let paths: Vec<_> = MAPS.iter().map(|name| (*name, dir.join(name))).collect();
         let mut loader = EbpfLoader::new();

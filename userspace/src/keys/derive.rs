@@ -8,8 +8,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::{
-    CBC_AES, GCM, HMAC_SHA256,
-    file::MasterKey,
+    CBC_AES, GCM, Generation, HMAC_SHA256,
     secret::{Fingerprint, Secret},
 };
 
@@ -107,7 +106,8 @@ pub enum EpochParseError {
 #[error("the OS random number generator failed: {0}")]
 pub struct RandomError(getrandom::Error);
 
-pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
+/// Fills `buf` from the OS random number generator.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
     getrandom::fill(buf).map_err(RandomError)
 }
 
@@ -119,8 +119,8 @@ pub struct SaKeyId {
     pub src: Ipv4Addr,
     /// The receiving node's IP (the tunnel destination).
     pub dst: Ipv4Addr,
-    /// The key generation, 1..=15.
-    pub spi: u8,
+    /// The key generation.
+    pub generation: Generation,
     /// The sending node's epoch.
     pub src_epoch: Epoch,
     /// The receiving node's epoch.
@@ -133,7 +133,7 @@ impl SaKeyId {
         SaKeyId {
             src: self.dst,
             dst: self.src,
-            spi: self.spi,
+            generation: self.generation,
             src_epoch: self.dst_epoch,
             dst_epoch: self.src_epoch,
         }
@@ -211,20 +211,39 @@ pub enum SaKey {
 /// Why no SA key could be derived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeriveError {
-    /// The key file has no generation with this SPI.
-    #[error("the key file has no key generation with SPI {0}")]
-    NoSuchGeneration(u8),
+    /// The key file has no such generation.
+    #[error("the key file has no key generation {0}")]
+    NoSuchGeneration(Generation),
     /// A generation was asked for the key of another generation's SA.
-    #[error("key generation {generation} cannot derive a key for SPI {requested}")]
-    SpiMismatch {
+    #[error("key generation {generation} cannot derive a key for generation {requested}")]
+    GenerationMismatch {
         /// The generation asked.
-        generation: u8,
-        /// The SPI of the SA.
-        requested: u8,
+        generation: Generation,
+        /// The generation of the SA.
+        requested: Generation,
     },
 }
 
-pub(super) fn derive(master: &MasterKey, id: &SaKeyId) -> SaKey {
+/// A master key as the key file gives it. Private: nothing outside this module tree can read it.
+#[derive(Clone)]
+pub(super) enum MasterKey {
+    Gcm { key: Secret, icv_bits: u8 },
+    CbcHmacSha256 { auth: Secret, enc: Secret },
+}
+
+impl MasterKey {
+    /// The key of SA `id`, for the master key's own algorithm.
+    pub(super) fn derive(&self, id: &SaKeyId) -> SaKey {
+        derive(self, id)
+    }
+
+    /// The key of SA `id` for the cbc(aes)+hmac(sha256) fallback, if this is a GCM master key.
+    pub(super) fn derive_cbc_fallback(&self, id: &SaKeyId) -> Option<SaKey> {
+        derive_cbc_fallback(self, id)
+    }
+}
+
+fn derive(master: &MasterKey, id: &SaKeyId) -> SaKey {
     match master {
         MasterKey::Gcm { key, icv_bits } => SaKey::Gcm {
             key: expand(key, GCM, b"aead", id),
@@ -240,7 +259,7 @@ pub(super) fn derive(master: &MasterKey, id: &SaKeyId) -> SaKey {
 /// The key of SA `id` for the cbc(aes)+hmac(sha256) fallback, from a GCM master key: used when
 /// the kernel lacks GCM. The AES key is as long as the GCM key without its salt; the HMAC key
 /// is 32 bytes. The labels differ from every other derivation, so no output repeats another.
-pub(super) fn derive_cbc_fallback(master: &MasterKey, id: &SaKeyId) -> Option<SaKey> {
+fn derive_cbc_fallback(master: &MasterKey, id: &SaKeyId) -> Option<SaKey> {
     match master {
         MasterKey::Gcm { key, .. } => Some(SaKey::CbcHmacSha256 {
             enc: expand_to(key, key.len() - 4, CBC_AES, b"gcm-fallback-enc", id),
@@ -273,7 +292,7 @@ fn expand_to(
             &[0],
             &id.src.octets(),
             &id.dst.octets(),
-            &[id.spi],
+            &[id.generation.get()],
             &id.src_epoch.0,
             &id.dst_epoch.0,
         ],
@@ -286,6 +305,10 @@ fn expand_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
+    }
     use crate::keys::KeyFile;
 
     fn epoch(s: &str) -> Epoch {
@@ -296,7 +319,7 @@ mod tests {
         SaKeyId {
             src: Ipv4Addr::new(192, 168, 0, 1),
             dst: Ipv4Addr::new(192, 168, 0, 2),
-            spi: 3,
+            generation: g(3),
             src_epoch: epoch("00112233445566778899aabbccddeeff"),
             dst_epoch: epoch("ffeeddccbbaa99887766554433221100"),
         }
@@ -333,7 +356,12 @@ mod tests {
             "23f829fd2e38b8b4d25aa605753b268622800c1e"
         );
 
-        let SaKey::CbcHmacSha256 { enc, auth } = file.derive(&SaKeyId { spi: 4, ..id() }).unwrap()
+        let SaKey::CbcHmacSha256 { enc, auth } = file
+            .derive(&SaKeyId {
+                generation: g(4),
+                ..id()
+            })
+            .unwrap()
         else {
             panic!("CBC expected")
         };
@@ -344,7 +372,13 @@ mod tests {
             "f0f6cd13eea11e09858508e221b768652769493e105ed0958973c34599620e15"
         );
 
-        let SaKey::Gcm { key, icv_bits } = file.derive(&SaKeyId { spi: 5, ..id() }).unwrap() else {
+        let SaKey::Gcm { key, icv_bits } = file
+            .derive(&SaKeyId {
+                generation: g(5),
+                ..id()
+            })
+            .unwrap()
+        else {
             panic!("GCM expected")
         };
         assert_eq!(icv_bits, 64);
@@ -405,7 +439,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(gcm_key(&same_master, &id()), base);
-        assert_ne!(gcm_key(&same_master, &SaKeyId { spi: 4, ..id() }), base);
+        assert_ne!(
+            gcm_key(
+                &same_master,
+                &SaKeyId {
+                    generation: g(4),
+                    ..id()
+                }
+            ),
+            base
+        );
         // And the same inputs always give the same key: both ends of the SA agree.
         assert_eq!(gcm_key(&file, &id()), base);
         // The derived key is never the master key.
@@ -416,18 +459,24 @@ mod tests {
     fn derive_needs_the_right_generation() {
         let file: KeyFile = FILE.parse().unwrap();
         assert_eq!(
-            file.derive(&SaKeyId { spi: 9, ..id() })
-                .unwrap_err()
-                .to_string(),
-            "the key file has no key generation with SPI 9"
+            file.derive(&SaKeyId {
+                generation: g(9),
+                ..id()
+            })
+            .unwrap_err()
+            .to_string(),
+            "the key file has no key generation 9"
         );
         assert_eq!(
             file.generations()[0]
-                .derive(&SaKeyId { spi: 4, ..id() })
+                .derive(&SaKeyId {
+                    generation: g(4),
+                    ..id()
+                })
                 .unwrap_err(),
-            DeriveError::SpiMismatch {
-                generation: 3,
-                requested: 4
+            DeriveError::GenerationMismatch {
+                generation: g(3),
+                requested: g(4)
             }
         );
     }
@@ -437,7 +486,11 @@ mod tests {
     #[test]
     fn cbc_fallback_vectors() {
         let file: KeyFile = FILE.parse().unwrap();
-        let gcm = file.generations().iter().find(|g| g.spi() == 3).unwrap();
+        let gcm = file
+            .generations()
+            .iter()
+            .find(|g| g.generation().get() == 3)
+            .unwrap();
         let SaKey::CbcHmacSha256 { enc, auth } = gcm.derive_cbc(&id()).unwrap() else {
             panic!("CBC expected")
         };
@@ -448,8 +501,15 @@ mod tests {
             "8a31693f4c97337b91022e3be2d25bb1944d2e5ed037a1b1c4474b33ff77bf72"
         );
         // A generation that is CBC already derives as it always does.
-        let cbc = file.generations().iter().find(|g| g.spi() == 4).unwrap();
-        let id4 = SaKeyId { spi: 4, ..id() };
+        let cbc = file
+            .generations()
+            .iter()
+            .find(|g| g.generation().get() == 4)
+            .unwrap();
+        let id4 = SaKeyId {
+            generation: g(4),
+            ..id()
+        };
         let (SaKey::CbcHmacSha256 { enc: a, .. }, SaKey::CbcHmacSha256 { enc: b, .. }) =
             (cbc.derive(&id4).unwrap(), cbc.derive_cbc(&id4).unwrap())
         else {

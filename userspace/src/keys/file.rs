@@ -12,9 +12,8 @@ use std::{
 use zeroize::Zeroizing;
 
 use super::{
-    CBC_AES, GCM, HMAC_SHA256, SPI_MAX, SPI_MIN,
-    derive::{DeriveError, SaKey, SaKeyId},
-    next_spi,
+    CBC_AES, GCM, Generation, HMAC_SHA256,
+    derive::{DeriveError, MasterKey, SaKey, SaKeyId},
     secret::{Fingerprint, HexError, Secret, decode_hex},
 };
 
@@ -63,28 +62,21 @@ impl fmt::Display for Algorithm {
     }
 }
 
-/// A master key as the key file gives it. Private: nothing outside this module tree can read it.
-#[derive(Clone)]
-pub(super) enum MasterKey {
-    Gcm { key: Secret, icv_bits: u8 },
-    CbcHmacSha256 { auth: Secret, enc: Secret },
-}
-
-/// One line of the key file: a key generation, identified by its SPI (1..=15).
+/// One line of the key file: a key generation, identified by its number (the line's SPI field).
 ///
 /// Its master key stays inside; [`KeyGeneration::derive`] gives the key for one SA.
 #[derive(Clone)]
 pub struct KeyGeneration {
-    spi: u8,
+    generation: Generation,
     plus: bool,
     line: usize,
     key: MasterKey,
 }
 
 impl KeyGeneration {
-    /// The generation number, which is also the SPI in the skb mark (1..=15).
-    pub fn spi(&self) -> u8 {
-        self.spi
+    /// The generation number, which the skb mark carries.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// Whether the SPI had Cilium's `+` suffix (per-tunnel keys and ESN in Cilium). Recorded
@@ -122,15 +114,15 @@ impl KeyGeneration {
     }
 
     /// The key of the SA `id`, derived from this generation's master key (see docs/keys.md).
-    /// Fails if `id.spi` is not this generation.
+    /// Fails if `id.generation` is not this generation.
     pub fn derive(&self, id: &SaKeyId) -> Result<SaKey, DeriveError> {
-        if id.spi != self.spi {
-            return Err(DeriveError::SpiMismatch {
-                generation: self.spi,
-                requested: id.spi,
+        if id.generation != self.generation {
+            return Err(DeriveError::GenerationMismatch {
+                generation: self.generation,
+                requested: id.generation,
             });
         }
-        Ok(super::derive::derive(&self.key, id))
+        Ok(self.key.derive(id))
     }
 
     /// The key of the SA `id` for the cbc(aes)+hmac(sha256) fallback, derived from this
@@ -138,7 +130,7 @@ impl KeyGeneration {
     /// cbc(aes)+hmac(sha256), the same as [`KeyGeneration::derive`].
     pub fn derive_cbc(&self, id: &SaKeyId) -> Result<SaKey, DeriveError> {
         let key = self.derive(id)?;
-        Ok(super::derive::derive_cbc_fallback(&self.key, id).unwrap_or(key))
+        Ok(self.key.derive_cbc_fallback(id).unwrap_or(key))
     }
 }
 
@@ -154,7 +146,7 @@ impl fmt::Debug for KeyGeneration {
 
 impl fmt::Display for KeyGeneration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SPI {} {}", self.spi, self.algorithm())?;
+        write!(f, "generation {} {}", self.generation, self.algorithm())?;
         match &self.key {
             MasterKey::Gcm { key, .. } => write!(f, ", key {}", key.fingerprint()),
             MasterKey::CbcHmacSha256 { auth, enc } => write!(
@@ -185,10 +177,13 @@ impl KeyFile {
                 continue;
             }
             let generation = parse_line(line, &fields)?;
-            if let Some(first) = generations.iter().find(|g| g.spi == generation.spi) {
+            if let Some(first) = generations
+                .iter()
+                .find(|g| g.generation == generation.generation)
+            {
                 return Err(ParseError::DuplicateSpi {
                     line,
-                    spi: generation.spi,
+                    spi: generation.generation,
                     first: first.line,
                 });
             }
@@ -265,57 +260,73 @@ impl KeyFile {
         }
     }
 
-    /// The generation with SPI `spi`, if the file has it.
-    pub fn get(&self, spi: u8) -> Option<&KeyGeneration> {
-        self.generations.iter().find(|g| g.spi == spi)
+    /// The generation numbered `generation`, if the file has it.
+    pub fn get(&self, generation: Generation) -> Option<&KeyGeneration> {
+        self.generations.iter().find(|g| g.generation == generation)
     }
 
     /// The newest generation: the one whose successor (15 is followed by 1) is absent.
     ///
-    /// The SPIs present must form one contiguous run modulo 15, e.g. {14, 15, 1}; otherwise the
-    /// order is ambiguous and the error names the gaps.
+    /// The generations present must form one contiguous run modulo 15, e.g. {14, 15, 1};
+    /// otherwise the order is ambiguous and the error names the gaps.
     pub fn newest(&self) -> Result<&KeyGeneration, GenerationError> {
-        let present = |spi: u8| self.get(spi).is_some();
+        let present = |g: Generation| self.get(g).is_some();
         let mut ends = self
             .generations
             .iter()
-            .filter(|g| !present(next_spi(g.spi)));
+            .filter(|g| !present(g.generation.next()));
         match (ends.next(), ends.next()) {
             (Some(newest), None) => Ok(newest),
             (None, _) => Err(GenerationError::AllPresent),
             (Some(_), Some(_)) => {
-                let mut spis: Vec<u8> = self.generations.iter().map(|g| g.spi).collect();
-                spis.sort_unstable();
+                let mut numbers: Vec<Generation> =
+                    self.generations.iter().map(|g| g.generation).collect();
+                numbers.sort_unstable();
                 let mut gaps = Vec::new();
-                for &spi in &spis {
-                    let first_missing = next_spi(spi);
+                for &generation in &numbers {
+                    let first_missing = generation.next();
                     if present(first_missing) {
                         continue;
                     }
                     let mut last_missing = first_missing;
-                    while !present(next_spi(last_missing)) {
-                        last_missing = next_spi(last_missing);
+                    while !present(last_missing.next()) {
+                        last_missing = last_missing.next();
                     }
                     gaps.push(Gap {
-                        after: spi,
+                        after: generation,
                         first_missing,
                         last_missing,
-                        before: next_spi(last_missing),
+                        before: last_missing.next(),
                     });
                 }
                 Err(GenerationError::NotOneRun {
-                    present: spis,
+                    present: numbers,
                     gaps,
                 })
             }
         }
     }
 
-    /// The key of the SA `id`, derived from the generation `id.spi`.
+    /// The key of the SA `id`, derived from the generation `id.generation`.
     pub fn derive(&self, id: &SaKeyId) -> Result<SaKey, DeriveError> {
-        self.get(id.spi)
-            .ok_or(DeriveError::NoSuchGeneration(id.spi))?
+        self.get(id.generation)
+            .ok_or(DeriveError::NoSuchGeneration(id.generation))?
             .derive(id)
+    }
+
+    /// The run of generations, newest first (the one before 1 is 15): the order in which they
+    /// were added. Empty if the newest cannot be told.
+    pub fn newest_first(&self) -> Vec<Generation> {
+        let Ok(newest) = self.newest() else {
+            return Vec::new();
+        };
+        let mut order = vec![newest.generation];
+        let mut generation = newest.generation.previous();
+        while self.get(generation).is_some() && order.len() < self.generations.len() {
+            order.push(generation);
+            generation = generation.previous();
+        }
+        order
     }
 }
 
@@ -349,7 +360,7 @@ fn parse_line(line: usize, fields: &[&str]) -> Result<KeyGeneration, ParseError>
             "4 or 5 (SPI, algorithm, then the keys of that algorithm)",
         ));
     }
-    let (spi, plus) = parse_spi(fields[0]).map_err(field_error(1, "SPI"))?;
+    let (generation, plus) = parse_spi(fields[0]).map_err(field_error(1, "SPI"))?;
     let key = match fields[1] {
         GCM => {
             if fields.len() != 4 {
@@ -407,7 +418,7 @@ fn parse_line(line: usize, fields: &[&str]) -> Result<KeyGeneration, ParseError>
         }
     };
     Ok(KeyGeneration {
-        spi,
+        generation,
         plus,
         line,
         key,
@@ -421,7 +432,8 @@ fn unknown_algorithm(token: &str, expected: &'static str) -> FieldProblem {
     FieldProblem::UnknownAlgorithm { shown, expected }
 }
 
-fn parse_spi(token: &str) -> Result<(u8, bool), FieldProblem> {
+/// The SPI field: a generation, with Cilium's optional `+`.
+fn parse_spi(token: &str) -> Result<(Generation, bool), FieldProblem> {
     let (number, plus) = match token.strip_suffix('+') {
         Some(number) => (number, true),
         None => (token, false),
@@ -444,11 +456,12 @@ fn parse_spi(token: &str) -> Result<(u8, bool), FieldProblem> {
         return Err(FieldProblem::SpiNotNumber);
     }
     let value = u32::from_str_radix(digits, radix).ok();
-    match value {
-        Some(v) if (u32::from(SPI_MIN)..=u32::from(SPI_MAX)).contains(&v) => {
-            Ok((u8::try_from(v).expect("at most 15"), plus))
-        }
-        _ => Err(FieldProblem::SpiRange {
+    match value
+        .and_then(|v| u8::try_from(v).ok())
+        .and_then(Generation::new)
+    {
+        Some(generation) => Ok((generation, plus)),
+        None => Err(FieldProblem::SpiRange {
             found: value.and_then(|v| u16::try_from(v).ok()),
         }),
     }
@@ -505,8 +518,8 @@ pub enum ParseError {
     DuplicateSpi {
         /// 1-based line number of the second use.
         line: usize,
-        /// The SPI.
-        spi: u8,
+        /// The SPI (generation).
+        spi: Generation,
         /// 1-based line number of the first use.
         first: usize,
     },
@@ -633,18 +646,18 @@ pub enum LoadError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
     /// The present generation before the gap.
-    pub after: u8,
+    pub after: Generation,
     /// The first missing generation.
-    pub first_missing: u8,
+    pub first_missing: Generation,
     /// The last missing generation.
-    pub last_missing: u8,
+    pub last_missing: Generation,
     /// The present generation after the gap.
-    pub before: u8,
+    pub before: Generation,
 }
 
 impl fmt::Display for Gap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let range = |f: &mut fmt::Formatter<'_>, first: u8, last: u8| {
+        let range = |f: &mut fmt::Formatter<'_>, first: Generation, last: Generation| {
             if first == last {
                 write!(f, "{first}")
             } else {
@@ -654,9 +667,9 @@ impl fmt::Display for Gap {
         if self.first_missing <= self.last_missing {
             range(f, self.first_missing, self.last_missing)?;
         } else {
-            range(f, self.first_missing, SPI_MAX)?;
+            range(f, self.first_missing, Generation::MAX)?;
             f.write_str(", ")?;
-            range(f, SPI_MIN, self.last_missing)?;
+            range(f, Generation::MIN, self.last_missing)?;
         }
         write!(f, " (between {} and {})", self.after, self.before)
     }
@@ -676,16 +689,17 @@ pub enum GenerationError {
         gaps.iter().map(Gap::to_string).collect::<Vec<_>>().join(" and ")
     )]
     NotOneRun {
-        /// The SPIs present, ascending.
-        present: Vec<u8>,
+        /// The generations present, ascending.
+        present: Vec<Generation>,
         /// Each run of missing SPIs; all but one would have to be filled.
         gaps: Vec<Gap>,
     },
 }
 
-fn list(spis: &[u8]) -> String {
-    spis.iter()
-        .map(u8::to_string)
+fn list(generations: &[Generation]) -> String {
+    generations
+        .iter()
+        .map(Generation::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -699,6 +713,10 @@ mod tests {
     };
 
     use super::*;
+
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
+    }
 
     const GCM_KEY: &str = "0123456789abcdef0123456789abcdef01234567";
     const AUTH_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -722,7 +740,10 @@ mod tests {
         let [gcm, cbc] = file.generations() else {
             panic!("two generations expected")
         };
-        assert_eq!((gcm.spi(), gcm.plus(), gcm.line()), (3, true, 3));
+        assert_eq!(
+            (gcm.generation().get(), gcm.plus(), gcm.line()),
+            (3, true, 3)
+        );
         assert_eq!(
             gcm.algorithm(),
             Algorithm::Gcm {
@@ -730,7 +751,10 @@ mod tests {
                 icv_bits: 128
             }
         );
-        assert_eq!((cbc.spi(), cbc.plus(), cbc.line()), (4, false, 4));
+        assert_eq!(
+            (cbc.generation().get(), cbc.plus(), cbc.line()),
+            (4, false, 4)
+        );
         assert_eq!(
             cbc.algorithm(),
             Algorithm::CbcHmacSha256 {
@@ -738,8 +762,8 @@ mod tests {
                 hmac_key_bytes: 32
             }
         );
-        assert_eq!(file.newest().unwrap().spi(), 4);
-        assert!(file.get(5).is_none());
+        assert_eq!(file.newest().unwrap().generation().get(), 4);
+        assert!(file.get(g(5)).is_none());
     }
 
     #[test]
@@ -782,7 +806,7 @@ mod tests {
         let fp = file.generations()[0].fingerprints()[0];
         assert_eq!(
             file.generations()[0].to_string(),
-            format!("SPI 3 {GCM} AES-128 ICV 128, key {fp}")
+            format!("generation 3 {GCM} AES-128 ICV 128, key {fp}")
         );
     }
 
@@ -944,14 +968,24 @@ mod tests {
 
     #[test]
     fn newest_wraps_around() {
-        assert_eq!(file_with(&[7]).newest().unwrap().spi(), 7);
-        assert_eq!(file_with(&[1, 2]).newest().unwrap().spi(), 2);
-        assert_eq!(file_with(&[14, 15, 1]).newest().unwrap().spi(), 1);
-        assert_eq!(file_with(&[1, 15]).newest().unwrap().spi(), 1);
-        assert_eq!(file_with(&[15]).newest().unwrap().spi(), 15);
-        assert_eq!(file_with(&[2, 1, 15, 14]).newest().unwrap().spi(), 2);
+        assert_eq!(file_with(&[7]).newest().unwrap().generation().get(), 7);
+        assert_eq!(file_with(&[1, 2]).newest().unwrap().generation().get(), 2);
+        assert_eq!(
+            file_with(&[14, 15, 1]).newest().unwrap().generation().get(),
+            1
+        );
+        assert_eq!(file_with(&[1, 15]).newest().unwrap().generation().get(), 1);
+        assert_eq!(file_with(&[15]).newest().unwrap().generation().get(), 15);
+        assert_eq!(
+            file_with(&[2, 1, 15, 14])
+                .newest()
+                .unwrap()
+                .generation()
+                .get(),
+            2
+        );
         let fourteen: Vec<u8> = (1..=15).filter(|&s| s != 9).collect();
-        assert_eq!(file_with(&fourteen).newest().unwrap().spi(), 8);
+        assert_eq!(file_with(&fourteen).newest().unwrap().generation().get(), 8);
     }
 
     #[test]
@@ -1007,7 +1041,15 @@ mod tests {
         let text = format!("3 {GCM} {GCM_KEY} 128\n");
         let good = dir.join("good");
         write_mode(&good, &text, 0o600);
-        assert_eq!(KeyFile::load(&good).unwrap().newest().unwrap().spi(), 3);
+        assert_eq!(
+            KeyFile::load(&good)
+                .unwrap()
+                .newest()
+                .unwrap()
+                .generation()
+                .get(),
+            3
+        );
         let read_only = dir.join("read-only");
         write_mode(&read_only, &text, 0o400);
         KeyFile::load(&read_only).unwrap();

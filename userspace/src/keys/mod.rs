@@ -15,14 +15,18 @@
 
 mod derive;
 mod file;
+mod generation;
 mod rotate;
 mod secret;
 
-pub use derive::{DeriveError, DerivedKey, Epoch, EpochParseError, RandomError, SaKey, SaKeyId};
+pub use derive::{
+    DeriveError, DerivedKey, Epoch, EpochParseError, RandomError, SaKey, SaKeyId, fill_random,
+};
 pub use file::{
     Algorithm, FieldProblem, Gap, GenerationError, KeyFile, KeyGeneration, LoadError,
     MAX_KEY_FILE_BYTES, ParseError,
 };
+pub use generation::Generation;
 pub use rotate::{RotateError, Rotated, rotate};
 pub use secret::Fingerprint;
 
@@ -37,38 +41,14 @@ pub const CBC_AES: &str = "cbc(aes)";
 /// The kernel's name of HMAC-SHA-256.
 pub const HMAC_SHA256: &str = "hmac(sha256)";
 
-/// The lowest key generation (SPI) a key file may use.
-pub const SPI_MIN: u8 = 1;
-/// The highest key generation (SPI) a key file may use; after it, generations wrap to [`SPI_MIN`].
-pub const SPI_MAX: u8 = 15;
-
-/// The generation that follows `spi`: `spi + 1`, except that 15 is followed by 1.
-pub fn next_spi(spi: u8) -> u8 {
-    if spi >= SPI_MAX { SPI_MIN } else { spi + 1 }
-}
-
-/// Why a fresh key line could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum GenerateError {
-    /// The requested generation is outside 1..=15.
-    #[error("SPI {0} is out of range 1..=15")]
-    Spi(u8),
-    /// The OS random number generator failed.
-    #[error(transparent)]
-    Random(#[from] RandomError),
-}
-
-/// A fresh key-file line `SPI rfc4106(gcm(aes)) <40 hex digits> 128`: a random AES-128 key and
-/// salt from the OS random number generator, with a 128-bit ICV.
-pub fn generate_gcm_line(spi: u8) -> Result<Zeroizing<String>, GenerateError> {
-    if !(SPI_MIN..=SPI_MAX).contains(&spi) {
-        return Err(GenerateError::Spi(spi));
-    }
+/// A fresh key-file line `SPI rfc4106(gcm(aes)) <40 hex digits> 128` for `generation`: a random
+/// AES-128 key and salt from the OS random number generator, with a 128-bit ICV.
+pub fn generate_gcm_line(generation: Generation) -> Result<Zeroizing<String>, RandomError> {
     let mut key = Zeroizing::new([0u8; 20]);
     derive::fill_random(&mut key[..])?;
     // Reserved up front so the string never reallocates and leaves an unwiped copy behind.
     let mut line = Zeroizing::new(String::with_capacity(64));
-    let _ = write!(line, "{spi} {GCM} ");
+    let _ = write!(line, "{generation} {GCM} ");
     for byte in key.iter() {
         line.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
         line.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
@@ -82,22 +62,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generations_wrap() {
-        assert_eq!(next_spi(1), 2);
-        assert_eq!(next_spi(14), 15);
-        assert_eq!(next_spi(15), 1);
-    }
-
-    #[test]
     fn generated_lines_parse_and_differ() {
-        let a = generate_gcm_line(7).unwrap();
-        let b = generate_gcm_line(7).unwrap();
+        let seven = Generation::new(7).unwrap();
+        let a = generate_gcm_line(seven).unwrap();
+        let b = generate_gcm_line(seven).unwrap();
         assert_ne!(*a, *b);
         assert_eq!(a.len(), "7 rfc4106(gcm(aes)) ".len() + 40 + " 128".len());
         assert!(a.capacity() == 64, "the line must not have reallocated");
         let file = KeyFile::parse(&a).unwrap();
         let generation = file.newest().unwrap();
-        assert_eq!(generation.spi(), 7);
+        assert_eq!(generation.generation(), seven);
         assert_eq!(
             generation.algorithm(),
             Algorithm::Gcm {
@@ -105,7 +79,5 @@ mod tests {
                 icv_bits: 128
             }
         );
-        assert!(matches!(generate_gcm_line(0), Err(GenerateError::Spi(0))));
-        assert!(matches!(generate_gcm_line(16), Err(GenerateError::Spi(16))));
     }
 }

@@ -15,7 +15,8 @@ use std::{
 use zeroize::Zeroizing;
 
 use super::{
-    Fingerprint, GenerateError, KeyFile, LoadError, ParseError, generate_gcm_line, next_spi,
+    Fingerprint, Generation, GenerationError, KeyFile, LoadError, ParseError, RandomError,
+    generate_gcm_line,
 };
 
 /// Why a rotation failed; the key file is unchanged in every case.
@@ -30,11 +31,11 @@ pub enum RotateError {
         /// The key file.
         path: PathBuf,
         /// Why.
-        source: super::GenerationError,
+        source: GenerationError,
     },
     /// A fresh key could not be made.
     #[error(transparent)]
-    Generate(#[from] GenerateError),
+    Random(#[from] RandomError),
     /// The rewritten file would not parse (a bug: nothing is written).
     #[error("the rotated key file would not parse: {0}")]
     Rewrite(#[source] ParseError),
@@ -52,19 +53,23 @@ pub enum RotateError {
 #[derive(Clone, Copy, Debug)]
 pub struct Rotated {
     /// The generation added.
-    pub spi: u8,
+    pub generation: Generation,
     /// Its key's fingerprint.
     pub fingerprint: Fingerprint,
     /// The oldest generation, dropped because the file would otherwise hold all 15 and no
     /// longer say which is newest.
-    pub dropped: Option<u8>,
+    pub dropped: Option<Generation>,
 }
 
-/// The SPI of a key-file line, if it is a key line.
-fn line_spi(line: &str) -> Option<u8> {
+/// The generation of a key-file line (its SPI field), if it is a key line.
+fn line_generation(line: &str) -> Option<Generation> {
     let content = line.split_once('#').map_or(line, |(before, _)| before);
     let first = content.split_whitespace().next()?;
-    first.trim_end_matches('+').parse().ok()
+    first
+        .trim_end_matches('+')
+        .parse()
+        .ok()
+        .and_then(Generation::new)
 }
 
 /// Adds the generation after the newest to the key file at `path` (a fresh random GCM key).
@@ -77,8 +82,8 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
             path: path.to_owned(),
             source,
         })?
-        .spi();
-    let spi = next_spi(newest);
+        .generation();
+    let generation = newest.next();
     let io_error = |source| RotateError::Io {
         path: path.to_owned(),
         source,
@@ -87,12 +92,12 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
     fs::File::open(path)
         .and_then(|mut f| f.read_to_string(&mut old))
         .map_err(io_error)?;
-    let line = generate_gcm_line(spi)?;
+    let line = generate_gcm_line(generation)?;
     let mut new = Zeroizing::new(String::with_capacity(old.len() + line.len() + 1));
-    let oldest = next_spi(spi);
+    let oldest = generation.next();
     let mut dropped = None;
     for l in old.lines() {
-        if line_spi(l) == Some(oldest) && keys.generations().len() >= 14 {
+        if line_generation(l) == Some(oldest) && keys.generations().len() >= 14 {
             dropped = Some(oldest);
             continue;
         }
@@ -105,7 +110,7 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
     let fingerprint = rotated
         .generations()
         .iter()
-        .find(|g| g.spi() == spi)
+        .find(|g| g.generation() == generation)
         .and_then(|g| g.fingerprints().first().copied())
         .expect("the line just added");
 
@@ -137,7 +142,7 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
         .and_then(|d| d.sync_all())
         .map_err(io_error)?;
     Ok(Rotated {
-        spi,
+        generation,
         fingerprint,
         dropped,
     })
@@ -148,6 +153,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
+    }
 
     fn temp_file(name: &str, text: &str, mode: u32) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("xsteer-rotate-{name}-{}", std::process::id()));
@@ -165,11 +174,21 @@ mod tests {
     fn adds_the_next_generation_and_keeps_the_old_ones_private() {
         let path = temp_file("next", GEN3, 0o600);
         let rotated = rotate(&path).unwrap();
-        assert_eq!((rotated.spi, rotated.dropped), (4, None));
+        assert_eq!(
+            (
+                rotated.generation.get(),
+                rotated.dropped.map(Generation::get)
+            ),
+            (4, None)
+        );
         let keys = KeyFile::load(&path).unwrap();
-        let spis: Vec<u8> = keys.generations().iter().map(|g| g.spi()).collect();
+        let spis: Vec<u8> = keys
+            .generations()
+            .iter()
+            .map(|g| g.generation().get())
+            .collect();
         assert_eq!(spis, [3, 4]);
-        assert_eq!(keys.newest().unwrap().spi(), 4);
+        assert_eq!(keys.newest().unwrap().generation().get(), 4);
         assert_eq!(keys.generations()[1].fingerprints()[0], rotated.fingerprint);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -179,7 +198,7 @@ mod tests {
         );
         // Twice more: fresh keys each time.
         let again = rotate(&path).unwrap();
-        assert_eq!(again.spi, 5);
+        assert_eq!(again.generation.get(), 5);
         assert_ne!(again.fingerprint, rotated.fingerprint);
         let _ = fs::remove_dir_all(path.parent().unwrap());
     }
@@ -192,11 +211,17 @@ mod tests {
         let text: String = (2..=15).map(line).collect();
         let path = temp_file("wrap", &text, 0o600);
         let rotated = rotate(&path).unwrap();
-        assert_eq!((rotated.spi, rotated.dropped), (1, Some(2)));
+        assert_eq!(
+            (
+                rotated.generation.get(),
+                rotated.dropped.map(Generation::get)
+            ),
+            (1, Some(2))
+        );
         let keys = KeyFile::load(&path).unwrap();
-        assert_eq!(keys.newest().unwrap().spi(), 1);
+        assert_eq!(keys.newest().unwrap().generation().get(), 1);
         assert_eq!(keys.generations().len(), 14);
-        assert!(keys.get(2).is_none());
+        assert!(keys.get(g(2)).is_none());
         let _ = fs::remove_dir_all(path.parent().unwrap());
     }
 

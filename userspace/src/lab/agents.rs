@@ -14,11 +14,18 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, waitpid},
+    },
+    unistd::Pid,
+};
 
 use super::{netns::command_in, topology::LabNode};
 use crate::{
     dataplane::Dataplane,
-    keys::{self, Epoch},
+    keys::{self, Epoch, Generation},
 };
 
 /// Where node `name`'s maps and links are pinned.
@@ -57,7 +64,7 @@ pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
 /// Writes the key file (one fresh generation, mode 0600) and every node's config.
 pub fn write_files(dir: &Path, nodes: &[LabNode]) -> Result<()> {
     let keys_path = dir.join("keys");
-    let line = keys::generate_gcm_line(1)?;
+    let line = keys::generate_gcm_line(Generation::MIN)?;
     fs::write(&keys_path, format!("{}\n", line.as_str()))
         .with_context(|| format!("writing {}", keys_path.display()))?;
     fs::set_permissions(&keys_path, fs::Permissions::from_mode(0o600))?;
@@ -101,23 +108,21 @@ pub fn start(dir: &Path, nodes: &[LabNode]) -> Result<()> {
     Ok(())
 }
 
-fn pid_of(dir: &Path, node: &LabNode) -> Option<i32> {
-    fs::read_to_string(pid_path(dir, node))
+fn pid_of(dir: &Path, node: &LabNode) -> Option<Pid> {
+    let pid = fs::read_to_string(pid_path(dir, node))
         .ok()?
         .trim()
         .parse()
-        .ok()
+        .ok()?;
+    Some(Pid::from_raw(pid))
 }
 
 /// Whether `node`'s agent process is alive.
 pub fn is_running(dir: &Path, node: &LabNode) -> bool {
     pid_of(dir, node).is_some_and(|pid| {
         // Reap it first if it is our child and has exited: a zombie still answers kill(0).
-        // SAFETY: waitpid with WNOHANG and kill with signal 0 only look at the process.
-        unsafe {
-            libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
-            libc::kill(pid, 0) == 0
-        }
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        kill(pid, None).is_ok()
     })
 }
 
@@ -164,15 +169,13 @@ pub fn stop(dir: &Path, nodes: &[LabNode]) {
         let Some(pid) = pid_of(dir, node) else {
             continue;
         };
-        // SAFETY: signalling a process by pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while is_running(dir, node) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }
         if is_running(dir, node) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = kill(pid, Signal::SIGKILL);
         }
         let _ = fs::remove_file(pid_path(dir, node));
     }

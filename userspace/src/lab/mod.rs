@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{netlink::Netlink, xfrm};
+use crate::kernel::{Netlink, xfrm};
 use capture::{Capture, IPPROTO_ESP, Packet};
 use topology::{LabNode, Size};
 

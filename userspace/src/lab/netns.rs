@@ -2,16 +2,13 @@
 //! them), entered with setns(2) — never with `ip netns exec`, which remounts /sys and would hide
 //! bpffs, where the agents pin their maps and links.
 
-use std::{
-    fs::File,
-    io,
-    os::{fd::AsRawFd, unix::process::CommandExt},
-    path::Path,
-    process::Command,
-    thread,
-};
+use std::{fs::File, io, os::unix::process::CommandExt, path::Path, process::Command, thread};
 
 use anyhow::{Context, Result, bail};
+use nix::{
+    sched::{CloneFlags, setns},
+    unistd::setsid,
+};
 
 /// Runs `ip ARGS...` and returns its stdout; the error names the command and its stderr.
 pub fn ip(args: &[&str]) -> Result<String> {
@@ -52,12 +49,8 @@ fn open(netns: &str) -> io::Result<File> {
 }
 
 fn enter(ns: &File) -> io::Result<()> {
-    // SAFETY: setns on a namespace fd affects only the calling thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // Affects only the calling thread.
+    Ok(setns(ns, CloneFlags::CLONE_NEWNET)?)
 }
 
 /// Runs `f` in a thread inside `netns` and returns its result.
@@ -82,8 +75,8 @@ pub fn command_in(command: &mut Command, netns: &str, detach: bool) -> Result<()
     // SAFETY: between fork and exec only async-signal-safe calls (setsid, setns) are made.
     unsafe {
         command.pre_exec(move || {
-            if detach && libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
+            if detach {
+                setsid()?;
             }
             enter(&ns)
         });

@@ -1,4 +1,4 @@
-//! The kernel state that a config, a key file and the local network call for.
+//! The kernel state that a node's view, its keys and the local network call for.
 //!
 //! Per peer R, per key generation g in the key file, and per pairing of the two nodes' epochs
 //! (one each, two while a node re-keys):
@@ -27,46 +27,17 @@ use super::{
 };
 use crate::{
     cidr::Ipv4Cidr,
-    config::{Config, Node, Peer},
-    keys::{Algorithm, DeriveError, Epoch, GenerationError, KeyFile, SaKey, SaKeyId},
-    routing::{EncryptRule, NextHop, PodRoute, Uplink},
-    xfrm::{
-        self, BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
-        PolicyAction, State,
+    kernel::{
+        routing::{EncryptRule, NextHop, PodRoute, Uplink},
+        xfrm::{
+            BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
+            PolicyAction, State,
+        },
     },
+    keys::{Algorithm, DeriveError, Generation, GenerationError, KeyFile, SaKey, SaKeyId},
+    protocol::{epochs, sending_epochs, sending_generation, wire_spi},
+    view::View,
 };
-
-/// The wire SPI of the SA from node `node_id` under `generation`, keyed with the sender's epoch
-/// `src_epoch` and the receiver's `dst_epoch`.
-///
-/// `node_id << 16 | tag(src_epoch) << 10 | tag(dst_epoch) << 4 | generation`, where a tag is
-/// [`Epoch::spi_tag`]. The node ID makes the SPI unique at every receiver; the tags give an SA
-/// re-keyed on either side a new SPI (a node re-keys to an epoch with another tag), so old and
-/// new SAs coexist while traffic moves over. Read in hex it names its sender: `0x0002_a7c3` is
-/// node 2, generation 3. Never below 65,536, so never in the range RFC 4303 reserves.
-pub fn wire_spi(node_id: u16, generation: u8, src_epoch: &Epoch, dst_epoch: &Epoch) -> u32 {
-    (u32::from(node_id) << 16)
-        | (src_epoch.spi_tag() << 10)
-        | (dst_epoch.spi_tag() << 4)
-        | u32::from(generation & 0x0F)
-}
-
-/// The epochs of a node: the current one, then the one it is re-keying to.
-pub fn epochs(epoch: Epoch, next: Option<Epoch>) -> impl Iterator<Item = Epoch> + Clone {
-    std::iter::once(epoch).chain(next)
-}
-
-/// The (local, peer) epochs that traffic to `peer` is sent under.
-///
-/// The peer's newest: it lists a new epoch only once it has the IN SAs for it. Ours: the new
-/// one only once the peer acks it in its record, for only then does it have the IN SAs.
-pub fn sending_epochs(local: &Node, peer: &Peer) -> (Epoch, Epoch) {
-    let ours = match local.next_epoch {
-        Some(next) if peer.acked_epoch == Some(next) => next,
-        _ => local.epoch,
-    };
-    (ours, peer.next_epoch.unwrap_or(peer.epoch))
-}
 
 /// What the network around the node looks like, as read from the kernel.
 pub struct Surroundings<'a> {
@@ -102,9 +73,9 @@ pub enum DesiredError {
     },
 }
 
-fn encrypt_mark(generation: u8, node_id: u16) -> Mark {
+fn encrypt_mark(generation: Generation, node_id: u16) -> Mark {
     Mark {
-        value: mark::encrypt(generation, node_id),
+        value: mark::encrypt(generation.get(), node_id),
         mask: mark::OWNED_MASK,
     }
 }
@@ -133,11 +104,11 @@ fn transform(algorithm: Algorithm) -> EspTransform {
 
 /// Computes everything xsteer should own in the kernel.
 pub fn desired(
-    config: &Config,
+    view: &View,
     keys: &KeyFile,
     around: &Surroundings<'_>,
 ) -> Result<Snapshot, DesiredError> {
-    let local = &config.node;
+    let local = &view.node;
     // A key file that does not say which generation is newest installs nothing.
     keys.newest()?;
     let cbc_fallback = around.cipher == Cipher::CbcHmacSha256;
@@ -174,7 +145,7 @@ pub fn desired(
     s.policies.insert(block.key(), block);
     s.rules.insert(EncryptRule {
         priority: around.rule_priority,
-        table: config.route_table,
+        table: view.route_table,
     });
     s.maps.local_pod_cidrs.insert(
         local.pod_cidr,
@@ -184,7 +155,7 @@ pub fn desired(
         },
     );
 
-    for peer in &config.peers {
+    for peer in &view.peers {
         let hop = around
             .next_hops
             .get(&peer.ip)
@@ -231,7 +202,7 @@ pub fn desired(
                     cidr,
                     RemotePodCidr {
                         node_id: peer.id,
-                        spi,
+                        spi: spi.get(),
                         flags: 0,
                     },
                 );
@@ -240,7 +211,7 @@ pub fn desired(
 
         let (send_local, send_peer) = sending_epochs(local, peer);
         for generation in keys.generations() {
-            let g = generation.spi();
+            let g = generation.generation();
             let derive = |id: &SaKeyId| {
                 if cbc_fallback {
                     generation.derive_cbc(id)
@@ -255,7 +226,7 @@ pub fn desired(
                     let out_id = SaKeyId {
                         src: local.ip,
                         dst: peer.ip,
-                        spi: g,
+                        generation: g,
                         src_epoch: local_epoch,
                         dst_epoch: peer_epoch,
                     };
@@ -303,43 +274,20 @@ pub fn desired(
     Ok(s)
 }
 
-/// The generation to send to a peer with: the newest of the key file's that the peer says it
-/// can receive (all of them for a peer that says nothing). Switching a peer to a new generation
-/// only once it advertises it is what makes a rotation lossless: its IN SAs exist by then.
-pub fn sending_generation(
-    keys: &KeyFile,
-    advertised: Option<&[u8]>,
-) -> Result<Option<u8>, DesiredError> {
-    let newest = keys.newest()?.spi();
-    let Some(advertised) = advertised else {
-        return Ok(Some(newest));
-    };
-    // Walk back from the newest through the file's run of generations (15 precedes 1).
-    let mut spi = newest;
-    for _ in 0..keys.generations().len() {
-        if advertised.contains(&spi) {
-            return Ok(Some(spi));
-        }
-        spi = if spi == 1 { 15 } else { spi - 1 };
-    }
-    Ok(None)
-}
-
-/// Whether `state` is an outbound SA (selected by mark), whose key must never be reused.
-pub fn is_outbound(state: &xfrm::State) -> bool {
-    state.mark.is_some()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
 
-    use crate::config::fixtures::TWO_NODES as CONFIG;
+    use crate::{keys::Epoch, view::fixtures::two_nodes};
 
-    /// The desired state of `config` with `keys`, on a 1500-byte uplink with b on link.
-    fn desired_for(config: &Config, keys: &KeyFile, cipher: Cipher) -> Snapshot {
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
+    }
+
+    /// The desired state of `view` with `keys`, on a 1500-byte uplink with b on link.
+    fn desired_for(view: &View, keys: &KeyFile, cipher: Cipher) -> Snapshot {
         let uplink = Uplink {
             name: "eth0".into(),
             index: 2,
@@ -359,15 +307,15 @@ mod tests {
             cipher,
             esn: true,
         };
-        desired(config, keys, &around).unwrap()
+        desired(view, keys, &around).unwrap()
     }
 
     fn snapshot(cipher: Cipher) -> Snapshot {
-        let config: Config = CONFIG.parse().unwrap();
+        let view = two_nodes();
         let keys =
             KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
                 .unwrap();
-        desired_for(&config, &keys, cipher)
+        desired_for(&view, &keys, cipher)
     }
 
     #[test]
@@ -398,10 +346,10 @@ mod tests {
 
     #[test]
     fn routes_take_the_mtu_of_the_costliest_generation_in_service() {
-        let config: Config = CONFIG.parse().unwrap();
+        let view = two_nodes();
         let mtu = |text: &str| {
             let keys = KeyFile::parse(text).unwrap();
-            let s = desired_for(&config, &keys, Cipher::Gcm);
+            let s = desired_for(&view, &keys, Cipher::Gcm);
             s.routes.iter().map(|r| r.mtu).collect::<Vec<_>>()
         };
         let gcm = "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n";
@@ -416,29 +364,18 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_is_sent_to_with_the_newest_generation_it_advertises() {
+    fn marking_waits_for_the_peer_to_advertise_the_newest_generation() {
         let keys = KeyFile::parse(
             "14 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n\
              15 rfc4106(gcm(aes)) 101112131415161718191a1b1c1d1e1f20212223 128\n\
              1 rfc4106(gcm(aes)) 202122232425262728292a2b2c2d2e2f30313233 128\n",
         )
         .unwrap();
-        let at = |adv: Option<&[u8]>| sending_generation(&keys, adv).unwrap();
-        assert_eq!(at(None), Some(1), "a configured peer: the newest");
-        assert_eq!(at(Some(&[14, 15, 1])), Some(1));
-        assert_eq!(
-            at(Some(&[14, 15])),
-            Some(15),
-            "not caught up: the one before"
-        );
-        assert_eq!(at(Some(&[14])), Some(14));
-        assert_eq!(at(Some(&[7])), None, "nothing in common: nothing is marked");
-
         // In the desired state: the map says 15 until the peer advertises 1, while the SAs of
         // every generation are there all along.
-        let mut config: Config = CONFIG.parse().unwrap();
-        config.peers[0].generations = Some(vec![14, 15]);
-        let want = desired_for(&config, &keys, Cipher::Gcm);
+        let mut view = two_nodes();
+        view.peers[0].generations = Some(vec![g(14), g(15)]);
+        let want = desired_for(&view, &keys, Cipher::Gcm);
         let spis: Vec<u8> = want.maps.remote_pod_cidrs.values().map(|v| v.spi).collect();
         assert_eq!(spis, [15]);
         assert_eq!(
@@ -449,23 +386,8 @@ mod tests {
     }
 
     #[test]
-    fn wire_spi_names_sender_both_epochs_and_generation() {
-        let epoch = |first: u8| {
-            let mut bytes = [0u8; 16];
-            bytes[0] = first;
-            Epoch::from_bytes(bytes)
-        };
-        // Tags 0b101001 and 0b110010: 0xA7 >> 2 and 0xC9 >> 2.
-        let (src, dst) = (epoch(0xA7), epoch(0xC9));
-        assert_eq!(wire_spi(2, 3, &src, &dst), 0x0002_A723);
-        assert_eq!(wire_spi(2, 3, &dst, &src), 0x0002_CA93);
-        assert_eq!(wire_spi(65535, 15, &src, &dst), 0xFFFF_A72F);
-        assert!(wire_spi(1, 1, &epoch(0), &epoch(0)) >= 65_536);
-    }
-
-    #[test]
     fn a_rekey_installs_every_pairing_and_sends_under_the_new_epoch_once_acked() {
-        let mut config: Config = CONFIG.parse().unwrap();
+        let mut view = two_nodes();
         let keys =
             KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
                 .unwrap();
@@ -482,14 +404,14 @@ mod tests {
             assert_eq!(spis.len(), 1, "one OUT policy: {spis:?}");
             spis[0]
         };
-        let (a_old, b_old) = (config.node.epoch, config.peers[0].epoch);
-        let before = desired_for(&config, &keys, Cipher::Gcm);
-        assert_eq!(out_spi(&before), wire_spi(1, 3, &a_old, &b_old));
+        let (a_old, b_old) = (view.node.epoch, view.peers[0].epoch);
+        let before = desired_for(&view, &keys, Cipher::Gcm);
+        assert_eq!(out_spi(&before), wire_spi(1, g(3), &a_old, &b_old));
 
         // a re-keys: SAs of both a's epochs, still sent under the old one.
         let a_new = Epoch::random_after(&a_old).unwrap();
-        config.node.next_epoch = Some(a_new);
-        let rekeying = desired_for(&config, &keys, Cipher::Gcm);
+        view.node.next_epoch = Some(a_new);
+        let rekeying = desired_for(&view, &keys, Cipher::Gcm);
         assert_eq!(
             rekeying.states.len(),
             4,
@@ -500,18 +422,18 @@ mod tests {
         assert!(
             rekeying.maps.peer_spis.contains(&(
                 Ipv4Addr::new(192, 168, 0, 2),
-                wire_spi(2, 3, &b_old, &a_new)
+                wire_spi(2, g(3), &b_old, &a_new)
             )),
             "b may send under a's new epoch at once"
         );
 
         // b acks: the OUT policy names the new SA; b re-keys too: all four pairings.
-        config.peers[0].acked_epoch = Some(a_new);
+        view.peers[0].acked_epoch = Some(a_new);
         let b_new = Epoch::random_after(&b_old).unwrap();
-        config.peers[0].next_epoch = Some(b_new);
-        let both = desired_for(&config, &keys, Cipher::Gcm);
+        view.peers[0].next_epoch = Some(b_new);
+        let both = desired_for(&view, &keys, Cipher::Gcm);
         assert_eq!(both.states.len(), 8);
-        assert_eq!(out_spi(&both), wire_spi(1, 3, &a_new, &b_new));
+        assert_eq!(out_spi(&both), wire_spi(1, g(3), &a_new, &b_new));
         let spis: BTreeSet<u32> = both.states.keys().map(|k| k.spi).collect();
         assert_eq!(spis.len(), 8, "no two SAs share an SPI");
         // The new SAs' keys differ from the old ones'.

@@ -14,10 +14,12 @@ pub mod plan;
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
-    ledger::{KeyLedger, LedgerError},
-    netlink::Netlink,
-    routing::{self, RoutingError},
-    xfrm::{self, Crypto, XfrmError},
+    kernel::{
+        Netlink,
+        routing::{self, RoutingError},
+        xfrm::{self, Crypto, XfrmError},
+    },
+    state::{KeyLedger, StateError},
 };
 pub use plan::{Change, MapSnapshot, Snapshot};
 
@@ -35,7 +37,7 @@ pub enum ReconcileError {
     Dataplane(#[from] DataplaneError),
     /// The ledger of outbound keys could not be read or written.
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Ledger(#[from] StateError),
     /// An outbound SA would get a key it had before, with a restarted sequence counter.
     #[error(
         "refusing to install {state}: this node used its key on an earlier SA, and a restarted \

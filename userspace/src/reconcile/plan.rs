@@ -23,8 +23,10 @@ use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr};
 
 use crate::{
     cidr::Ipv4Cidr,
-    routing::{EncryptRule, PodRoute},
-    xfrm::{Policy, PolicyAction, PolicyKey, State, StateKey},
+    kernel::{
+        routing::{EncryptRule, PodRoute},
+        xfrm::{Policy, PolicyAction, PolicyKey, State, StateKey},
+    },
 };
 
 /// Everything xsteer owns in the kernel, in one comparable snapshot.
@@ -280,7 +282,9 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::xfrm::{BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY};
+    use crate::kernel::xfrm::{
+        BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY,
+    };
 
     fn cidr(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()
@@ -363,7 +367,7 @@ mod tests {
 
     #[test]
     fn a_route_whose_mtu_changes_is_replaced_in_place() {
-        let route = |mtu| crate::routing::PodRoute {
+        let route = |mtu| PodRoute {
             dst: cidr("10.244.2.0/24"),
             via: Some(PEER),
             oif: 2,

@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xsteer::{
-    netlink::Netlink,
+use xsteer::kernel::{
+    Netlink,
     xfrm::{self, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy, PolicyAction, State},
 };
 use zeroize::Zeroizing;

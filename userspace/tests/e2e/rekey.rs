@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xsteer::xfrm::REQID;
+use xsteer::kernel::xfrm::REQID;
 
 use crate::{
     cluster::{self, Node},

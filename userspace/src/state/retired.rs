@@ -10,39 +10,14 @@
 
 use std::{
     collections::BTreeSet,
-    io,
     path::{Path, PathBuf},
 };
 
-use crate::{
-    keys::{GenerationError, KeyFile, KeyGeneration},
-    state_file,
-};
+use super::{StateError, lines};
+use crate::keys::{Generation, GenerationError, KeyFile, KeyGeneration};
 
 /// The list's file inside the state directory.
 pub const FILE_NAME: &str = "retired-generations";
-
-/// Why the list could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum RetiredError {
-    /// Reading or writing the file failed.
-    #[error("retired generations {}: {source}", path.display())]
-    Io {
-        /// The list's file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// A line does not name a generation: the file was edited or damaged.
-    #[error("retired generations {}: line {line} is not `GENERATION FINGERPRINT...`", path.display())]
-    Corrupt {
-        /// The list's file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-    },
-}
 
 /// The generations retired on this node, by number and master-key fingerprints.
 #[derive(Debug)]
@@ -54,7 +29,7 @@ pub struct RetiredGenerations {
 /// How a generation is named in the list: `3 1a2b3c4d5e6f7a8b` (one fingerprint per master key
 /// component).
 fn name(generation: &KeyGeneration) -> String {
-    let mut name = generation.spi().to_string();
+    let mut name = generation.generation().to_string();
     for fingerprint in generation.fingerprints() {
         name.push(' ');
         name.push_str(&fingerprint.to_string());
@@ -67,7 +42,8 @@ fn is_name(line: &str) -> bool {
     let spi_ok = fields
         .next()
         .and_then(|f| f.parse::<u8>().ok())
-        .is_some_and(|spi| (1..=15).contains(&spi));
+        .and_then(Generation::new)
+        .is_some();
     let mut fingerprints = fields.peekable();
     spi_ok
         && fingerprints.peek().is_some()
@@ -76,22 +52,19 @@ fn is_name(line: &str) -> bool {
 
 impl RetiredGenerations {
     /// Reads the list in `state_dir`; a missing file (or directory) is an empty list.
-    pub fn open(state_dir: &Path) -> Result<RetiredGenerations, RetiredError> {
+    pub fn open(state_dir: &Path) -> Result<RetiredGenerations, StateError> {
         let path = state_dir.join(FILE_NAME);
-        let io_err = |source| RetiredError::Io {
-            path: path.clone(),
-            source,
-        };
         let mut names = BTreeSet::new();
-        for (i, line) in state_file::read_lines(&path)
-            .map_err(io_err)?
+        for (i, line) in lines::read_lines(&path)
+            .map_err(StateError::io(&path))?
             .into_iter()
             .enumerate()
         {
             if !is_name(&line) {
-                return Err(RetiredError::Corrupt {
+                return Err(StateError::Corrupt {
                     path: path.clone(),
                     line: i + 1,
+                    problem: "not `GENERATION FINGERPRINT...`".into(),
                 });
             }
             names.insert(line);
@@ -106,15 +79,12 @@ impl RetiredGenerations {
 
     /// Records `generation` as retired, durably (written and fsynced), before its SAs go; creates
     /// the state directory (0700) if needed.
-    pub fn retire(&mut self, generation: &KeyGeneration) -> Result<(), RetiredError> {
+    pub fn retire(&mut self, generation: &KeyGeneration) -> Result<(), StateError> {
         let name = name(generation);
         if self.names.contains(&name) {
             return Ok(());
         }
-        state_file::append_line(&self.path, &name).map_err(|source| RetiredError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        lines::append_line(&self.path, &name).map_err(StateError::io(&self.path))?;
         self.names.insert(name);
         Ok(())
     }
@@ -122,8 +92,17 @@ impl RetiredGenerations {
     /// The generations of `keys` still in service: all but the retired ones. The newest is
     /// always kept, so the result is never empty.
     pub fn active(&self, keys: &KeyFile) -> Result<KeyFile, GenerationError> {
-        let newest = keys.newest()?.spi();
-        Ok(keys.retain(|g| g.spi() == newest || !self.contains(g)))
+        let newest = keys.newest()?.generation();
+        Ok(keys.retain(|g| g.generation() == newest || !self.contains(g)))
+    }
+
+    /// The generations of `keys` that are retired here, in file order.
+    pub fn listed(&self, keys: &KeyFile) -> Vec<Generation> {
+        keys.generations()
+            .iter()
+            .filter(|g| self.contains(g))
+            .map(KeyGeneration::generation)
+            .collect()
     }
 }
 
@@ -144,7 +123,10 @@ mod tests {
     }
 
     fn spis(keys: &KeyFile) -> Vec<u8> {
-        keys.generations().iter().map(|g| g.spi()).collect()
+        keys.generations()
+            .iter()
+            .map(|g| g.generation().get())
+            .collect()
     }
 
     #[test]
@@ -153,8 +135,12 @@ mod tests {
         let keys = KeyFile::parse(KEYS).unwrap();
         let mut retired = RetiredGenerations::open(&dir).unwrap();
         assert_eq!(spis(&retired.active(&keys).unwrap()), [4, 5]);
-        retired.retire(keys.get(4).unwrap()).unwrap();
-        retired.retire(keys.get(4).unwrap()).unwrap();
+        retired
+            .retire(keys.get(Generation::new(4).unwrap()).unwrap())
+            .unwrap();
+        retired
+            .retire(keys.get(Generation::new(4).unwrap()).unwrap())
+            .unwrap();
         let reopened = RetiredGenerations::open(&dir).unwrap();
         assert_eq!(spis(&reopened.active(&keys).unwrap()), [5]);
         let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
@@ -179,7 +165,9 @@ mod tests {
         let dir = temp_dir("newest");
         let keys = KeyFile::parse(KEYS).unwrap();
         let mut retired = RetiredGenerations::open(&dir).unwrap();
-        retired.retire(keys.get(5).unwrap()).unwrap();
+        retired
+            .retire(keys.get(Generation::new(5).unwrap()).unwrap())
+            .unwrap();
         assert_eq!(spis(&retired.active(&keys).unwrap()), [4, 5]);
         let only_five = KeyFile::parse(&KEYS[KEYS.find('\n').unwrap() + 1..]).unwrap();
         assert_eq!(spis(&retired.active(&only_five).unwrap()), [5]);
@@ -193,7 +181,7 @@ mod tests {
         let keys = KeyFile::parse(KEYS).unwrap();
         RetiredGenerations::open(&dir)
             .unwrap()
-            .retire(keys.get(4).unwrap())
+            .retire(keys.get(Generation::new(4).unwrap()).unwrap())
             .unwrap();
         let mode = fs::metadata(dir.join(FILE_NAME))
             .unwrap()
@@ -206,7 +194,7 @@ mod tests {
         let err = RetiredGenerations::open(&dir).unwrap_err();
         assert!(
             err.to_string()
-                .ends_with("line 2 is not `GENERATION FINGERPRINT...`"),
+                .ends_with("line 2: not `GENERATION FINGERPRINT...`"),
             "{err}"
         );
         let _ = fs::remove_dir_all(&dir);

@@ -1,6 +1,4 @@
-//! Append-only line files in xsteer's state directory: the key ledger and the retired key
-//! generations. Each line is written and fsynced before the kernel change it guards, so a crash
-//! can only leave a line whose change never happened, never the reverse.
+//! Append-only line files: read them whole, append one line durably.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -10,7 +8,7 @@ use std::{
 };
 
 /// Creates `dir` (and its parents) with mode 0700 if it is missing.
-pub fn create_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn create_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -18,7 +16,7 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// The lines of `path`, trimmed; a missing file has none.
-pub fn read_lines(path: &Path) -> io::Result<Vec<String>> {
+pub(super) fn read_lines(path: &Path) -> io::Result<Vec<String>> {
     match File::open(path) {
         Ok(file) => BufReader::new(file)
             .lines()
@@ -31,7 +29,7 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<String>> {
 
 /// Appends `line` to `path` durably (written and fsynced), creating the file with mode 0600 and
 /// its directory with mode 0700 if needed.
-pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
+pub(super) fn append_line(path: &Path, line: &str) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         create_dir(dir)?;
     }

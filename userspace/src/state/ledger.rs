@@ -9,38 +9,15 @@
 
 use std::{
     collections::BTreeSet,
-    io,
     path::{Path, PathBuf},
 };
 
 use sha2::{Digest, Sha256};
 
-use crate::state_file;
+use super::{StateError, lines};
 
 /// The ledger file inside the state directory.
 pub const FILE_NAME: &str = "outbound-keys";
-
-/// Why the ledger could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// Reading or writing the file failed.
-    #[error("key ledger {}: {source}", path.display())]
-    Io {
-        /// The ledger file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: io::Error,
-    },
-    /// A line is not a fingerprint: the file was edited or damaged.
-    #[error("key ledger {}: line {line} is not a key fingerprint", path.display())]
-    Corrupt {
-        /// The ledger file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-    },
-}
 
 /// The fingerprints of every outbound key installed on this node.
 pub struct KeyLedger {
@@ -76,22 +53,19 @@ fn unhex(s: &str) -> Option<[u8; 16]> {
 
 impl KeyLedger {
     /// Opens the ledger in `state_dir`, creating the directory (0700) and file if needed.
-    pub fn open(state_dir: &Path) -> Result<KeyLedger, LedgerError> {
+    pub fn open(state_dir: &Path) -> Result<KeyLedger, StateError> {
         let path = state_dir.join(FILE_NAME);
-        let io_err = |source| LedgerError::Io {
-            path: path.clone(),
-            source,
-        };
-        state_file::create_dir(state_dir).map_err(io_err)?;
+        lines::create_dir(state_dir).map_err(StateError::io(state_dir))?;
         let mut seen = BTreeSet::new();
-        for (i, line) in state_file::read_lines(&path)
-            .map_err(io_err)?
+        for (i, line) in lines::read_lines(&path)
+            .map_err(StateError::io(&path))?
             .iter()
             .enumerate()
         {
-            let fp = unhex(line).ok_or(LedgerError::Corrupt {
+            let fp = unhex(line).ok_or_else(|| StateError::Corrupt {
                 path: path.clone(),
                 line: i + 1,
+                problem: "not a key fingerprint".into(),
             })?;
             seen.insert(fp);
         }
@@ -104,15 +78,12 @@ impl KeyLedger {
     }
 
     /// Records `key` durably (written and fsynced) before it is installed.
-    pub fn record(&mut self, key: &[u8]) -> Result<(), LedgerError> {
+    pub fn record(&mut self, key: &[u8]) -> Result<(), StateError> {
         let fp = fingerprint(key);
         if self.seen.contains(&fp) {
             return Ok(());
         }
-        state_file::append_line(&self.path, &hex(&fp)).map_err(|source| LedgerError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        lines::append_line(&self.path, &hex(&fp)).map_err(StateError::io(&self.path))?;
         self.seen.insert(fp);
         Ok(())
     }
@@ -171,7 +142,7 @@ mod tests {
         .unwrap();
         let err = KeyLedger::open(&dir).err().expect("corrupt ledger");
         assert!(
-            err.to_string().ends_with("line 2 is not a key fingerprint"),
+            err.to_string().ends_with("line 2: not a key fingerprint"),
             "{err}"
         );
         let _ = fs::remove_dir_all(&dir);

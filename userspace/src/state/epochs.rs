@@ -12,45 +12,13 @@
 //!
 //! An operator who puts a new `node.epoch` in the config starts over from it.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
-use crate::{
-    config::Node,
-    keys::{Epoch, RandomError},
-    state_file,
-};
+use super::{StateError, lines};
+use crate::keys::Epoch;
 
 /// The log's file name in the state directory.
 pub const FILE: &str = "epochs";
-
-/// Why the epochs could not be read or recorded.
-#[derive(Debug, thiserror::Error)]
-pub enum EpochsError {
-    /// The log could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The log.
-        path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// A line of the log is not one this build writes.
-    #[error("{}: line {line}: {problem}", path.display())]
-    Line {
-        /// The log.
-        path: PathBuf,
-        /// The line number, from 1.
-        line: usize,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// No random epoch could be drawn.
-    #[error("drawing a new epoch: {0}")]
-    Random(#[from] RandomError),
-}
 
 /// The node's epochs, as the log has them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,12 +32,9 @@ pub struct NodeEpochs {
 impl NodeEpochs {
     /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`, without
     /// writing: what [`NodeEpochs::open`] would find.
-    pub fn read(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, EpochsError> {
+    pub fn read(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, StateError> {
         let path = state_dir.join(FILE);
-        let lines = state_file::read_lines(&path).map_err(|source| EpochsError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let lines = lines::read_lines(&path).map_err(StateError::io(&path))?;
         let mut epochs = NodeEpochs {
             path,
             configured: None,
@@ -77,7 +42,7 @@ impl NodeEpochs {
             next: None,
         };
         for (i, line) in lines.iter().enumerate() {
-            let bad = |problem: String| EpochsError::Line {
+            let bad = |problem: String| StateError::Corrupt {
                 path: epochs.path.clone(),
                 line: i + 1,
                 problem,
@@ -113,7 +78,7 @@ impl NodeEpochs {
 
     /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`; records that
     /// epoch first if the log does not have it as the configured one.
-    pub fn open(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, EpochsError> {
+    pub fn open(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, StateError> {
         let mut epochs = NodeEpochs::read(state_dir, configured)?;
         if epochs.configured != Some(configured) {
             epochs.append("configured", configured)?;
@@ -122,13 +87,9 @@ impl NodeEpochs {
         Ok(epochs)
     }
 
-    fn append(&self, word: &str, epoch: Epoch) -> Result<(), EpochsError> {
-        state_file::append_line(&self.path, &format!("{word} {epoch}")).map_err(|source| {
-            EpochsError::Io {
-                path: self.path.clone(),
-                source,
-            }
-        })
+    fn append(&self, word: &str, epoch: Epoch) -> Result<(), StateError> {
+        lines::append_line(&self.path, &format!("{word} {epoch}"))
+            .map_err(StateError::io(&self.path))
     }
 
     /// The epoch in service.
@@ -143,18 +104,18 @@ impl NodeEpochs {
 
     /// Begins a re-key: draws and records a next epoch, whose SPI tag differs from the current
     /// one's. Returns the next epoch; one already under way is kept.
-    pub fn begin_rekey(&mut self) -> Result<Epoch, EpochsError> {
+    pub fn begin_rekey(&mut self) -> Result<Epoch, StateError> {
         if let Some(next) = self.next {
             return Ok(next);
         }
-        let next = Epoch::random_after(&self.current)?;
+        let next = Epoch::random_after(&self.current).map_err(StateError::Random)?;
         self.append("next", next)?;
         self.next = Some(next);
         Ok(next)
     }
 
     /// Finishes the re-key under way: the next epoch is the one in service.
-    pub fn finish_rekey(&mut self) -> Result<(), EpochsError> {
+    pub fn finish_rekey(&mut self) -> Result<(), StateError> {
         let Some(next) = self.next else {
             return Ok(());
         };
@@ -167,9 +128,9 @@ impl NodeEpochs {
     /// Starts over from a fresh epoch, in service at once, with no re-key under way: for when
     /// the kernel lost this node's SAs (a reboot) and the outbound keys of its epochs are used
     /// up. Returns the new epoch, whose SPI tag differs from both old ones.
-    pub fn start_over(&mut self) -> Result<Epoch, EpochsError> {
+    pub fn start_over(&mut self) -> Result<Epoch, StateError> {
         let fresh = loop {
-            let candidate = Epoch::random_after(&self.current)?;
+            let candidate = Epoch::random_after(&self.current).map_err(StateError::Random)?;
             if self.next.is_none_or(|n| n.spi_tag() != candidate.spi_tag()) {
                 break candidate;
             }
@@ -179,12 +140,6 @@ impl NodeEpochs {
         self.current = fresh;
         self.next = None;
         Ok(fresh)
-    }
-
-    /// Puts these epochs into `node`.
-    pub fn apply_to(&self, node: &mut Node) {
-        node.epoch = self.current;
-        node.next_epoch = self.next;
     }
 }
 

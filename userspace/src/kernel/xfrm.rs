@@ -18,7 +18,11 @@ use netlink_packet_xfrm::{
 };
 use zeroize::Zeroizing;
 
-use crate::{cidr::Ipv4Cidr, keys::Fingerprint, netlink::Netlink};
+use super::Netlink;
+use crate::{
+    cidr::Ipv4Cidr,
+    keys::{self, CBC_AES as CBC, Fingerprint, GCM, HMAC_SHA256},
+};
 
 /// The reqid of every SA and policy template xsteer installs.
 pub const REQID: u32 = 0x7873;
@@ -28,12 +32,6 @@ pub const PEER_POLICY_PRIORITY: u32 = 0x7873_0010;
 pub const BLOCK_POLICY_PRIORITY: u32 = 0x7873_0020;
 /// Replay window of inbound SAs, in packets.
 pub const REPLAY_WINDOW: u32 = 32;
-/// The AEAD xsteer uses by default.
-pub const GCM: &str = "rfc4106(gcm(aes))";
-/// Encryption of the CBC fallback.
-pub const CBC: &str = "cbc(aes)";
-/// Authentication of the CBC fallback.
-pub const HMAC_SHA256: &str = "hmac(sha256)";
 /// Truncated ICV length of hmac(sha256) in ESP (RFC 4868), in bits.
 pub const HMAC_SHA256_ICV_BITS: u32 = 128;
 
@@ -612,9 +610,8 @@ pub struct EspSupport {
 pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
     let random = |len: usize| -> Secret {
         let mut key = Zeroizing::new(vec![0u8; len]);
-        // getrandom(2); a short read only weakens a key that never carries traffic.
-        // SAFETY: `key` is a writable buffer of `len` bytes.
-        unsafe { libc::getrandom(key.as_mut_ptr().cast(), len, 0) };
+        // A failed draw only weakens a key that never carries traffic.
+        let _ = keys::fill_random(&mut key);
         key
     };
     let probe = |cipher| State {

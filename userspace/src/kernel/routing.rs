@@ -24,7 +24,8 @@ use netlink_packet_route::{
 use rtnetlink::{IpVersion, RouteMessageBuilder};
 use xsteer_common::mark;
 
-use crate::{cidr::Ipv4Cidr, netlink::Netlink};
+use super::Netlink;
+use crate::cidr::Ipv4Cidr;
 
 /// Protocol number of xsteer's routes ("x"), as `ip route` shows it: `proto 0x78`.
 pub const ROUTE_PROTOCOL: u8 = 0x78;

@@ -1,0 +1,247 @@
+//! Attaching the programs so that they outlive the agent.
+//!
+//! Every attachment is a BPF link (TCX for tc, kernel ≥ 6.6; an XDP link for XDP) pinned at
+//! `<pin dir>/links/<program>@<interface>`. The pin, not the agent, keeps the program attached:
+//! an agent that exits or is killed leaves the dataplane running. A starting agent finds the pin
+//! and swaps its freshly loaded program into the existing link with one `bpf_link_update`,
+//! so no packet ever sees the interface without a program.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    pin::PinError,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, LinkError as AyaLinkError, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::{XdpLink, XdpMode},
+    },
+};
+
+/// Where the links are pinned, under the pin dir.
+const LINKS_DIR: &str = "links";
+
+/// Why a program could not be attached with a pinned link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The pin of an existing link could not be opened.
+    #[error("opening pinned link {}: {error}", path.display())]
+    Open {
+        /// The pin.
+        path: PathBuf,
+        /// What aya said.
+        error: AyaLinkError,
+    },
+    /// A fresh link could not be pinned.
+    #[error("pinning {}: {error}", path.display())]
+    Pin {
+        /// Where it was to be pinned.
+        path: PathBuf,
+        /// What aya said.
+        error: PinError,
+    },
+    /// The pin directory could not be made, or a dead pin removed.
+    #[error("{what} {}: {error}", path.display())]
+    Files {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// The kernel refused the attachment.
+    #[error("attaching {program} to {interface}: {error}")]
+    Attach {
+        /// The program.
+        program: &'static str,
+        /// The interface.
+        interface: String,
+        /// What the kernel or aya said.
+        error: ProgramError,
+    },
+    /// The attachment is not a BPF link, so it cannot be pinned to outlive the agent.
+    #[error(
+        "attaching {program} to {interface}: not a BPF link ({error}): restart-safe attachment \
+         needs TCX, kernel 6.6 or newer"
+    )]
+    NotALink {
+        /// The program.
+        program: &'static str,
+        /// The interface.
+        interface: String,
+        /// What aya said.
+        error: AyaLinkError,
+    },
+}
+
+/// How an attachment came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, now pinned.
+    New,
+    /// An existing pinned link that now runs this agent's program.
+    Adopted,
+}
+
+/// The pin path of `program` on `interface`.
+pub fn pin_path(pin_dir: &Path, program: &str, interface: &str) -> PathBuf {
+    pin_dir
+        .join(LINKS_DIR)
+        .join(format!("{program}@{interface}"))
+}
+
+/// Interfaces that have a pinned link of `program`.
+pub fn pinned_interfaces(pin_dir: &Path, program: &str) -> Vec<String> {
+    let prefix = format!("{program}@");
+    fs::read_dir(pin_dir.join(LINKS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(&prefix)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Removes the pin of `program` on `interface` (after the interface went away, the kernel has
+/// already detached the link; the pin would only hold a dead link).
+pub fn unpin(pin_dir: &Path, program: &str, interface: &str) -> io::Result<()> {
+    match fs::remove_file(pin_path(pin_dir, program, interface)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the pinned link at `path`, if any.
+fn pinned(path: &Path) -> Result<Option<FdLink>, LinkError> {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => Ok(Some(FdLink::from(link))),
+        Err(AyaLinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(error) => Err(LinkError::Open {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// Pins a fresh link at `path`.
+fn pin(link: FdLink, path: &Path) -> Result<(), LinkError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|error| LinkError::Files {
+            what: "creating",
+            path: dir.to_owned(),
+            error,
+        })?;
+    }
+    link.pin(path).map(drop).map_err(|error| LinkError::Pin {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// Adopts the link pinned at `path` for `program` (swapping the program in), or attaches anew
+/// and pins; `adopt` and `attach` do the program-type-specific parts. A pin that cannot be
+/// adopted holds a dead link (its interface was deleted and re-created under the same name)
+/// and is replaced.
+fn adopt_or_attach<P>(
+    program: &mut P,
+    path: &Path,
+    adopt: impl FnOnce(&mut P, FdLink) -> Option<()>,
+    attach: impl FnOnce(&mut P) -> Result<FdLink, LinkError>,
+) -> Result<Attached, LinkError> {
+    if let Some(old) = pinned(path)? {
+        if adopt(program, old).is_some() {
+            return Ok(Attached::Adopted);
+        }
+        fs::remove_file(path).map_err(|error| LinkError::Files {
+            what: "removing the dead pin",
+            path: path.to_owned(),
+            error,
+        })?;
+    }
+    pin(attach(program)?, path)?;
+    Ok(Attached::New)
+}
+
+/// Attaches the tc `program` (named `name`) to `interface` in direction `attach_type`, adopting
+/// a pinned link if there is one.
+pub fn tc(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    interface: &str,
+    attach_type: TcAttachType,
+    pin_dir: &Path,
+) -> Result<Attached, LinkError> {
+    adopt_or_attach(
+        program,
+        &pin_path(pin_dir, name, interface),
+        |program, old| {
+            let link = SchedClassifierLink::try_from(old).ok()?;
+            let id = program.attach_to_link(link).ok()?;
+            // The pin still holds the link, which now runs this program; our handle can go.
+            drop(program.take_link(id));
+            Some(())
+        },
+        |program| {
+            let attach_error = |error| LinkError::Attach {
+                program: name,
+                interface: interface.to_owned(),
+                error,
+            };
+            let id = program
+                .attach(interface, attach_type)
+                .map_err(attach_error)?;
+            let link = program.take_link(id).map_err(attach_error)?;
+            FdLink::try_from(link).map_err(|error| LinkError::NotALink {
+                program: name,
+                interface: interface.to_owned(),
+                error,
+            })
+        },
+    )
+}
+
+/// Attaches the XDP `program` (named `name`) to `interface`, adopting a pinned link if there is
+/// one.
+pub fn xdp(
+    program: &mut Xdp,
+    name: &'static str,
+    interface: &str,
+    pin_dir: &Path,
+) -> Result<Attached, LinkError> {
+    adopt_or_attach(
+        program,
+        &pin_path(pin_dir, name, interface),
+        |program, old| {
+            let link = XdpLink::try_from(old).ok()?;
+            let id = program.attach_to_link(link).ok()?;
+            drop(program.take_link(id));
+            Some(())
+        },
+        |program| {
+            let attach_error = |error| LinkError::Attach {
+                program: name,
+                interface: interface.to_owned(),
+                error,
+            };
+            let id = program
+                .attach(interface, XdpMode::Default)
+                .map_err(attach_error)?;
+            let link = program.take_link(id).map_err(attach_error)?;
+            FdLink::try_from(link).map_err(|error| LinkError::NotALink {
+                program: name,
+                interface: interface.to_owned(),
+                error,
+            })
+        },
+    )
+}

@@ -1,0 +1,183 @@
+//! Everything a node reconciles with, read and put together in one place: the config file, the
+//! key file, the node's identity (configured or allocated), its epochs and retired key
+//! generations from the state directory, and the peers of the node records.
+//!
+//! `xsteer apply` and `xsteer status` read them once ([`load`]); the agent reads the files at
+//! start and on every change ([`read_files`]), keeps its [`Peers`] across reads, and assembles
+//! the two with [`Files::assemble`] whenever either changes. Only the agent and a real `apply`
+//! write (an allocation, the configured epoch): a read-only load leaves the state directory and
+//! the node records directory as they were.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    cidr::Ipv4Cidr,
+    config::{Config, ConfigError},
+    keys::{Generation, GenerationError, KeyFile, LoadError},
+    nodes::{
+        self, Peers, SourceError,
+        alloc::{self, AllocError},
+    },
+    state::{NodeEpochs, RetiredGenerations, StateError},
+    view::{ConfigClash, View},
+};
+
+/// Whether reading the inputs may write what they lack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Write nothing: a node without an allocated identity is an error, the configured epoch
+    /// is not recorded.
+    ReadOnly,
+    /// Allocate a node ID and pod CIDR if the config gives none, and record the configured
+    /// epoch in the state directory.
+    Write,
+}
+
+/// Why the inputs could not be read or put together.
+#[derive(Debug, thiserror::Error)]
+pub enum InputsError {
+    /// The config file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key file.
+    #[error(transparent)]
+    Keys(#[from] LoadError),
+    /// The key file's generations do not say which is newest.
+    #[error("key file {}: {error}", path.display())]
+    Generations {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        error: GenerationError,
+    },
+    /// No node ID or pod CIDR could be allocated.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// A read-only load found no allocated identity.
+    #[error(
+        "node {name} has no node ID and pod CIDR in {} yet: they are allocated when its agent \
+         first starts (or give node.id and node.pod_cidr in the config)",
+        dir.display()
+    )]
+    NotAllocated {
+        /// The node.
+        name: String,
+        /// The node records directory.
+        dir: PathBuf,
+    },
+    /// A state file.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The node records.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A peer of the config clashes with this node's allocated identity.
+    #[error(transparent)]
+    Clash(#[from] ConfigClash),
+}
+
+/// The files a node reads: config, key file, and its state.
+#[derive(Debug)]
+pub struct Files {
+    /// The config file.
+    pub config: Config,
+    /// The key file, every generation it lists.
+    pub keys: KeyFile,
+    /// The node ID and pod CIDR, configured or allocated.
+    pub identity: (u16, Ipv4Cidr),
+    /// The epochs in service.
+    pub epochs: NodeEpochs,
+    /// The generations this node retired.
+    pub retired: RetiredGenerations,
+}
+
+/// What a node reconciles with, put together.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    /// This node and its peers.
+    pub view: View,
+    /// The key file's generations in service: all but the retired ones.
+    pub keys: KeyFile,
+    /// The generations the key file lists that this node retired.
+    pub retired: Vec<Generation>,
+    /// The node records refused, each with why.
+    pub refused: Vec<String>,
+}
+
+/// Reads the config at `config_path`, the key file it names, the node's identity and its state
+/// in `state_dir`.
+pub fn read_files(
+    config_path: &Path,
+    state_dir: &Path,
+    access: Access,
+) -> Result<Files, InputsError> {
+    let config = Config::from_path(config_path)?;
+    let keys = KeyFile::load(&config.key_file)?;
+    let identity = identity(&config, access)?;
+    let epochs = match access {
+        Access::ReadOnly => NodeEpochs::read(state_dir, config.node.epoch)?,
+        Access::Write => NodeEpochs::open(state_dir, config.node.epoch)?,
+    };
+    let retired = RetiredGenerations::open(state_dir)?;
+    Ok(Files {
+        config,
+        keys,
+        identity,
+        epochs,
+        retired,
+    })
+}
+
+/// The node ID and pod CIDR: configured, or allocated in the node records directory.
+fn identity(config: &Config, access: Access) -> Result<(u16, Ipv4Cidr), InputsError> {
+    if let Some(identity) = config.node.identity() {
+        return Ok(identity);
+    }
+    // Validation has made sure both are set when the identity is to be allocated.
+    let (Some(dir), Some(cluster)) = (&config.nodes_dir, config.cluster_cidr) else {
+        unreachable!("Config::validate requires nodes_dir and cluster_cidr for an allocation");
+    };
+    let name = &config.node.name;
+    match access {
+        Access::Write => Ok(alloc::allocate(dir, name, cluster)?),
+        Access::ReadOnly => alloc::lookup(dir, name)?.ok_or_else(|| InputsError::NotAllocated {
+            name: name.clone(),
+            dir: dir.clone(),
+        }),
+    }
+}
+
+impl Files {
+    /// The view and keys in service: this node with its identity and epochs, the config's
+    /// peers, and the peers `peers` admits from node records.
+    pub fn assemble(&self, peers: &mut Peers) -> Result<Inputs, InputsError> {
+        let base = View::from_config(
+            &self.config,
+            self.identity,
+            self.epochs.current(),
+            self.epochs.next(),
+        )?;
+        let (view, refused) = peers.view(&base);
+        let keys = self
+            .retired
+            .active(&self.keys)
+            .map_err(|error| InputsError::Generations {
+                path: self.config.key_file.clone(),
+                error,
+            })?;
+        Ok(Inputs {
+            view,
+            keys,
+            retired: self.retired.listed(&self.keys),
+            refused,
+        })
+    }
+}
+
+/// Reads everything once, node records included, for a command that runs once.
+pub fn load(config_path: &Path, state_dir: &Path, access: Access) -> Result<Inputs, InputsError> {
+    let files = read_files(config_path, state_dir, access)?;
+    let source = nodes::source_of(&files.config, access == Access::ReadOnly)?;
+    let mut peers = Peers::new(source, &files.config.node.name, drop);
+    files.assemble(&mut peers)
+}

@@ -1,0 +1,201 @@
+//! Node IDs and pod CIDRs for nodes whose config gives none, carved from the cluster CIDR.
+//!
+//! Reservations live in the node records directory (`.alloc/<name>`, one line "ID CIDR"), beside
+//! the published records, which count as taken too. Reserving is an explicit step of the agent's
+//! start: reading a config never reserves anything, and [`lookup`] only reads.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, OpenOptions},
+    io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::{DirSource, NodeSource};
+use crate::cidr::{Ipv4Cidr, NODE_POD_PREFIX_LEN};
+
+/// Why no node ID or pod CIDR could be allocated.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The nodes directory or its lock could not be used.
+    #[error("allocating in {}: {error}", dir.display())]
+    Io {
+        /// The nodes directory.
+        dir: PathBuf,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// Every node ID is taken.
+    #[error("no free node ID is left in {}", dir.display())]
+    NoId {
+        /// The nodes directory.
+        dir: PathBuf,
+    },
+    /// The cluster CIDR has no free /24 left.
+    #[error("cluster_cidr {cluster} has no free /{NODE_POD_PREFIX_LEN} left for node {name}")]
+    NoCidr {
+        /// The cluster CIDR.
+        cluster: Ipv4Cidr,
+        /// The node asking.
+        name: String,
+    },
+}
+
+/// What each node holds: a reservation (`.alloc/<name>`: "ID CIDR") or a published record.
+fn taken(dir: &Path) -> io::Result<BTreeMap<String, (u16, Ipv4Cidr)>> {
+    let mut taken = BTreeMap::new();
+    let snapshot = DirSource::existing(dir).read().ok().flatten();
+    for (name, r) in snapshot.map(|s| s.records).unwrap_or_default() {
+        taken.insert(name, (r.id, r.pod_cidr));
+    }
+    let reservations = match fs::read_dir(dir.join(".alloc")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(taken),
+        Err(e) => return Err(e),
+    };
+    for entry in reservations {
+        let entry = entry?;
+        let text = fs::read_to_string(entry.path())?;
+        let mut words = text.split_whitespace();
+        if let (Some(Ok(id)), Some(Ok(cidr))) = (
+            words.next().map(str::parse::<u16>),
+            words.next().map(str::parse::<Ipv4Cidr>),
+        ) {
+            taken.insert(entry.file_name().to_string_lossy().into_owned(), (id, cidr));
+        }
+    }
+    Ok(taken)
+}
+
+/// The node ID and pod CIDR node `name` holds in `dir`, if any; writes nothing.
+pub fn lookup(dir: &Path, name: &str) -> Result<Option<(u16, Ipv4Cidr)>, AllocError> {
+    let held = taken(dir).map_err(|error| AllocError::Io {
+        dir: dir.to_owned(),
+        error,
+    })?;
+    Ok(held.get(name).copied())
+}
+
+/// Gives node `name` a node ID and a /24 pod CIDR from `cluster` that no other node in `dir`
+/// holds, and reserves them there; a node that already holds a reservation gets it back, so a
+/// restart changes nothing. Allocations are serialised with an exclusive lock on
+/// `dir/.alloc.lock`, so nodes starting at the same time never get the same ID or CIDR.
+pub fn allocate(dir: &Path, name: &str, cluster: Ipv4Cidr) -> Result<(u16, Ipv4Cidr), AllocError> {
+    let io_error = |error| AllocError::Io {
+        dir: dir.to_owned(),
+        error,
+    };
+    fs::create_dir_all(dir.join(".alloc")).map_err(io_error)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".alloc.lock"))
+        .map_err(io_error)?;
+    // Released when `_held` is dropped, at the end of this function.
+    let _held = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_error(io::Error::from(errno)))?;
+    let taken = taken(dir).map_err(io_error)?;
+    if let Some(&held) = taken.get(name) {
+        return Ok(held);
+    }
+    let id = (1..=u16::MAX)
+        .find(|id| taken.values().all(|(t, _)| t != id))
+        .ok_or_else(|| AllocError::NoId {
+            dir: dir.to_owned(),
+        })?;
+    let no_cidr = || AllocError::NoCidr {
+        cluster,
+        name: name.to_owned(),
+    };
+    if cluster.prefix_len() > NODE_POD_PREFIX_LEN {
+        return Err(no_cidr());
+    }
+    let base = u32::from(cluster.addr());
+    let blocks = 1u32 << (NODE_POD_PREFIX_LEN - cluster.prefix_len());
+    let cidr = (0..blocks)
+        .filter_map(|i| {
+            Ipv4Cidr::new(
+                Ipv4Addr::from(base + (i << (32 - NODE_POD_PREFIX_LEN))),
+                NODE_POD_PREFIX_LEN,
+            )
+            .ok()
+        })
+        .find(|c| taken.values().all(|(_, t)| !t.overlaps(c)))
+        .ok_or_else(no_cidr)?;
+    let tmp = dir.join(".alloc").join(format!(".{name}.tmp"));
+    fs::write(&tmp, format!("{id} {cidr}\n"))
+        .and_then(|()| fs::rename(&tmp, dir.join(".alloc").join(name)))
+        .map_err(io_error)?;
+    Ok((id, cidr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::record::test_record as record;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xsteer-alloc-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn concurrent_allocations_never_collide_and_restarts_keep_theirs() {
+        let dir = temp_dir("alloc");
+        let cluster: Ipv4Cidr = "10.244.0.0/20".parse().unwrap();
+        // A node that published a record before holds its ID and CIDR.
+        DirSource::new(&dir)
+            .unwrap()
+            .publish(&record("old", 1))
+            .unwrap();
+        assert_eq!(lookup(&dir, "n3").unwrap(), None);
+        let handles: Vec<_> = (0..15)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || allocate(&dir, &format!("n{i}"), cluster).unwrap())
+            })
+            .collect();
+        let got: Vec<(u16, Ipv4Cidr)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let ids: std::collections::BTreeSet<u16> = got.iter().map(|g| g.0).collect();
+        assert_eq!(ids.len(), 15, "{got:?}");
+        assert!(!ids.contains(&1), "the published node's ID is taken");
+        for (i, (_, a)) in got.iter().enumerate() {
+            assert!(a.prefix_len() == 24 && cluster.contains(a.addr()));
+            assert!(
+                !a.overlaps(&"10.244.1.0/24".parse().unwrap()),
+                "the published CIDR is taken"
+            );
+            for (_, b) in &got[i + 1..] {
+                assert!(!a.overlaps(b), "{a} and {b}");
+            }
+        }
+        assert_eq!(
+            allocate(&dir, "n3", cluster).unwrap(),
+            got[3],
+            "a restart keeps its own"
+        );
+        assert_eq!(lookup(&dir, "n3").unwrap(), Some(got[3]), "lookup finds it");
+        // 16 /24s in a /20: one was published, 15 allocated; the next finds none.
+        let err = allocate(&dir, "late", cluster).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster_cidr 10.244.0.0/20 has no free /24 left for node late"),
+            "{err}"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn lookup_writes_nothing() {
+        let dir = temp_dir("lookup");
+        assert_eq!(lookup(&dir, "a").unwrap(), None);
+        assert!(
+            !dir.exists(),
+            "a lookup in a missing directory creates nothing"
+        );
+    }
+}

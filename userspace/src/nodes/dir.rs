@@ -1,0 +1,298 @@
+//! Node records as `<name>.json` files in one directory shared by the nodes: in the lab a plain
+//! directory, in a cluster anything that syncs files. Each agent writes its own file atomically
+//! (a temporary file renamed over it) and reads the others'.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use futures::StreamExt;
+
+use super::{Changes, NodeRecord, NodeSource, RecordError, Snapshot, SourceError};
+use crate::watch::DirWatch;
+
+/// What changes whenever a record file may have changed: (path, mtime, length) of each.
+type Version = Vec<(PathBuf, SystemTime, u64)>;
+
+/// Node records as `<name>.json` files in one directory.
+#[derive(Debug)]
+pub struct DirSource {
+    dir: PathBuf,
+    /// The version of the last read, to skip re-reading an unchanged directory.
+    last: Option<Version>,
+}
+
+impl DirSource {
+    /// The source in `dir`, created if missing.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<DirSource, SourceError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        Ok(DirSource::existing(dir))
+    }
+
+    /// The source in `dir`, which is not created: a missing directory holds no records.
+    pub fn existing(dir: impl Into<PathBuf>) -> DirSource {
+        DirSource {
+            dir: dir.into(),
+            last: None,
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            // Temporary files of a publish in progress start with a dot.
+            if name.is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')) {
+                files.push(path);
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn version(&self, files: &[PathBuf]) -> io::Result<Version> {
+        files
+            .iter()
+            .map(|path| {
+                let meta = fs::metadata(path)?;
+                Ok((path.clone(), meta.modified()?, meta.len()))
+            })
+            .collect()
+    }
+
+    /// Reads every record file, whatever the version.
+    fn read_all(&self, files: &[PathBuf]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for path in files {
+            let node = node_name(path);
+            let origin = format!("node record {}", path.display());
+            let parsed = fs::read_to_string(path)
+                .map_err(|error| RecordError::Read {
+                    origin: origin.clone(),
+                    error,
+                })
+                .and_then(|text| NodeRecord::parse(&origin, &text));
+            match parsed {
+                Ok(record) => {
+                    snapshot.records.insert(record.name.clone(), record);
+                }
+                Err(problem) => {
+                    snapshot.problems.insert(node, problem);
+                }
+            }
+        }
+        snapshot
+    }
+
+    /// Removes the record of node `name`.
+    pub fn withdraw(&self, name: &str) -> Result<(), SourceError> {
+        let path = self.dir.join(format!("{name}.json"));
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_error(format!("removing {}", path.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The node a record file stands for: its file stem.
+fn node_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn io_error(what: String) -> impl FnOnce(io::Error) -> SourceError {
+    move |error| SourceError::Io { what, error }
+}
+
+impl NodeSource for DirSource {
+    fn read(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        let listing = || format!("reading node records in {}", self.dir.display());
+        let files = self.record_files().map_err(io_error(listing()))?;
+        let version = self.version(&files).map_err(io_error(listing()))?;
+        if self.last.as_ref() == Some(&version) {
+            return Ok(None);
+        }
+        self.last = Some(version);
+        Ok(Some(self.read_all(&files)))
+    }
+
+    fn publish(&mut self, record: &NodeRecord) -> Result<(), SourceError> {
+        let path = self.dir.join(format!("{}.json", record.name));
+        let tmp = self.dir.join(format!(".{}.json.tmp", record.name));
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            file.write_all(record.render().as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(io_error(format!("publishing {}", path.display())))
+    }
+
+    fn changes(&self) -> Result<Changes, SourceError> {
+        let watch = DirWatch::new([self.dir.as_path()])
+            .map_err(io_error(format!("watching {}", self.dir.display())))?;
+        let dir = self.dir.clone();
+        Ok(futures::stream::unfold(watch, move |watch| {
+            let dir = dir.clone();
+            async move {
+                let woken = watch.changed().await.map_err(|error| SourceError::Io {
+                    what: format!("watching {}", dir.display()),
+                    error,
+                });
+                Some((woken, watch))
+            }
+        })
+        .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        keys::{Epoch, Generation},
+        nodes::record::test_record as record,
+    };
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xsteer-nodes-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn records_round_trip_through_the_directory() {
+        let dir = temp_dir("round-trip");
+        let mut source = DirSource::new(&dir).unwrap();
+        source.publish(&record("a", 1)).unwrap();
+        source.publish(&record("b", 2)).unwrap();
+        let before = source.read().unwrap().unwrap();
+        assert_eq!(before.records.len(), 2);
+        assert!(source.read().unwrap().is_none(), "nothing changed");
+        let mut changed = record("b", 2);
+        changed.generations = [4, 5].map(|g| Generation::new(g).unwrap()).to_vec();
+        changed.next_epoch = Some(Epoch::from_bytes([0xB2; 16]));
+        changed
+            .acks
+            .insert("a".into(), Epoch::from_bytes([0xA1; 16]));
+        source.publish(&changed).unwrap();
+        let snapshot = source.read().unwrap().expect("changed");
+        assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
+        assert_eq!(snapshot.records["a"], record("a", 1));
+        assert_eq!(
+            snapshot.records["b"], changed,
+            "a changed record is read again"
+        );
+        source.withdraw("a").unwrap();
+        source.withdraw("a").unwrap();
+        assert_eq!(source.read().unwrap().unwrap().records.len(), 1);
+        let mode = fs::metadata(dir.join("b.json")).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o644
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_bad_record_is_reported_by_file_and_field_and_hides_nothing() {
+        let dir = temp_dir("bad");
+        let mut source = DirSource::new(&dir).unwrap();
+        source.publish(&record("a", 1)).unwrap();
+        let good = record("c", 3).render();
+        for (file, text, expect) in [
+            (
+                "b.json",
+                "{ not json".to_owned(),
+                "b.json: key must be a string",
+            ),
+            (
+                "d.json",
+                good.replace("10.244.3.0/24", "10.244.3.5/24"),
+                "d.json: pod_cidr",
+            ),
+            (
+                "e.json",
+                good.replace("\"id\": 3", "\"id\": 0"),
+                "e.json: id: 0 is not in 1..=65535",
+            ),
+            (
+                "f.json",
+                good.replace("\"ip\": \"192.168.0.3\"", "\"ip\": \"300.1.1.1\""),
+                "f.json: ip",
+            ),
+            (
+                "g.json",
+                good.replace("[\n    3,", "[\n    16,"),
+                "g.json: generations: 16",
+            ),
+            (
+                "h.json",
+                good.replace("\"version\": 2", "\"version\": 1"),
+                "h.json: version: 1 is not 2",
+            ),
+            (
+                "i.json",
+                good.replace(
+                    "\"generations\"",
+                    "\"next_epoch\": \"03030303030303030303030303030303\",\n  \"generations\"",
+                ),
+                "i.json: next_epoch: is the same as epoch",
+            ),
+            (
+                "j.json",
+                good.replace(
+                    "\"generations\"",
+                    "\"acks\": { \"a\": \"0011\" },\n  \"generations\"",
+                ),
+                "j.json: acks: a:",
+            ),
+        ] {
+            fs::write(dir.join(file), text).unwrap();
+            let snapshot = source.read().unwrap().expect("changed");
+            let shown: Vec<String> = snapshot
+                .problems
+                .values()
+                .map(ToString::to_string)
+                .collect();
+            assert!(
+                shown.iter().any(|s| s.contains(expect)),
+                "{expect}: {shown:?}"
+            );
+            let node = file.trim_end_matches(".json");
+            assert!(snapshot.problems.contains_key(node), "named by its node");
+            assert_eq!(snapshot.records.len(), 1, "the good record is still there");
+            fs::remove_file(dir.join(file)).unwrap();
+        }
+        // Temporary files of a publish in progress are not records.
+        fs::write(dir.join(".x.json.tmp"), "{").unwrap();
+        let snapshot = DirSource::new(&dir).unwrap().read().unwrap().unwrap();
+        assert!(snapshot.problems.is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,90 @@
+//! Where peers come from: node records, one per node, that each agent publishes and reads.
+//!
+//! A [`NodeSource`] is where records live; the agent reads every record from it, publishes its
+//! own, and wakes when one may have changed. The directory of JSON files, [`DirSource`], is the
+//! first source; a Kubernetes source (Node objects) is another implementation of the same
+//! trait. [`Peers`] turns what a source holds into the peers a node reconciles with: a record
+//! that cannot be used never hides the others, and a node keeps the last good record of each
+//! peer. [`alloc`] gives a node that configures none its node ID and pod CIDR.
+
+pub mod alloc;
+mod dir;
+mod peers;
+mod record;
+
+use std::{collections::BTreeMap, io, pin::Pin};
+
+use futures::Stream;
+
+use crate::config::Config;
+
+pub use dir::DirSource;
+pub use peers::Peers;
+pub use record::{NodeRecord, RECORD_VERSION, RecordError};
+
+/// Every record a source holds, and the ones it could not use.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Valid records, by node name.
+    pub records: BTreeMap<String, NodeRecord>,
+    /// Records that could not be used, by the name of the node they stand for, with why.
+    pub problems: BTreeMap<String, RecordError>,
+}
+
+/// Why a source could not be read or written as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The source's storage failed.
+    #[error("{what}: {error}")]
+    Io {
+        /// What was being done, e.g. "publishing /var/lib/xsteer/nodes/a.json".
+        what: String,
+        /// What the OS said.
+        error: io::Error,
+    },
+}
+
+/// A stream that yields whenever the source's records may have changed (spurious wake-ups are
+/// allowed: a read then finds nothing new).
+pub type Changes = Pin<Box<dyn Stream<Item = Result<(), SourceError>> + Send>>;
+
+/// A place node records are published to and read from.
+pub trait NodeSource {
+    /// Every record the source holds now, or `None` when nothing changed since the last read.
+    fn read(&mut self) -> Result<Option<Snapshot>, SourceError>;
+    /// Publishes (or replaces) this node's record.
+    fn publish(&mut self, record: &NodeRecord) -> Result<(), SourceError>;
+    /// Wake-ups for when a record may have changed.
+    fn changes(&self) -> Result<Changes, SourceError>;
+}
+
+/// No records at all: the peers are the config file's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoRecords;
+
+impl NodeSource for NoRecords {
+    fn read(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        Ok(None)
+    }
+
+    fn publish(&mut self, _: &NodeRecord) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    fn changes(&self) -> Result<Changes, SourceError> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+}
+
+/// The source a config names: the directory of its `nodes_dir`, or no records at all. A
+/// `read_only` source creates nothing (a missing directory holds no records).
+pub fn source_of(
+    config: &Config,
+    read_only: bool,
+) -> Result<Box<dyn NodeSource + Send>, SourceError> {
+    Ok(match &config.nodes_dir {
+        Some(dir) if read_only => Box::new(DirSource::existing(dir)),
+        Some(dir) => Box::new(DirSource::new(dir)?),
+        None => Box::new(NoRecords),
+    })
+}

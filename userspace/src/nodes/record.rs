@@ -1,0 +1,249 @@
+//! A node record: what a node tells the others about itself, and its JSON form.
+//!
+//! Records are untrusted input: every field is checked on the way in, and a record that fails
+//! is reported by the node it stands for, with the field and what is wrong.
+
+use std::{collections::BTreeMap, io, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cidr::Ipv4Cidr,
+    keys::{Epoch, Generation},
+    view::Peer,
+};
+
+/// The record format this build writes and reads. Version 2 added re-keying (`next_epoch`,
+/// `acks`) and the wire SPI that names both epochs; nodes of version 1 cannot talk to it.
+pub const RECORD_VERSION: u32 = 2;
+
+/// What a node tells the others about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Node name, unique in the cluster.
+    pub name: String,
+    /// The IP its ESP tunnels start and end at.
+    pub ip: Ipv4Addr,
+    /// Node ID, 1..=65535.
+    pub id: u16,
+    /// The CIDR of its pods.
+    pub pod_cidr: Ipv4Cidr,
+    /// Its current epoch (an input of every SA key shared with it).
+    pub epoch: Epoch,
+    /// The epoch it is re-keying to, if it is; it has IN SAs for it from every peer it knows.
+    pub next_epoch: Option<Epoch>,
+    /// For each peer that is re-keying, the peer's `next_epoch`: it has SAs for it both ways.
+    /// Only peers in the middle of a re-key are listed, so records stay small.
+    pub acks: BTreeMap<String, Epoch>,
+    /// The key generations it can receive (it has IN SAs for them).
+    pub generations: Vec<Generation>,
+}
+
+impl NodeRecord {
+    /// This record as a peer of the node named `reader`.
+    pub fn peer(&self, reader: &str) -> Peer {
+        Peer {
+            name: self.name.clone(),
+            ip: self.ip,
+            id: self.id,
+            pod_cidrs: vec![self.pod_cidr],
+            epoch: self.epoch,
+            next_epoch: self.next_epoch,
+            acked_epoch: self.acks.get(reader).copied(),
+            generations: Some(self.generations.clone()),
+        }
+    }
+}
+
+/// The JSON form: strings for addresses and the epoch, checked on the way in.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    version: u32,
+    name: String,
+    ip: String,
+    id: i64,
+    pod_cidr: String,
+    epoch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_epoch: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    acks: BTreeMap<String, String>,
+    generations: Vec<i64>,
+}
+
+/// Why a record could not be used. `origin` says where it came from, e.g. `node record
+/// /var/lib/xsteer/nodes/b.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The record could not be read.
+    #[error("{origin}: {error}")]
+    Read {
+        /// Where the record is.
+        origin: String,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// The text is not a record.
+    #[error("{origin}: {error}")]
+    Json {
+        /// Where the record is.
+        origin: String,
+        /// What the parser said, with line and column.
+        error: serde_json::Error,
+    },
+    /// A field is invalid.
+    #[error("{origin}: {field}: {problem}")]
+    Field {
+        /// Where the record is.
+        origin: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl NodeRecord {
+    /// Parses and checks a record's JSON text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
+        parse_record(origin, text)
+    }
+
+    /// The record as JSON text, as [`NodeRecord::parse`] reads it.
+    pub fn render(&self) -> String {
+        render(self)
+    }
+}
+
+fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
+    let raw: RawRecord = serde_json::from_str(text).map_err(|error| RecordError::Json {
+        origin: origin.to_owned(),
+        error,
+    })?;
+    let field = |field, problem: String| RecordError::Field {
+        origin: origin.to_owned(),
+        field,
+        problem,
+    };
+    if raw.version != RECORD_VERSION {
+        return Err(field(
+            "version",
+            format!("{} is not {RECORD_VERSION}", raw.version),
+        ));
+    }
+    if raw.name.is_empty() || raw.name.contains(char::is_whitespace) {
+        return Err(field(
+            "name",
+            format!("{:?} is empty or has whitespace", raw.name),
+        ));
+    }
+    let ip = raw
+        .ip
+        .parse()
+        .map_err(|_| field("ip", format!("{:?} is not an IPv4 address", raw.ip)))?;
+    let id = u16::try_from(raw.id)
+        .ok()
+        .filter(|&id| id > 0)
+        .ok_or_else(|| field("id", format!("{} is not in 1..=65535", raw.id)))?;
+    let pod_cidr = raw
+        .pod_cidr
+        .parse()
+        .map_err(|e| field("pod_cidr", format!("{e}")))?;
+    let epoch = raw
+        .epoch
+        .parse()
+        .map_err(|e| field("epoch", format!("{e}")))?;
+    let next_epoch = raw
+        .next_epoch
+        .map(|e| e.parse())
+        .transpose()
+        .map_err(|e| field("next_epoch", format!("{e}")))?;
+    if next_epoch == Some(epoch) {
+        return Err(field(
+            "next_epoch",
+            "is the same as epoch: a re-key needs a new one".into(),
+        ));
+    }
+    let mut acks = BTreeMap::new();
+    for (node, e) in raw.acks {
+        let e: Epoch = e
+            .parse()
+            .map_err(|e| field("acks", format!("{node}: {e}")))?;
+        acks.insert(node, e);
+    }
+    let mut generations = Vec::new();
+    for g in raw.generations {
+        match u8::try_from(g).ok().and_then(Generation::new) {
+            Some(g) => generations.push(g),
+            None => return Err(field("generations", format!("{g} is not in 1..=15"))),
+        }
+    }
+    Ok(NodeRecord {
+        name: raw.name,
+        ip,
+        id,
+        pod_cidr,
+        epoch,
+        next_epoch,
+        acks,
+        generations,
+    })
+}
+
+fn render(record: &NodeRecord) -> String {
+    let raw = RawRecord {
+        version: RECORD_VERSION,
+        name: record.name.clone(),
+        ip: record.ip.to_string(),
+        id: i64::from(record.id),
+        pod_cidr: record.pod_cidr.to_string(),
+        epoch: record.epoch.to_string(),
+        next_epoch: record.next_epoch.map(|e| e.to_string()),
+        acks: record
+            .acks
+            .iter()
+            .map(|(node, e)| (node.clone(), e.to_string()))
+            .collect(),
+        generations: record
+            .generations
+            .iter()
+            .map(|g| i64::from(g.get()))
+            .collect(),
+    };
+    serde_json::to_string_pretty(&raw).expect("a record always serializes") + "\n"
+}
+
+/// A record for the unit tests of this module tree: node `name` with ID `id`, IP
+/// 192.168.0.`id`, pod CIDR 10.244.`id`.0/24, generations 3 and 4.
+#[cfg(test)]
+pub(super) fn test_record(name: &str, id: u16) -> NodeRecord {
+    let generations = [3, 4].map(|g| Generation::new(g).expect("in 1..=15"));
+    NodeRecord {
+        name: name.into(),
+        ip: Ipv4Addr::new(192, 168, 0, id as u8),
+        id,
+        pod_cidr: format!("10.244.{id}.0/24").parse().expect("a CIDR"),
+        epoch: Epoch::from_bytes([id as u8; 16]),
+        next_epoch: None,
+        acks: BTreeMap::new(),
+        generations: generations.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_through_its_json() {
+        let mut record = test_record("b", 2);
+        record.next_epoch = Some(Epoch::from_bytes([0xB2; 16]));
+        record
+            .acks
+            .insert("a".into(), Epoch::from_bytes([0xA1; 16]));
+        let text = record.render();
+        assert_eq!(NodeRecord::parse("b", &text).unwrap(), record);
+        assert!(text.contains("\"version\": 2"), "{text}");
+    }
+}

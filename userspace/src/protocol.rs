@@ -1,0 +1,109 @@
+//! The rules two xsteer nodes follow so that each can derive what the other does without asking:
+//! which wire SPI an SA has, under which epochs and with which key generation a node sends to a
+//! peer. The reconcile builds SAs and policies by them, `status` reads the kernel by them, and
+//! the agent's rotation and re-key steps decide by them; docs/keys.md and docs/marks.md describe
+//! them for people.
+
+use crate::{
+    keys::{Epoch, Generation, GenerationError, KeyFile},
+    view::{LocalNode, Peer},
+};
+
+/// The wire SPI of the SA from node `node_id` under `generation`, keyed with the sender's epoch
+/// `src_epoch` and the receiver's `dst_epoch`.
+///
+/// `node_id << 16 | tag(src_epoch) << 10 | tag(dst_epoch) << 4 | generation`, where a tag is
+/// [`Epoch::spi_tag`]. The node ID makes the SPI unique at every receiver; the tags give an SA
+/// re-keyed on either side a new SPI (a node re-keys to an epoch with another tag), so old and
+/// new SAs coexist while traffic moves over. Read in hex it names its sender: `0x0002_a7c3` is
+/// node 2, generation 3. Never below 65,536, so never in the range RFC 4303 reserves.
+pub fn wire_spi(node_id: u16, generation: Generation, src_epoch: &Epoch, dst_epoch: &Epoch) -> u32 {
+    (u32::from(node_id) << 16)
+        | (src_epoch.spi_tag() << 10)
+        | (dst_epoch.spi_tag() << 4)
+        | u32::from(generation.get() & 0x0F)
+}
+
+/// The epochs of a node: the current one, then the one it is re-keying to.
+pub fn epochs(epoch: Epoch, next: Option<Epoch>) -> impl Iterator<Item = Epoch> + Clone {
+    std::iter::once(epoch).chain(next)
+}
+
+/// The (local, peer) epochs that traffic to `peer` is sent under.
+///
+/// The peer's newest: it lists a new epoch only once it has the IN SAs for it. Ours: the new
+/// one only once the peer acks it in its record, for only then does it have the IN SAs.
+pub fn sending_epochs(local: &LocalNode, peer: &Peer) -> (Epoch, Epoch) {
+    let ours = match local.next_epoch {
+        Some(next) if peer.acked_epoch == Some(next) => next,
+        _ => local.epoch,
+    };
+    (ours, peer.next_epoch.unwrap_or(peer.epoch))
+}
+
+/// The generation to send to a peer with: the newest of the key file's that the peer says it
+/// can receive (all of them for a peer that says nothing), or `None` when they share none.
+/// Switching a peer to a new generation only once it advertises it is what makes a rotation
+/// lossless: its IN SAs exist by then.
+pub fn sending_generation(
+    keys: &KeyFile,
+    advertised: Option<&[Generation]>,
+) -> Result<Option<Generation>, GenerationError> {
+    let newest = keys.newest()?.generation();
+    let Some(advertised) = advertised else {
+        return Ok(Some(newest));
+    };
+    // Walk back from the newest through the file's run of generations (15 precedes 1).
+    Ok(keys
+        .newest_first()
+        .into_iter()
+        .find(|g| advertised.contains(g)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_peer_is_sent_to_with_the_newest_generation_it_advertises() {
+        let keys = KeyFile::parse(
+            "14 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n\
+             15 rfc4106(gcm(aes)) 101112131415161718191a1b1c1d1e1f20212223 128\n\
+             1 rfc4106(gcm(aes)) 202122232425262728292a2b2c2d2e2f30313233 128\n",
+        )
+        .unwrap();
+        let at = |adv: Option<&[Generation]>| sending_generation(&keys, adv).unwrap();
+        assert_eq!(at(None), Some(g(1)), "a configured peer: the newest");
+        assert_eq!(at(Some(&[g(14), g(15), g(1)])), Some(g(1)));
+        assert_eq!(
+            at(Some(&[g(14), g(15)])),
+            Some(g(15)),
+            "not caught up: the one before"
+        );
+        assert_eq!(at(Some(&[g(14)])), Some(g(14)));
+        assert_eq!(
+            at(Some(&[g(7)])),
+            None,
+            "nothing in common: nothing is marked"
+        );
+    }
+
+    #[test]
+    fn wire_spi_names_sender_both_epochs_and_generation() {
+        let epoch = |first: u8| {
+            let mut bytes = [0u8; 16];
+            bytes[0] = first;
+            Epoch::from_bytes(bytes)
+        };
+        // Tags 0b101001 and 0b110010: 0xA7 >> 2 and 0xC9 >> 2.
+        let (src, dst) = (epoch(0xA7), epoch(0xC9));
+        assert_eq!(wire_spi(2, g(3), &src, &dst), 0x0002_A723);
+        assert_eq!(wire_spi(2, g(3), &dst, &src), 0x0002_CA93);
+        assert_eq!(wire_spi(65535, g(15), &src, &dst), 0xFFFF_A72F);
+        assert!(wire_spi(1, g(1), &epoch(0), &epoch(0)) >= 65_536);
+    }
+}

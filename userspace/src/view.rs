@@ -1,0 +1,276 @@
+//! What a node reconciles: itself and its peers, as its config, its state and the node records
+//! make them.
+//!
+//! The config file says who the node is and which peers it knows statically; the state directory
+//! says which epochs the node is using; node records add the peers that publish themselves, with
+//! the key generations and epochs they advertise. [`crate::inputs`] puts them together; the
+//! reconcile, the agent's rotation and re-key steps and `status` read only this.
+
+use std::net::Ipv4Addr;
+
+use crate::{
+    cidr::Ipv4Cidr,
+    config::{Config, PeerConfig},
+    keys::{Epoch, Generation},
+};
+
+/// One node's picture of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The routing table for the routes of remote pod CIDRs.
+    pub route_table: u32,
+    /// The CIDR node pod CIDRs are carved from, if the config names one.
+    pub cluster_cidr: Option<Ipv4Cidr>,
+    /// This node.
+    pub node: LocalNode,
+    /// The other nodes: the config's, then those learned from node records.
+    pub peers: Vec<Peer>,
+}
+
+/// The node xsteer runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    /// Node name.
+    pub name: String,
+    /// The IP the node's ESP tunnels start and end at.
+    pub ip: Ipv4Addr,
+    /// Node ID, 1..=65535: bits 16–31 of the skb mark.
+    pub id: u16,
+    /// The interface that carries the tunnels.
+    pub uplink: String,
+    /// The CIDR of this node's pods.
+    pub pod_cidr: Ipv4Cidr,
+    /// The epoch in service, an input of every SA key the node shares.
+    pub epoch: Epoch,
+    /// The epoch the node is re-keying to, if it is: SAs under both exist until every peer has
+    /// moved over.
+    pub next_epoch: Option<Epoch>,
+}
+
+/// Another node that pod traffic is encrypted to and from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// The peer's tunnel endpoint IP.
+    pub ip: Ipv4Addr,
+    /// The peer's node ID, 1..=65535.
+    pub id: u16,
+    /// The CIDRs of the peer's pods; at least one.
+    pub pod_cidrs: Vec<Ipv4Cidr>,
+    /// The peer's epoch.
+    pub epoch: Epoch,
+    /// The epoch the peer is re-keying to, from its node record.
+    pub next_epoch: Option<Epoch>,
+    /// Which of this node's epochs the peer has SAs for when this node is re-keying, from its
+    /// record: the re-keyed SAs are used towards it only once it names this node's
+    /// `next_epoch` here.
+    pub acked_epoch: Option<Epoch>,
+    /// The key generations the peer says it can receive (it has their IN SAs), from its node
+    /// record; `None` for a peer from the config file, which is assumed to receive them all.
+    pub generations: Option<Vec<Generation>>,
+}
+
+impl Peer {
+    /// A peer as the config file gives it: no record, so nothing advertised.
+    pub fn from_config(peer: &PeerConfig) -> Peer {
+        Peer {
+            name: peer.name.clone(),
+            ip: peer.ip,
+            id: peer.id,
+            pod_cidrs: peer.pod_cidrs.clone(),
+            epoch: peer.epoch,
+            next_epoch: None,
+            acked_epoch: None,
+            generations: None,
+        }
+    }
+}
+
+/// A peer of the config that clashes with this node's allocated identity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("peers: {name}: {why}")]
+pub struct ConfigClash {
+    /// The peer.
+    pub name: String,
+    /// How it clashes.
+    pub why: String,
+}
+
+impl View {
+    /// The node of `config` with the node ID and pod CIDR of `identity` and the epochs in
+    /// service, and the config's peers. Fails only if a peer clashes with an allocated
+    /// identity (a configured one was checked with the config).
+    pub fn from_config(
+        config: &Config,
+        identity: (u16, Ipv4Cidr),
+        epoch: Epoch,
+        next_epoch: Option<Epoch>,
+    ) -> Result<View, ConfigClash> {
+        let mut view = View::alone(config, identity, epoch, next_epoch);
+        for peer in &config.peers {
+            view.admit(Peer::from_config(peer))
+                .map_err(|why| ConfigClash {
+                    name: peer.name.clone(),
+                    why,
+                })?;
+        }
+        Ok(view)
+    }
+
+    fn alone(
+        config: &Config,
+        identity: (u16, Ipv4Cidr),
+        epoch: Epoch,
+        next_epoch: Option<Epoch>,
+    ) -> View {
+        let node = &config.node;
+        View {
+            route_table: config.route_table,
+            cluster_cidr: config.cluster_cidr,
+            node: LocalNode {
+                name: node.name.clone(),
+                ip: node.ip,
+                id: identity.0,
+                uplink: node.uplink.clone(),
+                pod_cidr: identity.1,
+                epoch,
+                next_epoch,
+            },
+            peers: Vec::new(),
+        }
+    }
+
+    /// Adds `peer`, unless it clashes with this node or a peer already in: then says why.
+    pub fn admit(&mut self, peer: Peer) -> Result<(), String> {
+        match self.clash(&peer) {
+            Some(why) => Err(why),
+            None => {
+                self.peers.push(peer);
+                Ok(())
+            }
+        }
+    }
+
+    /// Why `candidate` cannot be a peer beside this node and its peers, if it cannot: a name,
+    /// node ID or node IP already taken, a pod CIDR that overlaps another, a node IP inside a
+    /// pod CIDR (tunnel traffic must never look like pod traffic), or no pod CIDR at all.
+    pub fn clash(&self, candidate: &Peer) -> Option<String> {
+        let local = &self.node;
+        if candidate.pod_cidrs.is_empty() {
+            return Some("it has no pod CIDR".into());
+        }
+        let others = std::iter::once((
+            format!("this node ({})", local.name),
+            local.name.as_str(),
+            local.id,
+            local.ip,
+            std::slice::from_ref(&local.pod_cidr),
+        ))
+        .chain(self.peers.iter().map(|p| {
+            (
+                format!("node {}", p.name),
+                p.name.as_str(),
+                p.id,
+                p.ip,
+                p.pod_cidrs.as_slice(),
+            )
+        }));
+        for (who, name, id, ip, cidrs) in others {
+            if name == candidate.name {
+                return Some(format!("its name is already {who}'s"));
+            }
+            if id == candidate.id {
+                return Some(format!("node ID {id} is already {who}'s"));
+            }
+            if ip == candidate.ip {
+                return Some(format!("node IP {ip} is already {who}'s"));
+            }
+            for cidr in cidrs {
+                if let Some(mine) = candidate.pod_cidrs.iter().find(|c| c.overlaps(cidr)) {
+                    return Some(format!("pod CIDR {mine} overlaps {cidr} of {who}"));
+                }
+                if cidr.contains(candidate.ip) {
+                    return Some(format!(
+                        "node IP {} is inside {cidr} of {who}",
+                        candidate.ip
+                    ));
+                }
+            }
+            if let Some(mine) = candidate.pod_cidrs.iter().find(|c| c.contains(ip)) {
+                return Some(format!("pod CIDR {mine} holds the node IP {ip} of {who}"));
+            }
+        }
+        None
+    }
+
+    /// The peer named `name`, if there is one.
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Views for the unit tests of other modules.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::View;
+    use crate::config::{Config, fixtures};
+
+    /// The view of node a in `text` (a config with `node.id` and `node.pod_cidr` given).
+    pub fn view(text: &str) -> View {
+        let config: Config = text.parse().expect("a valid fixture");
+        let identity = config.node.identity().expect("the fixture gives both");
+        View::from_config(&config, identity, config.node.epoch, None)
+            .expect("the fixture's peers fit together")
+    }
+
+    /// Node a (ID 1) with peer b (ID 2): [`fixtures::TWO_NODES`].
+    pub fn two_nodes() -> View {
+        view(fixtures::TWO_NODES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clashing_peer_is_refused_with_the_reason() {
+        let view = fixtures::two_nodes();
+        let fresh = Peer {
+            name: "c".into(),
+            ip: Ipv4Addr::new(192, 168, 0, 3),
+            id: 3,
+            pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
+            ..view.peers[0].clone()
+        };
+        assert_eq!(view.clash(&fresh), None);
+        let with = |edit: &dyn Fn(&mut Peer)| {
+            let mut peer = fresh.clone();
+            edit(&mut peer);
+            view.clash(&peer).expect("a clash")
+        };
+        assert_eq!(
+            with(&|p| p.name = "b".into()),
+            "its name is already node b's"
+        );
+        assert_eq!(with(&|p| p.id = 1), "node ID 1 is already this node (a)'s");
+        assert_eq!(
+            with(&|p| p.ip = Ipv4Addr::new(192, 168, 0, 2)),
+            "node IP 192.168.0.2 is already node b's"
+        );
+        assert_eq!(
+            with(&|p| p.pod_cidrs = vec!["10.244.0.0/16".parse().unwrap()]),
+            "pod CIDR 10.244.0.0/16 overlaps 10.244.1.0/24 of this node (a)"
+        );
+        assert_eq!(
+            with(&|p| p.ip = Ipv4Addr::new(10, 244, 2, 9)),
+            "node IP 10.244.2.9 is inside 10.244.2.0/24 of node b"
+        );
+        assert_eq!(
+            with(&|p| p.pod_cidrs = vec!["192.168.0.0/24".parse().unwrap()]),
+            "pod CIDR 192.168.0.0/24 holds the node IP 192.168.0.1 of this node (a)"
+        );
+        assert_eq!(with(&|p| p.pod_cidrs.clear()), "it has no pod CIDR");
+    }
+}
