@@ -15,6 +15,9 @@
 //! Under emulation (TCG) the absolute figures are slow. The agent watches the directory with
 //! inotify, so the second figure is mostly one reconcile.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     fs,
     net::Ipv4Addr,

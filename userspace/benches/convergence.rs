@@ -33,6 +33,12 @@
 //! Prints a markdown section for docs/benchmarks.md on stdout (the body that goes between the
 //! `<!-- bench:convergence -->` markers), progress on stderr.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -63,6 +69,8 @@ use xsteer::{
     state::KeyLedger,
     view::{LocalNode, Peer, View},
 };
+
+use support::ip;
 use xsteer_common::mark;
 
 const KEYS: &str = "3 rfc4106(gcm(aes)) 0x000102030405060708090a0b0c0d0e0f10111213 128\n";
@@ -83,48 +91,20 @@ const SETTLE: Duration = Duration::from_millis(150);
 // ---------------------------------------------------------------------------------------------
 // Namespaces and the `ip` tool.
 
-/// Runs `ip ARGS...` in the calling thread's namespace; panics with its stderr when it fails.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running ip {}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("ip prints UTF-8")
-}
-
-/// Runs `f` on a current-thread tokio runtime in a thread of its own, inside a fresh network
-/// namespace with lo up and the uplink `xs0` (a veth, 192.168.0.1/16, both ends up).
+/// Starts `f` in a thread of its own inside a fresh network namespace with lo up and the
+/// uplink `xs0` (a veth, 192.168.0.1/16, both ends up).
 fn spawn_in_fresh_netns<T, F, Fut>(f: F) -> thread::JoinHandle<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T>,
 {
-    thread::spawn(move || {
-        // SAFETY: unshare only affects the calling thread, which owns no namespace-bound state yet.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        ip(&["link", "set", "lo", "up"]);
+    support::spawn_in_fresh_netns(move || async move {
         ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "xs1"]);
         ip(&["addr", "add", "192.168.0.1/16", "dev", UPLINK]);
         ip(&["link", "set", UPLINK, "up"]);
         ip(&["link", "set", "xs1", "up"]);
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(f())
+        f().await
     })
 }
 

@@ -9,6 +9,9 @@
 //! having waited for each peer to advertise it. The stream ends 2 s after the last rotation and
 //! its losses and duplicates are counted.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     collections::BTreeMap,
     net::UdpSocket,

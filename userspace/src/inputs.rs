@@ -181,3 +181,93 @@ pub fn load(config_path: &Path, state_dir: &Path, access: Access) -> Result<Inpu
     let mut peers = Peers::new(source, &files.config.node.name, drop);
     files.assemble(&mut peers)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::PermissionsExt};
+
+    use super::*;
+
+    const KEYS: &str = "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n";
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xsteer-inputs-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A node with its identity left to the allocator, its key file beside it.
+    fn write_node(dir: &Path, name: &str, ip: &str, keys: &str) -> PathBuf {
+        let config = dir.join(format!("{name}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "key_file = \"keys\"\nnodes_dir = \"nodes\"\ncluster_cidr = \"10.244.0.0/16\"\n\n\
+                 [node]\nname = \"{name}\"\nip = \"{ip}\"\nuplink = \"eth0\"\n\
+                 epoch = \"00112233445566778899aabbccddeeff\"\n"
+            ),
+        )
+        .unwrap();
+        fs::write(dir.join("keys"), keys).unwrap();
+        fs::set_permissions(dir.join("keys"), fs::Permissions::from_mode(0o600)).unwrap();
+        config
+    }
+
+    #[test]
+    fn only_a_writing_load_allocates_and_a_read_only_one_finds_it() {
+        let dir = scratch("alloc");
+        let a = write_node(&dir, "node-a", "192.168.0.1", KEYS);
+        let b = write_node(&dir, "node-b", "192.168.0.2", KEYS);
+        let state = dir.join("state");
+        let err = load(&a, &state, Access::ReadOnly).unwrap_err().to_string();
+        assert!(
+            err.contains("node node-a has no node ID and pod CIDR"),
+            "{err}"
+        );
+        assert!(
+            !dir.join("nodes").exists() && !state.exists(),
+            "nothing written"
+        );
+
+        let first = read_files(&a, &state, Access::Write).unwrap();
+        let other = read_files(&b, &state, Access::Write).unwrap();
+        assert_ne!(first.identity.0, other.identity.0);
+        assert!(!first.identity.1.overlaps(&other.identity.1));
+        let seen = load(&a, &state, Access::ReadOnly).unwrap();
+        assert_eq!(
+            (seen.view.node.id, seen.view.node.pod_cidr),
+            first.identity,
+            "a read-only load finds the reservation"
+        );
+        assert_eq!(
+            read_files(&a, &state, Access::Write).unwrap().identity,
+            first.identity
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn errors_say_each_thing_once() {
+        let dir = scratch("errors");
+        let config = write_node(
+            &dir,
+            "node-a",
+            "192.168.0.1",
+            "x rfc4106(gcm(aes)) 00 128\n",
+        );
+        let shown = |e: InputsError| format!("{:#}", anyhow::Error::from(e));
+        let bad_key = shown(read_files(&config, &dir, Access::ReadOnly).unwrap_err());
+        assert_eq!(bad_key.matches("field 1 (SPI)").count(), 1, "{bad_key}");
+        assert!(bad_key.contains("keys: line 1"), "{bad_key}");
+
+        let missing =
+            shown(read_files(&dir.join("nope.toml"), &dir, Access::ReadOnly).unwrap_err());
+        assert_eq!(missing.matches("os error 2").count(), 1, "{missing}");
+
+        fs::write(&config, "key_file = \n").unwrap();
+        let toml = shown(read_files(&config, &dir, Access::ReadOnly).unwrap_err());
+        assert_eq!(toml.matches("TOML parse error").count(), 1, "{toml}");
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -5,12 +5,21 @@
 //!   map entries, and applying it again writes nothing (netlink writes are counted);
 //! - foreign xfrm policies, rules and routes are byte-for-byte the same afterwards;
 //! - `xsteer apply` with bad input fails naming the problem and changes nothing;
-//! - `xsteer apply` on a kernel without ESP refuses, naming CONFIG_INET_ESP, and changes nothing.
+//! - `xsteer apply` on a kernel without ESP refuses, naming CONFIG_INET_ESP, and changes nothing;
+//! - `xsteer apply --dry-run` and `xsteer status` leave the node records and the state directory
+//!   byte-for-byte as they were.
+
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::{
-    collections::BTreeMap, fs, os::unix::fs::PermissionsExt, path::PathBuf, process::Command,
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::PathBuf,
+    process::Command,
 };
 
 use support::{in_fresh_netns, ip, require_root};
@@ -229,8 +238,14 @@ impl Scratch {
 
     /// Runs `xsteer apply` on this config; returns (success, stdout + stderr).
     fn apply(&self, extra: &[&str]) -> (bool, String) {
+        self.run("apply", extra)
+    }
+
+    /// Runs `xsteer VERB` on this config with its pin and state dirs; returns (success,
+    /// stdout + stderr).
+    fn run(&self, verb: &str, extra: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
-            .arg("apply")
+            .arg(verb)
             .arg("--config")
             .arg(self.0.join("xsteer.toml"))
             .arg("--pin-dir")
@@ -380,5 +395,92 @@ fn apply_with_bad_input_names_the_problem_and_changes_nothing() {
                 "{name}: maps were pinned"
             );
         }
+    });
+}
+
+/// Every file under `dir`, with its mode, length, modification time and bytes.
+fn tree(dir: &std::path::Path) -> Vec<(PathBuf, u32, std::time::SystemTime, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let meta = fs::symlink_metadata(&at).unwrap();
+        let bytes = if meta.is_file() {
+            fs::read(&at).unwrap()
+        } else {
+            Vec::new()
+        };
+        if meta.is_dir() {
+            for entry in fs::read_dir(&at).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        }
+        found.push((at, meta.mode(), meta.modified().unwrap(), bytes));
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn dry_runs_and_status_leave_the_node_records_and_the_state_untouched() {
+    if !require_root("dry_runs_and_status_leave_the_node_records_and_the_state_untouched") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        network();
+        // Node a leaves its identity to the allocator; node b has published its record.
+        let config = config_text("")
+            .replace("id = 1\n", "")
+            .replace("pod_cidr = \"10.244.1.0/24\"\n", "")
+            .replace(
+                "route_table = 200",
+                "route_table = 200\nnodes_dir = \"nodes\"\ncluster_cidr = \"10.244.0.0/16\"",
+            );
+        let scratch = Scratch::new("read-only", &config, KEYS);
+        let (nodes, state) = (scratch.0.join("nodes"), scratch.0.join("state"));
+
+        // Before any agent ran: nothing is allocated, and nothing may be.
+        for verb in ["apply", "status"] {
+            let extra: &[&str] = if verb == "apply" { &["--dry-run"] } else { &[] };
+            let (ok, text) = scratch.run(verb, extra);
+            assert!(!ok, "{verb}: {text}");
+            assert!(
+                text.contains("has no node ID and pod CIDR") && text.contains("agent"),
+                "{verb}: {text}"
+            );
+        }
+        assert!(!nodes.exists() && !state.exists(), "nothing created");
+
+        // With a reservation, a peer's record and the agent's state in place: both read them,
+        // and leave every byte, mode and time as it was.
+        fs::create_dir_all(nodes.join(".alloc")).unwrap();
+        fs::write(nodes.join(".alloc/node-a"), "1 10.244.1.0/24\n").unwrap();
+        fs::write(
+            nodes.join("node-d.json"),
+            r#"{"version": 2, "name": "node-d", "ip": "192.168.77.4", "id": 4,
+                "pod_cidr": "10.244.4.0/24", "epoch": "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
+                "generations": [3]}"#,
+        )
+        .unwrap();
+        fs::create_dir_all(&state).unwrap();
+        fs::write(
+            state.join("epochs"),
+            "configured 00112233445566778899aabbccddeeff\n",
+        )
+        .unwrap();
+        let before = (tree(&nodes), tree(&state));
+        let (ok, text) = scratch.apply(&["--dry-run"]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("would add policy out 0.0.0.0/0 -> 10.244.4.0/24"),
+            "the dry run plans for node-d's record too:\n{text}"
+        );
+        let (ok, text) = scratch.run("status", &["--output", "json"]);
+        assert!(ok, "{text}");
+        assert!(text.contains("\"node-d\""), "{text}");
+        assert_eq!(
+            (tree(&nodes), tree(&state)),
+            before,
+            "a dry run and status changed nodes_dir or the state dir"
+        );
     });
 }

@@ -3,6 +3,9 @@
 //!
 //! SAs need ESP, which the host kernel lacks; they are covered in the VM bed.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::Ipv4Addr;

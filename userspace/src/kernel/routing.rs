@@ -102,15 +102,14 @@ pub struct Uplink {
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     /// The kernel refused a request.
-    #[error("{op} {what}: {source}")]
+    #[error("{op} {what}: {error}")]
     Kernel {
         /// "adding", "deleting", "listing", ...
         op: &'static str,
         /// The object.
         what: String,
         /// The errno.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The configured uplink does not exist.
     #[error("node.uplink: there is no interface named {name:?} on this node")]
@@ -119,13 +118,12 @@ pub enum RoutingError {
         name: String,
     },
     /// The kernel has no route to a peer's node IP.
-    #[error("no route to peer node IP {ip}: {source}")]
+    #[error("no route to peer node IP {ip}: {error}")]
     NoRoute {
         /// The peer's node IP.
         ip: Ipv4Addr,
         /// What the kernel answered.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -144,7 +142,7 @@ fn kernel(
     move |e| RoutingError::Kernel {
         op,
         what,
-        source: errno(e),
+        error: errno(e),
     }
 }
 
@@ -166,8 +164,8 @@ pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingErro
             });
         }
         Err(e) => {
-            let source = errno(e);
-            return Err(if source.raw_os_error() == Some(libc::ENODEV) {
+            let error = errno(e);
+            return Err(if error.raw_os_error() == Some(libc::ENODEV) {
                 RoutingError::UnknownUplink {
                     name: name.to_owned(),
                 }
@@ -175,7 +173,7 @@ pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingErro
                 RoutingError::Kernel {
                     op: "reading",
                     what: format!("link {name}"),
-                    source,
+                    error,
                 }
             });
         }
@@ -209,11 +207,11 @@ pub async fn route_to(netlink: &Netlink, ip: Ipv4Addr) -> Result<NextHop, Routin
         .await
         .map_err(|e| RoutingError::NoRoute {
             ip,
-            source: errno(e),
+            error: errno(e),
         })?
         .ok_or_else(|| RoutingError::NoRoute {
             ip,
-            source: io::Error::other("empty answer"),
+            error: io::Error::other("empty answer"),
         })?;
     let mut hop = NextHop {
         oif: 0,
@@ -229,7 +227,7 @@ pub async fn route_to(netlink: &Netlink, ip: Ipv4Addr) -> Result<NextHop, Routin
     if hop.oif == 0 {
         return Err(RoutingError::NoRoute {
             ip,
-            source: io::Error::other("the route has no output interface"),
+            error: io::Error::other("the route has no output interface"),
         });
     }
     Ok(hop)

@@ -271,15 +271,14 @@ impl fmt::Display for State {
 #[derive(Debug, thiserror::Error)]
 pub enum XfrmError {
     /// The kernel refused a request.
-    #[error("{op} {what}: {source}")]
+    #[error("{op} {what}: {error}")]
     Kernel {
         /// "adding", "deleting", "listing", ...
         op: &'static str,
         /// The object, without key material.
         what: String,
         /// The errno.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The kernel cannot do ESP at all.
     #[error(
@@ -300,7 +299,7 @@ fn kernel(
     move |e| XfrmError::Kernel {
         op,
         what,
-        source: errno(e),
+        error: errno(e),
     }
 }
 
@@ -637,14 +636,14 @@ pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
         let _ = delete_state(netlink, &state).await;
         match add_state(netlink, &state).await {
             Ok(()) => delete_state(netlink, &state).await?,
-            Err(XfrmError::Kernel { source, .. })
-                if source.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
+            Err(XfrmError::Kernel { error, .. })
+                if error.raw_os_error() == Some(libc::EPROTONOSUPPORT) =>
             {
                 return Err(XfrmError::NoEsp);
             }
             // The algorithm is missing (ENOSYS/ENOENT): try the next one.
-            Err(XfrmError::Kernel { source, .. })
-                if matches!(source.raw_os_error(), Some(libc::ENOSYS | libc::ENOENT)) =>
+            Err(XfrmError::Kernel { error, .. })
+                if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::ENOENT)) =>
             {
                 continue;
             }

@@ -199,9 +199,9 @@ impl KeyFile {
     /// through them). Refuses a file whose mode gives group or others any permission.
     pub fn load(path: impl AsRef<Path>) -> Result<KeyFile, LoadError> {
         let path = path.as_ref();
-        let io_error = |source| LoadError::Io {
+        let io_error = |error| LoadError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(io_error)?;
         // Checked on the open file, so the mode and the bytes read belong to the same file.
@@ -229,9 +229,9 @@ impl KeyFile {
                 path: path.to_owned(),
             });
         }
-        let in_file = |source| LoadError::Parse {
+        let in_file = |error| LoadError::Parse {
             path: path.to_owned(),
-            source,
+            error,
         };
         let text = std::str::from_utf8(&buf).map_err(|e| {
             let line = 1 + buf[..e.valid_up_to()]
@@ -600,12 +600,12 @@ fn shown_suffix(shown: &Option<String>) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Opening or reading failed.
-    #[error("cannot read key file {}: {source}", path.display())]
+    #[error("cannot read key file {}: {error}", path.display())]
     Io {
         /// The path given.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The path names a directory or a special file.
     #[error("key file {} is not a regular file", path.display())]
@@ -633,12 +633,12 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The contents do not parse.
-    #[error("key file {}: {source}", path.display())]
+    #[error("key file {}: {error}", path.display())]
     Parse {
         /// The path given.
         path: PathBuf,
         /// What is wrong.
-        source: ParseError,
+        error: ParseError,
     },
 }
 

@@ -26,26 +26,26 @@ pub enum RotateError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The key file's generations do not say which is newest.
-    #[error("key file {}: {source}", path.display())]
+    #[error("key file {}: {error}", path.display())]
     Generations {
         /// The key file.
         path: PathBuf,
         /// Why.
-        source: GenerationError,
+        error: GenerationError,
     },
     /// A fresh key could not be made.
     #[error(transparent)]
     Random(#[from] RandomError),
     /// The rewritten file would not parse (a bug: nothing is written).
     #[error("the rotated key file would not parse: {0}")]
-    Rewrite(#[source] ParseError),
+    Rewrite(ParseError),
     /// Writing the new file failed.
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}: {error}", path.display())]
     Io {
         /// The file being written.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -78,15 +78,15 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
     let keys = KeyFile::load(path)?;
     let newest = keys
         .newest()
-        .map_err(|source| RotateError::Generations {
+        .map_err(|error| RotateError::Generations {
             path: path.to_owned(),
-            source,
+            error,
         })?
         .generation();
     let generation = newest.next();
-    let io_error = |source| RotateError::Io {
+    let io_error = |error| RotateError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut old = Zeroizing::new(String::new());
     fs::File::open(path)
@@ -122,9 +122,9 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
         .file_name()
         .map_or("keys".into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(".{name}.xsteer-rotate"));
-    let tmp_error = |source| RotateError::Io {
+    let tmp_error = |error| RotateError::Io {
         path: tmp.clone(),
-        source,
+        error,
     };
     let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()

@@ -14,6 +14,8 @@ use super::netns::run_in;
 
 /// IP protocol number of ESP.
 pub const IPPROTO_ESP: u8 = 50;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
 
 /// An IPv4 packet seen leaving a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +26,20 @@ pub struct Packet {
     pub src: Ipv4Addr,
     /// Destination address.
     pub dst: Ipv4Addr,
+    /// The SPI, for ESP (host order).
+    pub spi: Option<u32>,
+}
+
+impl Packet {
+    /// Whether this is ESP.
+    pub fn is_esp(&self) -> bool {
+        self.proto == IPPROTO_ESP
+    }
+
+    /// Whether this is plaintext UDP to `dst`.
+    pub fn is_udp_to(&self, dst: Ipv4Addr) -> bool {
+        self.proto == IPPROTO_UDP && self.dst == dst
+    }
 }
 
 /// A running capture of what one interface sends.
@@ -119,20 +135,26 @@ fn open(ifname: &str) -> io::Result<OwnedFd> {
     Ok(socket)
 }
 
-/// The IPv4 header of an Ethernet frame, if it carries IPv4.
+/// The IPv4 header of an Ethernet frame (and the SPI of ESP), if it carries IPv4.
 pub fn parse(frame: &[u8]) -> Option<Packet> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
     let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0F) * 4;
     let addr = |at: usize| -> Option<Ipv4Addr> {
         Some(Ipv4Addr::from(
             <[u8; 4]>::try_from(ip.get(at..at + 4)?).ok()?,
         ))
     };
+    let proto = *ip.get(9)?;
+    let spi = (proto == IPPROTO_ESP)
+        .then(|| Some(u32::from_be_bytes(ip.get(ihl..ihl + 4)?.try_into().ok()?)))
+        .flatten();
     Some(Packet {
-        proto: *ip.get(9)?,
+        proto,
         src: addr(12)?,
         dst: addr(16)?,
+        spi,
     })
 }

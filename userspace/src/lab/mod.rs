@@ -313,6 +313,7 @@ mod tests {
             proto,
             src: Ipv4Addr::from(src),
             dst: Ipv4Addr::from(dst),
+            spi: None,
         }
     }
 

@@ -196,7 +196,11 @@ mod tests {
         let c = record("c", 3);
         let mut impostor = record("d", 4);
         impostor.ip = c.ip;
-        let mut peers = Peers::new(Box::new(Fixed(Some(snapshot(&[c.clone()])))), "a", drop);
+        let mut peers = Peers::new(
+            Box::new(Fixed(Some(snapshot(std::slice::from_ref(&c))))),
+            "a",
+            drop,
+        );
         let (view, refused) = peers.view(&base);
         assert!(refused.is_empty(), "{refused:?}");
         assert_eq!(view.peers.len(), 2, "b from the config, c from its record");

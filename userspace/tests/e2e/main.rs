@@ -2,6 +2,9 @@
 //! of them by `cargo xtask test` (`--include-ignored --test-threads=1`). On the host they are
 //! ignored: its kernel has no ESP.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     cluster::{self, Node},
-    support::Netns,
+    support::{self, Netns},
     wire::{Capture, Packet},
 };
 
@@ -38,6 +38,7 @@ impl Streamed {
 pub fn stream(from: &Node, to: &Node, port: u16, rate: u32, seconds: u32) -> Streamed {
     let (src, dst) = (from.pod_ip, to.pod_ip);
     let receiver = to.pod.run(move || UdpSocket::bind((dst, port)).unwrap());
+    support::set_receive_buffer(&receiver, 16 << 20);
     receiver
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
@@ -209,8 +210,9 @@ pub fn drop_counters(nodes: &[&Node]) -> String {
                 .lines()
                 .filter(|l| l.split_whitespace().nth(1).is_some_and(|v| v != "0"))
                 .collect();
+            let udp = n.pod.run(support::udp_errors);
             format!(
-                "{}: xfrm errors {errors:?}\n{}",
+                "{}: xfrm errors {errors:?}, pod UDP errors {udp:?}\n{}",
                 n.name,
                 n.netns.ip(&["-s", "link", "show"])
             )

@@ -37,7 +37,20 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    let joined = thread::spawn(move || {
+    if let Err(panic) = spawn_in_fresh_netns(test).join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Starts `f` on a current-thread tokio runtime in a thread of its own, inside a network
+/// namespace made for it (with lo up); the namespace goes when the thread ends.
+pub fn spawn_in_fresh_netns<T, F, Fut>(f: F) -> thread::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    thread::spawn(move || {
         // SAFETY: unshare only affects the calling thread, which owns no namespace-bound state yet.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(
@@ -51,12 +64,8 @@ where
             .enable_all()
             .build()
             .expect("tokio runtime")
-            .block_on(test());
+            .block_on(f())
     })
-    .join();
-    if let Err(panic) = joined {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// A named network namespace (`ip netns add`), deleted when dropped.
@@ -157,17 +166,45 @@ pub fn xfrm_stat(name: &str) -> u64 {
 
 /// Sets SO_MARK on `socket`, as the pod classifier does for pod traffic.
 pub fn set_mark(socket: &UdpSocket, mark: u32) {
+    set_option(socket, libc::SO_MARK, mark, "SO_MARK");
+}
+
+/// Gives `socket` a receive buffer of `bytes` whatever the sysctl limit says (root), so that a
+/// receiver the scheduler leaves waiting for a moment does not drop what the dataplane
+/// delivered.
+pub fn set_receive_buffer(socket: &UdpSocket, bytes: u32) {
+    set_option(socket, libc::SO_RCVBUFFORCE, bytes, "SO_RCVBUFFORCE");
+}
+
+fn set_option(socket: &UdpSocket, option: libc::c_int, value: u32, name: &str) {
     // SAFETY: a valid socket fd and a u32 option value of the size passed.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&raw const mark).cast(),
+            option,
+            (&raw const value).cast(),
             size_of::<u32>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "SO_MARK: {}", std::io::Error::last_os_error());
+    assert_eq!(rc, 0, "{name}: {}", std::io::Error::last_os_error());
+}
+
+/// The `Udp:` counters of /proc/net/snmp in the calling thread's network namespace that are
+/// not zero, e.g. `RcvbufErrors 12`: where a datagram the stack received was dropped.
+pub fn udp_errors() -> Vec<String> {
+    let snmp = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return Vec::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(name, value)| name.ends_with("Errors") && *value != "0")
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect()
 }
 
 /// Whether the running kernel can do ESP (has esp4 built in or loaded).
