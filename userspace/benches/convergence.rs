@@ -5,7 +5,8 @@
 //! dedicated thread) holding a veth uplink `xs0` with 192.168.0.1/16; peer *i* has node IP
 //! 192.168.0.1 + *i* on that /16 and one pod CIDR 10.*x*.*y*.0/24. The host kernel has no ESP,
 //! so SAs are left out exactly as `userspace/tests/reconcile.rs` does (`want.states.clear()`):
-//! what is measured is the policies (one block policy, then in, fwd and out per peer), the
+//! what is measured is the policies (one block policy, then eight per peer: see
+//! `POLICIES_PER_PEER`), the
 //! encrypt rule, a route per peer in table 200, and the map entries.
 //!
 //! - **xsteer**: outside the timed section, the netlink sockets are opened, the uplink and a
@@ -21,7 +22,7 @@
 //! - **Baseline**: the same policies, rule and routes (maps excluded: `ip` cannot write BPF
 //!   maps) generated from the same desired snapshot into a batch file, installed with one
 //!   `ip -batch FILE`, timed from spawning `ip` to its exit (process start-up included), in a
-//!   fresh namespace of its own. For the one-peer change, the baseline adds the peer's three
+//!   fresh namespace of its own. For the one-peer change, the baseline adds the peer's
 //!   policies and route with `ip -batch` on top of 1,000 peers that `ip` installed.
 //!
 //! xsteer and `ip -batch` runs alternate (which goes first alternates too) so that drift and the
@@ -73,6 +74,10 @@ use xsteer::{
 use support::ip;
 use xsteer_common::mark;
 
+/// Per peer with one pod CIDR and one generation: IN and FWD from its pods and from its node
+/// IP, IN from its pods to this node, the marked OUT, and the unmarked OUT to its pods and to
+/// its node IP.
+const POLICIES_PER_PEER: u32 = 8;
 const KEYS: &str = "3 rfc4106(gcm(aes)) 0x000102030405060708090a0b0c0d0e0f10111213 128\n";
 const TABLE: u32 = 200;
 const UPLINK: &str = "xs0";
@@ -221,7 +226,7 @@ fn peer(i: u32) -> Peer {
 fn view(n: u32) -> View {
     let mut view = View {
         route_table: TABLE,
-        cluster_cidr: None,
+        cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         node: LocalNode {
             name: "node-a".into(),
             ip: NODE_IP,
@@ -258,7 +263,7 @@ async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
     };
     let mut want = desired(&view, &keys, &around).unwrap();
     want.states.clear(); // no ESP on the host kernel
-    assert_eq!(want.policies.len() as u32, 1 + 3 * n);
+    assert_eq!(want.policies.len() as u32, 1 + POLICIES_PER_PEER * n);
     assert_eq!(want.routes.len() as u32, n);
     (uplink, want)
 }
@@ -817,7 +822,7 @@ fn main() {
 /// (policies, rules, routes, map entries) of `n` peers, without a kernel.
 fn desired_counts(n: u32) -> (usize, usize, usize, usize) {
     let n = n as usize;
-    (1 + 3 * n, 1, n, 1 + 3 * n)
+    (1 + POLICIES_PER_PEER as usize * n, 1, n, 1 + 3 * n)
 }
 
 fn report(rows: &[Row], changes: &[Row], profiles: &[ReadProfile]) {

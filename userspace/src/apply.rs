@@ -14,6 +14,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, bpffs, grid::Grid},
     kernel::{
         Netlink,
+        events::Removed,
         routing::{self, DEFAULT_RULE_PRIORITY},
         xfrm::{self, Cipher, EspSupport},
     },
@@ -134,6 +135,8 @@ pub struct Applier {
     next_hops: BTreeMap<std::net::Ipv4Addr, routing::NextHop>,
     /// xsteer's objects as the last apply left them.
     known: Option<reconcile::Snapshot>,
+    /// The route table of the last apply.
+    table: u32,
 }
 
 impl Applier {
@@ -147,12 +150,32 @@ impl Applier {
             support: None,
             next_hops: BTreeMap::new(),
             known: None,
+            table: 0,
         })
     }
 
     /// The netlink sockets applies go through, for reads between them.
     pub fn netlink(&self) -> &Netlink {
         &self.netlink
+    }
+
+    /// Whether `removed` takes away something the last apply left in the kernel: then the
+    /// kernel has drifted and a full reconcile repairs it. A removal this applier made itself,
+    /// or of something not xsteer's, is not drift; with no memory of the kernel, anything is.
+    pub fn drifted(&self, removed: &Removed) -> bool {
+        let Some(known) = &self.known else {
+            return true;
+        };
+        match removed {
+            Removed::State(key) => known.states.contains_key(key),
+            Removed::AllStates => !known.states.is_empty(),
+            Removed::Policy(key) => known.policies.contains_key(key),
+            Removed::AllPolicies => !known.policies.is_empty(),
+            Removed::Rule(rule) => known.rules.contains(rule),
+            Removed::Route { table, route } => {
+                *table == self.table && known.routes.iter().any(|r| r.dst == route.dst)
+            }
+        }
     }
 
     /// Makes the next apply read everything from the kernel and look up routes afresh.
@@ -226,8 +249,9 @@ impl Applier {
         if !self.opts.dry_run {
             // The grid of /24 slots over the cluster CIDR: a constant-time classifier lookup.
             let grid = view
-                .cluster_cidr
-                .and_then(|c| Grid::new(c, NODE_POD_PREFIX_LEN).ok());
+                .cluster_cidrs
+                .first()
+                .and_then(|&c| Grid::new(c, NODE_POD_PREFIX_LEN).ok());
             dataplane.remote_pod_cidrs()?.set_grid(grid)?;
         }
         let have = match self.known.take() {
@@ -251,6 +275,7 @@ impl Applier {
         )
         .await?;
         self.known = Some(want);
+        self.table = view.route_table;
         Ok(Applied { changes, notices })
     }
 }

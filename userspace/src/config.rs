@@ -46,9 +46,11 @@ pub struct Config {
     /// and learns further peers from; `None` when the peers above are all there is. A relative
     /// path in a file read by [`Config::from_path`] is resolved against that file's directory.
     pub nodes_dir: Option<PathBuf>,
-    /// The CIDR that node pod CIDRs are carved from, in /24s: with `nodes_dir`, a node whose
-    /// config leaves out `node.id` and `node.pod_cidr` is given free ones from it.
-    pub cluster_cidr: Option<Ipv4Cidr>,
+    /// The cluster's pod address space: one or more CIDRs that hold every pod of the cluster.
+    /// The guards drop anything to or from it that is not ESP, whatever the current peers; with
+    /// `nodes_dir`, a node whose config leaves out `node.id` and `node.pod_cidr` is given free
+    /// ones from the first, in /24s.
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
 }
 
 /// The node xsteer runs on, as configured.
@@ -59,7 +61,7 @@ pub struct NodeConfig {
     /// The IP the node's ESP tunnels start and end at.
     pub ip: Ipv4Addr,
     /// Node ID, 1..=65535; it goes into bits 16–31 of the skb mark. `None`: allocated from
-    /// `cluster_cidr` in `nodes_dir` together with the pod CIDR.
+    /// the cluster CIDR in `nodes_dir` together with the pod CIDR.
     pub id: Option<u16>,
     /// The interface that carries the tunnels.
     pub uplink: String,
@@ -233,14 +235,6 @@ impl Config {
         {
             p.push("nodes_dir", "must not be empty");
         }
-        if let (Some(cluster), Some(pod_cidr)) = (self.cluster_cidr, self.node.pod_cidr) {
-            if !cluster.covers(&pod_cidr) {
-                p.push(
-                    "node.pod_cidr",
-                    format!("{pod_cidr} is not inside cluster_cidr {cluster}"),
-                );
-            }
-        }
         if let Some(why) = route_table_problem(self.route_table) {
             p.push("route_table", why);
         }
@@ -251,7 +245,7 @@ impl Config {
         // Both given, or both left out to be allocated (which needs somewhere to allocate in).
         const LEFT_OUT: &str = "missing: give it, or leave out both node.id and node.pod_cidr \
              with nodes_dir and cluster_cidr set to have them allocated";
-        let allocatable = self.nodes_dir.is_some() && self.cluster_cidr.is_some();
+        let allocatable = self.nodes_dir.is_some() && !self.cluster_cidrs.is_empty();
         match (node.id, node.pod_cidr) {
             (Some(id), _) => check_id(&mut p, "node.id", id),
             (None, Some(_)) => p.push("node.id", LEFT_OUT),
@@ -343,7 +337,59 @@ impl Config {
                 }
             }
         }
+        self.cluster_problems(&mut p, &cidrs);
         p.0
+    }
+
+    /// The cluster's pod space: there is one, its CIDRs do not overlap, every pod CIDR is
+    /// inside it and every node IP outside (a tunnel endpoint inside it would be dropped by the
+    /// guards as pod traffic).
+    fn cluster_problems(&self, p: &mut Problems, pod_cidrs: &[(String, Ipv4Cidr)]) {
+        let clusters = &self.cluster_cidrs;
+        if clusters.is_empty() {
+            p.push(
+                "cluster_cidr",
+                "missing: give the CIDR, or list of CIDRs, that holds every pod of the cluster \
+                 (e.g. \"10.244.0.0/16\"): the guards drop pod traffic to and from it that is \
+                 not encrypted",
+            );
+            return;
+        }
+        let shown = clusters
+            .iter()
+            .map(Ipv4Cidr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (k, cluster) in clusters.iter().enumerate() {
+            if let Some(first) = clusters[..k].iter().find(|c| c.overlaps(cluster)) {
+                p.push(
+                    format!("cluster_cidr[{k}]"),
+                    format!("{cluster} overlaps {first}"),
+                );
+            }
+        }
+        for (at, cidr) in pod_cidrs {
+            if !clusters.iter().any(|c| c.covers(cidr)) {
+                p.push(
+                    at.clone(),
+                    format!("{cidr} is not inside cluster_cidr {shown}"),
+                );
+            }
+        }
+        let ips = std::iter::once(("node.ip".to_owned(), self.node.ip)).chain(
+            self.peers
+                .iter()
+                .enumerate()
+                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
+        );
+        for (at, ip) in ips {
+            if let Some(cluster) = clusters.iter().find(|c| c.contains(ip)) {
+                p.push(
+                    at,
+                    format!("{ip} is inside cluster_cidr {cluster}, the pods' address space"),
+                );
+            }
+        }
     }
 }
 
@@ -392,18 +438,40 @@ impl Problems {
 }
 
 fn check_name(p: &mut Problems, path: &str, name: &str) {
+    if let Some(why) = node_name_problem(name) {
+        p.push(path, why);
+    }
+}
+
+/// Why `name` cannot be a node name, if it cannot. Node names are Kubernetes node names: DNS-1123
+/// subdomains (lowercase letters, digits, '-' and '.', at most 253 bytes, labels of at most 63
+/// that start and end with a letter or digit). They name files and log lines, so nothing else
+/// is accepted.
+pub fn node_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
-        p.push(path, "must not be empty");
-    } else if name.len() > 253 {
-        p.push(
-            path,
-            format!("must be at most 253 bytes, found {}", name.len()),
-        );
-    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        p.push(
-            path,
-            format!("{name:?} contains whitespace or control characters"),
-        );
+        return Some("must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Some(format!("must be at most 253 bytes, found {}", name.len()));
+    }
+    let label_ok = |label: &str| {
+        let edge =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        !label.is_empty()
+            && label.len() <= 63
+            && edge(label.chars().next())
+            && edge(label.chars().last())
+            && label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if name.split('.').all(label_ok) {
+        None
+    } else {
+        Some(format!(
+            "{name:?} is not a DNS-1123 name: lowercase letters, digits, '-' and '.', each \
+             dot-separated part 1..=63 long and starting and ending with a letter or digit"
+        ))
     }
 }
 
@@ -464,10 +532,18 @@ struct RawConfig {
     key_file: PathBuf,
     route_table: Option<i64>,
     nodes_dir: Option<PathBuf>,
-    cluster_cidr: Option<String>,
+    cluster_cidr: Option<OneOrMany>,
     node: RawNode,
     #[serde(default)]
     peers: Vec<RawPeer>,
+}
+
+/// A CIDR, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -523,10 +599,15 @@ impl RawConfig {
                 })
                 .ok(),
         };
-        let cluster_cidr = self
-            .cluster_cidr
-            .as_deref()
-            .map(|c| p.parse("cluster_cidr", c));
+        let cluster_cidrs: Vec<Ipv4Cidr> = match &self.cluster_cidr {
+            None => Vec::new(),
+            Some(OneOrMany::One(c)) => p.parse("cluster_cidr", c).into_iter().collect(),
+            Some(OneOrMany::Many(list)) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| p.parse(format!("cluster_cidr[{i}]"), c))
+                .collect(),
+        };
         let n = self.node;
         // Every field is parsed, so that all problems are reported, before any is combined.
         let ip = parse_ip(&mut p, "node.ip", &n.ip);
@@ -578,7 +659,7 @@ impl RawConfig {
                 node,
                 peers,
                 nodes_dir: self.nodes_dir,
-                cluster_cidr: cluster_cidr.flatten(),
+                cluster_cidrs,
             }),
             _ => Err(p.0),
         }
@@ -591,6 +672,7 @@ pub(crate) mod fixtures {
     /// Node a (ID 1) with peer b (ID 2), each with a /24 of pods and a fixed epoch.
     pub const TWO_NODES: &str = r#"
 key_file = "keys"
+cluster_cidr = "10.244.0.0/16"
 [node]
 name = "a"
 ip = "192.168.0.1"
@@ -629,6 +711,7 @@ mod tests {
 
     const BASE: &str = r#"
 key_file = "/etc/xsteer/keys"
+cluster_cidr = "10.244.0.0/16"
 [node]
 name = "node-a"
 ip = "192.168.0.1"
@@ -695,12 +778,12 @@ epoch = "0123456789abcdef0123456789abcdef"
     #[test]
     fn toml_errors_keep_line_and_column() {
         let e = error(&edited("[node]", "id = 1", "id = ="));
-        assert!(e.contains("line 6, column"), "{e}");
+        assert!(e.contains("line 7, column"), "{e}");
         let e = error(&edited("[node]", "uplink", "uplnk"));
         assert!(e.contains("unknown field `uplnk`"), "{e}");
-        assert!(e.contains("line 7"), "{e}");
+        assert!(e.contains("line 8"), "{e}");
         let e = error(&edited("[node]", "id = 1", "id = \"1\""));
-        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("line 7"), "{e}");
         let e = error(&format!("{BASE}colour = \"blue\"\n"));
         assert!(e.contains("unknown field `colour`"), "{e}");
         let e = error(&edited(
@@ -765,11 +848,70 @@ epoch = "0123456789abcdef0123456789abcdef"
     fn rejects_node_ips_inside_pod_cidrs() {
         assert_eq!(
             error(&edited("node-b", "192.168.0.2", "10.244.3.7")),
-            "peers[0].ip: 10.244.3.7 is inside peers[1].pod_cidrs[0] 10.244.3.0/24"
+            "2 problems:\n  \
+             peers[0].ip: 10.244.3.7 is inside peers[1].pod_cidrs[0] 10.244.3.0/24\n  \
+             peers[0].ip: 10.244.3.7 is inside cluster_cidr 10.244.0.0/16, the pods' address space"
         );
         assert_eq!(
             error(&edited("[node]", "192.168.0.1", "10.244.1.1")),
-            "node.ip: 10.244.1.1 is inside node.pod_cidr 10.244.1.0/24"
+            "2 problems:\n  \
+             node.ip: 10.244.1.1 is inside node.pod_cidr 10.244.1.0/24\n  \
+             node.ip: 10.244.1.1 is inside cluster_cidr 10.244.0.0/16, the pods' address space"
+        );
+    }
+
+    #[test]
+    fn node_names_are_dns_names() {
+        for good in ["a", "node-1", "ip-10-0-0-1.ec2.internal", &"a".repeat(63)] {
+            assert_eq!(node_name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "Node-A",
+            "node_a",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "zzz.json/..",
+            &"a".repeat(64),
+        ] {
+            let why = node_name_problem(bad).expect(bad);
+            assert!(why.contains("is not a DNS-1123 name"), "{bad}: {why}");
+        }
+        assert_eq!(
+            error(&edited("[node]", "\"node-a\"", "\"Node A\"")),
+            "node.name: \"Node A\" is not a DNS-1123 name: lowercase letters, digits, '-' and \
+             '.', each dot-separated part 1..=63 long and starting and ending with a letter or \
+             digit"
+        );
+    }
+
+    #[test]
+    fn the_cluster_holds_every_pod_cidr_and_no_node_ip() {
+        let without = BASE.replace("cluster_cidr = \"10.244.0.0/16\"\n", "");
+        let e = error(&without);
+        assert!(
+            e.starts_with("cluster_cidr: missing: give the CIDR, or list of CIDRs"),
+            "{e}"
+        );
+        assert_eq!(
+            error(&edited("node-c", "10.244.3.0/24", "10.9.3.0/24")),
+            "peers[1].pod_cidrs[0]: 10.9.3.0/24 is not inside cluster_cidr 10.244.0.0/16"
+        );
+        let two = format!("{BASE}{PEER_C}").replace(
+            "cluster_cidr = \"10.244.0.0/16\"",
+            "cluster_cidr = [\"10.244.0.0/17\", \"10.244.128.0/17\"]",
+        );
+        let config: Config = two.parse().unwrap();
+        assert_eq!(config.cluster_cidrs.len(), 2);
+        assert_eq!(
+            error(&two.replace("10.244.128.0/17", "10.244.0.0/16")),
+            "cluster_cidr[1]: 10.244.0.0/16 overlaps 10.244.0.0/17"
+        );
+        assert_eq!(
+            error(&two.replace("\"10.244.128.0/17\"", "\"10.244.128.0\"")),
+            "cluster_cidr[1]: \"10.244.128.0\" is not a CIDR: expected ADDRESS/PREFIX, e.g. \
+             10.244.1.0/24"
         );
     }
 

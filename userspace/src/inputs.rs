@@ -15,7 +15,7 @@ use crate::{
     config::{Config, ConfigError},
     keys::{Generation, GenerationError, KeyFile, LoadError},
     nodes::{
-        self, Peers, SourceError,
+        self, CACHE_FILE, Cache, Peers, SourceError,
         alloc::{self, AllocError},
     },
     state::{NodeEpochs, RetiredGenerations, StateError},
@@ -134,7 +134,7 @@ fn identity(config: &Config, access: Access) -> Result<(u16, Ipv4Cidr), InputsEr
         return Ok(identity);
     }
     // Validation has made sure both are set when the identity is to be allocated.
-    let (Some(dir), Some(cluster)) = (&config.nodes_dir, config.cluster_cidr) else {
+    let (Some(dir), Some(&cluster)) = (&config.nodes_dir, config.cluster_cidrs.first()) else {
         unreachable!("Config::validate requires nodes_dir and cluster_cidr for an allocation");
     };
     let name = &config.node.name;
@@ -178,7 +178,11 @@ impl Files {
 pub fn load(config_path: &Path, state_dir: &Path, access: Access) -> Result<Inputs, InputsError> {
     let files = read_files(config_path, state_dir, access)?;
     let source = nodes::source_of(&files.config, access == Access::ReadOnly)?;
-    let mut peers = Peers::new(source, &files.config.node.name, drop);
+    let cache = Cache {
+        path: state_dir.join(CACHE_FILE),
+        write: false,
+    };
+    let mut peers = Peers::new(source, &files.config.node.name, Some(cache), drop);
     files.assemble(&mut peers)
 }
 

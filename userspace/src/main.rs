@@ -16,7 +16,7 @@ use xsteer::{
     inputs::{self, Access},
     kernel::xfrm::REQID,
     keys::{self, Generation},
-    lab, status, uninstall, wireshark,
+    lab, nodes, status, uninstall, wireshark,
 };
 use xsteer_common::programs;
 
@@ -81,6 +81,9 @@ enum Command {
     /// Make and rotate IPsec keys; print the SAs' keys for Wireshark.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The node records every agent learns its peers from.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Show peers, key generations (fingerprints only), SA traffic and counters.
     Status {
         /// The node's TOML config.
@@ -215,6 +218,15 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Wireshark) => print_esp_sa_table(),
+        Command::Node(NodeCommand::Remove { config, name }) => {
+            let config = Config::from_path(&config)?;
+            let dir = nodes::remove(&config, &name)?;
+            println!(
+                "node {name} removed from {}: its peers forget it at their next read",
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Status {
             config,
             output,
@@ -334,6 +346,21 @@ enum KeysCommand {
     /// Print the keys of xsteer's SAs in this network namespace as Wireshark 4.0 `esp_sa` lines,
     /// to decrypt a capture. Needs root; the output is secret.
     Wireshark,
+}
+
+/// `xsteer node ...`.
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Remove a node from the cluster for good: every agent forgets it and removes its SAs,
+    /// policies, routes and map entries. (A node whose record merely disappears is kept with
+    /// its last good record.) Its agent, should it publish again, rejoins.
+    Remove {
+        /// A config whose nodes_dir holds the records.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node's name.
+        name: String,
+    },
 }
 
 /// Output formats of `xsteer status`.

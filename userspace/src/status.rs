@@ -416,7 +416,8 @@ impl Status {
         out
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition. Label values are escaped as the format asks (`\\`, `\"`,
+    /// `\n`), whatever a name holds.
     pub fn metrics(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -424,7 +425,11 @@ impl Status {
             "# HELP xsteer_packets_total Verdicts of the eBPF programs.\n# TYPE xsteer_packets_total counter"
         );
         for (name, value) in &self.counters {
-            let _ = writeln!(out, "xsteer_packets_total{{verdict=\"{name}\"}} {value}");
+            let _ = writeln!(
+                out,
+                "xsteer_packets_total{{verdict=\"{}\"}} {value}",
+                label(name)
+            );
         }
         let _ = writeln!(
             out,
@@ -442,7 +447,9 @@ impl Status {
                 for sa in sas.iter().filter(|s| s.installed) {
                     let labels = format!(
                         "peer=\"{}\",direction=\"{direction}\",spi=\"{:#010x}\",generation=\"{}\"",
-                        p.name, sa.spi, sa.generation
+                        label(&p.name),
+                        sa.spi,
+                        sa.generation
                     );
                     let _ = writeln!(out, "xsteer_sa_packets_total{{{labels}}} {}", sa.packets);
                     let _ = writeln!(out, "xsteer_sa_bytes_total{{{labels}}} {}", sa.bytes);
@@ -458,7 +465,8 @@ impl Status {
             let _ = writeln!(
                 out,
                 "xsteer_esp_accepted_packets_total{{peer=\"{}\"}} {}",
-                p.name, p.esp_accepted_packets
+                label(&p.name),
+                p.esp_accepted_packets
             );
         }
         let _ = writeln!(
@@ -467,8 +475,31 @@ impl Status {
              # TYPE xsteer_xfrm_errors_total counter"
         );
         for (name, value) in &self.xfrm_errors {
-            let _ = writeln!(out, "xsteer_xfrm_errors_total{{stat=\"{name}\"}} {value}");
+            let _ = writeln!(
+                out,
+                "xsteer_xfrm_errors_total{{stat=\"{}\"}} {value}",
+                label(name)
+            );
         }
         out
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("node-a"), "node-a");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -19,8 +19,8 @@ use crate::{
 pub struct View {
     /// The routing table for the routes of remote pod CIDRs.
     pub route_table: u32,
-    /// The CIDR node pod CIDRs are carved from, if the config names one.
-    pub cluster_cidr: Option<Ipv4Cidr>,
+    /// The cluster's pod address space: every pod CIDR is inside it, no node IP is.
+    pub cluster_cidrs: Vec<Ipv4Cidr>,
     /// This node.
     pub node: LocalNode,
     /// The other nodes: the config's, then those learned from node records.
@@ -127,7 +127,7 @@ impl View {
         let node = &config.node;
         View {
             route_table: config.route_table,
-            cluster_cidr: config.cluster_cidr,
+            cluster_cidrs: config.cluster_cidrs.clone(),
             node: LocalNode {
                 name: node.name.clone(),
                 ip: node.ip,
@@ -153,12 +153,29 @@ impl View {
     }
 
     /// Why `candidate` cannot be a peer beside this node and its peers, if it cannot: a name,
-    /// node ID or node IP already taken, a pod CIDR that overlaps another, a node IP inside a
-    /// pod CIDR (tunnel traffic must never look like pod traffic), or no pod CIDR at all.
+    /// node ID or node IP already taken, a pod CIDR that overlaps another or lies outside the
+    /// cluster's pod space, a node IP inside it (tunnel traffic must never look like pod
+    /// traffic), or no pod CIDR at all.
     pub fn clash(&self, candidate: &Peer) -> Option<String> {
         let local = &self.node;
         if candidate.pod_cidrs.is_empty() {
             return Some("it has no pod CIDR".into());
+        }
+        let clusters = &self.cluster_cidrs;
+        if let Some(outside) = candidate
+            .pod_cidrs
+            .iter()
+            .find(|c| !clusters.iter().any(|cluster| cluster.covers(c)))
+        {
+            return Some(format!(
+                "pod CIDR {outside} is outside the cluster's pod space"
+            ));
+        }
+        if let Some(cluster) = clusters.iter().find(|c| c.contains(candidate.ip)) {
+            return Some(format!(
+                "node IP {} is inside the cluster's pod space {cluster}",
+                candidate.ip
+            ));
         }
         let others = std::iter::once((
             format!("this node ({})", local.name),
@@ -186,19 +203,12 @@ impl View {
             if ip == candidate.ip {
                 return Some(format!("node IP {ip} is already {who}'s"));
             }
+            // Node IPs are outside the pod space and pod CIDRs inside, so neither can hold
+            // the other.
             for cidr in cidrs {
                 if let Some(mine) = candidate.pod_cidrs.iter().find(|c| c.overlaps(cidr)) {
                     return Some(format!("pod CIDR {mine} overlaps {cidr} of {who}"));
                 }
-                if cidr.contains(candidate.ip) {
-                    return Some(format!(
-                        "node IP {} is inside {cidr} of {who}",
-                        candidate.ip
-                    ));
-                }
-            }
-            if let Some(mine) = candidate.pod_cidrs.iter().find(|c| c.contains(ip)) {
-                return Some(format!("pod CIDR {mine} holds the node IP {ip} of {who}"));
             }
         }
         None
@@ -265,12 +275,16 @@ mod tests {
         );
         assert_eq!(
             with(&|p| p.ip = Ipv4Addr::new(10, 244, 2, 9)),
-            "node IP 10.244.2.9 is inside 10.244.2.0/24 of node b"
+            "node IP 10.244.2.9 is inside the cluster's pod space 10.244.0.0/16"
         );
         assert_eq!(
             with(&|p| p.pod_cidrs = vec!["192.168.0.0/24".parse().unwrap()]),
-            "pod CIDR 192.168.0.0/24 holds the node IP 192.168.0.1 of this node (a)"
+            "pod CIDR 192.168.0.0/24 is outside the cluster's pod space"
         );
         assert_eq!(with(&|p| p.pod_cidrs.clear()), "it has no pod CIDR");
+        assert_eq!(
+            with(&|p| p.pod_cidrs = vec!["10.9.0.0/24".parse().unwrap()]),
+            "pod CIDR 10.9.0.0/24 is outside the cluster's pod space"
+        );
     }
 }

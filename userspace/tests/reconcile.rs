@@ -44,6 +44,7 @@ fn config_text(extra_peer: &str) -> String {
         r#"
 key_file = "keys"
 route_table = 200
+cluster_cidr = ["10.244.0.0/16", "10.250.0.0/16"]
 
 [node]
 name = "node-a"
@@ -149,8 +150,9 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
         want.states.clear(); // no ESP on the host kernel
         assert_eq!(
             want.policies.len(),
-            1 + 2 * 3 + 3,
-            "block, in+fwd per peer CIDR, out per peer CIDR"
+            1 + 2 * 3 + 2 * 2 + 3 + 3 + 3 + 2,
+            "block; in+fwd per peer CIDR and per peer node IP; in per peer CIDR to this node; \
+             marked out per peer CIDR; unmarked out per peer CIDR and per peer node IP"
         );
 
         let mut dataplane = Dataplane::load().unwrap();
@@ -372,6 +374,12 @@ fn apply_with_bad_input_names_the_problem_and_changes_nothing() {
             KEYS.into(),
             "xs9",
         ),
+        (
+            "not-ethernet",
+            good.replace("uplink = \"xs0\"", "uplink = \"lo\""),
+            KEYS.into(),
+            "node.uplink: lo is a Loopback link, not Ethernet",
+        ),
     ];
     in_fresh_netns(|| async move {
         network();
@@ -433,7 +441,7 @@ fn dry_runs_and_status_leave_the_node_records_and_the_state_untouched() {
             .replace("pod_cidr = \"10.244.1.0/24\"\n", "")
             .replace(
                 "route_table = 200",
-                "route_table = 200\nnodes_dir = \"nodes\"\ncluster_cidr = \"10.244.0.0/16\"",
+                "route_table = 200\nnodes_dir = \"nodes\"",
             );
         let scratch = Scratch::new("read-only", &config, KEYS);
         let (nodes, state) = (scratch.0.join("nodes"), scratch.0.join("state"));

@@ -35,9 +35,9 @@ use crate::{
         links::{self, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
-    kernel::xfrm,
-    nodes::{self, Peers, SourceError},
-    state::StateError,
+    kernel::{events, xfrm},
+    nodes::{self, CACHE_FILE, Cache, Peers, SourceError},
+    state::{self, StateError},
     watch::DirWatch,
 };
 use pods::LinksError;
@@ -111,6 +111,51 @@ pub enum AgentError {
 // The agent explains every state change it makes in one log line (tracing, on stderr): what
 // changed and why. Failures it survives are warnings.
 use tracing::{info, warn};
+
+/// How long the kernel's removal notifications must be quiet before a repair: a flush of many
+/// objects arrives as many notifications.
+const REPAIR_SETTLE: Duration = Duration::from_millis(100);
+
+/// The next removal the kernel reports; never, without a subscription.
+async fn next_removal(events: &mut Option<events::Events>) -> Option<events::Removed> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until `at`; forever without one.
+async fn wait_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts over from a fresh epoch when the kernel holds none of this node's outbound SAs (a
+/// reboot, a reinstall, a lost state directory): the old epoch's keys may have been used with
+/// counters that would now restart, and the state directory that would tell may be gone. Peers
+/// learn the new epoch from the node record, so this is done only for a node that has one; a
+/// node whose peers are all in config files relies on the key ledger (docs/keys.md).
+async fn fresh_epoch_if_no_sas(files: &mut Files, applier: &Applier) -> Result<(), AgentError> {
+    if files.config.nodes_dir.is_none() {
+        return Ok(());
+    }
+    let held = xfrm::states(applier.netlink())
+        .await
+        .map_err(|e| AgentError::Apply(e.into()))?;
+    if held.iter().any(|state| state.mark.is_some()) {
+        return Ok(());
+    }
+    let old = files.epochs.current();
+    let fresh = files.epochs.start_over()?;
+    info!(
+        "the kernel holds no outbound SA of this node (first start, a reboot, a reinstall or a \
+         lost state directory): taking the new epoch {fresh} instead of {old}, so no key is \
+         used again with a restarted counter; peers follow once they read its record"
+    );
+    Ok(())
+}
 
 /// The directories of the agent's own files: those of the config file at `config_path` and of
 /// its key file. (The node source watches its own records.)
@@ -461,7 +506,16 @@ impl Node {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
-    let files = inputs::read_files(&opts.config, &opts.state_dir, Access::Write)?;
+    // One agent per state directory: two would undo each other's epochs and retirements.
+    let _held = state::lock(&opts.state_dir)?;
+    let mut files = inputs::read_files(&opts.config, &opts.state_dir, Access::Write)?;
+    let applier = Applier::new(ApplyOptions {
+        dry_run: false,
+        pin_dir: opts.pin_dir.clone(),
+        state_dir: opts.state_dir.clone(),
+    })
+    .map_err(AgentError::Apply)?;
+    fresh_epoch_if_no_sas(&mut files, &applier).await?;
     if let Some(next) = files.epochs.next() {
         info!(
             "resuming the re-key from epoch {} to {next}",
@@ -474,7 +528,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     dataplane.load_programs()?;
     let source = nodes::source_of(&files.config, false)?;
     let changes = source.changes();
-    let mut peers = Peers::new(source, &files.config.node.name, |line| info!("{line}"));
+    let cache = Cache {
+        path: opts.state_dir.join(CACHE_FILE),
+        write: true,
+    };
+    let mut peers = Peers::new(source, &files.config.node.name, Some(cache), |line| {
+        info!("{line}")
+    });
     let inputs = files.assemble(&mut peers)?;
     for refused in &inputs.refused {
         warn!("{refused}");
@@ -482,18 +542,10 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let uplink = inputs.view.node.uplink.clone();
     let (shared, watched) = tokio::sync::watch::channel(Arc::new(inputs.clone()));
     if let Some(addr) = opts.metrics {
-        let listener = metrics::bind(addr)
-            .await
+        metrics::spawn(addr, watched, opts.pin_dir.clone())
             .map_err(|error| AgentError::Metrics { addr, error })?;
-        tokio::spawn(metrics::serve(listener, watched, opts.pin_dir.clone()));
         info!("serving /metrics and /healthz on http://{addr}");
     }
-    let applier = Applier::new(ApplyOptions {
-        dry_run: false,
-        pin_dir: opts.pin_dir.clone(),
-        state_dir: opts.state_dir.clone(),
-    })
-    .map_err(AgentError::Apply)?;
     let mut node = Node {
         retirement: Retirement::new(opts.rotation_grace),
         completion: rekey::Completion::new(opts.rotation_grace),
@@ -538,6 +590,18 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let mut resync = tokio::time::interval(node.opts.resync);
     resync.tick().await;
     let mut counters = tokio::time::interval(rekey::CHECK_EVERY);
+    // Something that removes xsteer's objects (a flush, a deleted rule or route) is repaired
+    // at once, once the burst of notifications has settled.
+    let mut removals = match events::subscribe() {
+        Ok(events) => Some(events),
+        Err(e) => {
+            warn!(
+                "cannot follow the kernel's xfrm and route notifications, repairing at each resync only: {e}"
+            );
+            None
+        }
+    };
+    let mut repair_at: Option<tokio::time::Instant> = None;
     // A write to the config, the key file or a node record wakes the agent at once; the poll
     // stays for what inotify cannot see.
     let dirs = input_dirs(&node.opts.config, &node.files.config.key_file);
@@ -596,6 +660,26 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 node.finish_rekey_if_due().await;
             }
             _ = counters.tick() => node.rekey_if_worn_out().await,
+            removed = next_removal(&mut removals) => match removed {
+                Some(removed) if node.applier.drifted(&removed) => {
+                    if repair_at.is_none() {
+                        warn!("{removed} was removed from the kernel behind xsteer's back: repairing");
+                    }
+                    repair_at = Some(tokio::time::Instant::now() + REPAIR_SETTLE);
+                }
+                Some(_) => {}
+                None => {
+                    warn!("the kernel's notifications ended, repairing at each resync only");
+                    removals = None;
+                }
+            },
+            () = wait_until(repair_at) => {
+                repair_at = None;
+                node.applier.forget();
+                if let Err(e) = node.reconcile("repairing what was removed").await {
+                    warn!("repair failed, will retry at the next resync: {e}");
+                }
+            }
             _ = resync.tick() => {
                 // A full read this time: whatever changed behind xsteer's back is repaired.
                 node.applier.forget();

@@ -6,6 +6,7 @@
 //! own objects by a mark of ownership (a reqid, a priority, a protocol number) and never touches
 //! anything else.
 
+pub mod events;
 mod netlink;
 pub mod routing;
 pub mod xfrm;

@@ -14,7 +14,7 @@ use std::{fmt, io, net::Ipv4Addr};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
-    link::LinkAttribute,
+    link::{LinkAttribute, LinkLayerType},
     route::{
         RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
         RouteType,
@@ -117,6 +117,18 @@ pub enum RoutingError {
         /// The configured name.
         name: String,
     },
+    /// The uplink is not Ethernet: the guards parse Ethernet frames and would check nothing
+    /// on another link type, so xsteer refuses it rather than pass everything.
+    #[error(
+        "node.uplink: {name} is a {kind} link, not Ethernet: the guards would check nothing \
+         on it; name the Ethernet interface the tunnels leave on"
+    )]
+    NotEthernet {
+        /// The configured name.
+        name: String,
+        /// What it is.
+        kind: String,
+    },
     /// The kernel has no route to a peer's node IP.
     #[error("no route to peer node IP {ip}: {error}")]
     NoRoute {
@@ -178,6 +190,12 @@ pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingErro
             });
         }
     };
+    if link.header.link_layer_type != LinkLayerType::Ether {
+        return Err(RoutingError::NotEthernet {
+            name: name.to_owned(),
+            kind: format!("{:?}", link.header.link_layer_type),
+        });
+    }
     let mtu = link
         .attributes
         .iter()
@@ -253,25 +271,28 @@ pub async fn encrypt_rules(netlink: &Netlink) -> Result<Vec<EncryptRule>, Routin
         .try_collect()
         .await
         .map_err(kernel("listing", "rules"))?;
-    Ok(rules
-        .iter()
-        .filter(|rule| {
-            let has = |want: &RuleAttribute| rule.attributes.contains(want);
-            has(&RuleAttribute::FwMark(mark::MAGIC_ENCRYPT))
-                && has(&RuleAttribute::FwMask(mark::MAGIC_MASK))
-        })
-        .map(|rule| EncryptRule {
-            priority: rule
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RuleAttribute::Priority(p) => Some(*p),
-                    _ => None,
-                })
-                .unwrap_or(0),
-            table: table_of_rule(rule),
-        })
-        .collect())
+    Ok(rules.iter().filter_map(encrypt_rule).collect())
+}
+
+/// The encrypt rule `rule` is, if it is one (it matches `fwmark 0xe00/0xf00`).
+pub fn encrypt_rule(rule: &RuleMessage) -> Option<EncryptRule> {
+    let has = |want: &RuleAttribute| rule.attributes.contains(want);
+    if !(has(&RuleAttribute::FwMark(mark::MAGIC_ENCRYPT))
+        && has(&RuleAttribute::FwMask(mark::MAGIC_MASK)))
+    {
+        return None;
+    }
+    Some(EncryptRule {
+        priority: rule
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RuleAttribute::Priority(p) => Some(*p),
+                _ => None,
+            })
+            .unwrap_or(0),
+        table: table_of_rule(rule),
+    })
 }
 
 fn rule_message(rule: &EncryptRule) -> RuleMessage {
@@ -362,11 +383,18 @@ pub async fn pod_routes(netlink: &Netlink, table: u32) -> Result<Vec<PodRoute>, 
         .map_err(kernel("listing", format!("routes in table {table}")))?;
     Ok(routes
         .iter()
-        .filter(|r| {
-            table_of_route(r) == table && r.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL)
-        })
-        .filter_map(pod_route)
+        .filter_map(owned_route)
+        .filter(|(in_table, _)| *in_table == table)
+        .map(|(_, route)| route)
         .collect())
+}
+
+/// The table and content of `route` if it is one of xsteer's (protocol [`ROUTE_PROTOCOL`]).
+pub fn owned_route(route: &RouteMessage) -> Option<(u32, PodRoute)> {
+    if route.header.protocol != RouteProtocol::from(ROUTE_PROTOCOL) {
+        return None;
+    }
+    Some((table_of_route(route), pod_route(route)?))
 }
 
 fn route_message(table: u32, route: &PodRoute) -> RouteMessage {

@@ -3,7 +3,8 @@
 //! Reconciling compares "what the kernel holds" with "what it should hold"; both sides use the
 //! types here. xsteer recognises its own objects and never touches anything else:
 //! - SAs carry reqid [`REQID`];
-//! - policies sit at priority [`PEER_POLICY_PRIORITY`] or [`BLOCK_POLICY_PRIORITY`].
+//! - policies sit at priority [`PEER_POLICY_PRIORITY`], [`UNMARKED_POLICY_PRIORITY`] or
+//!   [`BLOCK_POLICY_PRIORITY`].
 //!
 //! `0x7873` is ASCII "xs". netlink-packet-xfrm converts SPIs to and from network order itself:
 //! they are host-order `u32`s here. Key material travels in [`Secret`]s, zeroed on drop, and no error or
@@ -28,6 +29,10 @@ use crate::{
 pub const REQID: u32 = 0x7873;
 /// Priority of per-peer policies (lower wins in the kernel).
 pub const PEER_POLICY_PRIORITY: u32 = 0x7873_0010;
+/// Priority of the per-peer OUT policies that select by destination alone, for what the
+/// classifier did not mark (host-originated packets, Service traffic after DNAT, ICMP errors):
+/// below the marked ones, above the block policy.
+pub const UNMARKED_POLICY_PRIORITY: u32 = 0x7873_0018;
 /// Priority of the catch-all block policy: below every per-peer policy.
 pub const BLOCK_POLICY_PRIORITY: u32 = 0x7873_0020;
 /// Replay window of inbound SAs, in packets.
@@ -475,7 +480,7 @@ pub async fn delete_state(netlink: &Netlink, state: &State) -> Result<(), XfrmEr
     request.execute().await.map_err(kernel("deleting", state))
 }
 
-/// The policies xsteer owns (at its two priorities).
+/// The policies xsteer owns (at its three priorities).
 pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
     let dump: Vec<_> = netlink
         .xfrm
@@ -490,7 +495,7 @@ pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
         .filter(|m| {
             matches!(
                 m.user_policy_info.priority,
-                PEER_POLICY_PRIORITY | BLOCK_POLICY_PRIORITY
+                PEER_POLICY_PRIORITY | UNMARKED_POLICY_PRIORITY | BLOCK_POLICY_PRIORITY
             )
         })
         .filter_map(|m| {
@@ -509,16 +514,32 @@ pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
                     spi: Some(template.id.spi).filter(|&spi| spi != 0),
                 }
             };
+            let key = policy_key(sel, info.direction, &m.nlas)?;
             Some(Policy {
-                direction: Direction::from_raw(info.direction)?,
-                src: cidr(&sel.saddr, sel.prefixlen_s)?,
-                dst: cidr(&sel.daddr, sel.prefixlen_d)?,
-                mark: mark_of(&m.nlas),
+                direction: key.direction,
+                src: key.src,
+                dst: key.dst,
+                mark: key.mark,
                 priority: info.priority,
                 action,
             })
         })
         .collect())
+}
+
+/// The identity of a policy as the kernel describes it (in a dump or a notification); `None`
+/// for one xsteer never writes (not IPv4, an odd direction).
+pub fn policy_key(
+    selector: &netlink_packet_xfrm::Selector,
+    direction: u8,
+    nlas: &[XfrmAttrs],
+) -> Option<PolicyKey> {
+    Some(PolicyKey {
+        direction: Direction::from_raw(direction)?,
+        src: cidr(&selector.saddr, selector.prefixlen_s)?,
+        dst: cidr(&selector.daddr, selector.prefixlen_d)?,
+        mark: mark_of(nlas),
+    })
 }
 
 /// Installs `policy`, or replaces the policy with the same key in one atomic step.

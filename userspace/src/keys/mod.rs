@@ -44,17 +44,56 @@ pub const HMAC_SHA256: &str = "hmac(sha256)";
 /// A fresh key-file line `SPI rfc4106(gcm(aes)) <40 hex digits> 128` for `generation`: a random
 /// AES-128 key and salt from the OS random number generator, with a 128-bit ICV.
 pub fn generate_gcm_line(generation: Generation) -> Result<Zeroizing<String>, RandomError> {
-    let mut key = Zeroizing::new([0u8; 20]);
-    derive::fill_random(&mut key[..])?;
+    generate_line(
+        generation,
+        Algorithm::Gcm {
+            aes_key_bytes: 16,
+            icv_bits: 128,
+        },
+    )
+}
+
+/// A fresh key-file line for `generation` with `algorithm`'s cipher suite and key sizes, its
+/// keys from the OS random number generator.
+pub fn generate_line(
+    generation: Generation,
+    algorithm: Algorithm,
+) -> Result<Zeroizing<String>, RandomError> {
     // Reserved up front so the string never reallocates and leaves an unwiped copy behind.
-    let mut line = Zeroizing::new(String::with_capacity(64));
-    let _ = write!(line, "{generation} {GCM} ");
+    let mut line = Zeroizing::new(String::with_capacity(256));
+    let _ = write!(line, "{generation} ");
+    match algorithm {
+        Algorithm::Gcm {
+            aes_key_bytes,
+            icv_bits,
+        } => {
+            line.push_str(GCM);
+            push_random_hex(&mut line, usize::from(aes_key_bytes) + 4)?;
+            let _ = write!(line, " {icv_bits}");
+        }
+        Algorithm::CbcHmacSha256 {
+            aes_key_bytes,
+            hmac_key_bytes,
+        } => {
+            line.push_str(HMAC_SHA256);
+            push_random_hex(&mut line, usize::from(hmac_key_bytes))?;
+            let _ = write!(line, " {CBC_AES}");
+            push_random_hex(&mut line, usize::from(aes_key_bytes))?;
+        }
+    }
+    Ok(line)
+}
+
+/// Appends a space and `len` random bytes in hex to `line`.
+fn push_random_hex(line: &mut String, len: usize) -> Result<(), RandomError> {
+    let mut key = Zeroizing::new(vec![0u8; len]);
+    derive::fill_random(&mut key)?;
+    line.push(' ');
     for byte in key.iter() {
         line.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
         line.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
     }
-    line.push_str(" 128");
-    Ok(line)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -68,7 +107,7 @@ mod tests {
         let b = generate_gcm_line(seven).unwrap();
         assert_ne!(*a, *b);
         assert_eq!(a.len(), "7 rfc4106(gcm(aes)) ".len() + 40 + " 128".len());
-        assert!(a.capacity() == 64, "the line must not have reallocated");
+        assert!(a.capacity() == 256, "the line must not have reallocated");
         let file = KeyFile::parse(&a).unwrap();
         let generation = file.newest().unwrap();
         assert_eq!(generation.generation(), seven);
@@ -79,5 +118,24 @@ mod tests {
                 icv_bits: 128
             }
         );
+    }
+
+    #[test]
+    fn lines_of_every_suite_keep_their_sizes() {
+        let seven = Generation::new(7).unwrap();
+        for algorithm in [
+            Algorithm::Gcm {
+                aes_key_bytes: 32,
+                icv_bits: 96,
+            },
+            Algorithm::CbcHmacSha256 {
+                aes_key_bytes: 24,
+                hmac_key_bytes: 64,
+            },
+        ] {
+            let line = generate_line(seven, algorithm).unwrap();
+            let file = KeyFile::parse(&line).unwrap();
+            assert_eq!(file.newest().unwrap().algorithm(), algorithm, "{algorithm}");
+        }
     }
 }

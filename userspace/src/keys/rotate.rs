@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::{
     Fingerprint, Generation, GenerationError, KeyFile, LoadError, ParseError, RandomError,
-    generate_gcm_line,
+    generate_line,
 };
 
 /// Why a rotation failed; the key file is unchanged in every case.
@@ -39,6 +39,20 @@ pub enum RotateError {
     /// The rewritten file would not parse (a bug: nothing is written).
     #[error("the rotated key file would not parse: {0}")]
     Rewrite(ParseError),
+    /// The key file is a symlink: rewriting it would replace the link with a file (and a
+    /// Kubernetes Secret volume with a file nobody syncs).
+    #[error(
+        "key file {} is a symlink to {}: rotate the file it points to, or the Secret it comes \
+         from",
+        path.display(),
+        target.display()
+    )]
+    Symlink {
+        /// The key file.
+        path: PathBuf,
+        /// Where it points.
+        target: PathBuf,
+    },
     /// Writing the new file failed.
     #[error("writing {}: {error}", path.display())]
     Io {
@@ -72,17 +86,23 @@ fn line_generation(line: &str) -> Option<Generation> {
         .and_then(Generation::new)
 }
 
-/// Adds the generation after the newest to the key file at `path` (a fresh random GCM key).
-/// When the file already holds 14 generations, the oldest (the one after the new one) goes.
+/// Adds the generation after the newest to the key file at `path`: fresh random keys, with the
+/// cipher suite and key sizes of the newest generation. When the file already holds 14
+/// generations, the oldest (the one after the new one) goes. A symlinked key file is refused.
 pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
-    let keys = KeyFile::load(path)?;
-    let newest = keys
-        .newest()
-        .map_err(|error| RotateError::Generations {
+    if let Ok(target) = fs::read_link(path) {
+        return Err(RotateError::Symlink {
             path: path.to_owned(),
-            error,
-        })?
-        .generation();
+            target,
+        });
+    }
+    let keys = KeyFile::load(path)?;
+    let newest = keys.newest().map_err(|error| RotateError::Generations {
+        path: path.to_owned(),
+        error,
+    })?;
+    let algorithm = newest.algorithm();
+    let newest = newest.generation();
     let generation = newest.next();
     let io_error = |error| RotateError::Io {
         path: path.to_owned(),
@@ -92,7 +112,7 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
     fs::File::open(path)
         .and_then(|mut f| f.read_to_string(&mut old))
         .map_err(io_error)?;
-    let line = generate_gcm_line(generation)?;
+    let line = generate_line(generation, algorithm)?;
     let mut new = Zeroizing::new(String::with_capacity(old.len() + line.len() + 1));
     let oldest = generation.next();
     let mut dropped = None;
@@ -243,5 +263,30 @@ mod tests {
         for p in [open, bad] {
             let _ = fs::remove_dir_all(p.parent().unwrap());
         }
+    }
+
+    #[test]
+    fn the_new_generation_keeps_the_suite_and_a_symlink_is_refused() {
+        let cbc = "3 hmac(sha256) 000102030405060708090a0b0c0d0e0f cbc(aes) \
+                   101112131415161718191a1b1c1d1e1f2021222324252627\n";
+        let path = temp_file("suite", cbc, 0o600);
+        rotate(&path).unwrap();
+        let keys = KeyFile::load(&path).unwrap();
+        assert_eq!(
+            keys.newest().unwrap().algorithm(),
+            keys.generations()[0].algorithm(),
+            "cbc(aes) with a 24-byte key and a 16-byte HMAC key again"
+        );
+        let link = path.with_file_name("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let before = fs::read_to_string(&path).unwrap();
+        let err = rotate(&link).unwrap_err().to_string();
+        assert!(err.contains("is a symlink to"), "{err}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            before,
+            "nothing written"
+        );
+        let _ = fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -1,10 +1,17 @@
 //! Node records as `<name>.json` files in one directory shared by the nodes: in the lab a plain
 //! directory, in a cluster anything that syncs files. Each agent writes its own file atomically
 //! (a temporary file renamed over it) and reads the others'.
+//!
+//! Whoever can write the directory can write records, so reading is careful: only regular
+//! files, not through a symlink, opened without blocking (a FIFO named `*.json` must not hang
+//! the agent), at most [`MAX_RECORD_BYTES`], and a file holds the record of the node it is
+//! named after. A node removed on purpose (`xsteer node remove`) leaves a marker in
+//! `.removed/<name>`, which its own agent clears if it publishes again.
 
 use std::{
-    fs::{self, OpenOptions},
-    io::{self, Write},
+    collections::BTreeSet,
+    fs::{self, File, OpenOptions},
+    io::{self, Read, Write},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::SystemTime,
@@ -15,7 +22,14 @@ use futures::StreamExt;
 use super::{Changes, NodeRecord, NodeSource, RecordError, Snapshot, SourceError};
 use crate::watch::DirWatch;
 
-/// What changes whenever a record file may have changed: (path, mtime, length) of each.
+/// The largest record file read; a record is a few hundred bytes.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// Where removal markers live, under the directory.
+const REMOVED_DIR: &str = ".removed";
+
+/// What changes whenever a record file or a removal may have changed: (path, mtime, length) of
+/// each.
 type Version = Vec<(PathBuf, SystemTime, u64)>;
 
 /// Node records as `<name>.json` files in one directory.
@@ -67,28 +81,45 @@ impl DirSource {
     }
 
     fn version(&self, files: &[PathBuf]) -> io::Result<Version> {
-        files
+        let mut version: Version = files
             .iter()
             .map(|path| {
-                let meta = fs::metadata(path)?;
+                let meta = fs::symlink_metadata(path)?;
                 Ok((path.clone(), meta.modified()?, meta.len()))
             })
-            .collect()
+            .collect::<io::Result<_>>()?;
+        for name in self.removed()? {
+            version.push((
+                self.dir.join(REMOVED_DIR).join(name),
+                SystemTime::UNIX_EPOCH,
+                0,
+            ));
+        }
+        Ok(version)
+    }
+
+    /// The nodes removed on purpose.
+    fn removed(&self) -> io::Result<BTreeSet<String>> {
+        match fs::read_dir(self.dir.join(REMOVED_DIR)) {
+            Ok(entries) => entries
+                .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .filter(|name| !name.as_ref().is_ok_and(|n: &String| n.starts_with('.')))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads every record file, whatever the version.
-    fn read_all(&self, files: &[PathBuf]) -> Snapshot {
-        let mut snapshot = Snapshot::default();
+    fn read_all(&self, files: &[PathBuf]) -> io::Result<Snapshot> {
+        let mut snapshot = Snapshot {
+            removed: self.removed()?,
+            ..Snapshot::default()
+        };
         for path in files {
             let node = node_name(path);
             let origin = format!("node record {}", path.display());
-            let parsed = fs::read_to_string(path)
-                .map_err(|error| RecordError::Read {
-                    origin: origin.clone(),
-                    error,
-                })
-                .and_then(|text| NodeRecord::parse(&origin, &text));
-            match parsed {
+            match read_record(path, &origin).and_then(|r| named_after(r, &node, &origin)) {
                 Ok(record) => {
                     snapshot.records.insert(record.name.clone(), record);
                 }
@@ -97,7 +128,27 @@ impl DirSource {
                 }
             }
         }
-        snapshot
+        Ok(snapshot)
+    }
+
+    /// Marks node `name` as removed on purpose and takes its record and its reservation away.
+    pub fn remove(&self, name: &str) -> Result<(), SourceError> {
+        let marker = self.dir.join(REMOVED_DIR).join(name);
+        let mark = || -> io::Result<()> {
+            fs::create_dir_all(self.dir.join(REMOVED_DIR))?;
+            let tmp = self.dir.join(REMOVED_DIR).join(format!(".{name}.tmp"));
+            fs::write(&tmp, "removed by xsteer node remove\n")?;
+            fs::rename(&tmp, &marker)
+        };
+        mark().map_err(io_error(format!("writing {}", marker.display())))?;
+        self.withdraw(name)?;
+        let reservation = self.dir.join(".alloc").join(name);
+        match fs::remove_file(&reservation) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_error(format!("removing {}", reservation.display()))(e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Removes the record of node `name`.
@@ -110,6 +161,58 @@ impl DirSource {
             _ => Ok(()),
         }
     }
+}
+
+/// Reads the record at `path`: a regular file, not a symlink, read without blocking, at most
+/// [`MAX_RECORD_BYTES`].
+fn read_record(path: &Path, origin: &str) -> Result<NodeRecord, RecordError> {
+    let refused = |why: &str| RecordError::Read {
+        origin: origin.to_owned(),
+        error: io::Error::new(io::ErrorKind::InvalidInput, why.to_owned()),
+    };
+    let read_error = |error| RecordError::Read {
+        origin: origin.to_owned(),
+        error,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                refused("a symlink, not a record file")
+            } else {
+                read_error(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file"));
+    }
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(refused(&format!("larger than {MAX_RECORD_BYTES} bytes")));
+    }
+    let mut text = String::new();
+    File::take(file, MAX_RECORD_BYTES)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    NodeRecord::parse(origin, &text)
+}
+
+/// `record`, if it is the record of `node`, the node its file is named after: a record can
+/// never stand in for another node's.
+fn named_after(record: NodeRecord, node: &str, origin: &str) -> Result<NodeRecord, RecordError> {
+    if record.name == node {
+        return Ok(record);
+    }
+    Err(RecordError::Field {
+        origin: origin.to_owned(),
+        field: "name",
+        problem: format!(
+            "{:?} is not the node the file is named after ({node:?})",
+            record.name
+        ),
+    })
 }
 
 /// The node a record file stands for: its file stem.
@@ -131,14 +234,21 @@ impl NodeSource for DirSource {
         if self.last.as_ref() == Some(&version) {
             return Ok(None);
         }
+        let snapshot = self.read_all(&files).map_err(io_error(listing()))?;
         self.last = Some(version);
-        Ok(Some(self.read_all(&files)))
+        Ok(Some(snapshot))
     }
 
     fn publish(&mut self, record: &NodeRecord) -> Result<(), SourceError> {
         let path = self.dir.join(format!("{}.json", record.name));
         let tmp = self.dir.join(format!(".{}.json.tmp", record.name));
         let write = || -> io::Result<()> {
+            fs::create_dir_all(&self.dir)?;
+            // A node that publishes is back, whatever removed it before.
+            match fs::remove_file(self.dir.join(REMOVED_DIR).join(&record.name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut file = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -293,6 +403,65 @@ mod tests {
         fs::write(dir.join(".x.json.tmp"), "{").unwrap();
         let snapshot = DirSource::new(&dir).unwrap().read().unwrap().unwrap();
         assert!(snapshot.problems.is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn only_a_regular_file_named_after_its_node_is_read() {
+        let dir = temp_dir("untrusted");
+        let mut source = DirSource::new(&dir).unwrap();
+        source.publish(&record("a", 1)).unwrap();
+        // An impostor: a file whose record names another node.
+        let b = record("b", 2).render();
+        fs::write(dir.join("zzz.json"), &b).unwrap();
+        // A FIFO would block a plain open; a symlink to a device would read forever.
+        nix::unistd::mkfifo(&dir.join("fifo.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero.json")).unwrap();
+        fs::write(
+            dir.join("big.json"),
+            " ".repeat(MAX_RECORD_BYTES as usize + 1),
+        )
+        .unwrap();
+        let snapshot = source.read().unwrap().unwrap();
+        assert_eq!(snapshot.records.keys().collect::<Vec<_>>(), ["a"]);
+        let why = |node: &str| snapshot.problems[node].to_string();
+        assert!(
+            why("zzz").contains("name: \"b\" is not the node the file is named after (\"zzz\")"),
+            "{}",
+            why("zzz")
+        );
+        assert!(
+            why("fifo").contains("not a regular file"),
+            "{}",
+            why("fifo")
+        );
+        assert!(why("zero").contains("a symlink"), "{}", why("zero"));
+        assert!(
+            why("big").contains("larger than 65536 bytes"),
+            "{}",
+            why("big")
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removed_node_is_marked_until_it_publishes_again() {
+        let dir = temp_dir("removed");
+        let mut source = DirSource::new(&dir).unwrap();
+        source.publish(&record("b", 2)).unwrap();
+        fs::create_dir_all(dir.join(".alloc")).unwrap();
+        fs::write(dir.join(".alloc/b"), "2 10.244.2.0/24\n").unwrap();
+        source.remove("b").unwrap();
+        let snapshot = source.read().unwrap().unwrap();
+        assert!(snapshot.records.is_empty());
+        assert!(snapshot.removed.contains("b"));
+        assert!(
+            !dir.join(".alloc/b").exists(),
+            "its reservation is free again"
+        );
+        source.publish(&record("b", 2)).unwrap();
+        let snapshot = source.read().unwrap().unwrap();
+        assert!(snapshot.removed.is_empty() && snapshot.records.contains_key("b"));
         let _ = fs::remove_dir_all(dir);
     }
 }

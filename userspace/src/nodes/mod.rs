@@ -12,23 +12,31 @@ mod dir;
 mod peers;
 mod record;
 
-use std::{collections::BTreeMap, io, pin::Pin};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    pin::Pin,
+};
 
 use futures::Stream;
 
 use crate::config::Config;
 
 pub use dir::DirSource;
-pub use peers::Peers;
+pub use peers::{CACHE_FILE, Cache, Peers};
 pub use record::{NodeRecord, RECORD_VERSION, RecordError};
 
-/// Every record a source holds, and the ones it could not use.
+/// Every record a source holds, the ones it could not use, and the nodes removed on purpose.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Valid records, by node name.
     pub records: BTreeMap<String, NodeRecord>,
     /// Records that could not be used, by the name of the node they stand for, with why.
     pub problems: BTreeMap<String, RecordError>,
+    /// Nodes removed on purpose: their peers forget them. A node whose record is merely gone
+    /// is kept with its last good record (a sync hiccup must not put its traffic in clear or
+    /// cut it off).
+    pub removed: BTreeSet<String>,
 }
 
 /// Why a source could not be read or written as a whole.
@@ -87,4 +95,43 @@ pub fn source_of(
         Some(dir) => Box::new(DirSource::new(dir)?),
         None => Box::new(NoRecords),
     })
+}
+
+/// Why a node could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// The config names no node records directory.
+    #[error("the config has no nodes_dir: its peers are in the config file, edit it instead")]
+    NoRecords,
+    /// The name is not a node name.
+    #[error("{name:?}: {why}")]
+    Name {
+        /// The name given.
+        name: String,
+        /// Why it is not one.
+        why: String,
+    },
+    /// The node to remove is the one the config describes.
+    #[error("{0} is this node: run `xsteer node remove` from another node's config")]
+    Itself(String),
+    /// The records could not be written.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Removes node `name` for good from the records of `config` (see [`DirSource::remove`]);
+/// returns the records directory.
+pub fn remove(config: &Config, name: &str) -> Result<std::path::PathBuf, RemoveError> {
+    let dir = config.nodes_dir.as_ref().ok_or(RemoveError::NoRecords)?;
+    if let Some(why) = crate::config::node_name_problem(name) {
+        return Err(RemoveError::Name {
+            name: name.to_owned(),
+            why,
+        });
+    }
+    if name == config.node.name {
+        return Err(RemoveError::Itself(name.to_owned()));
+    }
+    DirSource::existing(dir).remove(name)?;
+    Ok(dir.clone())
 }

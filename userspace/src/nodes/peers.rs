@@ -2,11 +2,19 @@
 //!
 //! Records are untrusted: each is admitted on its own, and one that cannot be used — unreadable,
 //! invalid, or clashing with this node, the config or another peer — is refused by name while
-//! every other peer keeps working. A node whose new record is unusable keeps its last good one;
-//! on a clash, the peer admitted before wins over a newcomer. A record that disappears takes its
-//! node with it (the reconcile then removes that node's SAs, policies, route and map entries).
+//! every other peer keeps working. A node whose new record is unusable, or whose record is gone,
+//! keeps its last good one until it is removed on purpose (`xsteer node remove`: the reconcile
+//! then removes its SAs, policies, route and map entries). On a clash, the peer admitted before
+//! wins over a newcomer. The peers admitted are kept in a cache in the state directory, so a
+//! restarted agent starts from them: a record lost or spoiled while it was down changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::PathBuf,
+};
 
 use super::{NodeRecord, NodeSource, SourceError};
 use crate::{
@@ -14,27 +22,50 @@ use crate::{
     view::{Peer, View},
 };
 
+/// Where the admitted peers are kept between runs, and whether this process may write there.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    /// The file, in the state directory.
+    pub path: PathBuf,
+    /// Whether to write it (the agent) or only read it (one-shot commands).
+    pub write: bool,
+}
+
+/// The cache's file name in the state directory.
+pub const CACHE_FILE: &str = "peers.json";
+
 /// Node records as last read from a source, and what this node last published there.
 pub struct Peers {
     source: Box<dyn NodeSource + Send>,
+    cache: Option<Cache>,
     /// The last good record of each node, by name.
     records: BTreeMap<String, NodeRecord>,
     /// The nodes admitted into the last view, with the record each was admitted with.
     admitted: BTreeMap<String, NodeRecord>,
+    /// Nodes whose record is gone (kept, and said once).
+    missing: BTreeSet<String>,
     published: Option<NodeRecord>,
 }
 
 impl Peers {
-    /// Peers from `source`, read once; problems with records go to `log`.
+    /// Peers from the `cache` of the last run, then from `source`, read once; problems with
+    /// records go to `log`.
     pub fn new(
         source: Box<dyn NodeSource + Send>,
         own_name: &str,
-        log: impl FnMut(String),
+        cache: Option<Cache>,
+        mut log: impl FnMut(String),
     ) -> Peers {
+        let cached = cache
+            .as_ref()
+            .map(|c| read_cache(c, &mut log))
+            .unwrap_or_default();
         let mut peers = Peers {
             source,
-            records: BTreeMap::new(),
-            admitted: BTreeMap::new(),
+            cache,
+            records: cached.clone(),
+            admitted: cached,
+            missing: BTreeSet::new(),
             published: None,
         };
         peers.refresh(own_name, log);
@@ -67,6 +98,22 @@ impl Peers {
                 None => log(format!("{problem}; ignored")),
             }
         }
+        // A record that is gone is no reason to forget a node: only a removal on purpose is.
+        let mut missing = BTreeSet::new();
+        for (name, last) in &self.records {
+            if records.contains_key(name) || snapshot.removed.contains(name) {
+                continue;
+            }
+            if !self.missing.contains(name) {
+                log(format!(
+                    "node {name}'s record is gone; keeping its last good record until the node \
+                     is removed on purpose (xsteer node remove {name})"
+                ));
+            }
+            records.insert(name.clone(), last.clone());
+            missing.insert(name.clone());
+        }
+        self.missing = missing;
         records.remove(own_name);
         if records == self.records {
             return false;
@@ -79,7 +126,7 @@ impl Peers {
             }
         }
         for name in self.records.keys().filter(|n| !records.contains_key(*n)) {
-            log(format!("node {name} left"));
+            log(format!("node {name} was removed: it is forgotten"));
         }
         self.records = records;
         true
@@ -129,8 +176,38 @@ impl Peers {
                 None => refused.push(format!("node {name}'s record is refused: {why}")),
             }
         }
-        self.admitted = admitted;
+        if admitted != self.admitted {
+            self.admitted = admitted;
+            self.write_cache();
+        }
         (view, refused)
+    }
+
+    /// Keeps the admitted peers for the next run; a failure is not fatal (the next run starts
+    /// from the records alone), so it goes unreported here and the next change tries again.
+    fn write_cache(&self) {
+        let Some(cache) = self.cache.as_ref().filter(|c| c.write) else {
+            return;
+        };
+        let records: serde_json::Map<String, serde_json::Value> = self
+            .admitted
+            .iter()
+            .filter_map(|(name, r)| Some((name.clone(), serde_json::from_str(&r.render()).ok()?)))
+            .collect();
+        let text = serde_json::Value::Object(records).to_string();
+        let tmp = cache.path.with_extension("json.tmp");
+        let write = || -> io::Result<()> {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            fs::rename(&tmp, &cache.path)
+        };
+        let _ = write();
     }
 
     /// Publishes this node's record if it changed: called after a successful reconcile, so
@@ -160,6 +237,41 @@ impl Peers {
     }
 }
 
+/// The peers admitted by the last run, from `cache`; a cache that cannot be read is reported
+/// and ignored (the records alone decide then).
+fn read_cache(cache: &Cache, log: &mut impl FnMut(String)) -> BTreeMap<String, NodeRecord> {
+    let text = match fs::read_to_string(&cache.path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => {
+            log(format!(
+                "{}: {e}; starting from the node records alone",
+                cache.path.display()
+            ));
+            return BTreeMap::new();
+        }
+    };
+    let origin = format!("cached record in {}", cache.path.display());
+    let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_str(&text);
+    let Ok(map) = parsed else {
+        log(format!(
+            "{origin}: not a JSON object; starting from the node records alone"
+        ));
+        return BTreeMap::new();
+    };
+    let mut records = BTreeMap::new();
+    for (name, value) in map {
+        match NodeRecord::parse(&origin, &value.to_string()) {
+            Ok(record) if record.name == name => {
+                records.insert(name, record);
+            }
+            Ok(_) => log(format!("{origin}: {name}: names another node; ignored")),
+            Err(e) => log(format!("{e}; ignored")),
+        }
+    }
+    records
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +299,7 @@ mod tests {
                 .map(|r| (r.name.clone(), r.clone()))
                 .collect(),
             problems: BTreeMap::new(),
+            removed: BTreeSet::new(),
         }
     }
 
@@ -199,6 +312,7 @@ mod tests {
         let mut peers = Peers::new(
             Box::new(Fixed(Some(snapshot(std::slice::from_ref(&c))))),
             "a",
+            None,
             drop,
         );
         let (view, refused) = peers.view(&base);
@@ -221,8 +335,68 @@ mod tests {
         peers.source = Box::new(Fixed(Some(snapshot(&[moved]))));
         assert!(peers.refresh("a", drop));
         let (view, refused) = peers.view(&base);
-        assert_eq!(refused.len(), 1);
-        assert!(refused[0].contains("keeping the one it had"), "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.starts_with("node c's new record is refused")
+                    && r.ends_with("keeping the one it had")),
+            "{refused:?}"
+        );
         assert_eq!(view.peer("c").unwrap().pod_cidrs, [c.pod_cidr]);
+    }
+
+    #[test]
+    fn a_gone_record_is_kept_until_removed_and_a_restart_starts_from_the_cache() {
+        let base = crate::view::fixtures::two_nodes();
+        let dir = std::env::temp_dir().join(format!("xsteer-peers-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let cache = Cache {
+            path: dir.join(CACHE_FILE),
+            write: true,
+        };
+        let c = record("c", 3);
+        let mut log = Vec::new();
+        let mut peers = Peers::new(
+            Box::new(Fixed(Some(snapshot(std::slice::from_ref(&c))))),
+            "a",
+            Some(cache.clone()),
+            |line| log.push(line),
+        );
+        assert!(peers.view(&base).0.peer("c").is_some());
+
+        // c's record is gone: c stays.
+        peers.source = Box::new(Fixed(Some(snapshot(&[]))));
+        let mut log = Vec::new();
+        assert!(
+            !peers.refresh("a", |line| log.push(line)),
+            "nothing usable changed"
+        );
+        assert!(log[0].contains("keeping its last good record"), "{log:?}");
+        assert!(peers.view(&base).0.peer("c").is_some());
+
+        // A restart with an impostor claiming c's IP and c's record still gone: the cache keeps
+        // c and refuses the impostor.
+        let mut impostor = record("d", 4);
+        impostor.ip = c.ip;
+        let mut restarted = Peers::new(
+            Box::new(Fixed(Some(snapshot(&[impostor])))),
+            "a",
+            Some(cache.clone()),
+            drop,
+        );
+        let (view, refused) = restarted.view(&base);
+        assert!(view.peer("c").is_some() && view.peer("d").is_none());
+        assert_eq!(refused.len(), 1, "{refused:?}");
+
+        // Removed on purpose: forgotten.
+        let mut removed = snapshot(&[]);
+        removed.removed.insert("c".into());
+        restarted.source = Box::new(Fixed(Some(removed)));
+        assert!(restarted.refresh("a", drop));
+        assert!(restarted.view(&base).0.peer("c").is_none());
+        let cached = fs::read_to_string(&cache.path).unwrap();
+        assert!(!cached.contains("\"c\""), "{cached}");
+        let _ = fs::remove_dir_all(dir);
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cidr::Ipv4Cidr,
+    config::node_name_problem,
     keys::{Epoch, Generation},
     view::Peer,
 };
@@ -132,11 +133,8 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
             format!("{} is not {RECORD_VERSION}", raw.version),
         ));
     }
-    if raw.name.is_empty() || raw.name.contains(char::is_whitespace) {
-        return Err(field(
-            "name",
-            format!("{:?} is empty or has whitespace", raw.name),
-        ));
+    if let Some(why) = node_name_problem(&raw.name) {
+        return Err(field("name", why));
     }
     let ip = raw
         .ip

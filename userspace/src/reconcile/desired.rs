@@ -9,9 +9,16 @@
 //! Per peer and generation: an OUT policy per R pod CIDR with that mark and a tunnel template
 //! local→R that names the OUT SA in use by its SPI ([`sending_epochs`]).
 //!
-//! Per peer, whatever the generation: IN and FWD policies that require ESP from R for traffic
-//! from R's pods to local pods, a route per R pod CIDR in xsteer's table with the MTU left by
-//! the costliest generation's ESP overhead, R in `peer_nodes`, and R's CIDRs in `remote_pod_cidrs` with the newest generation.
+//! Per peer, whatever the generation:
+//! - IN and FWD policies that require ESP from R for traffic from R's pods and from R's node
+//!   IP to local pods, and an IN policy for R's pods to this node's IP;
+//! - OUT policies by destination alone, below the marked ones, to R's pod CIDRs and (from local
+//!   pods) to R's node IP, naming the SA in use: so that what the classifier never sees — the
+//!   node's own packets and ICMP errors, Service traffic after DNAT — is encrypted too;
+//! - a route per R pod CIDR in xsteer's table with the MTU left by the costliest generation's
+//!   ESP overhead, R in `peer_nodes`, and R's CIDRs in `remote_pod_cidrs` with the generation
+//!   R can receive.
+//!
 //! Once per node: the catch-all block policy, the encrypt rule, the local pod CIDR.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -31,7 +38,7 @@ use crate::{
         routing::{EncryptRule, NextHop, PodRoute, Uplink},
         xfrm::{
             BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
-            PolicyAction, State,
+            PolicyAction, State, UNMARKED_POLICY_PRIORITY,
         },
     },
     keys::{Algorithm, DeriveError, Generation, GenerationError, KeyFile, SaKey, SaKeyId},
@@ -176,18 +183,31 @@ pub fn desired(
             dst: local.ip,
             spi: None,
         };
+        let mut require = |direction, src, dst| {
+            let p = Policy {
+                direction,
+                src,
+                dst,
+                mark: None,
+                priority: PEER_POLICY_PRIORITY,
+                action: from_peer,
+            };
+            s.policies.insert(p.key(), p);
+        };
+        // What the peer's node itself sends to local pods (its ICMP errors, host processes)
+        // arrives in the tunnel with its node IP inside.
+        let peer_host = host(peer.ip);
+        for direction in [Direction::In, Direction::Fwd] {
+            require(direction, peer_host, local.pod_cidr);
+        }
         for &cidr in &peer.pod_cidrs {
             for direction in [Direction::In, Direction::Fwd] {
-                let p = Policy {
-                    direction,
-                    src: cidr,
-                    dst: local.pod_cidr,
-                    mark: None,
-                    priority: PEER_POLICY_PRIORITY,
-                    action: from_peer,
-                };
-                s.policies.insert(p.key(), p);
+                require(direction, cidr, local.pod_cidr);
             }
+            // The peer's pods to this node's own address (replies to its host, hostNetwork).
+            require(Direction::In, cidr, host(local.ip));
+        }
+        for &cidr in &peer.pod_cidrs {
             s.routes.insert(PodRoute {
                 dst: cidr,
                 via: Some(hop.gateway.unwrap_or(peer.ip)),
@@ -270,8 +290,41 @@ pub fn desired(
                 s.policies.insert(p.key(), p);
             }
         }
+        // Whatever the classifier did not mark — the node's own packets and ICMP errors, a
+        // Service's traffic after kube-proxy's DNAT, pod replies to a peer's host — still goes
+        // into the tunnel: OUT policies by destination alone, naming the SA in use, below the
+        // marked ones. A peer that shares no generation gets none: its traffic is refused by
+        // the guards instead.
+        if let Some(g) = sending {
+            let to_peer = PolicyAction::Tunnel {
+                src: local.ip,
+                dst: peer.ip,
+                spi: Some(wire_spi(local.id, g, &send_local, &send_peer)),
+            };
+            let selectors = peer
+                .pod_cidrs
+                .iter()
+                .map(|&cidr| (any, cidr))
+                .chain(std::iter::once((local.pod_cidr, host(peer.ip))));
+            for (src, dst) in selectors {
+                let p = Policy {
+                    direction: Direction::Out,
+                    src,
+                    dst,
+                    mark: None,
+                    priority: UNMARKED_POLICY_PRIORITY,
+                    action: to_peer,
+                };
+                s.policies.insert(p.key(), p);
+            }
+        }
     }
     Ok(s)
+}
+
+/// The /32 of one address.
+fn host(ip: Ipv4Addr) -> Ipv4Cidr {
+    Ipv4Cidr::new(ip, 32).expect("a /32 has no host bits")
 }
 
 #[cfg(test)]
@@ -443,5 +496,70 @@ mod tests {
             .map(|s| s.crypto.fingerprint())
             .collect();
         assert_eq!(fingerprints.len(), 8);
+    }
+
+    #[test]
+    fn what_the_classifier_never_sees_is_encrypted_by_destination() {
+        let mut view = two_nodes();
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let want = desired_for(&view, &keys, Cipher::Gcm);
+        let in_use = wire_spi(1, g(3), &view.node.epoch, &view.peers[0].epoch);
+        let cidr = |c: &str| c.parse::<Ipv4Cidr>().unwrap();
+        let unmarked: Vec<(Ipv4Cidr, Ipv4Cidr)> = want
+            .policies
+            .values()
+            .filter(|p| p.priority == UNMARKED_POLICY_PRIORITY)
+            .map(|p| {
+                assert_eq!((p.direction, p.mark), (Direction::Out, None));
+                assert_eq!(
+                    p.action,
+                    PolicyAction::Tunnel {
+                        src: view.node.ip,
+                        dst: view.peers[0].ip,
+                        spi: Some(in_use)
+                    }
+                );
+                (p.src, p.dst)
+            })
+            .collect();
+        assert_eq!(
+            unmarked,
+            [
+                (cidr("0.0.0.0/0"), cidr("10.244.2.0/24")),
+                (cidr("10.244.1.0/24"), cidr("192.168.0.2/32"))
+            ],
+            "to b's pods from anywhere, to b's node from a's pods"
+        );
+        let required: Vec<(Direction, Ipv4Cidr, Ipv4Cidr)> = want
+            .policies
+            .values()
+            .filter(|p| p.direction != Direction::Out)
+            .map(|p| (p.direction, p.src, p.dst))
+            .collect();
+        for needed in [
+            (Direction::In, cidr("10.244.2.0/24"), cidr("10.244.1.0/24")),
+            (Direction::Fwd, cidr("10.244.2.0/24"), cidr("10.244.1.0/24")),
+            (Direction::In, cidr("192.168.0.2/32"), cidr("10.244.1.0/24")),
+            (
+                Direction::Fwd,
+                cidr("192.168.0.2/32"),
+                cidr("10.244.1.0/24"),
+            ),
+            (Direction::In, cidr("10.244.2.0/24"), cidr("192.168.0.1/32")),
+        ] {
+            assert!(required.contains(&needed), "{needed:?} in {required:?}");
+        }
+
+        // A peer that shares no generation gets no unmarked policy: the guards refuse its
+        // traffic instead.
+        view.peers[0].generations = Some(vec![g(9)]);
+        let want = desired_for(&view, &keys, Cipher::Gcm);
+        assert!(
+            want.policies
+                .values()
+                .all(|p| p.priority != UNMARKED_POLICY_PRIORITY)
+        );
     }
 }

@@ -185,7 +185,7 @@ fn config_text(me: &Node, peer: &Node) -> String {
     let epoch = |n: &Node| format!("{:02x}", n.id).repeat(16);
     let cidr = |n: &Node| format!("10.244.{}.0/24", n.id);
     format!(
-        "key_file = \"keys\"\n\n[node]\nname = \"{}\"\nip = \"{}\"\nid = {}\nuplink = \"eth0\"\n\
+        "key_file = \"keys\"\ncluster_cidr = \"10.244.0.0/16\"\n\n[node]\nname = \"{}\"\nip = \"{}\"\nid = {}\nuplink = \"eth0\"\n\
          pod_cidr = \"{}\"\nepoch = \"{}\"\n\n[[peers]]\nname = \"{}\"\nip = \"{}\"\nid = {}\n\
          pod_cidrs = [\"{}\"]\nepoch = \"{}\"\n",
         me.name,
@@ -290,7 +290,7 @@ pub fn trio_with_records(prefix: &'static str) -> Cluster {
         fs::write(
             me.config(),
             format!(
-                "key_file = \"keys\"\nnodes_dir = \"{}\"\n\n[node]\nname = \"{}\"\nip = \"{}\"\n\
+                "key_file = \"keys\"\ncluster_cidr = \"10.244.0.0/16\"\nnodes_dir = \"{}\"\n\n[node]\nname = \"{}\"\nip = \"{}\"\n\
                  id = {}\nuplink = \"eth0\"\npod_cidr = \"10.244.{}.0/24\"\nepoch = \"{epoch}\"\n",
                 records.display(),
                 me.name,

@@ -12,6 +12,7 @@ mod agent;
 mod apply_tunnel;
 mod cluster;
 mod esp_smoke;
+mod fail_closed;
 mod guards;
 mod lab;
 mod records;

@@ -110,12 +110,23 @@ fn a_node_that_joins_is_encrypted_to_and_one_that_leaves_is_forgotten() {
     eprintln!("with b's record broken: {esp} ESP, {plaintext} plaintext, {got}/20 delivered");
     assert_eq!((esp, plaintext, got), (20, 0, 20));
 
-    // b leaves: its agent stops and its record goes.
+    // b leaves for good: its agent stops and it is removed on purpose (a record that merely
+    // disappears keeps its node: fail_closed.rs).
     let _ = agent_b.kill();
     let _ = agent_b.wait();
-    fs::remove_file(&b_record).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xsteer"))
+        .args(["node", "remove", "b", "--config"])
+        .arg(a.config())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!b_record.exists(), "the removal takes the record away");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !a.agent_log().contains("node b left") {
+    while !a.agent_log().contains("node b was removed") {
         assert!(
             Instant::now() < deadline,
             "a never noticed b left:\n{}",
