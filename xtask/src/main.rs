@@ -36,8 +36,15 @@ enum Task {
     Vm(vm::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the task; a failure is one line on stderr and exit code 1.
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::BuildEbpf => build_ebpf::run(&root).map(drop),
