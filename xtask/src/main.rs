@@ -28,7 +28,7 @@ enum Task {
     /// The main job: build, then a 3-node lab (in the VM where the kernel lacks ESP) that proves
     /// every cross-node pod packet on its wire is ESP.
     Demo,
-    /// Run every test level: unit, bpf-tests (root), and the end-to-end tests in the VM bed.
+    /// Run every test level: unit, bpf-tests and netlink (root), and end-to-end in the VM bed.
     Test(test::Args),
     /// Measure the dataplane and write docs/benchmarks.md.
     Bench(bench::Args),
