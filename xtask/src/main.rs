@@ -28,7 +28,7 @@ enum Task {
     /// The main job: build, then a 3-node lab (in the VM where the kernel lacks ESP) that proves
     /// every cross-node pod packet on its wire is ESP.
     Demo,
-    /// Run every test level: unit, bpf-tests (root), and the end-to-end tests in the VM bed.
+    /// Run every test level: unit, bpf-tests and netlink (root), and end-to-end in the VM bed.
     Test(test::Args),
     /// Measure the dataplane and write docs/benchmarks.md.
     Bench(bench::Args),
@@ -36,8 +36,15 @@ enum Task {
     Vm(vm::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the task; a failure is one line on stderr and exit code 1.
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::BuildEbpf => build_ebpf::run(&root).map(drop),

@@ -1,10 +1,11 @@
-//! `cargo xtask test`: every test level, in order, failing on any skip.
+//! `cargo xtask test`: every test level of docs/testing.md, in order, failing on any skip.
 //!
-//! 1. unit tests and bpf-tests (`cargo test --workspace`): the bpf-tests load the real object
-//!    into the host kernel and need root; `XSTEER_REQUIRE_PRIVILEGED=1` turns their skip into a
-//!    failure, so a CI run cannot pass without running them;
-//!    The netlink tests (`userspace/tests/*.rs`) run here too, each in a fresh network namespace;
-//! 2. end-to-end tests in the VM bed (real ESP): the `e2e` test binary, booted once for all.
+//! - unit, bpf-tests and netlink, in one `cargo test --workspace` on the host: the unit tests in
+//!   each crate's `src/`; the bpf-tests, which load the real object into the host kernel; the
+//!   netlink tests (`userspace/tests/*.rs`), each in a fresh network namespace. The last two need
+//!   root, and `XSTEER_REQUIRE_PRIVILEGED=1` turns their skip into a failure, so a CI run cannot
+//!   pass without running them;
+//! - end-to-end, in the VM bed (real ESP): the `e2e` test binary, booted once for all.
 
 use std::{path::Path, process::Command};
 
@@ -40,7 +41,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     install::apt(HOST_PACKAGES)?;
     build_ebpf::ensure_toolchain()?;
 
-    eprintln!("xtask: level 1+2: unit tests and bpf-tests (host kernel)");
+    eprintln!("xtask: levels unit, bpf-tests and netlink (cargo test --workspace, host kernel)");
     let mut cargo = Command::new("cargo");
     cargo
         .current_dir(root)
@@ -51,9 +52,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     install::run(&mut cargo)?;
 
     if args.no_vm {
-        eprintln!("\n*** xtask: SKIPPED the VM end-to-end level (--no-vm) ***\n");
+        eprintln!("\n*** xtask: SKIPPED the end-to-end level (--no-vm) ***\n");
         return Ok(());
     }
-    eprintln!("xtask: level 3: end-to-end tests in the VM bed");
+    eprintln!("xtask: level end-to-end (the VM bed)");
     vm::run_e2e(root)
 }

@@ -11,7 +11,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read},
     net::UdpSocket,
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Stdio},
     thread,
@@ -177,14 +177,35 @@ fn wait_for_generation(node: &Node, generation: u8) {
 
 /// Runs `xsteer keys wireshark` in `node`'s namespace; returns (success, stdout, stderr).
 fn keys_wireshark(node: &Node, as_nobody: bool) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_xsteer"));
+    let copy = as_nobody.then(copy_for_anyone);
+    let binary = copy.as_ref().map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_xsteer")),
+        |dir| dir.join("xsteer"),
+    );
+    let mut command = Command::new(binary);
     command.args(["keys", "wireshark"]);
-    if as_nobody {
-        command.uid(65534).gid(65534);
+    if let Some(dir) = &copy {
+        command.current_dir(dir).uid(65534).gid(65534);
     }
     let out = node.netns.run(move || command.output().unwrap());
+    if let Some(dir) = copy {
+        let _ = fs::remove_dir_all(dir);
+    }
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A fresh directory that anyone can read, holding a copy of the `xsteer` binary: the built one
+/// may sit in a checkout that only root can enter (a mode-700 home).
+fn copy_for_anyone() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xsteer-e2e-anyone-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.join("xsteer");
+    fs::copy(env!("CARGO_BIN_EXE_xsteer"), &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// One ESP frame as tshark dissects it.

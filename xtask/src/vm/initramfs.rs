@@ -1,6 +1,7 @@
 //! The guest's initramfs: busybox-static, the modules needed to reach the host's root (9p over
 //! virtio, overlay) and the stage-1 init. Cached under target/vm/, named by kernel version and a
-//! hash of everything that goes in, so it is rebuilt only when the kernel or the builder changes.
+//! hash of everything that goes in (the init, busybox, the module files and where they come
+//! from), so it is rebuilt only when the kernel or the builder changes.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,7 +10,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::UNIX_EPOCH,
+    time::{Duration, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -28,12 +29,15 @@ pub fn ensure(dir: &Path, kernel: &Kernel) -> Result<PathBuf> {
     let modules = load_order(kernel)?;
     let busybox = fs::metadata(BUSYBOX).with_context(|| format!("reading {BUSYBOX}"))?;
     let mut hasher = DefaultHasher::new();
-    (INIT, &modules, busybox.len()).hash(&mut hasher);
-    busybox
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .hash(&mut hasher);
+    (INIT, &modules, &kernel.modules).hash(&mut hasher);
+    stamp(&busybox).hash(&mut hasher);
+    // Two packages of one kernel version (a Debian revision, or the host's and an unpacked one)
+    // need not carry the same module files.
+    for module in &modules {
+        let path = kernel.modules.join(module);
+        let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        stamp(&meta).hash(&mut hasher);
+    }
     let path = dir.join(format!(
         "initramfs-{}-{:016x}.cpio",
         kernel.version,
@@ -90,6 +94,15 @@ pub fn ensure(dir: &Path, kernel: &Kernel) -> Result<PathBuf> {
     fs::rename(&partial, &path).with_context(|| format!("renaming to {}", path.display()))?;
     eprintln!("xtask vm: built {}", path.display());
     Ok(path)
+}
+
+/// A file's size and modification time, which change when the file does.
+fn stamp(meta: &fs::Metadata) -> (u64, Option<Duration>) {
+    let modified = meta.modified().ok();
+    (
+        meta.len(),
+        modified.and_then(|t| t.duration_since(UNIX_EPOCH).ok()),
+    )
 }
 
 /// Module files (relative to the kernel's module dir) in insmod order, per modules.dep.

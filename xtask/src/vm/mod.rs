@@ -80,7 +80,8 @@ const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 /// Options of `cargo xtask vm`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernel version to boot (a directory in /lib/modules); default: the newest 6.12.
+    /// Kernel version to boot, unpacked in target/vm/kernel or installed on the host; default:
+    /// the newest 6.12 unpacked there, downloaded and unpacked on first use.
     #[arg(long)]
     kernel: Option<String>,
     /// Virtual CPUs; default: the host's CPU count.
@@ -165,8 +166,8 @@ impl Guest {
 /// on stderr with the guest console.
 fn boot(root: &Path, args: &Args) -> Result<Guest> {
     install::apt(PACKAGES)?;
-    let kernel = kernel::find(args.kernel.as_deref())?;
     let vm_dir = target_dir(root).join("vm");
+    let kernel = kernel::find(&vm_dir.join("kernel"), args.kernel.as_deref())?;
     let scratch = vm_dir.join("scratch");
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let initramfs = initramfs::ensure(&vm_dir, &kernel)?;
@@ -175,7 +176,7 @@ fn boot(root: &Path, args: &Args) -> Result<Guest> {
     let (mut accel, mut why) = qemu::choose();
     let mut tcg_retries = TCG_BOOT_RETRIES;
     loop {
-        prepare_run_dir(&run_dir, root, &scratch, &args.command)?;
+        prepare_run_dir(&run_dir, root, &scratch, &kernel, &args.command)?;
         let machine = qemu::Machine {
             accel,
             cpus: args.cpus.unwrap_or_else(host_cpus),
@@ -338,8 +339,15 @@ impl<W: Write> Tail<W> {
     }
 }
 
-/// Creates a fresh run directory with the control share: stage 2, the scratch path, the command.
-fn prepare_run_dir(run_dir: &Path, root: &Path, scratch: &Path, command: &[String]) -> Result<()> {
+/// Creates a fresh run directory with the control share: stage 2, its variables (the scratch
+/// path, the modules to mount), the command.
+fn prepare_run_dir(
+    run_dir: &Path,
+    root: &Path,
+    scratch: &Path,
+    kernel: &kernel::Kernel,
+    command: &[String],
+) -> Result<()> {
     let _ = fs::remove_dir_all(run_dir);
     let ctl = qemu::ctl_dir(run_dir);
     fs::create_dir_all(&ctl).with_context(|| format!("creating {}", ctl.display()))?;
@@ -347,7 +355,7 @@ fn prepare_run_dir(run_dir: &Path, root: &Path, scratch: &Path, command: &[Strin
         fs::write(ctl.join(name), text).with_context(|| format!("writing the guest's {name}"))
     };
     write("stage2.sh", include_str!("stage2.sh").to_owned())?;
-    write("vars", format!("scratch={}\n", quote(&path_str(scratch)?)))?;
+    write("vars", stage2_vars(scratch, kernel)?)?;
 
     let mut env_args = vec![
         format!("PATH={GUEST_PATH}"),
@@ -371,6 +379,20 @@ fn prepare_run_dir(run_dir: &Path, root: &Path, scratch: &Path, command: &[Strin
             words.join(" ")
         ),
     )
+}
+
+/// The shell variables stage 2 reads: the scratch dir, and the modules dir to mount on
+/// /lib/modules/<version> when the kernel is not installed on the host.
+fn stage2_vars(scratch: &Path, kernel: &kernel::Kernel) -> Result<String> {
+    let mut vars = format!("scratch={}\n", quote(&path_str(scratch)?));
+    if kernel.modules_elsewhere() {
+        vars.push_str(&format!(
+            "kernel={}\nmodules={}\n",
+            quote(&kernel.version),
+            quote(&path_str(&kernel.modules)?)
+        ));
+    }
+    Ok(vars)
 }
 
 /// Prints the end of the guest console (the kernel log and the init's messages) and where the

@@ -1,8 +1,8 @@
 # Stage 2 of the xtask VM guest, PID 1 in the host's root (under the tmpfs overlay): mount the
-# kernel filesystems and the scratch share, prepare what tests expect (aesni_intel, lo), run the
-# command with its output on the two virtio-serial ports, and leave its exit code in the control
-# share. The host treats a missing exit-code file as a failure, so every early exit powers off
-# without one.
+# kernel filesystems, the scratch share and the kernel's modules, prepare what tests expect
+# (aesni_intel, lo), run the command with its output on the two virtio-serial ports, and leave its
+# exit code in the control share. The host treats a missing exit-code file as a failure, so every
+# early exit powers off without one.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 bb=/bin/busybox
 ctl=/run/xtask-vm
@@ -30,6 +30,13 @@ $bb mount -t tracefs tracefs /sys/kernel/tracing
 . $ctl/vars
 $bb mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 xtask-scratch "$scratch" ||
 	fail "mounting the scratch share on $scratch"
+# A kernel unpacked under the target dir rather than installed: its modules go where modprobe
+# (the kernel's request_module too) looks. The mount point is made in the tmpfs overlay.
+if [ -n "$modules" ]; then
+	$bb mkdir -p "/lib/modules/$kernel" &&
+		$bb mount -o bind "$modules" "/lib/modules/$kernel" ||
+		fail "mounting $modules on /lib/modules/$kernel"
+fi
 
 # No udev here: aes-generic would satisfy the AES lookup, so the accelerated one must be asked for.
 modprobe aesni_intel || fail "modprobe aesni_intel"
