@@ -2,9 +2,9 @@
 
 use std::{fs, path::PathBuf, process::Command};
 
-use xsteer::dataplane::bpffs;
+use xsteer::dataplane::{Dataplane, bpffs};
 use xsteer_bpf_tests::{dataplane, topology::populate};
-use xsteer_common::maps::{COUNTERS, PEER_SPIS, REMOTE_POD_CIDRS};
+use xsteer_common::maps::{CLUSTER_POD_CIDRS, COUNTERS, PEER_SPIS, REMOTE_POD_CIDRS};
 
 /// A pin directory of this test's own, removed when dropped.
 struct PinDir(PathBuf);
@@ -15,10 +15,11 @@ impl Drop for PinDir {
     }
 }
 
-fn bpftool_dump(path: &PathBuf) -> String {
+fn bpftool(args: &[&str], path: &PathBuf, rest: &[&str]) -> String {
     let out = Command::new("bpftool")
-        .args(["--json", "map", "dump", "pinned"])
+        .args(args)
         .arg(path)
+        .args(rest)
         .output()
         .expect("bpftool is installed by `cargo xtask test`");
     assert!(
@@ -29,18 +30,28 @@ fn bpftool_dump(path: &PathBuf) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn bpftool_dump(path: &PathBuf) -> String {
+    bpftool(&["--json", "map", "dump", "pinned"], path, &[])
+}
+
+/// Pins the maps of `dp` under a directory of this test's own.
+fn pinned(dp: &mut Dataplane, test: &str) -> PinDir {
+    bpffs::ensure_mounted().expect("mount bpffs");
+    let dir = PinDir(
+        PathBuf::from(bpffs::BPFFS_ROOT).join(format!("xsteer-test-{}-{test}", std::process::id())),
+    );
+    fs::create_dir_all(&dir.0).unwrap();
+    dp.pin_maps(&dir.0).unwrap();
+    dir
+}
+
 #[test]
 fn bpftool_dump_of_pinned_maps_shows_field_names() {
     let Some(mut dp) = dataplane("bpftool_dump_of_pinned_maps_shows_field_names") else {
         return;
     };
     populate(&mut dp);
-    bpffs::ensure_mounted().expect("mount bpffs");
-    let dir = PinDir(
-        PathBuf::from(bpffs::BPFFS_ROOT).join(format!("xsteer-test-{}", std::process::id())),
-    );
-    fs::create_dir_all(&dir.0).unwrap();
-    dp.pin_maps(&dir.0).unwrap();
+    let dir = pinned(&mut dp, "dump");
 
     let remote = bpftool_dump(&dir.0.join(REMOTE_POD_CIDRS));
     for expected in [
@@ -64,4 +75,12 @@ fn bpftool_dump_of_pinned_maps_shows_field_names() {
         assert!(spis.contains(expected), "{expected} missing from {spis}");
     }
     assert!(bpftool_dump(&dir.0.join(COUNTERS)).contains(r#""values":"#));
+    let space = bpftool_dump(&dir.0.join(CLUSTER_POD_CIDRS));
+    for expected in [
+        r#""count":2"#,
+        r#"{"addr":[10,244,0,0],"mask":[255,255,0,0]}"#,
+        r#"{"addr":[10,250,0,0],"mask":[255,255,0,0]}"#,
+    ] {
+        assert!(space.contains(expected), "{expected} missing from {space}");
+    }
 }

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use xsteer_common::{
     counters::Counter,
     maps::{
-        EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX, PEER_SPIS_MAX, PeerNode,
-        PeerSpi, PodCidrGrid, REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX, RemotePodCidr,
-        SLOT_CONSULT_TRIE,
+        ClusterPodSpace, EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX,
+        PEER_SPIS_MAX, PeerNode, PeerSpi, PodCidrGrid, REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX,
+        RemotePodCidr, SLOT_CONSULT_TRIE,
     },
 };
 
@@ -26,6 +26,9 @@ static POD_CIDR_GRID: Array<PodCidrGrid, 1> = Array::new();
 
 #[btf_map(name = "remote_pod_slots")]
 static REMOTE_POD_SLOTS: Array<RemotePodCidr, { REMOTE_POD_SLOTS_MAX as usize }> = Array::new();
+
+#[btf_map(name = "cluster_pod_cidrs")]
+static CLUSTER_POD_CIDRS: Array<ClusterPodSpace, 1> = Array::new();
 
 #[btf_map(name = "local_pod_cidrs")]
 static LOCAL_POD_CIDRS: LpmTrie<Ipv4, LocalPodCidr, { LOCAL_POD_CIDRS_MAX as usize }> =
