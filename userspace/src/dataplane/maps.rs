@@ -65,13 +65,23 @@ impl<'a, V: Pod> CidrMap<'a, V> {
     }
 
     /// Every entry.
+    ///
+    /// The kernel stores an LPM key as written, so a key with bits set past its prefix (which
+    /// xsteer never writes, but bpftool can) is an error naming the map and the key.
     pub fn entries(&self) -> Result<Vec<(Ipv4Cidr, V)>, DataplaneError> {
         self.trie
             .iter()
             .map(|entry| {
                 let (key, value) = entry.map_err(map_err(self.name))?;
-                let cidr = Ipv4Cidr::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
-                    .expect("the kernel stores LPM keys masked to their prefix");
+                let (addr, prefix_len) = (Ipv4Addr::from(key.data()), key.prefix_len());
+                let cidr = u8::try_from(prefix_len)
+                    .ok()
+                    .and_then(|len| Ipv4Cidr::new(addr, len).ok())
+                    .ok_or_else(|| DataplaneError::BadEntry {
+                        name: self.name,
+                        entry: format!("{addr}/{prefix_len}"),
+                        problem: "bits are set past its prefix length",
+                    })?;
                 Ok((cidr, value))
             })
             .collect()
