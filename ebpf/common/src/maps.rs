@@ -4,7 +4,7 @@
 //! side converts on the hot path and `bpftool` prints them as four readable octets. Every map is
 //! pinned under the agent's pin directory by the name given here.
 
-/// LPM trie: remote pod CIDR → [`RemotePodCidr`]. Read by the pod classifier and both guards.
+/// LPM trie: remote pod CIDR → [`RemotePodCidr`]. Read by the pod classifier.
 pub const REMOTE_POD_CIDRS: &str = "remote_pod_cidrs";
 /// Array of one [`ClusterPodSpace`]: every address a pod of the cluster can have. Read by both
 /// guards, which decide "pod address" from it and never from the current peers.

@@ -67,6 +67,12 @@ pub fn remote_pod_cidr(addr: Ipv4) -> Option<RemotePodCidr> {
     REMOTE_POD_CIDRS.get(&Key::new(32, addr)).copied()
 }
 
+/// The cluster's pod space, or `None` while it has not been filled (no CIDR in it).
+#[inline(always)]
+pub fn cluster_pod_space() -> Option<&'static ClusterPodSpace> {
+    CLUSTER_POD_CIDRS.get(0).filter(|space| space.count != 0)
+}
+
 /// Whether `addr` is in one of this node's pod CIDRs.
 #[inline(always)]
 pub fn is_local_pod(addr: Ipv4) -> bool {
