@@ -12,98 +12,16 @@ use std::{
 };
 
 use xsteer::{cidr::Ipv4Cidr, dataplane::Dataplane, dataplane::grid::Grid};
-use xsteer_bpf_tests::packet::Ipv4;
+use xsteer_bpf_tests::{
+    TC_NEXT,
+    bench::{Empty, median, ns_per_packet},
+    packet::Ipv4,
+};
 use xsteer_common::maps::RemotePodCidr;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 7;
 const SIZES: [u32; 3] = [1, 1_000, 65_536];
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> i64 {
-    // SAFETY: `attr` is a valid, zero-padded prefix of `union bpf_attr` for `cmd`.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>()) }
-}
-
-/// Loads `r0 = TC_ACT_UNSPEC; exit`: the cheapest tc program there is.
-fn load_empty_tc_program() -> i32 {
-    let insns: [u64; 2] = [
-        // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1
-        0xb7 | ((-1i32 as u32 as u64) << 32),
-        // BPF_JMP | BPF_EXIT
-        0x95,
-    ];
-    let license = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: *b"xsteer_baseline\0",
-        ..Default::default()
-    };
-    let fd = bpf(BPF_PROG_LOAD, &mut attr);
-    assert!(
-        fd >= 0,
-        "BPF_PROG_LOAD: {}",
-        std::io::Error::last_os_error()
-    );
-    fd as i32
-}
-
-/// Mean ns per run of `REPEAT` runs of `prog_fd` on `frame`, as the kernel measured it.
-fn ns_per_packet(prog_fd: i32, frame: &[u8]) -> u32 {
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: REPEAT,
-        ..Default::default()
-    };
-    let rc = bpf(BPF_PROG_TEST_RUN, &mut attr);
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    assert_eq!(
-        attr.retval, -1i32 as u32,
-        "both programs return TC_ACT_UNSPEC"
-    );
-    attr.duration
-}
 
 /// A loaded classifier whose map holds `n` /24s of 10.0.0.0/8, with the grid of /24 slots over
 /// 10.0.0.0/8 in front of the trie when `grid`; returns it and a frame that hits the last CIDR
@@ -131,18 +49,13 @@ fn classifier_with(n: u32, grid: bool) -> (Dataplane, Vec<u8>) {
     (dataplane, frame)
 }
 
-fn median(samples: &mut [u32]) -> u32 {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the classifier benchmark loads BPF programs: run it as root");
         std::process::exit(1);
     }
-    let baseline = load_empty_tc_program();
+    let baseline = Empty::Tc.load();
     let configs: Vec<(u32, bool)> = [false, true]
         .into_iter()
         .flat_map(|grid| SIZES.iter().map(move |&n| (n, grid)))
@@ -169,9 +82,9 @@ fn main() {
     let mut base_samples = Vec::new();
     let mut samples = vec![Vec::new(); configs.len()];
     for round in 0..ROUNDS {
-        base_samples.push(ns_per_packet(baseline, &classifiers[0].2));
+        base_samples.push(ns_per_packet(baseline, &classifiers[0].2, REPEAT, TC_NEXT));
         for (i, (_, _, frame)) in classifiers.iter().enumerate() {
-            samples[i].push(ns_per_packet(fds[i], frame));
+            samples[i].push(ns_per_packet(fds[i], frame, REPEAT, TC_NEXT));
         }
         eprintln!("round {}/{ROUNDS} done", round + 1);
     }

@@ -6,6 +6,7 @@
 //! without them a test skips with a loud reason, unless `XSTEER_REQUIRE_PRIVILEGED=1` (set by
 //! `cargo xtask test`, hence CI) turns the skip into a failure.
 
+pub mod bench;
 pub mod packet;
 pub mod topology;
 

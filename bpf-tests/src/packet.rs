@@ -13,7 +13,12 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 /// EtherType of an 802.1ad (outer, QinQ) tag.
 pub const ETH_P_8021AD: u16 = 0x88A8;
 
-/// IP protocol numbers used in tests.
+/// EtherType of LLDP.
+pub const ETH_P_LLDP: u16 = 0x88CC;
+
+/// IP protocol numbers used in tests: ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// UDP.
 pub const IPPROTO_UDP: u8 = 17;
 /// ESP.
 pub const IPPROTO_ESP: u8 = 50;
@@ -33,6 +38,11 @@ pub fn vlan_tagged(frame: &[u8], tpid: u16, vid: u16) -> Vec<u8> {
     tagged.extend_from_slice(&vid.to_be_bytes());
     tagged.extend_from_slice(&frame[12..]);
     tagged
+}
+
+/// Wraps a frame in `tags` VLAN tags of type `tpid` with VLAN ID 0 (priority tags).
+pub fn vlan_tagged_times(frame: &[u8], tpid: u16, tags: usize) -> Vec<u8> {
+    (0..tags).fold(frame.to_vec(), |f, _| vlan_tagged(&f, tpid, 0))
 }
 
 /// An IPv4 header and payload, with knobs for the odd cases.
@@ -86,6 +96,18 @@ impl Ipv4 {
         }
     }
 
+    /// An ICMP "destination unreachable" from `src` to `dst` about `original`, carrying its
+    /// header and first 8 bytes, as a router or the host sends one.
+    pub fn icmp_unreachable(src: Ipv4Addr, dst: Ipv4Addr, original: &Ipv4) -> Ipv4 {
+        let mut payload = vec![3, 1, 0, 0, 0, 0, 0, 0];
+        payload.extend_from_slice(&original.to_bytes()[..28]);
+        Ipv4 {
+            protocol: IPPROTO_ICMP,
+            payload,
+            ..Ipv4::udp(src, dst)
+        }
+    }
+
     /// The header and payload as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut options = self.options.clone();
@@ -118,6 +140,17 @@ pub fn ipv6_frame() -> Vec<u8> {
     header.extend_from_slice(&[0xFD; 16]);
     header.extend_from_slice(&[0xFE; 16]);
     ethernet(ETH_P_IPV6, &header)
+}
+
+/// An LLDP frame (chassis ID, port ID, TTL, end).
+pub fn lldp_frame() -> Vec<u8> {
+    let tlvs = [
+        0x02, 0x07, 0x04, 0x02, 0, 0, 0, 0, 0x01, // chassis ID: MAC
+        0x04, 0x02, 0x07, b'1', // port ID: local "1"
+        0x06, 0x02, 0, 120, // TTL 120 s
+        0, 0, // end
+    ];
+    ethernet(ETH_P_LLDP, &tlvs)
 }
 
 /// An ARP request in an Ethernet frame.

@@ -1,4 +1,4 @@
-//! A small cluster the tests load into the maps: this node and two peers.
+//! A small cluster the tests load into the maps: this node, two peers, and the pod space.
 
 use std::net::Ipv4Addr;
 
@@ -39,12 +39,21 @@ pub const PEER_D_POD: Ipv4Addr = Ipv4Addr::new(10, 250, 1, 1);
 /// An address that is no pod's.
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
 
-fn cidr(s: &str) -> Ipv4Cidr {
+/// The cluster's pod space: every pod above lies in it.
+pub const CLUSTER_POD_CIDRS: [&str; 2] = ["10.244.0.0/16", "10.250.0.0/16"];
+/// A pod of a node that is in no map but the pod space: one that left, or whose record was
+/// lost. Its traffic is never marked, so only the pod space can guard it.
+pub const UNKNOWN_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 77, 7);
+
+/// Parses a CIDR the tests spell out.
+pub fn cidr(s: &str) -> Ipv4Cidr {
     s.parse().expect("test CIDR")
 }
 
 /// Writes the topology into the maps.
 pub fn populate(dataplane: &mut Dataplane) {
+    let space: Vec<Ipv4Cidr> = CLUSTER_POD_CIDRS.iter().map(|c| cidr(c)).collect();
+    dataplane.cluster_pod_cidrs().unwrap().set(&space).unwrap();
     dataplane
         .local_pod_cidrs()
         .unwrap()

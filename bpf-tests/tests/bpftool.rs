@@ -1,10 +1,13 @@
-//! Maps carry BTF, so `bpftool map dump pinned` prints field names, not hex.
+//! Maps carry BTF, so `bpftool map dump pinned` prints field names, not hex; and what someone
+//! writes into a pinned map with bpftool is read back as an error, not a panic.
 
 use std::{fs, path::PathBuf, process::Command};
 
-use xsteer::dataplane::bpffs;
+use xsteer::dataplane::{Dataplane, DataplaneError, bpffs};
 use xsteer_bpf_tests::{dataplane, topology::populate};
-use xsteer_common::maps::{COUNTERS, PEER_SPIS, REMOTE_POD_CIDRS};
+use xsteer_common::maps::{
+    CLUSTER_POD_CIDRS, COUNTERS, LOCAL_POD_CIDRS, PEER_SPIS, REMOTE_POD_CIDRS,
+};
 
 /// A pin directory of this test's own, removed when dropped.
 struct PinDir(PathBuf);
@@ -15,10 +18,11 @@ impl Drop for PinDir {
     }
 }
 
-fn bpftool_dump(path: &PathBuf) -> String {
+fn bpftool(args: &[&str], path: &PathBuf, rest: &[&str]) -> String {
     let out = Command::new("bpftool")
-        .args(["--json", "map", "dump", "pinned"])
+        .args(args)
         .arg(path)
+        .args(rest)
         .output()
         .expect("bpftool is installed by `cargo xtask test`");
     assert!(
@@ -29,18 +33,28 @@ fn bpftool_dump(path: &PathBuf) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn bpftool_dump(path: &PathBuf) -> String {
+    bpftool(&["--json", "map", "dump", "pinned"], path, &[])
+}
+
+/// Pins the maps of `dp` under a directory of this test's own.
+fn pinned(dp: &mut Dataplane, test: &str) -> PinDir {
+    bpffs::ensure_mounted().expect("mount bpffs");
+    let dir = PinDir(
+        PathBuf::from(bpffs::BPFFS_ROOT).join(format!("xsteer-test-{}-{test}", std::process::id())),
+    );
+    fs::create_dir_all(&dir.0).unwrap();
+    dp.pin_maps(&dir.0).unwrap();
+    dir
+}
+
 #[test]
 fn bpftool_dump_of_pinned_maps_shows_field_names() {
     let Some(mut dp) = dataplane("bpftool_dump_of_pinned_maps_shows_field_names") else {
         return;
     };
     populate(&mut dp);
-    bpffs::ensure_mounted().expect("mount bpffs");
-    let dir = PinDir(
-        PathBuf::from(bpffs::BPFFS_ROOT).join(format!("xsteer-test-{}", std::process::id())),
-    );
-    fs::create_dir_all(&dir.0).unwrap();
-    dp.pin_maps(&dir.0).unwrap();
+    let dir = pinned(&mut dp, "dump");
 
     let remote = bpftool_dump(&dir.0.join(REMOTE_POD_CIDRS));
     for expected in [
@@ -64,4 +78,41 @@ fn bpftool_dump_of_pinned_maps_shows_field_names() {
         assert!(spis.contains(expected), "{expected} missing from {spis}");
     }
     assert!(bpftool_dump(&dir.0.join(COUNTERS)).contains(r#""values":"#));
+    let space = bpftool_dump(&dir.0.join(CLUSTER_POD_CIDRS));
+    for expected in [
+        r#""count":2"#,
+        r#"{"addr":[10,244,0,0],"mask":[255,255,0,0]}"#,
+        r#"{"addr":[10,250,0,0],"mask":[255,255,0,0]}"#,
+    ] {
+        assert!(space.contains(expected), "{expected} missing from {space}");
+    }
+}
+
+#[test]
+fn an_lpm_key_with_host_bits_written_by_bpftool_is_an_error_naming_it() {
+    let Some(mut dp) =
+        dataplane("an_lpm_key_with_host_bits_written_by_bpftool_is_an_error_naming_it")
+    else {
+        return;
+    };
+    populate(&mut dp);
+    let dir = pinned(&mut dp, "host-bits");
+    // 10.244.9.1/24: prefix_len 24 (u32, little-endian), then the address; value: node 1.
+    bpftool(
+        &["map", "update", "pinned"],
+        &dir.0.join(LOCAL_POD_CIDRS),
+        &[
+            "key", "24", "0", "0", "0", "10", "244", "9", "1", "value", "1", "0", "0", "0",
+        ],
+    );
+    match dp.local_pod_cidrs().unwrap().entries() {
+        Err(e @ DataplaneError::BadEntry { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(LOCAL_POD_CIDRS) && text.contains("10.244.9.1/24"),
+                "{text}"
+            );
+        }
+        other => panic!("expected an error naming the key, got {other:?}"),
+    }
 }

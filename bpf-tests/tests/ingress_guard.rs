@@ -1,17 +1,25 @@
-//! The ingress guard: plaintext from peers' pods and ESP with a bad SPI stop at XDP.
+//! The ingress guard: nothing from a pod address of the cluster gets in, ESP with a bad SPI
+//! stops at XDP, and so does anything the guard cannot parse.
 
 use xsteer::dataplane::Dataplane;
 use xsteer_bpf_tests::{
     XDP_DROP, XDP_PASS, dataplane,
-    packet::{self, ETH_P_8021Q, Ipv4, vlan_tagged},
+    packet::{self, ETH_P_8021AD, ETH_P_8021Q, Ipv4, vlan_tagged, vlan_tagged_times},
     run_xdp,
     topology::*,
 };
 use xsteer_common::counters::Counter;
 
-fn guard(test: &str, frames: &[Vec<u8>]) -> Option<(Vec<u32>, Dataplane)> {
+/// Loads and populates the object, lets `setup` change the maps, and runs the guard on each
+/// frame.
+fn guard_with(
+    test: &str,
+    setup: impl FnOnce(&mut Dataplane),
+    frames: &[Vec<u8>],
+) -> Option<(Vec<u32>, Dataplane)> {
     let mut dp = dataplane(test)?;
     populate(&mut dp);
+    setup(&mut dp);
     let verdicts = frames
         .iter()
         .map(|frame| run_xdp(dp.ingress_guard().unwrap(), frame))
@@ -19,8 +27,25 @@ fn guard(test: &str, frames: &[Vec<u8>]) -> Option<(Vec<u32>, Dataplane)> {
     Some((verdicts, dp))
 }
 
+fn guard(test: &str, frames: &[Vec<u8>]) -> Option<(Vec<u32>, Dataplane)> {
+    guard_with(test, |_| {}, frames)
+}
+
 fn counter(dp: &mut Dataplane, c: Counter) -> u64 {
     dp.counters().unwrap().read().unwrap().get(c)
+}
+
+/// Every counter of the ingress guard, so a test can say which one moved.
+fn ingress_counters(dp: &mut Dataplane) -> [u64; 6] {
+    [
+        Counter::IngressPassed,
+        Counter::IngressEspAccepted,
+        Counter::IngressPlaintextDropped,
+        Counter::IngressBadSpiDropped,
+        Counter::IngressMalformedDropped,
+        Counter::IngressVlanDepthDropped,
+    ]
+    .map(|c| counter(dp, c))
 }
 
 #[test]
@@ -45,6 +70,43 @@ fn plaintext_from_remote_pod_to_local_pod_is_dropped() {
     assert_eq!(
         counter(&mut dp, Counter::IngressPlaintextDropped),
         frames.len() as u64
+    );
+}
+
+/// The source alone decides: a pod address outside is never xsteer's ciphertext, whichever
+/// node the pod is on, whether that node is a peer, and whatever the protocol or destination.
+#[test]
+fn anything_from_a_cluster_pod_address_is_dropped_without_any_peer_entry() {
+    let frames = [
+        // A pod of a node in no map: plaintext, and "ESP" with an SPI that is valid for a peer.
+        Ipv4::udp(UNKNOWN_POD, LOCAL_POD).frame(),
+        Ipv4::esp(UNKNOWN_POD, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        // Peer B's pod, with peer B gone from every map (see the setup).
+        Ipv4::udp(PEER_B_POD, LOCAL_POD).frame(),
+        Ipv4::esp(PEER_B_POD, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        // To the node itself, or to an address that is no pod's.
+        Ipv4::udp(PEER_C_POD, LOCAL_NODE_IP).frame(),
+        Ipv4::udp(PEER_D_POD, OUTSIDE).frame(),
+        Ipv4::icmp_unreachable(UNKNOWN_POD, LOCAL_POD, &Ipv4::udp(LOCAL_POD, UNKNOWN_POD)).frame(),
+    ];
+    let peer_b_left = |dp: &mut Dataplane| {
+        dp.remote_pod_cidrs()
+            .unwrap()
+            .remove(cidr("10.244.2.0/24"))
+            .unwrap();
+        dp.peer_nodes().unwrap().remove(PEER_B_IP).unwrap();
+    };
+    let Some((verdicts, mut dp)) = guard_with(
+        "anything_from_a_cluster_pod_address_is_dropped_without_any_peer_entry",
+        peer_b_left,
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(verdicts, vec![XDP_DROP; frames.len()]);
+    assert_eq!(
+        ingress_counters(&mut dp),
+        [0, 0, frames.len() as u64, 0, 0, 0]
     );
 }
 
@@ -87,6 +149,99 @@ fn esp_from_a_peer_with_an_invalid_spi_is_dropped() {
 }
 
 #[test]
+fn up_to_four_vlan_tags_are_looked_through() {
+    let plain = Ipv4::udp(PEER_B_POD, LOCAL_POD).frame();
+    let esp = Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame();
+    let frames = [
+        // Plaintext from a pod behind one to four tags of VLAN 0: dropped as plaintext.
+        vlan_tagged_times(&plain, ETH_P_8021Q, 1),
+        vlan_tagged(&vlan_tagged(&plain, ETH_P_8021Q, 0), ETH_P_8021AD, 0),
+        vlan_tagged_times(&plain, ETH_P_8021Q, 3),
+        vlan_tagged_times(&plain, ETH_P_8021AD, 4),
+        // Valid ESP behind one and two tags: accepted.
+        vlan_tagged(&esp, ETH_P_8021Q, 7),
+        vlan_tagged(&vlan_tagged(&esp, ETH_P_8021Q, 7), ETH_P_8021AD, 8),
+    ];
+    let Some((verdicts, mut dp)) = guard("up_to_four_vlan_tags_are_looked_through", &frames) else {
+        return;
+    };
+    assert_eq!(
+        verdicts,
+        [XDP_DROP, XDP_DROP, XDP_DROP, XDP_DROP, XDP_PASS, XDP_PASS]
+    );
+    assert_eq!(ingress_counters(&mut dp), [0, 2, 4, 0, 0, 0]);
+}
+
+/// The kernel strips any number of tags and delivers what is inside, so what the guard cannot
+/// look behind must not pass.
+#[test]
+fn frames_tagged_deeper_than_the_guard_looks_are_dropped() {
+    let plain = Ipv4::udp(PEER_B_POD, LOCAL_POD).frame();
+    let frames = [
+        vlan_tagged_times(&plain, ETH_P_8021Q, 5),
+        vlan_tagged_times(&plain, ETH_P_8021AD, 8),
+        vlan_tagged_times(
+            &Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+            ETH_P_8021Q,
+            5,
+        ),
+        vlan_tagged_times(&packet::arp_frame(), ETH_P_8021Q, 5),
+    ];
+    let Some((verdicts, mut dp)) = guard(
+        "frames_tagged_deeper_than_the_guard_looks_are_dropped",
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(verdicts, vec![XDP_DROP; frames.len()]);
+    assert_eq!(
+        ingress_counters(&mut dp),
+        [0, 0, 0, 0, 0, frames.len() as u64]
+    );
+}
+
+#[test]
+fn ipv4_without_a_readable_header_is_dropped() {
+    let plain = Ipv4::udp(PEER_B_POD, LOCAL_POD);
+    let from_node = Ipv4::udp(PEER_B_IP, LOCAL_NODE_IP);
+    let frames = [
+        // Half an IPv4 header, and a bare Ethernet header that says IPv4. (The kernel refuses
+        // to test-run frames shorter than an Ethernet header.)
+        plain.frame()[..14 + 8].to_vec(),
+        plain.frame()[..14].to_vec(),
+        // A VLAN tag cut off before its inner EtherType.
+        vlan_tagged(&plain.frame(), ETH_P_8021Q, 0)[..16].to_vec(),
+        // IHL below 5, version 6, options past the end of the frame; from a node, too.
+        Ipv4 {
+            ihl: Some(3),
+            ..plain.clone()
+        }
+        .frame(),
+        Ipv4 {
+            version: 6,
+            ..from_node.clone()
+        }
+        .frame(),
+        Ipv4 {
+            ihl: Some(15),
+            ..from_node.clone()
+        }
+        .frame(),
+        // Behind tags that are looked through.
+        vlan_tagged_times(&plain.frame()[..14 + 8], ETH_P_8021Q, 2),
+    ];
+    let Some((verdicts, mut dp)) = guard("ipv4_without_a_readable_header_is_dropped", &frames)
+    else {
+        return;
+    };
+    assert_eq!(verdicts, vec![XDP_DROP; frames.len()]);
+    assert_eq!(
+        ingress_counters(&mut dp),
+        [0, 0, 0, 0, frames.len() as u64, 0]
+    );
+}
+
+#[test]
 fn everything_else_passes() {
     let esp = Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, 0xDEAD);
     let frames = [
@@ -98,30 +253,53 @@ fn everything_else_passes() {
             ..esp.clone()
         }
         .frame(),
-        // ESP cut off before its SPI.
+        // ESP from a peer cut off before its SPI: no SPI to check (xfrm drops it).
         esp.frame()[..14 + 20 + 2].to_vec(),
-        // Ordinary traffic between nodes, and from a remote pod to a non-pod address.
+        // Ordinary traffic between nodes, and from the internet to the node.
         Ipv4::udp(PEER_B_IP, LOCAL_NODE_IP).frame(),
-        Ipv4::udp(PEER_B_POD, OUTSIDE).frame(),
+        Ipv4::udp(OUTSIDE, LOCAL_NODE_IP).frame(),
+        // Not IP at all, bare or behind four tags; and an EtherType alone is not malformed.
         packet::ipv6_frame(),
         packet::arp_frame(),
-        // Half an IPv4 header, a bare Ethernet header, and IHL below 5, all from a peer's pod.
-        Ipv4::udp(PEER_B_POD, LOCAL_POD).frame()[..14 + 8].to_vec(),
-        Ipv4::udp(PEER_B_POD, LOCAL_POD).frame()[..14].to_vec(),
-        Ipv4 {
-            ihl: Some(3),
-            ..Ipv4::udp(PEER_B_POD, LOCAL_POD)
-        }
-        .frame(),
+        packet::lldp_frame(),
+        vlan_tagged_times(&packet::arp_frame(), ETH_P_8021Q, 4),
+        packet::ethernet(0x88B5, &[]),
     ];
     let Some((verdicts, mut dp)) = guard("everything_else_passes", &frames) else {
         return;
     };
     assert_eq!(verdicts, vec![XDP_PASS; frames.len()]);
     assert_eq!(
-        counter(&mut dp, Counter::IngressPassed),
-        frames.len() as u64
+        ingress_counters(&mut dp),
+        [frames.len() as u64, 0, 0, 0, 0, 0]
     );
-    assert_eq!(counter(&mut dp, Counter::IngressBadSpiDropped), 0);
-    assert_eq!(counter(&mut dp, Counter::IngressPlaintextDropped), 0);
+}
+
+/// Userspace fills the pod space before attaching the guards; should it be empty all the same,
+/// the guard falls back to this node's pod CIDRs: nothing reaches a local pod from outside in
+/// the clear, which covers every drop of the old peer-list guard. A pod address sending to
+/// anything else is not caught then.
+#[test]
+fn with_the_pod_space_empty_nothing_reaches_a_local_pod() {
+    let drops = [
+        Ipv4::udp(PEER_B_POD, LOCAL_POD).frame(),
+        Ipv4::udp(UNKNOWN_POD, LOCAL_POD).frame(),
+        Ipv4::udp(OUTSIDE, LOCAL_POD).frame(),
+    ];
+    let passes = [
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        Ipv4::udp(PEER_B_POD, LOCAL_NODE_IP).frame(),
+    ];
+    let frames: Vec<Vec<u8>> = drops.iter().chain(&passes).cloned().collect();
+    let empty = |dp: &mut Dataplane| dp.cluster_pod_cidrs().unwrap().set(&[]).unwrap();
+    let Some((verdicts, mut dp)) = guard_with(
+        "with_the_pod_space_empty_nothing_reaches_a_local_pod",
+        empty,
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(verdicts[..drops.len()], vec![XDP_DROP; drops.len()]);
+    assert_eq!(verdicts[drops.len()..], vec![XDP_PASS; passes.len()]);
+    assert_eq!(ingress_counters(&mut dp), [1, 1, 3, 0, 0, 0]);
 }

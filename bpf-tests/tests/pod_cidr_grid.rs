@@ -1,6 +1,7 @@
 //! The grid of remote pod slots in front of the trie: inside the grid a slot answers, a slot
-//! with a finer CIDR in it defers to the trie, outside the grid the trie answers — and every
-//! program gives the same verdicts as with the trie alone.
+//! with a finer CIDR in it defers to the trie, outside the grid the trie answers — and the
+//! classifier gives the same marks as with the trie alone, while the guards, which go by the
+//! cluster's pod space, do not read either.
 
 use std::net::Ipv4Addr;
 
@@ -110,21 +111,25 @@ fn removals_and_turning_the_grid_off_keep_the_answers_right() {
     );
 }
 
+/// The guards decide by the cluster's pod space, not by the slots or the trie: a slot that
+/// answers, one that defers to the trie, and an empty one are all pod addresses to them.
 #[test]
-fn the_guards_see_remote_pods_through_the_grid() {
-    let Some(mut dp) = gridded("the_guards_see_remote_pods_through_the_grid") else {
+fn the_guards_decide_by_the_pod_space_whatever_the_slots_say() {
+    let Some(mut dp) = gridded("the_guards_decide_by_the_pod_space_whatever_the_slots_say") else {
         return;
     };
-    let leak = Ipv4::udp(LOCAL_POD, PEER_B_POD).frame();
-    assert_eq!(
-        run_tc(dp.egress_guard().unwrap(), &leak, 0).verdict,
-        TC_SHOT
-    );
-    let fine_leak = Ipv4::udp(LOCAL_POD, FINE_POD).frame();
-    assert_eq!(
-        run_tc(dp.egress_guard().unwrap(), &fine_leak, 0).verdict,
-        TC_SHOT
-    );
-    let spoof = Ipv4::udp(PEER_B_POD, LOCAL_POD).frame();
-    assert_eq!(run_xdp(dp.ingress_guard().unwrap(), &spoof), XDP_DROP);
+    for dst in [PEER_B_POD, FINE_POD, SAME_SLOT_NOT_FINE, EMPTY_SLOT] {
+        let leak = Ipv4::udp(LOCAL_POD, dst).frame();
+        assert_eq!(
+            run_tc(dp.egress_guard().unwrap(), &leak, 0).verdict,
+            TC_SHOT,
+            "to {dst}"
+        );
+        let spoof = Ipv4::udp(dst, LOCAL_POD).frame();
+        assert_eq!(
+            run_xdp(dp.ingress_guard().unwrap(), &spoof),
+            XDP_DROP,
+            "from {dst}"
+        );
+    }
 }

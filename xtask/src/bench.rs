@@ -16,7 +16,7 @@ pub struct Args {
     /// Print the tables without touching docs/benchmarks.md.
     #[arg(long)]
     no_write: bool,
-    /// Run only these benchmarks (classifier, convergence, agent, rotation); default: all.
+    /// Run only these benchmarks (classifier, guards, convergence, agent, rotation); default: all.
     names: Vec<String>,
 }
 
@@ -32,6 +32,7 @@ enum Kernel {
 /// The benchmarks: (marker name, cargo package, bench target, kernel).
 const BENCHES: &[(&str, &str, &str, Kernel)] = &[
     ("classifier", "xsteer-bpf-tests", "classifier", Kernel::Host),
+    ("guards", "xsteer-bpf-tests", "guards", Kernel::Host),
     ("convergence", "xsteer", "convergence", Kernel::Host),
     ("agent", "xsteer", "agent", Kernel::Vm),
     ("rotation", "xsteer", "rotation", Kernel::Vm),
@@ -88,7 +89,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     for name in &args.names {
         if !BENCHES.iter().any(|(n, ..)| n == name) {
             bail!(
-                "no benchmark named {name:?}; there are: classifier, convergence, agent, rotation"
+                "no benchmark named {name:?}; there are: classifier, guards, convergence, agent, rotation"
             );
         }
     }

@@ -17,21 +17,36 @@ pub enum Counter {
     PodMalformed = 3,
     /// Egress guard: passed.
     EgressPassed = 4,
-    /// Egress guard: a local pod's packet to a remote pod about to leave unencrypted; dropped.
+    /// Egress guard: IPv4 to an address in the cluster's pod space that is not this node's,
+    /// about to leave unencrypted, whatever its source and protocol; dropped. (With the pod
+    /// space not filled: IPv4 from one of this node's pods.)
     EgressLeakDropped = 5,
-    /// Ingress guard: passed (not pod-to-pod, not ESP from a peer, or not parseable).
+    /// Ingress guard: passed (not IPv4, nothing from a pod address, not ESP from a peer).
     IngressPassed = 6,
     /// Ingress guard: ESP from a peer with a currently valid SPI; passed to xfrm.
     IngressEspAccepted = 7,
-    /// Ingress guard: unencrypted packet from a remote pod to a local pod; dropped.
+    /// Ingress guard: IPv4 from an address in the cluster's pod space, whatever its protocol:
+    /// plaintext or spoofed, as tunnel-mode ESP carries node IPs outside; dropped. (With the pod
+    /// space not filled: IPv4 to one of this node's pods.)
     IngressPlaintextDropped = 8,
     /// Ingress guard: ESP from a peer with an SPI not valid for it; dropped.
     IngressBadSpiDropped = 9,
+    /// Egress guard: IPv4 EtherType but no readable IPv4 header (truncated, not pulled into
+    /// the linear area, version not 4, IHL below 5 or past the frame), or a truncated Ethernet
+    /// or VLAN header; dropped.
+    EgressMalformedDropped = 10,
+    /// Egress guard: still VLAN-tagged after [`crate::programs::VLAN_TAGS_MAX`] tags; dropped.
+    EgressVlanDepthDropped = 11,
+    /// Ingress guard: IPv4 EtherType but no readable IPv4 header (truncated, version not 4,
+    /// IHL below 5 or past the frame), or a truncated Ethernet or VLAN header; dropped.
+    IngressMalformedDropped = 12,
+    /// Ingress guard: still VLAN-tagged after [`crate::programs::VLAN_TAGS_MAX`] tags; dropped.
+    IngressVlanDepthDropped = 13,
 }
 
 impl Counter {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -45,6 +60,10 @@ impl Counter {
         Counter::IngressEspAccepted,
         Counter::IngressPlaintextDropped,
         Counter::IngressBadSpiDropped,
+        Counter::EgressMalformedDropped,
+        Counter::EgressVlanDepthDropped,
+        Counter::IngressMalformedDropped,
+        Counter::IngressVlanDepthDropped,
     ];
 
     /// The stable snake_case name used in metrics and docs.
@@ -60,6 +79,10 @@ impl Counter {
             Counter::IngressEspAccepted => "ingress_esp_accepted",
             Counter::IngressPlaintextDropped => "ingress_plaintext_dropped",
             Counter::IngressBadSpiDropped => "ingress_bad_spi_dropped",
+            Counter::EgressMalformedDropped => "egress_malformed_dropped",
+            Counter::EgressVlanDepthDropped => "egress_vlan_depth_dropped",
+            Counter::IngressMalformedDropped => "ingress_malformed_dropped",
+            Counter::IngressVlanDepthDropped => "ingress_vlan_depth_dropped",
         }
     }
 }
@@ -72,6 +95,21 @@ mod tests {
     fn all_lists_every_counter_at_its_index() {
         for (index, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, index, "{counter:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            let name = a.name();
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(name, b.name());
+            }
         }
     }
 }

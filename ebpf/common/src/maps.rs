@@ -4,8 +4,11 @@
 //! side converts on the hot path and `bpftool` prints them as four readable octets. Every map is
 //! pinned under the agent's pin directory by the name given here.
 
-/// LPM trie: remote pod CIDR → [`RemotePodCidr`]. Read by the pod classifier and both guards.
+/// LPM trie: remote pod CIDR → [`RemotePodCidr`]. Read by the pod classifier.
 pub const REMOTE_POD_CIDRS: &str = "remote_pod_cidrs";
+/// Array of one [`ClusterPodSpace`]: every address a pod of the cluster can have. Read by both
+/// guards, which decide "pod address" from it and never from the current peers.
+pub const CLUSTER_POD_CIDRS: &str = "cluster_pod_cidrs";
 /// LPM trie: local pod CIDR → [`LocalPodCidr`]. Read by both guards.
 pub const LOCAL_POD_CIDRS: &str = "local_pod_cidrs";
 /// Hash: peer node IP → [`PeerNode`]. Tells the ingress guard which ESP senders are peers.
@@ -26,6 +29,8 @@ pub const REMOTE_POD_SLOTS_MAX: u32 = 65_536;
 /// [`RemotePodCidr::flags`] bit of a slot that cannot answer alone (a CIDR finer than the slot
 /// lies in it): the trie decides.
 pub const SLOT_CONSULT_TRIE: u8 = 0x01;
+/// How many CIDRs the cluster's pod space ([`CLUSTER_POD_CIDRS`]) can be made of.
+pub const CLUSTER_POD_CIDRS_MAX: usize = 8;
 /// Capacity of [`LOCAL_POD_CIDRS`].
 pub const LOCAL_POD_CIDRS_MAX: u32 = 16;
 /// Capacity of [`PEER_NODES`]: every node ID.
@@ -64,6 +69,53 @@ pub struct PodCidrGrid {
     pub enabled: u8,
     /// Reserved, zero.
     pub reserved: u8,
+}
+
+/// One CIDR of the cluster's pod space: network and netmask, both in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPodCidr {
+    /// The network address (bits past the mask are ignored).
+    pub addr: Ipv4,
+    /// The netmask, e.g. `[255, 0, 0, 0]` for a /8.
+    pub mask: Ipv4,
+}
+
+/// The cluster's pod address space: up to [`CLUSTER_POD_CIDRS_MAX`] CIDRs that together contain
+/// every pod of the cluster, whichever node it is on and whether or not that node is a peer
+/// right now. The guards check it in a bounded loop: cheaper than an LPM trie for a handful
+/// of CIDRs (docs/benchmarks.md).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPodSpace {
+    /// How many of `cidrs` are in use, from the first; 0 means "not filled".
+    pub count: u32,
+    /// The CIDRs; those at `count` and beyond are ignored.
+    pub cidrs: [ClusterPodCidr; CLUSTER_POD_CIDRS_MAX],
+}
+
+impl ClusterPodSpace {
+    /// Whether `addr` (network byte order) lies in one of the CIDRs in use.
+    #[inline(always)]
+    pub fn contains(&self, addr: Ipv4) -> bool {
+        // Any byte order works for a masked compare as long as all three agree.
+        let addr = u32::from_ne_bytes(addr);
+        let mut i = 0;
+        while i < CLUSTER_POD_CIDRS_MAX {
+            if i as u32 >= self.count {
+                return false;
+            }
+            let cidr = &self.cidrs[i];
+            let mask = u32::from_ne_bytes(cidr.mask);
+            // Masking the stored address too: an entry with host bits set (written by hand)
+            // still covers its network instead of matching nothing.
+            if addr & mask == u32::from_ne_bytes(cidr.addr) & mask {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// A pod CIDR of this node.
@@ -116,4 +168,53 @@ mod pod {
     unsafe impl aya::Pod for super::PeerSpi {}
     unsafe impl aya::Pod for super::EspStats {}
     unsafe impl aya::Pod for super::PodCidrGrid {}
+    unsafe impl aya::Pod for super::ClusterPodSpace {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace};
+
+    fn space(cidrs: &[([u8; 4], [u8; 4])]) -> ClusterPodSpace {
+        let mut space = ClusterPodSpace {
+            count: cidrs.len() as u32,
+            ..Default::default()
+        };
+        for (slot, &(addr, mask)) in space.cidrs.iter_mut().zip(cidrs) {
+            *slot = ClusterPodCidr { addr, mask };
+        }
+        space
+    }
+
+    #[test]
+    fn contains_checks_every_cidr_in_use_and_nothing_else() {
+        let s = space(&[
+            ([10, 244, 0, 0], [255, 255, 0, 0]),
+            ([172, 16, 0, 0], [255, 240, 0, 0]),
+        ]);
+        assert!(s.contains([10, 244, 9, 9]));
+        assert!(s.contains([172, 31, 255, 255]));
+        assert!(!s.contains([172, 32, 0, 0]));
+        assert!(!s.contains([10, 245, 0, 1]));
+        assert!(!s.contains([192, 168, 0, 1]));
+    }
+
+    #[test]
+    fn slots_past_count_are_ignored_and_an_empty_space_holds_nothing() {
+        let mut s = space(&[([10, 0, 0, 0], [255, 0, 0, 0])]);
+        // A zeroed slot would match everything, were it read.
+        s.count = 1;
+        assert!(!s.contains([8, 8, 8, 8]));
+        assert!(!ClusterPodSpace::default().contains([10, 0, 0, 1]));
+        // A corrupt count reads no further than the array.
+        s.count = u32::MAX;
+        assert!(s.contains([8, 8, 8, 8]));
+        assert_eq!(s.cidrs.len(), CLUSTER_POD_CIDRS_MAX);
+    }
+
+    #[test]
+    fn host_bits_in_the_stored_address_do_not_hide_its_network() {
+        let s = space(&[([10, 0, 0, 1], [255, 0, 0, 0])]);
+        assert!(s.contains([10, 200, 0, 1]));
+    }
 }

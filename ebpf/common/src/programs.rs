@@ -1,10 +1,17 @@
-//! Names of the eBPF programs, as they appear in the object, in `bpftool prog` and in pin paths.
+//! Names of the eBPF programs, as they appear in the object, in `bpftool prog` and in pin paths,
+//! and the limits of what they parse.
 //!
 //! Kernel object names are cut at 15 bytes; every name here fits.
 
 /// tc ingress of a pod's host-side veth (traffic leaving the pod): stamps the encrypt mark.
 pub const POD_CLASSIFIER: &str = "pod_classifier";
-/// tc egress of the uplink: drops pod-to-remote-pod packets that would leave unencrypted.
+/// tc egress of the uplink: drops any IPv4 packet to a pod address of another node (the
+/// cluster's pod space minus this node's pod CIDRs) that would leave unencrypted.
 pub const EGRESS_GUARD: &str = "egress_guard";
-/// XDP on the uplink: drops plaintext pod traffic from peers and ESP with an invalid SPI.
+/// XDP on the uplink: drops anything from a pod address of the cluster, and ESP from a peer with
+/// an SPI not valid for it.
 pub const INGRESS_GUARD: &str = "ingress_guard";
+
+/// How many VLAN tags (802.1Q, 802.1ad) the guards look through; a frame still tagged behind
+/// that many is dropped, since the kernel would strip the tags and deliver what they hide.
+pub const VLAN_TAGS_MAX: usize = 4;

@@ -1,9 +1,9 @@
 //! xsteer's eBPF programs: parse, look up, mark, count.
 //!
-//! One file per attach point, as the packet travels:
-//! - [`from_pod`]: tc ingress of a pod's host-side veth; stamps the encrypt mark.
-//! - [`to_wire`]: tc egress of the uplink; drops what would leave unencrypted.
-//! - [`from_wire`]: XDP on the uplink; drops plaintext from peers' pods and ESP with a bad SPI.
+//! One file per program, named after it, as the packet travels:
+//! - [`pod_classifier`]: tc ingress of a pod's host-side veth; stamps the encrypt mark.
+//! - [`egress_guard`]: tc egress of the uplink; drops what would leave unencrypted.
+//! - [`ingress_guard`]: XDP on the uplink; drops plaintext from peers' pods and ESP with a bad SPI.
 //!
 //! Policy (which CIDRs, which SPIs, which peers) lives in userspace and reaches the programs
 //! only through the maps in [`maps`]. On the host the crate builds an empty binary so that a
@@ -12,15 +12,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod from_pod;
+mod egress_guard;
 #[cfg(target_arch = "bpf")]
-mod from_wire;
+mod ingress_guard;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
-mod to_wire;
+mod pod_classifier;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use xsteer_common::{
     counters::Counter,
     maps::{
-        EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX, PEER_SPIS_MAX, PeerNode,
-        PeerSpi, PodCidrGrid, REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX, RemotePodCidr,
-        SLOT_CONSULT_TRIE,
+        ClusterPodSpace, EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX,
+        PEER_SPIS_MAX, PeerNode, PeerSpi, PodCidrGrid, REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX,
+        RemotePodCidr, SLOT_CONSULT_TRIE,
     },
 };
 
@@ -26,6 +26,9 @@ static POD_CIDR_GRID: Array<PodCidrGrid, 1> = Array::new();
 
 #[btf_map(name = "remote_pod_slots")]
 static REMOTE_POD_SLOTS: Array<RemotePodCidr, { REMOTE_POD_SLOTS_MAX as usize }> = Array::new();
+
+#[btf_map(name = "cluster_pod_cidrs")]
+static CLUSTER_POD_CIDRS: Array<ClusterPodSpace, 1> = Array::new();
 
 #[btf_map(name = "local_pod_cidrs")]
 static LOCAL_POD_CIDRS: LpmTrie<Ipv4, LocalPodCidr, { LOCAL_POD_CIDRS_MAX as usize }> =
@@ -62,6 +65,12 @@ pub fn remote_pod_cidr(addr: Ipv4) -> Option<RemotePodCidr> {
         }
     }
     REMOTE_POD_CIDRS.get(&Key::new(32, addr)).copied()
+}
+
+/// The cluster's pod space, or `None` while it has not been filled (no CIDR in it).
+#[inline(always)]
+pub fn cluster_pod_space() -> Option<&'static ClusterPodSpace> {
+    CLUSTER_POD_CIDRS.get(0).filter(|space| space.count != 0)
 }
 
 /// Whether `addr` is in one of this node's pod CIDRs.

@@ -16,7 +16,8 @@ use aya::{
 use xsteer_common::{
     counters::Counter,
     maps::{
-        self as names, EspStats, Ipv4, LocalPodCidr, PeerNode, PeerSpi, PodCidrGrid, RemotePodCidr,
+        self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace, EspStats, Ipv4,
+        LocalPodCidr, PeerNode, PeerSpi, PodCidrGrid, RemotePodCidr,
     },
 };
 
@@ -64,17 +65,159 @@ impl<'a, V: Pod> CidrMap<'a, V> {
     }
 
     /// Every entry.
+    ///
+    /// The kernel stores an LPM key as written, so a key with bits set past its prefix (which
+    /// xsteer never writes, but bpftool can) is an error naming the map and the key.
     pub fn entries(&self) -> Result<Vec<(Ipv4Cidr, V)>, DataplaneError> {
         self.trie
             .iter()
             .map(|entry| {
                 let (key, value) = entry.map_err(map_err(self.name))?;
-                let cidr = Ipv4Cidr::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
-                    .expect("the kernel stores LPM keys masked to their prefix");
+                let (addr, prefix_len) = (Ipv4Addr::from(key.data()), key.prefix_len());
+                let cidr = u8::try_from(prefix_len)
+                    .ok()
+                    .and_then(|len| Ipv4Cidr::new(addr, len).ok())
+                    .ok_or_else(|| DataplaneError::BadEntry {
+                        name: self.name,
+                        entry: format!("{addr}/{prefix_len}"),
+                        problem: "bits are set past its prefix length",
+                    })?;
                 Ok((cidr, value))
             })
             .collect()
     }
+}
+
+/// The cluster's pod space: the CIDRs that hold every pod of the cluster, which the guards
+/// decide "pod address" by (one array slot of [`ClusterPodSpace`]).
+pub struct ClusterPodCidrs<'a> {
+    map: Array<&'a mut MapData, ClusterPodSpace>,
+}
+
+impl<'a> ClusterPodCidrs<'a> {
+    pub(super) fn new(map: &'a mut Map) -> Result<Self, DataplaneError> {
+        let map = Array::try_from(map).map_err(map_err(names::CLUSTER_POD_CIDRS))?;
+        Ok(ClusterPodCidrs { map })
+    }
+
+    fn raw(&self) -> Result<ClusterPodSpace, DataplaneError> {
+        self.map
+            .get(&0, 0)
+            .map_err(map_err(names::CLUSTER_POD_CIDRS))
+    }
+
+    /// Makes the pod space exactly `cidrs` (duplicates count once), in one map write; an empty
+    /// list empties it.
+    ///
+    /// The kernel copies an array value in place, so a program may read it half written. A
+    /// CIDR in both the old and the new list keeps its slot, so its bytes do not change and it
+    /// stays guarded throughout the write; one being added is guarded once this returns.
+    pub fn set(&mut self, cidrs: &[Ipv4Cidr]) -> Result<(), DataplaneError> {
+        let value = space_layout(&self.raw()?, cidrs)?;
+        self.map
+            .set(0, value, 0)
+            .map_err(map_err(names::CLUSTER_POD_CIDRS))
+    }
+
+    /// The CIDRs of the pod space, in slot order; empty when it is not filled.
+    pub fn get(&self) -> Result<Vec<Ipv4Cidr>, DataplaneError> {
+        space_cidrs(&self.raw()?)
+    }
+}
+
+fn cluster_cidr_raw(cidr: Ipv4Cidr) -> ClusterPodCidr {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(cidr.prefix_len()))
+        .unwrap_or(0);
+    ClusterPodCidr {
+        addr: cidr.addr().octets(),
+        mask: mask.to_be_bytes(),
+    }
+}
+
+/// The value that makes the pod space `cidrs`, written over `current`: CIDRs already in
+/// `current` keep their slots, new ones take the lowest free slots, and a free slot below the
+/// last one used repeats the first CIDR (a duplicate changes nothing and needs no
+/// "unused" marker the programs would have to test).
+fn space_layout(
+    current: &ClusterPodSpace,
+    cidrs: &[Ipv4Cidr],
+) -> Result<ClusterPodSpace, DataplaneError> {
+    let mut wanted: Vec<ClusterPodCidr> = Vec::new();
+    for raw in cidrs.iter().copied().map(cluster_cidr_raw) {
+        if !wanted.contains(&raw) {
+            wanted.push(raw);
+        }
+    }
+    if wanted.len() > CLUSTER_POD_CIDRS_MAX {
+        return Err(DataplaneError::TooMany {
+            name: names::CLUSTER_POD_CIDRS,
+            given: wanted.len(),
+            max: CLUSTER_POD_CIDRS_MAX,
+        });
+    }
+    let Some(&first) = wanted.first() else {
+        return Ok(ClusterPodSpace::default());
+    };
+    let mut slots: [Option<ClusterPodCidr>; CLUSTER_POD_CIDRS_MAX] = Default::default();
+    let in_use = (current.count as usize).min(CLUSTER_POD_CIDRS_MAX);
+    for (i, have) in current.cidrs[..in_use].iter().enumerate() {
+        if wanted.contains(have) && !slots.contains(&Some(*have)) {
+            slots[i] = Some(*have);
+        }
+    }
+    for cidr in &wanted {
+        if !slots.contains(&Some(*cidr)) {
+            let free = slots
+                .iter()
+                .position(Option::is_none)
+                .expect("room checked above");
+            slots[free] = Some(*cidr);
+        }
+    }
+    let count = slots
+        .iter()
+        .rposition(Option::is_some)
+        .map_or(0, |last| last + 1);
+    let mut value = ClusterPodSpace {
+        count: count as u32,
+        ..Default::default()
+    };
+    for (out, slot) in value.cidrs.iter_mut().zip(&slots[..count]) {
+        *out = slot.unwrap_or(first);
+    }
+    Ok(value)
+}
+
+/// The distinct CIDRs a pod space value holds, in slot order.
+fn space_cidrs(space: &ClusterPodSpace) -> Result<Vec<Ipv4Cidr>, DataplaneError> {
+    let bad = |entry: String, problem| DataplaneError::BadEntry {
+        name: names::CLUSTER_POD_CIDRS,
+        entry,
+        problem,
+    };
+    let count = space.count as usize;
+    if count > CLUSTER_POD_CIDRS_MAX {
+        return Err(bad(
+            format!("count {count}"),
+            "more CIDRs than the map has slots",
+        ));
+    }
+    let mut cidrs = Vec::new();
+    for raw in &space.cidrs[..count] {
+        let (addr, mask) = (Ipv4Addr::from(raw.addr), u32::from_be_bytes(raw.mask));
+        let entry = || format!("{addr} mask {}", Ipv4Addr::from(mask));
+        let prefix_len = mask.leading_ones() as u8;
+        if mask.checked_shl(u32::from(prefix_len)).unwrap_or(0) != 0 {
+            return Err(bad(entry(), "its netmask is not contiguous"));
+        }
+        let cidr = Ipv4Cidr::new(addr, prefix_len)
+            .map_err(|_| bad(entry(), "bits are set past its netmask"))?;
+        if !cidrs.contains(&cidr) {
+            cidrs.push(cidr);
+        }
+    }
+    Ok(cidrs)
 }
 
 /// Remote pod CIDR → where and with which key to send: the trie, and the grid of slots in
@@ -318,5 +461,162 @@ impl<'a> Counters<'a> {
             values.0[counter as usize] = per_cpu.iter().sum();
         }
         Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(list: &[&str]) -> Vec<Ipv4Cidr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn slots(space: &ClusterPodSpace) -> Vec<Ipv4Cidr> {
+        space.cidrs[..space.count as usize]
+            .iter()
+            .map(|raw| {
+                let prefix_len = u32::from_be_bytes(raw.mask).leading_ones() as u8;
+                Ipv4Cidr::new(Ipv4Addr::from(raw.addr), prefix_len).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_first_fill_takes_the_slots_in_order_and_reads_back() {
+        let value = space_layout(
+            &ClusterPodSpace::default(),
+            &cidrs(&["10.0.0.0/8", "172.16.0.0/12", "10.0.0.0/8"]),
+        )
+        .unwrap();
+        assert_eq!(value.count, 2);
+        assert_eq!(value.cidrs[0].mask, [255, 0, 0, 0]);
+        assert_eq!(value.cidrs[1].mask, [255, 240, 0, 0]);
+        assert_eq!(value.cidrs[2], ClusterPodCidr::default());
+        assert_eq!(
+            space_cidrs(&value).unwrap(),
+            cidrs(&["10.0.0.0/8", "172.16.0.0/12"])
+        );
+    }
+
+    /// Goes from `old` to `want` and checks the promise of `set`: every CIDR in both lists has
+    /// a slot, in use before and after, whose bytes the write does not change.
+    fn step(old: &ClusterPodSpace, want: &[&str]) -> ClusterPodSpace {
+        let want = cidrs(want);
+        let new = space_layout(old, &want).unwrap();
+        let in_use = old.count.min(new.count) as usize;
+        for cidr in space_cidrs(old).unwrap() {
+            if want.contains(&cidr) {
+                let raw = cluster_cidr_raw(cidr);
+                assert!(
+                    (0..in_use).any(|i| old.cidrs[i] == raw && new.cidrs[i] == raw),
+                    "{cidr} moved: {:?} -> {:?}",
+                    slots(old),
+                    slots(&new)
+                );
+            }
+        }
+        let mut read = space_cidrs(&new).unwrap();
+        let mut wanted = want.clone();
+        read.sort();
+        wanted.sort();
+        wanted.dedup();
+        assert_eq!(read, wanted);
+        assert!(
+            new.cidrs[new.count as usize..]
+                .iter()
+                .all(|c| *c == ClusterPodCidr::default())
+        );
+        new
+    }
+
+    #[test]
+    fn cidrs_that_stay_keep_their_slots() {
+        let s = step(
+            &ClusterPodSpace::default(),
+            &["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/16"],
+        );
+        // Removing the first: its slot repeats a CIDR that stays, nothing moves.
+        let s = step(&s, &["10.2.0.0/16", "10.1.0.0/16"]);
+        assert_eq!(
+            slots(&s),
+            cidrs(&["10.2.0.0/16", "10.1.0.0/16", "10.2.0.0/16"])
+        );
+        let s = step(&s, &["10.1.0.0/16", "10.2.0.0/16", "10.9.0.0/16"]);
+        let s = step(&s, &["10.9.0.0/16", "10.1.0.0/16"]);
+        let s = step(&s, &["10.1.0.0/16"]);
+        let s = step(
+            &s,
+            &[
+                "10.3.0.0/16",
+                "10.4.0.0/16",
+                "10.5.0.0/16",
+                "10.6.0.0/16",
+                "10.7.0.0/16",
+                "10.8.0.0/16",
+                "10.9.0.0/16",
+                "10.1.0.0/16",
+            ],
+        );
+        assert_eq!(s.count, 8);
+        let s = step(&s, &["10.8.0.0/16"]);
+        assert_eq!(step(&s, &[]), ClusterPodSpace::default());
+    }
+
+    #[test]
+    fn more_cidrs_than_slots_are_refused() {
+        let many: Vec<Ipv4Cidr> = (0..=CLUSTER_POD_CIDRS_MAX as u8)
+            .map(|i| Ipv4Cidr::new(Ipv4Addr::new(10, i, 0, 0), 16).unwrap())
+            .collect();
+        assert!(matches!(
+            space_layout(&ClusterPodSpace::default(), &many),
+            Err(DataplaneError::TooMany {
+                given: 9,
+                max: 8,
+                ..
+            })
+        ));
+        assert!(space_layout(&ClusterPodSpace::default(), &many[..8]).is_ok());
+    }
+
+    #[test]
+    fn values_written_by_hand_are_errors_naming_the_entry() {
+        let mut value = ClusterPodSpace {
+            count: 1,
+            ..Default::default()
+        };
+        value.cidrs[0] = ClusterPodCidr {
+            addr: [10, 0, 0, 1],
+            mask: [255, 0, 0, 0],
+        };
+        let err = space_cidrs(&value).unwrap_err().to_string();
+        assert!(
+            err.contains("cluster_pod_cidrs") && err.contains("10.0.0.1 mask 255.0.0.0"),
+            "{err}"
+        );
+        value.cidrs[0] = ClusterPodCidr {
+            addr: [10, 0, 0, 0],
+            mask: [255, 0, 255, 0],
+        };
+        assert!(
+            space_cidrs(&value)
+                .unwrap_err()
+                .to_string()
+                .contains("not contiguous")
+        );
+        value.count = 9;
+        assert!(
+            space_cidrs(&value)
+                .unwrap_err()
+                .to_string()
+                .contains("count 9")
+        );
+    }
+
+    #[test]
+    fn a_slash_zero_and_a_slash_32_round_trip() {
+        let both = cidrs(&["0.0.0.0/0", "10.1.2.3/32"]);
+        let value = space_layout(&ClusterPodSpace::default(), &both).unwrap();
+        assert_eq!(space_cidrs(&value).unwrap(), both);
     }
 }

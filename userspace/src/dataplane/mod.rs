@@ -19,7 +19,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 pub use maps::{
-    CidrMap, CounterValues, Counters, LocalPodCidrs, PeerNodes, PeerSpis, RemotePodCidrs,
+    CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, PeerSpis,
+    RemotePodCidrs,
 };
 use xsteer_common::{maps as map_names, programs};
 
@@ -27,10 +28,11 @@ use xsteer_common::{maps as map_names, programs};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xsteer.bpf.o"));
 
 /// Every map xsteer owns, by pin name.
-pub const MAPS: [&str; 7] = [
+pub const MAPS: [&str; 8] = [
     map_names::REMOTE_POD_CIDRS,
     map_names::POD_CIDR_GRID,
     map_names::REMOTE_POD_SLOTS,
+    map_names::CLUSTER_POD_CIDRS,
     map_names::LOCAL_POD_CIDRS,
     map_names::PEER_NODES,
     map_names::PEER_SPIS,
@@ -66,6 +68,26 @@ pub enum DataplaneError {
         name: &'static str,
         /// What the kernel or aya said.
         error: MapError,
+    },
+    /// A map holds an entry xsteer never writes (written by hand, e.g. with bpftool).
+    #[error("map {name}: entry {entry} cannot be read back: {problem}")]
+    BadEntry {
+        /// The map's name.
+        name: &'static str,
+        /// The entry, as far as it can be shown.
+        entry: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// More entries than a map has room for.
+    #[error("map {name}: {given} entries do not fit in its {max}")]
+    TooMany {
+        /// The map's name.
+        name: &'static str,
+        /// How many were given.
+        given: usize,
+        /// Its capacity.
+        max: usize,
     },
     /// The number of possible CPUs, which sizes per-CPU values, could not be read.
     #[error("counting possible CPUs: {0}")]
@@ -166,6 +188,12 @@ impl Dataplane {
             slots.ok_or_else(|| missing(map_names::REMOTE_POD_SLOTS))?,
             &mut self.remote_mirror,
         )
+    }
+
+    /// The cluster's pod space, which the guards decide "pod address" by. Fill it before
+    /// attaching the guards: while it is empty they fall back to this node's pod CIDRs alone.
+    pub fn cluster_pod_cidrs(&mut self) -> Result<ClusterPodCidrs<'_>, DataplaneError> {
+        ClusterPodCidrs::new(self.map(map_names::CLUSTER_POD_CIDRS)?)
     }
 
     /// This node's pod CIDRs.

@@ -27,7 +27,8 @@ pub fn pod_classifier(ctx: TcContext) -> i32 {
             }
             None => Counter::PodUnmatched,
         },
-        Frame::NotIpv4 => Counter::PodNotIpv4,
+        // TooManyTags only comes from looking through tags, which the classifier does not.
+        Frame::NotIpv4 | Frame::TooManyTags => Counter::PodNotIpv4,
         Frame::Malformed => Counter::PodMalformed,
     };
     count(verdict);

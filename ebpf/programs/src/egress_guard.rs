@@ -1,0 +1,58 @@
+//! The egress guard: tc egress of the uplink, the last hook before the wire.
+//!
+//! A packet to a pod of another node must not be on the wire in this form: encrypted traffic
+//! leaves in an ESP tunnel whose outer addresses are node IPs. "Pod of another node" is any
+//! address in the cluster's pod space (`cluster_pod_cidrs`) outside this node's pod CIDRs,
+//! never the current peer list, so a peer whose entry is missing (record lost, key mismatch,
+//! clash) is guarded like any other. Seeing such a packet here means the pod's veth has no
+//! classifier yet, a policy is missing, or the host sent it itself, so it is dropped and
+//! counted: the fail-closed net. Neither the source nor the protocol is consulted, so neither
+//! the host, an ICMP error nor a pod sending raw protocol-50 packets slips past. A frame that
+//! cannot be parsed as far as its IPv4 addresses is dropped too; non-IP frames pass.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use xsteer_common::counters::Counter;
+
+use crate::{
+    maps::{cluster_pod_space, count, is_local_pod},
+    parse::{Frame, Ipv4, Vlan, tc_frame},
+};
+
+#[classifier]
+pub fn egress_guard(ctx: TcContext) -> i32 {
+    let verdict = match tc_frame(&ctx, Vlan::LookThrough) {
+        Frame::Ipv4(ip) if !to_another_nodes_pod(&ip) => Counter::EgressPassed,
+        Frame::Ipv4(ip) => {
+            debug!(
+                &ctx,
+                "egress guard: dropped plaintext {:i} -> {:i}", ip.src, ip.dst
+            );
+            Counter::EgressLeakDropped
+        }
+        Frame::NotIpv4 => Counter::EgressPassed,
+        Frame::Malformed => Counter::EgressMalformedDropped,
+        Frame::TooManyTags => Counter::EgressVlanDepthDropped,
+    };
+    count(verdict);
+    match verdict {
+        Counter::EgressPassed => TC_ACT_UNSPEC,
+        _ => TC_ACT_SHOT as i32,
+    }
+}
+
+/// Whether `ip` is bound for a pod address that is not this node's. The node's own ESP has
+/// node IPs outside, so the typical packet costs one short loop over the pod space.
+#[inline(always)]
+fn to_another_nodes_pod(ip: &Ipv4) -> bool {
+    match cluster_pod_space() {
+        Some(space) => space.contains(ip.dst) && !is_local_pod(ip.dst),
+        // Not filled yet (userspace fills it before attaching): at least nothing of this
+        // node's own pods leaves in clear, a superset of what a peer-list guard dropped.
+        None => is_local_pod(ip.src),
+    }
+}
