@@ -34,7 +34,7 @@ fn classifier_with(n: u32, grid: bool) -> (Dataplane, Vec<u8>) {
     for i in 0..n {
         let value = RemotePodCidr {
             node_id: (i % 65_535 + 1) as u16,
-            spi: 3,
+            generation: 3,
             flags: 0,
         };
         remote.insert(cidr(i), value).unwrap();

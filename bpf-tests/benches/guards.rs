@@ -54,7 +54,7 @@ fn node() -> Dataplane {
     for i in 0..65_536u32 {
         let value = RemotePodCidr {
             node_id: (i % 65_535 + 1) as u16,
-            spi: 3,
+            generation: 3,
             flags: 0,
         };
         let net = Ipv4Cidr::new(Ipv4Addr::from(0x0A00_0000 | (i << 8)), 24).unwrap();

@@ -66,14 +66,14 @@ pub fn populate(dataplane: &mut Dataplane) {
         )
         .unwrap();
     let mut remote = dataplane.remote_pod_cidrs().unwrap();
-    for (net, node_id, spi) in [
+    for (net, node_id, generation) in [
         ("10.244.2.0/24", PEER_B_ID, PEER_B_SPI),
         ("10.250.0.0/16", PEER_D_ID, 1),
         ("10.250.9.0/24", PEER_C_ID, PEER_C_SPI),
     ] {
         let value = RemotePodCidr {
             node_id,
-            spi,
+            generation,
             flags: 0,
         };
         remote.insert(cidr(net), value).unwrap();

@@ -61,7 +61,7 @@ fn bpftool_dump_of_pinned_maps_shows_field_names() {
         r#""prefix_len":24"#,
         r#""data":[10,244,2,0]"#,
         r#""node_id":2"#,
-        r#""spi":3"#,
+        r#""generation":3"#,
         r#""flags":0"#,
     ] {
         assert!(

@@ -20,7 +20,7 @@ fn gridded(test: &str) -> Option<Dataplane> {
     let mut remote = dp.remote_pod_cidrs().unwrap();
     let fine = RemotePodCidr {
         node_id: 5,
-        spi: 2,
+        generation: 2,
         flags: 0,
     };
     remote
@@ -97,7 +97,7 @@ fn removals_and_turning_the_grid_off_keep_the_answers_right() {
     );
     let value = RemotePodCidr {
         node_id: PEER_B_ID,
-        spi: PEER_B_SPI,
+        generation: PEER_B_SPI,
         flags: 0,
     };
     dp.remote_pod_cidrs()

@@ -269,7 +269,8 @@ async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
 }
 
 fn map_entries(s: &Snapshot) -> usize {
-    s.maps.remote_pod_cidrs.len()
+    usize::from(!s.maps.cluster_pod_cidrs.is_empty())
+        + s.maps.remote_pod_cidrs.len()
         + s.maps.local_pod_cidrs.len()
         + s.maps.peer_nodes.len()
         + s.maps.peer_spis.len()
@@ -822,7 +823,7 @@ fn main() {
 /// (policies, rules, routes, map entries) of `n` peers, without a kernel.
 fn desired_counts(n: u32) -> (usize, usize, usize, usize) {
     let n = n as usize;
-    (1 + POLICIES_PER_PEER as usize * n, 1, n, 1 + 3 * n)
+    (1 + POLICIES_PER_PEER as usize * n, 1, n, 2 + 3 * n)
 }
 
 fn report(rows: &[Row], changes: &[Row], profiles: &[ReadProfile]) {

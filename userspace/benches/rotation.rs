@@ -48,7 +48,7 @@ fn switched(nodes: &[LabNode], spi: u8) -> bool {
         let Ok(entries) = dataplane.remote_pod_cidrs().and_then(|m| m.entries()) else {
             return false;
         };
-        entries.len() == nodes.len() - 1 && entries.iter().all(|(_, v)| v.spi == spi)
+        entries.len() == nodes.len() - 1 && entries.iter().all(|(_, v)| v.generation == spi)
     })
 }
 

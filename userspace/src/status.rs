@@ -285,7 +285,7 @@ pub async fn collect(
             let sending_generation = remote
                 .iter()
                 .find(|(cidr, _)| p.pod_cidrs.contains(cidr))
-                .and_then(|(_, v)| Generation::new(v.spi));
+                .and_then(|(_, v)| Generation::new(v.generation));
             (p, sending_generation)
         })
         .map(|(p, sending_generation)| Peer {

@@ -165,6 +165,7 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
             .unwrap();
         let changes = plan(&have, &want);
         let kernel_changes = changes.len()
+            - usize::from(!want.maps.cluster_pod_cidrs.is_empty())
             - want.maps.remote_pod_cidrs.len()
             - want.maps.local_pod_cidrs.len()
             - want.maps.peer_nodes.len()

@@ -48,7 +48,7 @@ pub struct RemotePodCidr {
     /// The node that owns the CIDR (1..=65535): bits 16..31 of the encrypt mark.
     pub node_id: u16,
     /// The key generation to send with (1..=15): bits 12..15 of the encrypt mark.
-    pub spi: u8,
+    pub generation: u8,
     /// Zero in the trie; in a grid slot, [`SLOT_CONSULT_TRIE`] or zero.
     pub flags: u8,
 }

@@ -21,7 +21,7 @@ pub fn pod_classifier(ctx: TcContext) -> i32 {
                 let current = unsafe { (*ctx.skb.skb).mark };
                 ctx.set_mark(mark::stamp(
                     current,
-                    mark::encrypt(remote.spi, remote.node_id),
+                    mark::encrypt(remote.generation, remote.node_id),
                 ));
                 Counter::PodMarked
             }

@@ -160,14 +160,14 @@ mod tests {
     fn value(node_id: u16) -> RemotePodCidr {
         RemotePodCidr {
             node_id,
-            spi: 3,
+            generation: 3,
             flags: 0,
         }
     }
 
     const ASK: RemotePodCidr = RemotePodCidr {
         node_id: 0,
-        spi: 0,
+        generation: 0,
         flags: SLOT_CONSULT_TRIE,
     };
 

@@ -19,7 +19,8 @@
 //!   ESP overhead, R in `peer_nodes`, and R's CIDRs in `remote_pod_cidrs` with the generation
 //!   R can receive.
 //!
-//! Once per node: the catch-all block policy, the encrypt rule, the local pod CIDR.
+//! Once per node: the catch-all block policy, the encrypt rule, the local pod CIDR, and the
+//! cluster's pod space for the guards.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -154,6 +155,7 @@ pub fn desired(
         priority: around.rule_priority,
         table: view.route_table,
     });
+    s.maps.cluster_pod_cidrs = view.cluster_cidrs.clone();
     s.maps.local_pod_cidrs.insert(
         local.pod_cidr,
         LocalPodCidr {
@@ -222,7 +224,7 @@ pub fn desired(
                     cidr,
                     RemotePodCidr {
                         node_id: peer.id,
-                        spi: spi.get(),
+                        generation: spi.get(),
                         flags: 0,
                     },
                 );
@@ -429,7 +431,12 @@ mod tests {
         let mut view = two_nodes();
         view.peers[0].generations = Some(vec![g(14), g(15)]);
         let want = desired_for(&view, &keys, Cipher::Gcm);
-        let spis: Vec<u8> = want.maps.remote_pod_cidrs.values().map(|v| v.spi).collect();
+        let spis: Vec<u8> = want
+            .maps
+            .remote_pod_cidrs
+            .values()
+            .map(|v| v.generation)
+            .collect();
         assert_eq!(spis, [15]);
         assert_eq!(
             want.states.len(),

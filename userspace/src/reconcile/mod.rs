@@ -70,6 +70,7 @@ pub async fn read(
         .into_iter()
         .collect();
     snapshot.maps = MapSnapshot {
+        cluster_pod_cidrs: dataplane.cluster_pod_cidrs()?.get()?,
         remote_pod_cidrs: dataplane
             .remote_pod_cidrs()?
             .entries()?
@@ -138,6 +139,7 @@ pub async fn execute(
             Change::AddRoute(r) => routing::add_route(netlink, table, r).await?,
             Change::ReplaceRoute(r) => routing::replace_route(netlink, table, r).await?,
             Change::DeleteRoute(r) => routing::delete_route(netlink, table, r).await?,
+            Change::SetClusterPodCidrs(cidrs) => dataplane.cluster_pod_cidrs()?.set(cidrs)?,
             Change::SetLocalPodCidr(c, v) => dataplane.local_pod_cidrs()?.insert(*c, *v)?,
             Change::DeleteLocalPodCidr(c) => dataplane.local_pod_cidrs()?.remove(*c)?,
             Change::SetPeerNode(ip, n) => dataplane.peer_nodes()?.insert(*ip, *n)?,

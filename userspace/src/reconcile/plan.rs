@@ -6,9 +6,9 @@
 //!    marked for encryption is dropped rather than sent in clear from the first change on;
 //!    SAs are added before the policies that use them;
 //! 2. rules and routes;
-//! 3. map entries that only widen what is accepted (local CIDRs, peers, valid SPIs), then the
-//!    remote CIDRs, whose entries make the classifier start marking: by then everything the mark
-//!    leads to exists;
+//! 3. the cluster's pod space, which only makes the guards drop more; map entries that only
+//!    widen what is accepted (local CIDRs, peers, valid SPIs), then the remote CIDRs, whose
+//!    entries make the classifier start marking: by then everything the mark leads to exists;
 //! 4. removals in the reverse order: marking stops first, SAs go last.
 //!
 //! The plan is pure: it reads two snapshots and writes nothing, so it is tested without a kernel.
@@ -47,6 +47,8 @@ pub struct Snapshot {
 /// The content of the maps the programs read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapSnapshot {
+    /// `cluster_pod_cidrs`: the cluster's pod space, which the guards check.
+    pub cluster_pod_cidrs: Vec<Ipv4Cidr>,
     /// `remote_pod_cidrs`.
     pub remote_pod_cidrs: BTreeMap<Ipv4Cidr, RemotePodCidr>,
     /// `local_pod_cidrs`.
@@ -80,6 +82,8 @@ pub enum Change {
     ReplaceRoute(PodRoute),
     /// Remove a route.
     DeleteRoute(PodRoute),
+    /// Write the cluster's pod space, whole, in one map write.
+    SetClusterPodCidrs(Vec<Ipv4Cidr>),
     /// Write a `local_pod_cidrs` entry.
     SetLocalPodCidr(Ipv4Cidr, LocalPodCidr),
     /// Remove a `local_pod_cidrs` entry.
@@ -111,6 +115,10 @@ impl fmt::Display for Change {
             Change::AddRoute(r) => write!(f, "add {r}"),
             Change::ReplaceRoute(r) => write!(f, "replace {r}"),
             Change::DeleteRoute(r) => write!(f, "delete {r}"),
+            Change::SetClusterPodCidrs(cidrs) => {
+                let shown: Vec<String> = cidrs.iter().map(Ipv4Cidr::to_string).collect();
+                write!(f, "set cluster_pod_cidrs [{}]", shown.join(", "))
+            }
             Change::SetLocalPodCidr(c, _) => write!(f, "set local_pod_cidrs {c}"),
             Change::DeleteLocalPodCidr(c) => write!(f, "delete local_pod_cidrs {c}"),
             Change::SetPeerNode(ip, n) => write!(f, "set peer_nodes {ip} -> node {}", n.node_id),
@@ -120,7 +128,7 @@ impl fmt::Display for Change {
             Change::SetRemotePodCidr(c, v) => write!(
                 f,
                 "set remote_pod_cidrs {c} -> node {} generation {}",
-                v.node_id, v.spi
+                v.node_id, v.generation
             ),
             Change::DeleteRemotePodCidr(c) => write!(f, "delete remote_pod_cidrs {c}"),
         }
@@ -214,6 +222,14 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
     }
 
     let (cm, dm) = (&current.maps, &desired.maps);
+    // The pod space only makes the guards drop more: a new one goes in before anything else
+    // of the maps, and an empty one (uninstall) after every removal.
+    let pod_space = (cm.cluster_pod_cidrs != dm.cluster_pod_cidrs)
+        .then(|| Change::SetClusterPodCidrs(dm.cluster_pod_cidrs.clone()));
+    let pod_space_last = dm.cluster_pod_cidrs.is_empty();
+    if !pod_space_last {
+        changes.extend(pod_space.clone());
+    }
     let local = delta(&cm.local_pod_cidrs, &dm.local_pod_cidrs);
     let peers = delta(&cm.peer_nodes, &dm.peer_nodes);
     let (spis_added, spis_removed) = set_delta(&cm.peer_spis, &dm.peer_spis);
@@ -257,6 +273,9 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
             .iter()
             .map(|(c, _)| Change::DeleteLocalPodCidr(**c)),
     );
+    if pod_space_last {
+        changes.extend(pod_space);
+    }
     changes.extend(routes_removed.into_iter().map(|r| Change::DeleteRoute(*r)));
     changes.extend(rules_removed.into_iter().map(|r| Change::DeleteRule(*r)));
     // The block policy last of all.
@@ -350,7 +369,7 @@ mod tests {
                 cidr("10.244.2.0/24"),
                 RemotePodCidr {
                     node_id: 2,
-                    spi,
+                    generation: spi,
                     flags: 0,
                 },
             );
@@ -419,7 +438,7 @@ mod tests {
         let add_policy = position(&changes, |c| *c == Change::AddPolicy(out_policy(4)));
         let switch = position(
             &changes,
-            |c| matches!(c, Change::SetRemotePodCidr(_, v) if v.spi == 4),
+            |c| matches!(c, Change::SetRemotePodCidr(_, v) if v.generation == 4),
         );
         let old_policy = position(&changes, |c| *c == Change::DeletePolicy(out_policy(3)));
         let old_sa = position(

@@ -162,7 +162,7 @@ fn wait_for_generation(node: &Node, generation: u8) {
     loop {
         let mut dataplane = Dataplane::load_pinned(&node.pin_dir()).unwrap();
         let cidrs = dataplane.remote_pod_cidrs().unwrap().entries().unwrap();
-        if !cidrs.is_empty() && cidrs.iter().all(|(_, v)| v.spi == generation) {
+        if !cidrs.is_empty() && cidrs.iter().all(|(_, v)| v.generation == generation) {
             return;
         }
         assert!(
