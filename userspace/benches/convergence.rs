@@ -463,24 +463,35 @@ async fn reconcile_timed(
     let planned = Instant::now();
     let mut run = Run::default();
     let mut last = planned;
-    reconcile::execute(netlink, dataplane, ledger, TABLE, &changes, |change| {
-        let now = Instant::now();
-        let took = now - last;
-        last = now;
-        match change {
-            Change::AddState(_)
-            | Change::DeleteState(_)
-            | Change::AddPolicy(_)
-            | Change::ReplacePolicy(_)
-            | Change::DeletePolicy(_) => run.xfrm += took,
-            Change::AddRule(_)
-            | Change::DeleteRule(_)
-            | Change::AddRoute(_)
-            | Change::ReplaceRoute(_)
-            | Change::DeleteRoute(_) => run.routing += took,
-            _ => run.maps += took,
-        }
-    })
+    let mut outbound = reconcile::Outbound {
+        ledger,
+        node_ip: NODE_IP,
+    };
+    reconcile::execute(
+        netlink,
+        dataplane,
+        &mut outbound,
+        TABLE,
+        &changes,
+        |change| {
+            let now = Instant::now();
+            let took = now - last;
+            last = now;
+            match change {
+                Change::AddState(_)
+                | Change::DeleteState(_)
+                | Change::AddPolicy(_)
+                | Change::ReplacePolicy(_)
+                | Change::DeletePolicy(_) => run.xfrm += took,
+                Change::AddRule(_)
+                | Change::DeleteRule(_)
+                | Change::AddRoute(_)
+                | Change::ReplaceRoute(_)
+                | Change::DeleteRoute(_) => run.routing += took,
+                _ => run.maps += took,
+            }
+        },
+    )
     .await
     .unwrap();
     let end = Instant::now();

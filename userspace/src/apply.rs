@@ -265,10 +265,14 @@ impl Applier {
             return Ok(Applied { changes, notices });
         }
         let mut ledger = KeyLedger::open(&self.opts.state_dir).map_err(ReconcileError::from)?;
+        let mut outbound = reconcile::Outbound {
+            ledger: &mut ledger,
+            node_ip: view.node.ip,
+        };
         reconcile::execute(
             netlink,
             dataplane,
-            &mut ledger,
+            &mut outbound,
             view.route_table,
             &changes,
             report,

@@ -80,10 +80,15 @@ pub async fn uninstall(
     let have = reconcile::read(&netlink, &mut dataplane, table).await?;
     let changes: Vec<Change> = plan(&have, &Snapshot::default());
     let mut ledger = KeyLedger::open(state_dir).map_err(ReconcileError::from)?;
+    // Removals only: no SA is added, so none is outbound.
+    let mut outbound = reconcile::Outbound {
+        ledger: &mut ledger,
+        node_ip: std::net::Ipv4Addr::UNSPECIFIED,
+    };
     reconcile::execute(
         &netlink,
         &mut dataplane,
-        &mut ledger,
+        &mut outbound,
         table,
         &changes,
         |c| report(&c.to_string()),

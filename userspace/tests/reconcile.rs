@@ -78,6 +78,14 @@ fn view(text: &str) -> View {
     View::from_config(&config, identity, config.node.epoch, None).unwrap()
 }
 
+/// The ledger of node a (192.168.77.1), which tells its outbound SAs by their source.
+fn outbound(ledger: &mut KeyLedger) -> reconcile::Outbound<'_> {
+    reconcile::Outbound {
+        ledger,
+        node_ip: "192.168.77.1".parse().unwrap(),
+    }
+}
+
 /// The uplink and foreign objects another tool put there first.
 fn network() {
     ip(&["link", "add", "xs0", "type", "veth", "peer", "name", "xs1"]);
@@ -170,9 +178,16 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
             - want.maps.local_pod_cidrs.len()
             - want.maps.peer_nodes.len()
             - want.maps.peer_spis.len();
-        reconcile::execute(&netlink, &mut dataplane, &mut ledger, 200, &changes, |_| {})
-            .await
-            .unwrap();
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut outbound(&mut ledger),
+            200,
+            &changes,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(netlink.writes() as usize, kernel_changes);
 
         let after = reconcile::read(&netlink, &mut dataplane, 200)
@@ -201,9 +216,16 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
             &want,
         );
         assert!(again.is_empty(), "{again:#?}");
-        reconcile::execute(&netlink, &mut dataplane, &mut ledger, 200, &again, |_| {})
-            .await
-            .unwrap();
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut outbound(&mut ledger),
+            200,
+            &again,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(netlink.writes(), writes);
 
         // Remove everything xsteer owns: foreign objects are exactly as they were.
@@ -212,7 +234,7 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
         reconcile::execute(
             &netlink,
             &mut dataplane,
-            &mut ledger,
+            &mut outbound(&mut ledger),
             200,
             &teardown,
             |_| {},

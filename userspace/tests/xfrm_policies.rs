@@ -1,5 +1,7 @@
 //! xfrm policies on the host kernel, in a fresh network namespace: what xsteer writes reads back
-//! the same, replaces atomically, and foreign policies survive untouched.
+//! the same, replaces atomically, and foreign policies survive untouched; and what someone else
+//! removes of xsteer's (a policy, every policy, the encrypt rule, a route) is reported by the
+//! kernel's notifications.
 //!
 //! SAs need ESP, which the host kernel lacks; they are covered in the VM bed.
 
@@ -177,5 +179,73 @@ fn the_block_policy_drops_a_marked_packet_with_no_peer_policy() {
         // Unmarked traffic is not xsteer's business and flows.
         let plain = std::net::UdpSocket::bind("192.168.77.1:0").unwrap();
         plain.send_to(b"fine", "192.168.77.2:9").unwrap();
+    });
+}
+
+#[test]
+fn removals_behind_xsteers_back_are_reported() {
+    if !require_root("removals_behind_xsteers_back_are_reported") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        use xsteer::kernel::{
+            events::{self, Removed},
+            routing::{self, EncryptRule, PodRoute},
+        };
+        ip(&["link", "add", "xs0", "type", "veth", "peer", "name", "xs1"]);
+        ip(&["addr", "add", "192.168.77.1/24", "dev", "xs0"]);
+        ip(&["link", "set", "xs0", "up"]);
+        ip(&["link", "set", "xs1", "up"]);
+        let netlink = Netlink::connect().unwrap();
+        let mut events = events::subscribe().unwrap();
+        let next = async |events: &mut events::Events| {
+            tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+                .await
+                .expect("a notification within 5 s")
+                .expect("the subscription lives")
+        };
+
+        let rule = EncryptRule {
+            priority: 100,
+            table: 200,
+        };
+        routing::add_rule(&netlink, &rule).await.unwrap();
+        ip(&["rule", "del", "fwmark", "0xe00/0xf00", "lookup", "200"]);
+        assert_eq!(next(&mut events).await, Removed::Rule(rule));
+
+        let route = PodRoute {
+            dst: cidr("10.244.2.0/24"),
+            via: Some(Ipv4Addr::new(192, 168, 77, 2)),
+            oif: routing::uplink(&netlink, "xs0").await.unwrap().index,
+            mtu: 1446,
+        };
+        routing::add_route(&netlink, 200, &route).await.unwrap();
+        ip(&["route", "del", "10.244.2.0/24", "table", "200"]);
+        assert_eq!(
+            next(&mut events).await,
+            Removed::Route { table: 200, route }
+        );
+        let policy = out_policy(3);
+        xfrm::put_policy(&netlink, &policy, false).await.unwrap();
+        ip(&[
+            "xfrm",
+            "policy",
+            "delete",
+            "dir",
+            "out",
+            "src",
+            "0.0.0.0/0",
+            "dst",
+            "10.244.2.0/24",
+            "mark",
+            "0x23e00",
+            "mask",
+            "0xffffff00",
+        ]);
+        assert_eq!(next(&mut events).await, Removed::Policy(policy.key()));
+
+        xfrm::put_policy(&netlink, &block(), false).await.unwrap();
+        ip(&["xfrm", "policy", "flush"]);
+        assert_eq!(next(&mut events).await, Removed::AllPolicies);
     });
 }

@@ -144,7 +144,8 @@ async fn fresh_epoch_if_no_sas(files: &mut Files, applier: &Applier) -> Result<(
     let held = xfrm::states(applier.netlink())
         .await
         .map_err(|e| AgentError::Apply(e.into()))?;
-    if held.iter().any(|state| state.mark.is_some()) {
+    let node_ip = files.config.node.ip;
+    if held.iter().any(|state| state.src == node_ip) {
         return Ok(());
     }
     let old = files.epochs.current();

@@ -66,22 +66,33 @@ impl std::fmt::Display for Removed {
 pub struct Events {
     xfrm: UnboundedReceiver<(NetlinkMessage<XfrmMessage>, SocketAddr)>,
     route: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    /// Kept: a connection whose handles are all gone stops reading.
+    _handles: (xfrmnetlink::Handle, rtnetlink::Handle),
 }
 
 /// Subscribes to SA, policy and expiry notifications, and to IPv4 rule and route ones; the
 /// connections run on the current tokio runtime.
 pub fn subscribe() -> io::Result<Events> {
-    let (mut xfrm_conn, _, xfrm) = xfrmnetlink::new_connection()?;
-    for group in [XFRMNLGRP_SA, XFRMNLGRP_POLICY, XFRMNLGRP_EXPIRE] {
-        xfrm_conn.socket_mut().socket_mut().add_membership(group)?;
-    }
+    let (mut xfrm_conn, xfrm_handle, xfrm) = xfrmnetlink::new_connection()?;
+    // Joined at bind time, as `ip xfrm monitor` does: group n is bit n - 1.
+    let groups = [XFRMNLGRP_SA, XFRMNLGRP_POLICY, XFRMNLGRP_EXPIRE]
+        .iter()
+        .fold(0, |bits, group| bits | 1 << (group - 1));
+    xfrm_conn
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))?;
     tokio::spawn(xfrm_conn);
-    let (route_conn, _, route) = rtnetlink::new_multicast_connection(&[
+    let (route_conn, route_handle, route) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Ipv4Rule,
         MulticastGroup::Ipv4Route,
     ])?;
     tokio::spawn(route_conn);
-    Ok(Events { xfrm, route })
+    Ok(Events {
+        xfrm,
+        route,
+        _handles: (xfrm_handle, route_handle),
+    })
 }
 
 impl Events {

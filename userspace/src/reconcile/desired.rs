@@ -2,8 +2,8 @@
 //!
 //! Per peer R, per key generation g in the key file, and per pairing of the two nodes' epochs
 //! (one each, two while a node re-keys):
-//! - an OUT SA local→R selected by the encrypt mark for (g, R), and an IN SA R→local found by
-//!   its SPI alone (the wire SPI names the sender, so it is unique per receiver);
+//! - an OUT SA local→R, named by SPI in the OUT policies' templates, and an IN SA R→local found
+//!   by its SPI alone (the wire SPI names the sender, so it is unique per receiver);
 //! - R's wire SPI in `peer_spis`, so the ingress guard accepts it.
 //!
 //! Per peer and generation: an OUT policy per R pod CIDR with that mark and a tunnel template
@@ -252,11 +252,13 @@ pub fn desired(
                         src_epoch: local_epoch,
                         dst_epoch: peer_epoch,
                     };
+                    // No mark: the OUT policies name it by SPI, and the one that selects by
+                    // destination alone must be able to use it for unmarked packets too.
                     let out = State {
                         src: local.ip,
                         dst: peer.ip,
                         spi: wire_spi(local.id, g, &local_epoch, &peer_epoch),
-                        mark: Some(encrypt_mark(g, peer.id)),
+                        mark: None,
                         crypto: crypto(derive(&out_id)?),
                         esn: around.esn,
                     };

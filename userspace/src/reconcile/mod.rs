@@ -12,6 +12,8 @@ pub mod desired;
 pub mod mtu;
 pub mod plan;
 
+use std::net::Ipv4Addr;
+
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     kernel::{
@@ -87,19 +89,34 @@ pub async fn read(
     Ok(snapshot)
 }
 
-fn outbound_key(state: &xfrm::State) -> Option<&[u8]> {
-    state.mark?;
-    Some(match &state.crypto {
-        Crypto::Gcm { key, .. } => key,
-        Crypto::CbcHmacSha256 { enc_key, .. } => enc_key,
-    })
+/// The ledger of the keys this node has put on outbound SAs, and what tells an outbound SA from
+/// an inbound one: its tunnel source is this node's IP (OUT SAs carry no mark, so that an OUT
+/// policy that selects by destination alone can use them as well as a marked one).
+pub struct Outbound<'a> {
+    /// The ledger.
+    pub ledger: &'a mut KeyLedger,
+    /// This node's IP.
+    pub node_ip: Ipv4Addr,
+}
+
+impl Outbound<'_> {
+    /// The key of `state` if it is an outbound SA, whose key must never be installed twice.
+    fn key<'s>(&self, state: &'s xfrm::State) -> Option<&'s [u8]> {
+        (state.src == self.node_ip).then_some(match &state.crypto {
+            Crypto::Gcm { key, .. } => key,
+            Crypto::CbcHmacSha256 { enc_key, .. } => enc_key,
+        })
+    }
 }
 
 /// Refuses the plan, before anything is written, if it would reinstall an outbound key.
-pub fn check_key_reuse(changes: &[Change], ledger: &KeyLedger) -> Result<(), ReconcileError> {
+pub fn check_key_reuse(changes: &[Change], outbound: &Outbound<'_>) -> Result<(), ReconcileError> {
     for change in changes {
         if let Change::AddState(state) = change {
-            if outbound_key(state).is_some_and(|key| ledger.contains(key)) {
+            if outbound
+                .key(state)
+                .is_some_and(|key| outbound.ledger.contains(key))
+            {
                 return Err(ReconcileError::KeyReuse {
                     state: state.to_string(),
                 });
@@ -109,24 +126,24 @@ pub fn check_key_reuse(changes: &[Change], ledger: &KeyLedger) -> Result<(), Rec
     Ok(())
 }
 
-/// Writes `changes` in order, recording each outbound key in `ledger` before it is installed.
+/// Writes `changes` in order, recording each outbound key in the ledger before it is installed.
 ///
 /// `on_change` is called after each successful write (for logs and output). Stops at the first
 /// failure; the changes before it stay, and the next reconcile picks up from there.
 pub async fn execute(
     netlink: &Netlink,
     dataplane: &mut Dataplane,
-    ledger: &mut KeyLedger,
+    outbound: &mut Outbound<'_>,
     table: u32,
     changes: &[Change],
     mut on_change: impl FnMut(&Change),
 ) -> Result<(), ReconcileError> {
-    check_key_reuse(changes, ledger)?;
+    check_key_reuse(changes, outbound)?;
     for change in changes {
         match change {
             Change::AddState(s) => {
-                if let Some(key) = outbound_key(s) {
-                    ledger.record(key)?;
+                if let Some(key) = outbound.key(s) {
+                    outbound.ledger.record(key)?;
                 }
                 xfrm::add_state(netlink, s).await?
             }

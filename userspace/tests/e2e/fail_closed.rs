@@ -158,6 +158,20 @@ fn a_peer_whose_record_disappears_stays_encrypted_until_removed_on_purpose() {
     let _ = agents[1].kill();
     let _ = agents[1].wait();
     wait_for_log(&a, "node b was removed", Duration::from_secs(20));
+    // Once the reconcile that follows has taken b's objects away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a
+        .netns
+        .ip(&["xfrm", "state", "show"])
+        .contains("192.168.60.2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b's SAs outlived it\n{}",
+            a.agent_log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     let wire = Wire::start(&nodes);
     let after = pod_to_pod(&a, &b, 7412, 5);
     assert_no_plaintext(&wire.stop(), &nodes, "after the removal");
