@@ -286,6 +286,9 @@ fn the_nodes_own_icmp_errors_about_pod_traffic_are_encrypted() {
     let absent = Ipv4Addr::new(10, 244, 2, 99);
     b.netns
         .ip(&["route", "add", "unreachable", &format!("{absent}/32")]);
+    // Every error counts here: no rate limit on the ICMP errors b sends.
+    b.netns
+        .run(|| fs::write("/proc/sys/net/ipv4/icmp_ratelimit", "0").unwrap());
     let listener = icmp_listener(&a.pod);
     let wire = Wire::start(&nodes);
     let pod_ip = a.pod_ip;
@@ -358,7 +361,6 @@ fn host_traffic_and_service_dnat_to_remote_pods_are_encrypted() {
     let nodes = [&a, &b];
     let mut agents = start_agents(&nodes, &[]);
     connected(&nodes, 7440);
-    let server = echo(&b.pod, (b.pod_ip, 7441).into());
 
     // A Service as kube-proxy writes it in iptables mode: KUBE-SERVICES jumps to the
     // service's chain, which jumps to an endpoint chain that DNATs to b's pod.
@@ -392,6 +394,7 @@ fn host_traffic_and_service_dnat_to_remote_pods_are_encrypted() {
         );
     }
 
+    let server = echo(&b.pod, (b.pod_ip, 7441).into());
     let wire = Wire::start(&nodes);
     // a's host (its node IP) to b's pod, and b's pod's replies to a's node IP.
     let host = ask(&a.netns, a.wire_ip, (b.pod_ip, 7441).into(), 10);
