@@ -15,7 +15,7 @@ use crate::{
     config::{Config, ConfigError},
     keys::{Generation, GenerationError, KeyFile, LoadError},
     nodes::{
-        self, CACHE_FILE, Cache, Peers, SourceError,
+        self, CACHE_FILE, Cache, Peers, RemoveError, SourceError,
         alloc::{self, AllocError},
     },
     state::{NodeEpochs, RetiredGenerations, StateError},
@@ -71,6 +71,9 @@ pub enum InputsError {
     /// The node records.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A node could not be removed from the records.
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
     /// A peer of the config clashes with this node's allocated identity.
     #[error(transparent)]
     Clash(#[from] ConfigClash),
@@ -172,6 +175,13 @@ impl Files {
             refused,
         })
     }
+}
+
+/// Removes node `name` for good from the node records of the config at `config_path`: every
+/// agent forgets it. Returns the records directory.
+pub fn remove_node(config_path: &Path, name: &str) -> Result<PathBuf, InputsError> {
+    let config = Config::from_path(config_path)?;
+    Ok(nodes::remove(&config, name)?)
 }
 
 /// Reads everything once, node records included, for a command that runs once.

@@ -16,7 +16,7 @@ use xsteer::{
     inputs::{self, Access},
     kernel::xfrm::REQID,
     keys::{self, Generation},
-    lab, nodes, status, uninstall, wireshark,
+    lab, status, uninstall, wireshark,
 };
 use xsteer_common::programs;
 
@@ -219,8 +219,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Keys(KeysCommand::Wireshark) => print_esp_sa_table(),
         Command::Node(NodeCommand::Remove { config, name }) => {
-            let config = Config::from_path(&config)?;
-            let dir = nodes::remove(&config, &name)?;
+            let dir = inputs::remove_node(&config, &name)?;
             println!(
                 "node {name} removed from {}: its peers forget it at their next read",
                 dir.display()
