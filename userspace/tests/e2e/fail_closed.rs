@@ -365,6 +365,8 @@ fn host_traffic_and_service_dnat_to_remote_pods_are_encrypted() {
     // A Service as kube-proxy writes it in iptables mode: KUBE-SERVICES jumps to the
     // service's chain, which jumps to an endpoint chain that DNATs to b's pod.
     let cluster_ip = "10.96.0.10";
+    // A node reaches the service CIDR by its default route; these test nodes have none.
+    a.netns.ip(&["route", "add", "10.96.0.0/12", "dev", "eth0"]);
     for rule in [
         "-t nat -N KUBE-SERVICES",
         "-t nat -N KUBE-SVC-XSTEER",
