@@ -9,10 +9,6 @@ use anyhow::{Context, Result, bail};
 use super::{Args, DEFAULT_MEM_MB, Ending};
 use crate::install::{self, Package};
 
-/// How long the whole end-to-end level may take in the guest, boot included: twenty tests take
-/// 15 to 20 minutes under emulation on two cores.
-const TIMEOUT_S: u64 = 2700;
-
 /// Debian packages the e2e tests run in the guest, which uses the host's root: `ip` drives its
 /// network; tcpdump and tshark capture and decrypt the wire (`wireshark.rs`); iptables writes
 /// a Service's DNAT rules as kube-proxy does (`fail_closed.rs`).
@@ -35,6 +31,11 @@ const PACKAGES: &[Package] = &[
     },
 ];
 
+/// The whole suite's limit in the guest, boot included. Its twelve tests took 580 s under TCG on a
+/// 2-core machine that other builds and guests shared, and the fail-closed tests add eight: a
+/// busy machine must make the suite slower, not fail it.
+const SUITE_TIMEOUT_S: u64 = 2700;
+
 /// Builds the e2e tests, runs them all in the VM, and fails unless at least one ran and none
 /// failed.
 pub fn run_e2e(root: &Path) -> Result<()> {
@@ -44,7 +45,7 @@ pub fn run_e2e(root: &Path) -> Result<()> {
         kernel: None,
         cpus: None,
         mem: DEFAULT_MEM_MB,
-        timeout: TIMEOUT_S,
+        timeout: SUITE_TIMEOUT_S,
         command: vec![
             binary,
             "--include-ignored".into(),
