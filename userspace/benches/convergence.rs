@@ -6,8 +6,7 @@
 //! 192.168.0.1 + *i* on that /16 and one pod CIDR 10.*x*.*y*.0/24. The host kernel has no ESP,
 //! so SAs are left out exactly as `userspace/tests/reconcile.rs` does (`want.states.clear()`):
 //! what is measured is the policies (one block policy, then eight per peer: see
-//! `POLICIES_PER_PEER`), the
-//! encrypt rule, a route per peer in table 200, and the map entries.
+//! `POLICIES_PER_PEER`), the encrypt rule, a route per peer in table 200, and the map entries.
 //!
 //! - **xsteer**: outside the timed section, the netlink sockets are opened, the uplink and a
 //!   route to every peer are looked up (`routing::uplink`, `routing::route_to`), `desired()` is
@@ -78,6 +77,11 @@ use xsteer_common::mark;
 /// IP, IN from its pods to this node, the marked OUT, and the unmarked OUT to its pods and to
 /// its node IP.
 const POLICIES_PER_PEER: u32 = 8;
+/// Map entries per peer: its pod CIDR, its node, its SPI.
+const MAP_ENTRIES_PER_PEER: usize = 3;
+/// Kernel changes that adding or removing one peer makes: its policies, its route, its map
+/// entries.
+const CHANGES_PER_PEER: usize = POLICIES_PER_PEER as usize + 1 + MAP_ENTRIES_PER_PEER;
 const KEYS: &str = "3 rfc4106(gcm(aes)) 0x000102030405060708090a0b0c0d0e0f10111213 128\n";
 const TABLE: u32 = 200;
 const UPLINK: &str = "xs0";
@@ -567,6 +571,7 @@ async fn profile_read(netlink: &Netlink, dataplane: &mut Dataplane) -> ReadProfi
     lap(&mut p.0[2]);
     routing::pod_routes(netlink, TABLE).await.unwrap();
     lap(&mut p.0[3]);
+    dataplane.cluster_pod_cidrs().unwrap().get().unwrap();
     dataplane.remote_pod_cidrs().unwrap().entries().unwrap();
     dataplane.local_pod_cidrs().unwrap().entries().unwrap();
     dataplane.peer_nodes().unwrap().entries().unwrap();
@@ -629,7 +634,10 @@ fn xsteer_change_worker() -> Worker<(Run, Run, ReadProfile)> {
             // As `xsteer apply` does it: read everything, plan, write.
             let (run, _) =
                 reconcile_timed(&netlink, &mut dataplane, &mut ledger, &plus, None).await;
-            assert_eq!(run.changes, 3 + 1 + 3, "3 policies, a route, 3 map entries");
+            assert_eq!(
+                run.changes, CHANGES_PER_PEER,
+                "the peer's policies, its route, its map entries"
+            );
             if verify {
                 let now = reconcile::read(&netlink, &mut dataplane, TABLE)
                     .await
@@ -639,12 +647,12 @@ fn xsteer_change_worker() -> Worker<(Run, Run, ReadProfile)> {
             // Back to the base, untimed, and profile reading it.
             let (back, _) =
                 reconcile_timed(&netlink, &mut dataplane, &mut ledger, &base, None).await;
-            assert_eq!(back.changes, 7);
+            assert_eq!(back.changes, CHANGES_PER_PEER);
             let profile = profile_read(&netlink, &mut dataplane).await;
             // As the agent does it: plan against the state it left, write.
             let (remembered, _) =
                 reconcile_timed(&netlink, &mut dataplane, &mut ledger, &plus, Some(&base)).await;
-            assert_eq!(remembered.changes, 7);
+            assert_eq!(remembered.changes, CHANGES_PER_PEER);
             if verify {
                 let now = reconcile::read(&netlink, &mut dataplane, TABLE)
                     .await
@@ -789,10 +797,10 @@ fn main() {
     let iproute = ip_change_worker();
     let mut change = Row {
         label: format!("+1 on {}", thousands(CHANGE_BASE as usize)),
-        policies: 3,
+        policies: POLICIES_PER_PEER as usize,
         rules: 0,
         routes: 1,
-        maps: 3,
+        maps: MAP_ENTRIES_PER_PEER,
         xsteer: Vec::new(),
         ip: Vec::new(),
     };
@@ -834,7 +842,12 @@ fn main() {
 /// (policies, rules, routes, map entries) of `n` peers, without a kernel.
 fn desired_counts(n: u32) -> (usize, usize, usize, usize) {
     let n = n as usize;
-    (1 + POLICIES_PER_PEER as usize * n, 1, n, 2 + 3 * n)
+    (
+        1 + POLICIES_PER_PEER as usize * n,
+        1,
+        n,
+        2 + MAP_ENTRIES_PER_PEER * n,
+    )
 }
 
 fn report(rows: &[Row], changes: &[Row], profiles: &[ReadProfile]) {
@@ -898,7 +911,7 @@ fn report(rows: &[Row], changes: &[Row], profiles: &[ReadProfile]) {
     let p = |i: usize| ms(median(profiles, |p| p.0[i]));
     writeln!(
         o,
-        "Reading back {} peers (`reconcile::read`, part by part, medians, ms): SA dump {}, policy dump {}, rules {}, route dump {}, the four maps {}.",
+        "Reading back {} peers (`reconcile::read`, part by part, medians, ms): SA dump {}, policy dump {}, rules {}, route dump {}, the five maps {}.",
         thousands(CHANGE_BASE as usize),
         p(0),
         p(1),
