@@ -17,10 +17,9 @@ pub mod rotation;
 
 use std::{
     collections::BTreeSet,
-    fs,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use aya::programs::TcAttachType;
@@ -38,7 +37,7 @@ use crate::{
     kernel::{events, xfrm},
     nodes::{self, CACHE_FILE, Cache, Peers, SourceError},
     state::{self, StateError},
-    watch::DirWatch,
+    watch::{DirWatch, FileVersion},
 };
 use pods::LinksError;
 pub use pods::PodVeths;
@@ -175,14 +174,8 @@ fn input_dirs(config_path: &Path, key_file: &Path) -> Vec<PathBuf> {
 }
 
 /// What identifies a version of the config and key file: a change of either means a reload.
-fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64)>> {
-    [config, key_file]
-        .iter()
-        .map(|p| {
-            let m = fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        })
-        .collect()
+fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<FileVersion>> {
+    FileVersion::of([config, key_file])
 }
 
 /// The node's state as the agent holds it between reconciles.
@@ -198,7 +191,7 @@ struct Node {
     retirement: Retirement,
     /// How the re-key under way is ending.
     completion: rekey::Completion,
-    version: Vec<Option<(SystemTime, u64)>>,
+    version: Vec<Option<FileVersion>>,
     dataplane: Dataplane,
     applier: Applier,
     pods: BTreeSet<String>,
