@@ -23,7 +23,10 @@ use std::{
 
 use futures::Stream;
 
-use crate::{cidr::Ipv4Cidr, config::Config};
+use crate::{
+    cidr::Ipv4Cidr,
+    config::{Config, NodeRecords},
+};
 
 pub use dir::DirSource;
 pub use kubernetes::KubeSource;
@@ -140,16 +143,21 @@ impl NodeSource for NoRecords {
     }
 }
 
-/// The source a config names: the directory of its `nodes_dir`, or no records at all. A
-/// `read_only` source creates nothing (a missing directory holds no records).
+/// The source a config names: the directory of its `nodes_dir`, the Kubernetes API server, or
+/// no records at all. A `read_only` source creates nothing (a missing directory holds no
+/// records) and follows nothing (the Nodes are listed once); the Kubernetes source that follows
+/// them must be made on a tokio runtime.
 pub fn source_of(
     config: &Config,
     read_only: bool,
 ) -> Result<Box<dyn NodeSource + Send>, SourceError> {
-    Ok(match &config.nodes_dir {
-        Some(dir) if read_only => Box::new(DirSource::existing(dir)),
-        Some(dir) => Box::new(DirSource::new(dir)?),
-        None => Box::new(NoRecords),
+    let settings = || kubernetes::Settings::of(config);
+    Ok(match &config.node_records {
+        NodeRecords::Dir(dir) if read_only => Box::new(DirSource::existing(dir)),
+        NodeRecords::Dir(dir) => Box::new(DirSource::new(dir)?),
+        NodeRecords::Kubernetes if read_only => Box::new(KubeSource::list_in_cluster(settings())?),
+        NodeRecords::Kubernetes => Box::new(KubeSource::in_cluster(settings())?),
+        NodeRecords::None => Box::new(NoRecords),
     })
 }
 
@@ -159,6 +167,12 @@ pub enum RemoveError {
     /// The config names no node records directory.
     #[error("the config has no nodes_dir: its peers are in the config file, edit it instead")]
     NoRecords,
+    /// The nodes are Kubernetes Nodes.
+    #[error(
+        "with node_source = \"kubernetes\" a node is removed by deleting its Node object \
+         (kubectl delete node NAME): every agent forgets it then"
+    )]
+    Kubernetes,
     /// The name is not a node name.
     #[error("{name:?}: {why}")]
     Name {
@@ -178,7 +192,11 @@ pub enum RemoveError {
 /// Removes node `name` for good from the records of `config` (see [`DirSource::remove`]);
 /// returns the records directory.
 pub fn remove(config: &Config, name: &str) -> Result<std::path::PathBuf, RemoveError> {
-    let dir = config.nodes_dir.as_ref().ok_or(RemoveError::NoRecords)?;
+    let dir = match &config.node_records {
+        NodeRecords::Dir(dir) => dir,
+        NodeRecords::Kubernetes => return Err(RemoveError::Kubernetes),
+        NodeRecords::None => return Err(RemoveError::NoRecords),
+    };
     if let Some(why) = crate::config::node_name_problem(name) {
         return Err(RemoveError::Name {
             name: name.to_owned(),
