@@ -5,12 +5,12 @@
 //! Why Node objects: they are where a cluster already says which nodes exist, with their pod
 //! CIDR and addresses, and the API server tells every watcher of a change within moments, so no
 //! shared directory has to be synced. A peer's record is its Node's pod CIDR and InternalIP and
-//! its annotation, checked against each other ([`node`]). A Node without the annotation is no
+//! its annotation, checked against each other (`node.rs`). A Node without the annotation is no
 //! peer: its agent has not started, so it has no epoch and no key generations, and no SA with it
 //! could be keyed. Node IDs are derived from the pod CIDR's block number in the first cluster
 //! CIDR, which needs no coordination and no allocation that could race: the controller manager
-//! has already made pod CIDRs unique. This node's own ID and pod CIDR come from its
-//! own Node the same way, so they always match what its peers derive.
+//! has already made pod CIDRs unique. This node's own ID and pod CIDR come from its own Node the
+//! same way, so they always match what its peers derive.
 //!
 //! A deleted Node is a node removed on purpose: it is reported in [`Snapshot::removed`] and its
 //! peers forget it, and so is a Node missing from a complete list (deleted while the watch was
@@ -19,7 +19,7 @@
 //!
 //! A task follows the Nodes with kube's watcher, which lists, watches from the list's resource
 //! version, resumes after a dropped connection, lists again after a `410 Gone` and backs off
-//! while the API server is away; it keeps what it saw in a shared [`Seen`] that
+//! while the API server is away; it keeps what it saw in a shared picture that
 //! [`NodeSource::read`] turns into a snapshot, and that wakes [`NodeSource::changes`]. Another
 //! task publishes: [`NodeSource::publish`] only hands the record over, so the agent's loop
 //! never waits on the API server; the task patches, retries with back-off until it succeeds,

@@ -535,3 +535,56 @@ async fn a_source_listed_once_reads_and_publishes_nothing() {
     ));
     assert_eq!(api.requests().len(), 1, "one list, no watch");
 }
+
+#[tokio::test]
+async fn a_nodes_inputs_take_its_identity_and_peers_from_the_nodes() {
+    use std::{fs, os::unix::fs::PermissionsExt};
+
+    use crate::inputs::{Access, Files, InputsError};
+
+    let dir = std::env::temp_dir().join(format!("xsteer-kube-inputs-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    fs::write(
+        &keys,
+        "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n",
+    )
+    .unwrap();
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.join("xsteer.toml");
+    fs::write(
+        &path,
+        "key_file = \"keys\"\nnode_source = \"kubernetes\"\ncluster_cidr = \"10.244.0.0/16\"\n\n\
+         [node]\nname = \"a\"\nip = \"192.168.0.1\"\nuplink = \"eth0\"\n\
+         epoch = \"00112233445566778899aabbccddeeff\"\n",
+    )
+    .unwrap();
+    let config = crate::config::Config::from_path(&path).unwrap();
+    let state = dir.join("state");
+    let b = record("b", 2);
+    let api = FakeApi::new([bare("a", 1), node_of(&b)]);
+    let (mut source, mut changes) = start(&api);
+    let read = |source: &KubeSource| Files::read(config.clone(), &state, Access::Write, source);
+    assert!(matches!(read(&source), Err(InputsError::NodeNotRead(name)) if name == "a"));
+
+    until(&mut source, &mut changes, "the list", |_| true).await;
+    let files = read(&source).unwrap();
+    assert_eq!(files.identity, (2, "10.244.1.0/24".parse().unwrap()));
+    source.last_read = None;
+    let mut peers = Peers::new(Box::new(source), "a", None, drop);
+    let inputs = files.assemble(&mut peers).unwrap();
+    assert_eq!(inputs.view.node.pod_cidr, "10.244.1.0/24".parse().unwrap());
+    assert_eq!(inputs.view.peer("b").unwrap().pod_cidrs, [b.pod_cidr]);
+
+    // A Node with no pod CIDR gives no identity, and says so.
+    let api = FakeApi::new([node("a", None, "192.168.0.1", None)]);
+    let (mut source, mut changes) = start(&api);
+    until(&mut source, &mut changes, "the list", |_| true).await;
+    let error = read(&source).unwrap_err().to_string();
+    assert!(
+        error.starts_with("Node a: spec.podCIDRs: no IPv4 pod CIDR in []"),
+        "{error}"
+    );
+    let _ = fs::remove_dir_all(dir);
+}
