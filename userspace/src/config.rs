@@ -1,6 +1,9 @@
 //! The TOML config of a node: this node, its static peers, the key file, the route table, and
 //! where node records and pod CIDRs come from.
 //!
+//! `node.name` and `node.ip` may name an environment variable instead (`name = "${NODE_NAME}"`),
+//! so that one file serves every node of a DaemonSet, which learns both from the Downward API.
+//!
 //! This is the file as the operator wrote it, checked and typed, nothing more: reading it has no
 //! side effects. What the node reconciles — the config with its allocated identity, its epochs
 //! from the state directory and the peers learned from node records — is a [`crate::view::View`],
@@ -42,15 +45,36 @@ pub struct Config {
     pub node: NodeConfig,
     /// The other nodes given in the file, in file order.
     pub peers: Vec<PeerConfig>,
-    /// The directory of node records (the `dir` node source) the agent publishes this node in
-    /// and learns further peers from; `None` when the peers above are all there is. A relative
-    /// path in a file read by [`Config::from_path`] is resolved against that file's directory.
-    pub nodes_dir: Option<PathBuf>,
+    /// Where the agent publishes this node's record and learns further peers from.
+    pub node_records: NodeRecords,
     /// The cluster's pod address space: one or more CIDRs that hold every pod of the cluster.
     /// The guards drop anything to or from it that is not ESP, whatever the current peers; with
     /// `nodes_dir`, a node whose config leaves out `node.id` and `node.pod_cidr` is given free
-    /// ones from the first, in /24s.
+    /// ones from the first, in /24s; with Kubernetes, node IDs are counted in the first.
     pub cluster_cidrs: Vec<Ipv4Cidr>,
+}
+
+/// Where node records come from: the `node_source` and `nodes_dir` keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeRecords {
+    /// None: the config's peers are all there is.
+    None,
+    /// A directory of record files (`nodes_dir`, the `dir` source). A relative path in a file
+    /// read by [`Config::from_path`] is resolved against that file's directory.
+    Dir(PathBuf),
+    /// The cluster's Node objects (`node_source = "kubernetes"`): a record is an annotation on
+    /// its Node, and this node's ID and pod CIDR come from its own Node.
+    Kubernetes,
+}
+
+impl Config {
+    /// The directory of node records, with the `dir` source.
+    pub fn nodes_dir(&self) -> Option<&Path> {
+        match &self.node_records {
+            NodeRecords::Dir(dir) => Some(dir),
+            NodeRecords::None | NodeRecords::Kubernetes => None,
+        }
+    }
 }
 
 /// The node xsteer runs on, as configured.
@@ -61,7 +85,8 @@ pub struct NodeConfig {
     /// The IP the node's ESP tunnels start and end at.
     pub ip: Ipv4Addr,
     /// Node ID, 1..=65535; it goes into bits 16–31 of the skb mark. `None`: allocated from
-    /// the cluster CIDR in `nodes_dir` together with the pod CIDR.
+    /// the cluster CIDR in `nodes_dir` together with the pod CIDR, or, with Kubernetes, taken
+    /// from this node's Node object.
     pub id: Option<u16>,
     /// The interface that carries the tunnels.
     pub uplink: String,
@@ -183,8 +208,9 @@ fn list_problems(problems: &[Problem]) -> String {
 }
 
 impl Config {
-    /// Reads and validates the config at `path`; a relative `key_file` or `nodes_dir` is
-    /// resolved against the directory of `path`. Writes nothing.
+    /// Reads and validates the config at `path`, with `${VAR}` values taken from the process's
+    /// environment; a relative `key_file` or `nodes_dir` is resolved against the directory of
+    /// `path`. Writes nothing.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = fs::read_to_string(path).map_err(|error| ConfigError::Io {
@@ -195,13 +221,17 @@ impl Config {
             path: Some(path.to_owned()),
             error,
         })?;
-        let mut config = raw.into_config().map_err(|e| e.with_path(path))?;
+        let mut config = raw
+            .into_config(&process_env)
+            .map_err(|e| e.with_path(path))?;
         if let Some(dir) = path.parent() {
             if config.key_file.is_relative() {
                 config.key_file = dir.join(&config.key_file);
             }
-            if let Some(nodes) = config.nodes_dir.as_mut().filter(|d| d.is_relative()) {
-                *nodes = dir.join(&*nodes);
+            if let NodeRecords::Dir(nodes) = &mut config.node_records {
+                if nodes.is_relative() {
+                    *nodes = dir.join(&*nodes);
+                }
             }
         }
         Ok(config)
@@ -228,11 +258,7 @@ impl Config {
         if self.key_file.as_os_str().is_empty() {
             p.push("key_file", "must not be empty");
         }
-        if self
-            .nodes_dir
-            .as_ref()
-            .is_some_and(|d| d.as_os_str().is_empty())
-        {
+        if self.nodes_dir().is_some_and(|d| d.as_os_str().is_empty()) {
             p.push("nodes_dir", "must not be empty");
         }
         if let Some(why) = route_table_problem(self.route_table) {
@@ -242,18 +268,31 @@ impl Config {
         let node = &self.node;
         check_name(&mut p, "node.name", &node.name);
         check_ip(&mut p, "node.ip", node.ip);
-        // Both given, or both left out to be allocated (which needs somewhere to allocate in).
-        const LEFT_OUT: &str = "missing: give it, or leave out both node.id and node.pod_cidr \
-             with nodes_dir and cluster_cidr set to have them allocated";
-        let allocatable = self.nodes_dir.is_some() && !self.cluster_cidrs.is_empty();
-        match (node.id, node.pod_cidr) {
-            (Some(id), _) => check_id(&mut p, "node.id", id),
-            (None, Some(_)) => p.push("node.id", LEFT_OUT),
-            (None, None) if !allocatable => p.push("node.id", LEFT_OUT),
-            (None, None) => {}
-        }
-        if node.pod_cidr.is_none() && (node.id.is_some() || !allocatable) {
-            p.push("node.pod_cidr", LEFT_OUT);
+        if self.node_records == NodeRecords::Kubernetes {
+            // The Node object is the one truth about the pod CIDR; a second one could disagree.
+            const FROM_NODE: &str = "comes from this node's Node object with node_source = \
+                 \"kubernetes\" (spec.podCIDRs, and the ID from it): leave it out";
+            if node.id.is_some() {
+                p.push("node.id", FROM_NODE);
+            }
+            if node.pod_cidr.is_some() {
+                p.push("node.pod_cidr", FROM_NODE);
+            }
+        } else {
+            // Both given, or both left out to be allocated (which needs somewhere to allocate
+            // in).
+            const LEFT_OUT: &str = "missing: give it, or leave out both node.id and \
+                 node.pod_cidr with nodes_dir and cluster_cidr set to have them allocated";
+            let allocatable = self.nodes_dir().is_some() && !self.cluster_cidrs.is_empty();
+            match (node.id, node.pod_cidr) {
+                (Some(id), _) => check_id(&mut p, "node.id", id),
+                (None, Some(_)) => p.push("node.id", LEFT_OUT),
+                (None, None) if !allocatable => p.push("node.id", LEFT_OUT),
+                (None, None) => {}
+            }
+            if node.pod_cidr.is_none() && (node.id.is_some() || !allocatable) {
+                p.push("node.pod_cidr", LEFT_OUT);
+            }
         }
         if let Some(why) = uplink_problem(&node.uplink) {
             p.push("node.uplink", why);
@@ -396,11 +435,56 @@ impl Config {
 impl FromStr for Config {
     type Err = ConfigError;
 
-    /// Parses and validates config text; `key_file` is taken as it is.
+    /// Parses and validates config text, with `${VAR}` values taken from the process's
+    /// environment; `key_file` is taken as it is.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|error| ConfigError::Toml { path: None, error })?;
-        raw.into_config()
+        parse_with_env(text, &process_env)
+    }
+}
+
+/// Looks an environment variable up: its value, if it has one.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process's environment; a value that is not UTF-8 counts as none.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Parses and validates config text, looking `${VAR}` values up in `env`.
+fn parse_with_env(text: &str, env: Env) -> Result<Config, ConfigError> {
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|error| ConfigError::Toml { path: None, error })?;
+    raw.into_config(env)
+}
+
+/// `text`, or, when it is `${VAR}` as a whole, the value of environment variable `VAR`: nothing
+/// else is expanded, so a value never changes meaning by accident. A variable that is unset or
+/// empty is a problem at `path`.
+fn expand(p: &mut Problems, path: &str, text: &str, env: Env) -> Option<String> {
+    let Some(var) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) else {
+        return Some(text.to_owned());
+    };
+    let name_ok = var.chars().next().is_some_and(|c| !c.is_ascii_digit())
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !name_ok {
+        p.push(
+            path,
+            format!(
+                "{text:?}: {var:?} is not an environment variable name (letters, digits and \
+                 '_', not starting with a digit)"
+            ),
+        );
+        return None;
+    }
+    match env(var) {
+        Some(value) if !value.is_empty() => Some(value),
+        _ => {
+            p.push(
+                path,
+                format!("{text}: the environment variable {var} is not set, or empty"),
+            );
+            None
+        }
     }
 }
 
@@ -531,11 +615,20 @@ fn uplink_problem(name: &str) -> Option<String> {
 struct RawConfig {
     key_file: PathBuf,
     route_table: Option<i64>,
+    node_source: Option<RawSource>,
     nodes_dir: Option<PathBuf>,
     cluster_cidr: Option<OneOrMany>,
     node: RawNode,
     #[serde(default)]
     peers: Vec<RawPeer>,
+}
+
+/// The `node_source` values.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawSource {
+    Dir,
+    Kubernetes,
 }
 
 /// A CIDR, or a list of them.
@@ -574,9 +667,9 @@ fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<Ipv4Addr> {
 }
 
 impl RawConfig {
-    /// Converts and validates.
-    fn into_config(self) -> Result<Config, ConfigError> {
-        let config = self.convert().map_err(|problems| ConfigError::Invalid {
+    /// Converts, with `${VAR}` values looked up in `env`, and validates.
+    fn into_config(self, env: Env) -> Result<Config, ConfigError> {
+        let config = self.convert(env).map_err(|problems| ConfigError::Invalid {
             path: None,
             problems,
         })?;
@@ -586,8 +679,28 @@ impl RawConfig {
 
     /// Turns strings and wide integers into typed values; the rules across fields come after,
     /// in [`Config::validate`].
-    fn convert(self) -> Result<Config, Vec<Problem>> {
+    fn convert(self, env: Env) -> Result<Config, Vec<Problem>> {
         let mut p = Problems::default();
+        let node_records = match (self.node_source, self.nodes_dir) {
+            (None | Some(RawSource::Dir), Some(dir)) => Some(NodeRecords::Dir(dir)),
+            (None, None) => Some(NodeRecords::None),
+            (Some(RawSource::Dir), None) => {
+                p.push(
+                    "nodes_dir",
+                    "missing: node_source = \"dir\" reads node records from it",
+                );
+                None
+            }
+            (Some(RawSource::Kubernetes), None) => Some(NodeRecords::Kubernetes),
+            (Some(RawSource::Kubernetes), Some(_)) => {
+                p.push(
+                    "nodes_dir",
+                    "not used with node_source = \"kubernetes\" (records are annotations on \
+                     Node objects): leave it out",
+                );
+                None
+            }
+        };
         let route_table = match self.route_table {
             None => Some(DEFAULT_ROUTE_TABLE),
             Some(t) => u32::try_from(t)
@@ -610,7 +723,9 @@ impl RawConfig {
         };
         let n = self.node;
         // Every field is parsed, so that all problems are reported, before any is combined.
-        let ip = parse_ip(&mut p, "node.ip", &n.ip);
+        let name = expand(&mut p, "node.name", &n.name, env);
+        let ip =
+            expand(&mut p, "node.ip", &n.ip, env).and_then(|ip| parse_ip(&mut p, "node.ip", &ip));
         // A field left out is reported by `Config::validate`, which knows whether it may be.
         let id = n.id.map(|id| p.id("node.id", id).ok_or(()));
         let pod_cidr = n
@@ -618,9 +733,9 @@ impl RawConfig {
             .as_deref()
             .map(|cidr| p.parse("node.pod_cidr", cidr).ok_or(()));
         let epoch = p.parse("node.epoch", &n.epoch);
-        let node = match (ip, id.transpose(), pod_cidr.transpose(), epoch) {
-            (Some(ip), Ok(id), Ok(pod_cidr), Some(epoch)) => Some(NodeConfig {
-                name: n.name,
+        let node = match (name, ip, id.transpose(), pod_cidr.transpose(), epoch) {
+            (Some(name), Some(ip), Ok(id), Ok(pod_cidr), Some(epoch)) => Some(NodeConfig {
+                name,
                 ip,
                 id,
                 uplink: n.uplink,
@@ -652,13 +767,13 @@ impl RawConfig {
                 });
             }
         }
-        match (route_table, node) {
-            (Some(route_table), Some(node)) if p.0.is_empty() => Ok(Config {
+        match (route_table, node, node_records) {
+            (Some(route_table), Some(node), Some(node_records)) if p.0.is_empty() => Ok(Config {
                 key_file: self.key_file,
                 route_table,
                 node,
                 peers,
-                nodes_dir: self.nodes_dir,
+                node_records,
                 cluster_cidrs,
             }),
             _ => Err(p.0),
@@ -1080,6 +1195,88 @@ epoch = "0123456789abcdef0123456789abcdef"
     }
 
     #[test]
+    fn node_name_and_ip_can_come_from_the_environment() {
+        let env = |name: &str| match name {
+            "NODE_NAME" => Some("kind-worker".to_owned()),
+            "NODE_IP" => Some("172.18.0.3".to_owned()),
+            "BAD_NAME" => Some("Kind_Worker".to_owned()),
+            "BAD_IP" => Some("172.18.0".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let with = |name: &str, ip: &str| {
+            BASE.replace("\"node-a\"", &format!("\"{name}\""))
+                .replace("\"192.168.0.1\"", &format!("\"{ip}\""))
+        };
+        let config = parse_with_env(&with("${NODE_NAME}", "${NODE_IP}"), &env).unwrap();
+        assert_eq!(config.node.name, "kind-worker");
+        assert_eq!(config.node.ip, Ipv4Addr::new(172, 18, 0, 3));
+        let error = |text: &str| parse_with_env(text, &env).unwrap_err().to_string();
+        assert_eq!(
+            error(&with("${NOPE}", "${EMPTY}")),
+            "2 problems:\n  \
+             node.name: ${NOPE}: the environment variable NOPE is not set, or empty\n  \
+             node.ip: ${EMPTY}: the environment variable EMPTY is not set, or empty"
+        );
+        assert_eq!(
+            error(&with("${1X}", "192.168.0.1")),
+            "node.name: \"${1X}\": \"1X\" is not an environment variable name (letters, digits \
+             and '_', not starting with a digit)"
+        );
+        // Only a whole value is expanded, and what the variable holds is checked as any value.
+        let partial = error(&with("a-${NODE_NAME}", "192.168.0.1"));
+        assert!(partial.contains("is not a DNS-1123 name"), "{partial}");
+        assert_eq!(
+            error(&with("node-a", "${BAD_IP}")),
+            "node.ip: \"172.18.0\" is not an IPv4 address"
+        );
+        let bad = error(&with("${BAD_NAME}", "192.168.0.1"));
+        assert!(
+            bad.starts_with("node.name: \"Kind_Worker\" is not a DNS-1123 name"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_source_takes_the_identity_from_the_node() {
+        let text = "key_file = \"keys\"\nnode_source = \"kubernetes\"\n\
+                    cluster_cidr = \"10.244.0.0/16\"\n\n[node]\nname = \"node-a\"\n\
+                    ip = \"192.168.0.1\"\nuplink = \"eth0\"\n\
+                    epoch = \"00112233445566778899aabbccddeeff\"\n";
+        let config: Config = text.parse().unwrap();
+        assert_eq!(config.node_records, NodeRecords::Kubernetes);
+        assert_eq!(config.node.identity(), None);
+        assert_eq!(config.nodes_dir(), None);
+        let given = text.replace("uplink", "id = 2\npod_cidr = \"10.244.1.0/24\"\nuplink");
+        let why = "comes from this node's Node object with node_source = \"kubernetes\" \
+                   (spec.podCIDRs, and the ID from it): leave it out";
+        assert_eq!(
+            error(&given),
+            format!("2 problems:\n  node.id: {why}\n  node.pod_cidr: {why}")
+        );
+        assert_eq!(
+            error(&text.replace("node_source", "nodes_dir = \"nodes\"\nnode_source")),
+            "nodes_dir: not used with node_source = \"kubernetes\" (records are annotations on \
+             Node objects): leave it out"
+        );
+        let dir = text.replace("\"kubernetes\"", "\"dir\"");
+        assert_eq!(
+            error(&dir),
+            "nodes_dir: missing: node_source = \"dir\" reads node records from it"
+        );
+        let config: Config = dir
+            .replace("node_source", "nodes_dir = \"nodes\"\nnode_source")
+            .parse()
+            .unwrap();
+        assert_eq!(config.node_records, NodeRecords::Dir("nodes".into()));
+        let unknown = error(&text.replace("\"kubernetes\"", "\"etcd\""));
+        assert!(
+            unknown.contains("unknown variant `etcd`, expected `dir` or `kubernetes`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
     fn an_identity_is_given_whole_or_left_to_the_allocator() {
         let dir = scratch("allocate");
         let text = |name: &str, ip: &str| {
@@ -1134,14 +1331,14 @@ epoch = "0123456789abcdef0123456789abcdef"
         fs::write(&path, BASE.replace("/etc/xsteer/keys", "keys")).unwrap();
         let config = Config::from_path(&path).unwrap();
         assert_eq!(config.key_file, dir.join("keys"));
-        assert_eq!(config.nodes_dir, None);
+        assert_eq!(config.node_records, NodeRecords::None);
         let with_nodes = BASE.replace(
             "key_file = \"/etc/xsteer/keys\"",
             "key_file = \"keys\"\nnodes_dir = \"nodes\"",
         );
         fs::write(&path, with_nodes).unwrap();
         let config = Config::from_path(&path).unwrap();
-        assert_eq!(config.nodes_dir, Some(dir.join("nodes")));
+        assert_eq!(config.node_records, NodeRecords::Dir(dir.join("nodes")));
 
         fs::write(&path, edited("[node]", "id = 1", "id = 0")).unwrap();
         assert_eq!(

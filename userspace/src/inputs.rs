@@ -1,6 +1,6 @@
 //! Everything a node reconciles with, read and put together in one place: the config file, the
-//! key file, the node's identity (configured or allocated), its epochs and retired key
-//! generations from the state directory, and the peers of the node records.
+//! key file, the node's identity (configured, allocated, or its Kubernetes Node's), its epochs
+//! and retired key generations from the state directory, and the peers of the node records.
 //!
 //! `xsteer apply` and `xsteer status` read them once ([`load`]); the agent reads the files at
 //! start and on every change ([`read_files`]), keeps its [`Peers`] across reads, and assembles
@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     cidr::Ipv4Cidr,
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, NodeRecords},
     keys::{Generation, GenerationError, KeyFile, LoadError},
     nodes::{
-        self, CACHE_FILE, Cache, Peers, RemoveError, SourceError,
+        self, CACHE_FILE, Cache, NodeSource, Peers, RecordError, RemoveError, SourceError,
         alloc::{self, AllocError},
     },
     state::{NodeEpochs, RetiredGenerations, StateError},
@@ -65,6 +65,12 @@ pub enum InputsError {
         /// The node records directory.
         dir: PathBuf,
     },
+    /// The Kubernetes source has not listed the Nodes yet.
+    #[error("the Node of {0} has not been read from the Kubernetes API server yet")]
+    NodeNotRead(String),
+    /// This node's Node object gives no usable identity.
+    #[error(transparent)]
+    Node(#[from] RecordError),
     /// A state file.
     #[error(transparent)]
     State(#[from] StateError),
@@ -107,40 +113,71 @@ pub struct Inputs {
     pub refused: Vec<String>,
 }
 
-/// Reads the config at `config_path`, the key file it names, the node's identity and its state
-/// in `state_dir`.
+/// Reads the config at `config_path`, the key file it names, the node's identity (from
+/// `source` with Kubernetes) and its state in `state_dir`.
 pub fn read_files(
     config_path: &Path,
     state_dir: &Path,
     access: Access,
+    source: &dyn NodeSource,
 ) -> Result<Files, InputsError> {
-    let config = Config::from_path(config_path)?;
-    let keys = KeyFile::load(&config.key_file)?;
-    let identity = identity(&config, access)?;
-    let epochs = match access {
-        Access::ReadOnly => NodeEpochs::read(state_dir, config.node.epoch)?,
-        Access::Write => NodeEpochs::open(state_dir, config.node.epoch)?,
-    };
-    let retired = RetiredGenerations::open(state_dir)?;
-    Ok(Files {
-        config,
-        keys,
-        identity,
-        epochs,
-        retired,
-    })
+    Files::read(Config::from_path(config_path)?, state_dir, access, source)
 }
 
-/// The node ID and pod CIDR: configured, or allocated in the node records directory.
-fn identity(config: &Config, access: Access) -> Result<(u16, Ipv4Cidr), InputsError> {
+impl Files {
+    /// Reads the key file `config` names, the node's identity (from `source` with Kubernetes)
+    /// and its state in `state_dir`.
+    pub fn read(
+        config: Config,
+        state_dir: &Path,
+        access: Access,
+        source: &dyn NodeSource,
+    ) -> Result<Files, InputsError> {
+        let keys = KeyFile::load(&config.key_file)?;
+        let identity = identity(&config, access, source)?;
+        let epochs = match access {
+            Access::ReadOnly => NodeEpochs::read(state_dir, config.node.epoch)?,
+            Access::Write => NodeEpochs::open(state_dir, config.node.epoch)?,
+        };
+        let retired = RetiredGenerations::open(state_dir)?;
+        Ok(Files {
+            config,
+            keys,
+            identity,
+            epochs,
+            retired,
+        })
+    }
+}
+
+/// The node ID and pod CIDR: configured, allocated in the node records directory, or those of
+/// the node's Kubernetes Node.
+fn identity(
+    config: &Config,
+    access: Access,
+    source: &dyn NodeSource,
+) -> Result<(u16, Ipv4Cidr), InputsError> {
     if let Some(identity) = config.node.identity() {
         return Ok(identity);
     }
-    // Validation has made sure both are set when the identity is to be allocated.
-    let (Some(dir), Some(&cluster)) = (&config.nodes_dir, config.cluster_cidrs.first()) else {
-        unreachable!("Config::validate requires nodes_dir and cluster_cidr for an allocation");
-    };
     let name = &config.node.name;
+    // Validation has made sure there is a cluster CIDR, and a source that gives an identity
+    // when the config gives none.
+    let Some(&cluster) = config.cluster_cidrs.first() else {
+        unreachable!("Config::validate requires a cluster_cidr");
+    };
+    let dir = match &config.node_records {
+        NodeRecords::Dir(dir) => dir,
+        NodeRecords::Kubernetes => {
+            return match source.identity() {
+                Some(identity) => Ok(identity?),
+                None => Err(InputsError::NodeNotRead(name.clone())),
+            };
+        }
+        NodeRecords::None => {
+            unreachable!("Config::validate requires node.id and node.pod_cidr without records")
+        }
+    };
     match access {
         Access::Write => Ok(alloc::allocate(dir, name, cluster)?),
         Access::ReadOnly => alloc::lookup(dir, name)?.ok_or_else(|| InputsError::NotAllocated {
@@ -186,8 +223,9 @@ pub fn remove_node(config_path: &Path, name: &str) -> Result<PathBuf, InputsErro
 
 /// Reads everything once, node records included, for a command that runs once.
 pub fn load(config_path: &Path, state_dir: &Path, access: Access) -> Result<Inputs, InputsError> {
-    let files = read_files(config_path, state_dir, access)?;
-    let source = nodes::source_of(&files.config, access == Access::ReadOnly)?;
+    let config = Config::from_path(config_path)?;
+    let source = nodes::source_of(&config, access == Access::ReadOnly)?;
+    let files = Files::read(config, state_dir, access, source.as_ref())?;
     let cache = Cache {
         path: state_dir.join(CACHE_FILE),
         write: false,
@@ -201,6 +239,7 @@ mod tests {
     use std::{fs, os::unix::fs::PermissionsExt};
 
     use super::*;
+    use crate::nodes::NoRecords;
 
     const KEYS: &str = "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n";
 
@@ -244,8 +283,8 @@ mod tests {
             "nothing written"
         );
 
-        let first = read_files(&a, &state, Access::Write).unwrap();
-        let other = read_files(&b, &state, Access::Write).unwrap();
+        let first = read_files(&a, &state, Access::Write, &NoRecords).unwrap();
+        let other = read_files(&b, &state, Access::Write, &NoRecords).unwrap();
         assert_ne!(first.identity.0, other.identity.0);
         assert!(!first.identity.1.overlaps(&other.identity.1));
         let seen = load(&a, &state, Access::ReadOnly).unwrap();
@@ -255,7 +294,9 @@ mod tests {
             "a read-only load finds the reservation"
         );
         assert_eq!(
-            read_files(&a, &state, Access::Write).unwrap().identity,
+            read_files(&a, &state, Access::Write, &NoRecords)
+                .unwrap()
+                .identity,
             first.identity
         );
         let _ = fs::remove_dir_all(dir);
@@ -271,16 +312,17 @@ mod tests {
             "x rfc4106(gcm(aes)) 00 128\n",
         );
         let shown = |e: InputsError| format!("{:#}", anyhow::Error::from(e));
-        let bad_key = shown(read_files(&config, &dir, Access::ReadOnly).unwrap_err());
+        let bad_key = shown(read_files(&config, &dir, Access::ReadOnly, &NoRecords).unwrap_err());
         assert_eq!(bad_key.matches("field 1 (SPI)").count(), 1, "{bad_key}");
         assert!(bad_key.contains("keys: line 1"), "{bad_key}");
 
-        let missing =
-            shown(read_files(&dir.join("nope.toml"), &dir, Access::ReadOnly).unwrap_err());
+        let missing = shown(
+            read_files(&dir.join("nope.toml"), &dir, Access::ReadOnly, &NoRecords).unwrap_err(),
+        );
         assert_eq!(missing.matches("os error 2").count(), 1, "{missing}");
 
         fs::write(&config, "key_file = \n").unwrap();
-        let toml = shown(read_files(&config, &dir, Access::ReadOnly).unwrap_err());
+        let toml = shown(read_files(&config, &dir, Access::ReadOnly, &NoRecords).unwrap_err());
         assert_eq!(toml.matches("TOML parse error").count(), 1, "{toml}");
         let _ = fs::remove_dir_all(dir);
     }

@@ -17,10 +17,9 @@ pub mod rotation;
 
 use std::{
     collections::BTreeSet,
-    fs,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use aya::programs::TcAttachType;
@@ -30,15 +29,16 @@ use xsteer_common::programs;
 
 use crate::{
     apply::{self, Applier, ApplyOptions},
+    config::{Config, NodeRecords},
     dataplane::{
         Dataplane, DataplaneError, bpffs,
         links::{self, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
     kernel::{events, xfrm},
-    nodes::{self, CACHE_FILE, Cache, Peers, SourceError},
+    nodes::{self, CACHE_FILE, Cache, Changes, NodeSource, Peers, SourceError},
     state::{self, StateError},
-    watch::DirWatch,
+    watch::{DirWatch, FileVersion},
 };
 use pods::LinksError;
 pub use pods::PodVeths;
@@ -138,7 +138,7 @@ async fn wait_until(at: Option<tokio::time::Instant>) {
 /// learn the new epoch from the node record, so this is done only for a node that has one; a
 /// node whose peers are all in config files relies on the key ledger (docs/keys.md).
 async fn fresh_epoch_if_no_sas(files: &mut Files, applier: &Applier) -> Result<(), AgentError> {
-    if files.config.nodes_dir.is_none() {
+    if files.config.node_records == NodeRecords::None {
         return Ok(());
     }
     let held = xfrm::states(applier.netlink())
@@ -158,6 +158,28 @@ async fn fresh_epoch_if_no_sas(files: &mut Files, applier: &Applier) -> Result<(
     Ok(())
 }
 
+/// Waits until the source has read this node's identity, when the source is what gives it (a
+/// Kubernetes source, until its first list of Nodes has arrived); the source says why meanwhile.
+async fn identity_from(config: &Config, source: &dyn NodeSource, changes: &mut Changes) {
+    if config.node_records != NodeRecords::Kubernetes {
+        return;
+    }
+    if source.identity().is_none() {
+        info!(
+            "waiting for the Kubernetes API server's list of Nodes: node {}'s Node gives its ID \
+             and pod CIDR",
+            config.node.name
+        );
+    }
+    while source.identity().is_none() {
+        match changes.next().await {
+            Some(Ok(())) => {}
+            // Nothing more will come; reading the files says what is missing.
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
 /// The directories of the agent's own files: those of the config file at `config_path` and of
 /// its key file. (The node source watches its own records.)
 fn input_dirs(config_path: &Path, key_file: &Path) -> Vec<PathBuf> {
@@ -175,14 +197,8 @@ fn input_dirs(config_path: &Path, key_file: &Path) -> Vec<PathBuf> {
 }
 
 /// What identifies a version of the config and key file: a change of either means a reload.
-fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<(SystemTime, u64)>> {
-    [config, key_file]
-        .iter()
-        .map(|p| {
-            let m = fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        })
-        .collect()
+fn inputs_version(config: &Path, key_file: &Path) -> Vec<Option<FileVersion>> {
+    FileVersion::of([config, key_file])
 }
 
 /// The node's state as the agent holds it between reconciles.
@@ -198,7 +214,7 @@ struct Node {
     retirement: Retirement,
     /// How the re-key under way is ending.
     completion: rekey::Completion,
-    version: Vec<Option<(SystemTime, u64)>>,
+    version: Vec<Option<FileVersion>>,
     dataplane: Dataplane,
     applier: Applier,
     pods: BTreeSet<String>,
@@ -258,7 +274,13 @@ impl Node {
         let version = inputs_version(&self.opts.config, &self.files.config.key_file);
         if version != self.version {
             self.version = version;
-            match inputs::read_files(&self.opts.config, &self.opts.state_dir, Access::Write) {
+            let source = self.peers.source();
+            match inputs::read_files(
+                &self.opts.config,
+                &self.opts.state_dir,
+                Access::Write,
+                source,
+            ) {
                 Ok(files) => {
                     info!("{} or its key file changed", self.opts.config.display());
                     if files.epochs.current() != self.files.epochs.current() {
@@ -509,7 +531,18 @@ impl Node {
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     // One agent per state directory: two would undo each other's epochs and retirements.
     let _held = state::lock(&opts.state_dir)?;
-    let mut files = inputs::read_files(&opts.config, &opts.state_dir, Access::Write)?;
+    let config = Config::from_path(&opts.config).map_err(InputsError::from)?;
+    // The source first: with Kubernetes, this node's ID and pod CIDR come from its Node.
+    let source = nodes::source_of(&config, false)?;
+    let mut changes = match source.changes() {
+        Ok(changes) => changes,
+        Err(e) => {
+            warn!("cannot follow node records, polling every second only: {e}");
+            Box::pin(futures::stream::pending())
+        }
+    };
+    identity_from(&config, source.as_ref(), &mut changes).await;
+    let mut files = Files::read(config, &opts.state_dir, Access::Write, source.as_ref())?;
     let applier = Applier::new(ApplyOptions {
         dry_run: false,
         pin_dir: opts.pin_dir.clone(),
@@ -527,8 +560,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     bpffs::ensure_mounted().map_err(AgentError::Bpffs)?;
     let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
     dataplane.load_programs()?;
-    let source = nodes::source_of(&files.config, false)?;
-    let changes = source.changes();
     let cache = Cache {
         path: opts.state_dir.join(CACHE_FILE),
         write: true,
@@ -616,13 +647,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let changed = async |watch: &Option<DirWatch>| match watch {
         Some(watch) => watch.changed().await,
         None => std::future::pending().await,
-    };
-    let mut changes = match changes {
-        Ok(changes) => changes,
-        Err(e) => {
-            warn!("cannot follow node records, polling every second only: {e}");
-            Box::pin(futures::stream::pending())
-        }
     };
     info!("agent running: {} pod veth(s) classified", node.pods.len());
     loop {

@@ -80,7 +80,7 @@ impl Peers {
     /// Re-reads the records if any changed; returns whether the usable ones changed. Problems
     /// go to `log`; a node whose record is unusable keeps its last good record.
     pub fn refresh(&mut self, own_name: &str, mut log: impl FnMut(String)) -> bool {
-        let snapshot = match self.source.read() {
+        let mut snapshot = match self.source.read() {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => return false,
             Err(e) => {
@@ -88,7 +88,7 @@ impl Peers {
                 return false;
             }
         };
-        let mut records = snapshot.records;
+        let mut records = std::mem::take(&mut snapshot.records);
         for (name, problem) in &snapshot.problems {
             match self.records.get(name) {
                 Some(last) => {
@@ -101,13 +101,14 @@ impl Peers {
         // A record that is gone is no reason to forget a node: only a removal on purpose is.
         let mut missing = BTreeSet::new();
         for (name, last) in &self.records {
-            if records.contains_key(name) || snapshot.removed.contains(name) {
+            if records.contains_key(name) || snapshot.is_removed(name) {
                 continue;
             }
             if !self.missing.contains(name) {
                 log(format!(
                     "node {name}'s record is gone; keeping its last good record until the node \
-                     is removed on purpose (xsteer node remove {name})"
+                     is removed on purpose ({})",
+                    self.source.removal(name)
                 ));
             }
             records.insert(name.clone(), last.clone());
@@ -300,6 +301,7 @@ mod tests {
                 .collect(),
             problems: BTreeMap::new(),
             removed: BTreeSet::new(),
+            existing: None,
         }
     }
 
@@ -397,6 +399,45 @@ mod tests {
         assert!(restarted.view(&base).0.peer("c").is_none());
         let cached = fs::read_to_string(&cache.path).unwrap();
         assert!(!cached.contains("\"c\""), "{cached}");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_node_missing_from_a_complete_listing_is_forgotten_even_from_the_cache() {
+        let base = crate::view::fixtures::two_nodes();
+        let dir = std::env::temp_dir().join(format!("xsteer-peers-all-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let cache = Cache {
+            path: dir.join(CACHE_FILE),
+            write: true,
+        };
+        let (c, d) = (record("c", 3), record("d", 4));
+        let mut peers = Peers::new(
+            Box::new(Fixed(Some(snapshot(&[c.clone(), d.clone()])))),
+            "a",
+            Some(cache.clone()),
+            drop,
+        );
+        assert_eq!(peers.view(&base).0.peers.len(), 3);
+
+        // Restarted while c's Node was deleted: the listing has d, and e without a record
+        // yet; c is not kept from the cache. d without its record is kept: its Node exists.
+        let mut listed = snapshot(&[]);
+        listed.existing = Some(["a", "d", "e"].map(String::from).into());
+        let mut log = Vec::new();
+        let mut restarted = Peers::new(Box::new(Fixed(Some(listed))), "a", Some(cache), |line| {
+            log.push(line)
+        });
+        let (view, refused) = restarted.view(&base);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert!(view.peer("c").is_none(), "{log:?}");
+        assert_eq!(view.peer("d").map(|p| p.ip), Some(d.ip));
+        assert!(
+            log.iter()
+                .any(|l| l == "node c was removed: it is forgotten"),
+            "{log:?}"
+        );
         let _ = fs::remove_dir_all(dir);
     }
 }

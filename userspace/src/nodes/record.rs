@@ -113,7 +113,13 @@ impl NodeRecord {
 
     /// The record as JSON text, as [`NodeRecord::parse`] reads it.
     pub fn render(&self) -> String {
-        render(self)
+        serde_json::to_string_pretty(&raw(self)).expect("a record always serializes") + "\n"
+    }
+
+    /// The record as JSON text on one line, for where it is shown inline (a Kubernetes
+    /// annotation); [`NodeRecord::parse`] reads it too.
+    pub fn render_compact(&self) -> String {
+        serde_json::to_string(&raw(self)).expect("a record always serializes")
     }
 }
 
@@ -189,8 +195,8 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
     })
 }
 
-fn render(record: &NodeRecord) -> String {
-    let raw = RawRecord {
+fn raw(record: &NodeRecord) -> RawRecord {
+    RawRecord {
         version: RECORD_VERSION,
         name: record.name.clone(),
         ip: record.ip.to_string(),
@@ -208,8 +214,7 @@ fn render(record: &NodeRecord) -> String {
             .iter()
             .map(|g| i64::from(g.get()))
             .collect(),
-    };
-    serde_json::to_string_pretty(&raw).expect("a record always serializes") + "\n"
+    }
 }
 
 /// A record for the unit tests of this module tree: node `name` with ID `id`, IP
@@ -243,5 +248,11 @@ mod tests {
         let text = record.render();
         assert_eq!(NodeRecord::parse("b", &text).unwrap(), record);
         assert!(text.contains("\"version\": 2"), "{text}");
+        let line = record.render_compact();
+        assert_eq!(NodeRecord::parse("b", &line).unwrap(), record);
+        assert!(
+            !line.contains('\n') && line.starts_with("{\"version\":2,"),
+            "{line}"
+        );
     }
 }
