@@ -163,11 +163,17 @@ mod pod {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no padding and no invalid bit
     // patterns, which is what `aya::Pod` requires.
     unsafe impl aya::Pod for super::RemotePodCidr {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalPodCidr {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PeerNode {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PeerSpi {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::EspStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PodCidrGrid {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ClusterPodSpace {}
 }
 
