@@ -196,28 +196,7 @@ impl Container {
         field: &dyn Fn(&str) -> Result<String>,
     ) -> Result<Vec<String>> {
         let mut args: Vec<String> = vec!["run".into()];
-        if pod.host_network {
-            args.push("--network=host".into());
-        }
-        for cap in &self.cap_drop {
-            args.push(format!("--cap-drop={cap}"));
-        }
-        for cap in &self.cap_add {
-            args.push(format!("--cap-add={cap}"));
-        }
-        if self.read_only_root {
-            // Kubernetes mounts no tmpfs of its own on a read-only root; podman would.
-            args.extend(["--read-only".into(), "--read-only-tmpfs=false".into()]);
-        }
-        if self.no_new_privileges {
-            args.push("--security-opt=no-new-privileges".into());
-        }
-        if !self.seccomp_runtime_default {
-            args.push("--security-opt=seccomp=unconfined".into());
-        }
-        if !self.apparmor_runtime_default {
-            args.push("--security-opt=apparmor=unconfined".into());
-        }
+        args.extend(self.podman_security(pod));
         for env in &self.env {
             let value = match &env.source {
                 EnvSource::Value(value) => value.clone(),
@@ -255,6 +234,37 @@ impl Container {
         args.push(image.to_owned());
         args.extend(rest.iter().cloned());
         Ok(args)
+    }
+}
+
+impl Container {
+    /// The `podman run` options for this container's network, capabilities, read-only root and
+    /// security profiles: [`Container::podman_run`] without environment, mounts or command.
+    pub fn podman_security(&self, pod: &AgentPod) -> Vec<String> {
+        let mut args = Vec::new();
+        if pod.host_network {
+            args.push("--network=host".into());
+        }
+        for cap in &self.cap_drop {
+            args.push(format!("--cap-drop={cap}"));
+        }
+        for cap in &self.cap_add {
+            args.push(format!("--cap-add={cap}"));
+        }
+        if self.read_only_root {
+            // Kubernetes mounts no tmpfs of its own on a read-only root; podman would.
+            args.extend(["--read-only".into(), "--read-only-tmpfs=false".into()]);
+        }
+        if self.no_new_privileges {
+            args.push("--security-opt=no-new-privileges".into());
+        }
+        if !self.seccomp_runtime_default {
+            args.push("--security-opt=seccomp=unconfined".into());
+        }
+        if !self.apparmor_runtime_default {
+            args.push("--security-opt=apparmor=unconfined".into());
+        }
+        args
     }
 }
 

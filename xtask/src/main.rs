@@ -8,6 +8,7 @@ mod build_ebpf;
 mod demo;
 mod image;
 mod install;
+mod kind;
 mod test;
 mod vm;
 
@@ -38,6 +39,9 @@ enum Task {
     /// Write the container image, an OCI archive holding a static xsteer, for `kind load
     /// image-archive`, `docker load` or `podman load`.
     Image(image::Args),
+    /// xsteer on a kind cluster: up, test, down, uninstall; and check, the deployment level of
+    /// `cargo xtask test`.
+    Kind(kind::Args),
 }
 
 /// Runs the task; a failure is one line on stderr and exit code 1.
@@ -56,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test(args) => test::run(&root, args),
         Task::Bench(args) => bench::run(&root, args),
         Task::Image(args) => image::run(&root, args).map(drop),
+        Task::Kind(args) => kind::run_task(&root, args),
         Task::Vm(args) => {
             let code = vm::run(&root, args)?;
             std::process::exit(code)

@@ -52,6 +52,8 @@ pub struct Built {
     pub id: String,
     /// The manifest's digest.
     pub digest: String,
+    /// The static binary the image holds, runnable on this machine too.
+    pub binary: PathBuf,
 }
 
 /// Builds the binary and writes the archive; prints where and how big.
@@ -61,7 +63,7 @@ pub fn run(root: &Path, args: Args) -> Result<Built> {
         .output
         .unwrap_or_else(|| default_output(root, &reference));
     let binary = build_binary(root)?;
-    let built = write(root, &binary, reference, path)?;
+    let built = write(root, binary, reference, path)?;
     eprintln!(
         "xtask: image {} (ID {}, digest {}) written to {} ({:.1} MB)",
         built.reference,
@@ -125,15 +127,15 @@ fn ensure_target() -> Result<()> {
 }
 
 /// Writes the archive of `binary` to `path`.
-fn write(root: &Path, binary: &Path, reference: oci::Reference, path: PathBuf) -> Result<Built> {
-    let data = fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+fn write(root: &Path, binary: PathBuf, reference: oci::Reference, path: PathBuf) -> Result<Built> {
+    let data = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     if let Some(interpreter) = elf_interpreter(&data)? {
         bail!(
             "{} asks for the dynamic loader {interpreter}: the image has none, it must be static",
             binary.display()
         );
     }
-    let version = version_of(binary)?;
+    let version = version_of(&binary)?;
     let revision = git(root, &["rev-parse", "HEAD"]);
     let created = created(root)?;
     let mut labels = vec![
@@ -168,6 +170,7 @@ fn write(root: &Path, binary: &Path, reference: oci::Reference, path: PathBuf) -
         size: written.archive.len(),
         id: written.config_digest,
         digest: written.manifest_digest,
+        binary,
     })
 }
 
