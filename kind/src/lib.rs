@@ -68,3 +68,28 @@ pub mod names {
     /// Where the agent reads its rendered config.
     pub const CONFIG_PATH: &str = "/etc/xsteer/xsteer.toml";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_is_one_control_plane_and_two_workers_on_kindnet() {
+        let cluster = manifests::read(&cluster_config()).unwrap();
+        let config = &cluster[0].value;
+        assert_eq!(config["kind"], "Cluster");
+        let roles: Vec<&str> = config["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["control-plane", "worker", "worker"]);
+        assert!(
+            config["networking"].get("disableDefaultCNI").is_none(),
+            "kindnet stays: xsteer runs beside the CNI"
+        );
+        // `xsteer probe capture` counts pod packets of 10.244.0.0/16, a /24 per node.
+        assert_eq!(config["networking"]["podSubnet"], "10.244.0.0/16");
+    }
+}

@@ -261,7 +261,17 @@ fn test(root: &Path, name: &str, stream_seconds: u64) -> Result<()> {
         }
         let line = kube.exec(pods::NAMESPACE, &from.name, None, &command);
         let (_, output) = run_output(&line)?;
-        for check in report::checks(&output)? {
+        let checks = report::checks(&output)?;
+        let expected = targets.len() * 3;
+        if checks.len() != expected {
+            failures.push(format!(
+                "{}: {} of {expected} checks reported (`{}`)",
+                from.name,
+                checks.len(),
+                line.join(" ")
+            ));
+        }
+        for check in checks {
             let tally = ok.entry(check.proto.clone()).or_default();
             tally.1 += 1;
             match check.failure {
