@@ -7,7 +7,8 @@
 //! The tag is `xsteer:dev` unless `--tag` names another: the manifests in kind/ run
 //! `xsteer:dev`, which a kind node finds once the archive is loaded (never `latest`, which
 //! makes the kubelet try to pull). Every timestamp in the archive is the last commit's time
-//! (or `SOURCE_DATE_EPOCH`), so a rebuild of the same commit gives the same archive.
+//! (or `SOURCE_DATE_EPOCH`), so a rebuild of the same commit in the same directory gives the
+//! same archive (the binary carries a few source paths).
 
 pub mod oci;
 
