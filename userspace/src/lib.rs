@@ -11,7 +11,7 @@
 //! - what is written: [`kernel`] (xfrm, routing) and [`dataplane`] (the eBPF object, its maps and
 //!   links), planned and written by [`reconcile`] and [`apply`];
 //! - what runs: [`agent`], and the one-shot commands [`status`], [`uninstall`], [`wireshark`],
-//!   [`lab`].
+//!   [`lab`], and [`template`] (a config filled in from the environment, for a DaemonSet).
 
 pub mod agent;
 pub mod apply;
@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod reconcile;
 pub mod state;
 pub mod status;
+pub mod template;
 pub mod uninstall;
 pub mod view;
 pub mod watch;

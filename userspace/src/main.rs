@@ -2,8 +2,9 @@
 
 use std::{
     io::{self, Write as _},
+    net::Ipv4Addr,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -16,7 +17,12 @@ use xsteer::{
     inputs::{self, Access},
     kernel::xfrm::REQID,
     keys::{self, Generation},
-    lab, status, uninstall, wireshark,
+    lab::{
+        self,
+        capture::Capture,
+        probe::{self, ECHO_PORT, Proto},
+    },
+    status, template, uninstall, wireshark,
 };
 use xsteer_common::programs;
 
@@ -95,6 +101,12 @@ enum Command {
         #[command(flatten)]
         dirs: Dirs,
     },
+    /// Fill in a config template from the environment (a DaemonSet's init container).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Reachability probes that a deployment's tests run from the xsteer image itself.
+    #[command(subcommand)]
+    Probe(ProbeCommand),
     /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
     /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
     Uninstall {
@@ -248,6 +260,12 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Config(ConfigCommand::Render { template, output }) => {
+            template::render_file(&template, &output)?;
+            println!("{} rendered into {}", template.display(), output.display());
+            Ok(())
+        }
+        Command::Probe(command) => run_probe(command),
         Command::Uninstall { config, dirs } => {
             let table = match config {
                 Some(path) => Config::from_path(&path)?.route_table,
@@ -360,6 +378,139 @@ enum NodeCommand {
         /// The node's name.
         name: String,
     },
+}
+
+/// `xsteer config ...`.
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Write TEMPLATE to OUTPUT with every ${NAME} replaced by the environment variable NAME;
+    /// values must be plain (letters, digits, '.', '_', '-', ':', '/'), names set.
+    Render {
+        /// The template.
+        #[arg(long)]
+        template: PathBuf,
+        /// The config to write (replaced atomically).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+/// `xsteer probe ...`: what `cargo xtask kind test` runs in its pods. Each prints one line per
+/// result, in the forms its parser reads (xtask/src/kind/report.rs).
+#[derive(Subcommand)]
+enum ProbeCommand {
+    /// Answer TCP and UDP echoes on every address of this network namespace until killed.
+    Serve {
+        /// The port, TCP and UDP.
+        #[arg(long, default_value_t = ECHO_PORT)]
+        port: u16,
+    },
+    /// Check each address over ICMP, TCP and UDP: `ok PROTO IP` or `FAILED PROTO IP: why`;
+    /// fails if any check failed.
+    Check {
+        /// An address with `xsteer probe serve` behind it (repeatable).
+        #[arg(long = "to", required = true)]
+        to: Vec<Ipv4Addr>,
+        /// The echo port.
+        #[arg(long, default_value_t = ECHO_PORT)]
+        port: u16,
+    },
+    /// Count what this node sends on an interface for a while (needs CAP_NET_RAW): prints
+    /// `capturing ...` at the start and `sent on IF: esp=N other=N plaintext=N` at the end, where
+    /// plaintext counts pod packets between nodes outside ESP (pods in 10.244.0.0/16, a /24 per
+    /// node, as the lab and the kind cluster give them).
+    Capture {
+        /// The interface.
+        #[arg(long, default_value = "eth0")]
+        interface: String,
+        /// How long.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Stream sequence-numbered UDP datagrams to an echo server and count those that do not
+    /// come back: `stream to IP: sent=N echoed=N lost=N`.
+    Stream {
+        /// The address of `xsteer probe serve`.
+        #[arg(long)]
+        to: Ipv4Addr,
+        /// The echo port.
+        #[arg(long, default_value_t = ECHO_PORT)]
+        port: u16,
+        /// Datagrams a second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// How long.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn run_probe(command: ProbeCommand) -> Result<()> {
+    match command {
+        ProbeCommand::Serve { port } => {
+            let _servers = probe::serve_here(port)?;
+            println!("serving TCP and UDP echo on port {port}");
+            loop {
+                std::thread::park();
+            }
+        }
+        ProbeCommand::Check { to, port } => {
+            let mut failed = 0;
+            for dst in &to {
+                for proto in Proto::ALL {
+                    match probe::reach(*dst, port, proto) {
+                        Ok(()) => println!("ok {} {dst}", proto.name()),
+                        Err(e) => {
+                            failed += 1;
+                            println!("FAILED {} {dst}: {e:#}", proto.name());
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} checks failed", to.len() * Proto::ALL.len());
+            }
+            Ok(())
+        }
+        ProbeCommand::Capture { interface, seconds } => {
+            let capture = Capture::here(&interface)?;
+            println!("capturing what this node sends on {interface} for {seconds} s");
+            io::stdout().flush()?;
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let mut total = lab::Census::default();
+            loop {
+                // Taken often, so that a burst does not overflow the socket's buffer.
+                let seen = lab::census(&capture.take()?);
+                total.esp += seen.esp;
+                total.other += seen.other;
+                total.plaintext += seen.plaintext;
+                if Instant::now() >= end {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            println!(
+                "sent on {interface}: esp={} other={} plaintext={}",
+                total.esp, total.other, total.plaintext
+            );
+            Ok(())
+        }
+        ProbeCommand::Stream {
+            to,
+            port,
+            rate,
+            seconds,
+        } => {
+            let report = probe::stream(to, port, rate, Duration::from_secs(seconds))?;
+            println!(
+                "stream to {to}: sent={} echoed={} lost={}",
+                report.sent,
+                report.echoed,
+                report.lost()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Output formats of `xsteer status`.

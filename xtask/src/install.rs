@@ -38,15 +38,20 @@ pub fn apt(packages: &[Package]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// Installs the packages `names` with one apt-get call, whether or not they are there.
+pub fn apt_install(names: &[&str]) -> Result<()> {
+    eprintln!("xtask: installing Debian packages: {}", names.join(" "));
     update()?;
     let status = apt_get()
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .args(names)
         .status()
         .context("cannot start apt-get")?;
     if !status.success() {
-        bail!("apt-get install of {} failed: {status}", missing.join(" "));
+        bail!("apt-get install of {} failed: {status}", names.join(" "));
     }
     Ok(())
 }

@@ -6,7 +6,9 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod image;
 mod install;
+mod kind;
 mod test;
 mod vm;
 
@@ -34,6 +36,12 @@ enum Task {
     Bench(bench::Args),
     /// Boot a stock Debian kernel under qemu and run a command in it.
     Vm(vm::Args),
+    /// Write the container image, an OCI archive holding a static xsteer, for `kind load
+    /// image-archive`, `docker load` or `podman load`.
+    Image(image::Args),
+    /// xsteer on a kind cluster: up, test, down, uninstall; and check, the deployment level of
+    /// `cargo xtask test`.
+    Kind(kind::Args),
 }
 
 /// Runs the task; a failure is one line on stderr and exit code 1.
@@ -51,6 +59,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Demo => demo::run(&root),
         Task::Test(args) => test::run(&root, args),
         Task::Bench(args) => bench::run(&root, args),
+        Task::Image(args) => image::run(&root, args).map(drop),
+        Task::Kind(args) => kind::run_task(&root, args),
         Task::Vm(args) => {
             let code = vm::run(&root, args)?;
             std::process::exit(code)

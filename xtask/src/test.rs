@@ -5,13 +5,15 @@
 //!   netlink tests (`userspace/tests/*.rs`), each in a fresh network namespace. The last two need
 //!   root, and `XSTEER_REQUIRE_PRIVILEGED=1` turns their skip into a failure, so a CI run cannot
 //!   pass without running them;
+//! - deployment: the manifests validated strictly against kind's Kubernetes, the image built,
+//!   inspected with skopeo, loaded and run with podman (`cargo xtask kind check`);
 //! - end-to-end, in the VM bed (real ESP): the `e2e` test binary, booted once for all.
 
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
 
-use crate::{build_ebpf, install, vm};
+use crate::{build_ebpf, install, kind, vm};
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -50,6 +52,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         cargo.env("XSTEER_REQUIRE_PRIVILEGED", "1");
     }
     install::run(&mut cargo)?;
+
+    eprintln!("xtask: level deployment (manifests, image, podman)");
+    kind::check(root)?;
 
     if args.no_vm {
         eprintln!("\n*** xtask: SKIPPED the end-to-end level (--no-vm) ***\n");

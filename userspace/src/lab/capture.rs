@@ -56,6 +56,13 @@ impl Capture {
         Ok(Capture { socket })
     }
 
+    /// Starts capturing what `ifname` in this network namespace sends.
+    pub fn here(ifname: &str) -> Result<Capture> {
+        let socket =
+            open(ifname).with_context(|| format!("opening a packet socket on {ifname}"))?;
+        Ok(Capture { socket })
+    }
+
     /// Every IPv4 packet sent since the last call.
     pub fn take(&self) -> Result<Vec<Packet>> {
         let mut packets = Vec::new();

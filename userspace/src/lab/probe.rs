@@ -1,8 +1,13 @@
 //! Reachability checks between lab pods: ICMP echo, a TCP line echoed back, a UDP datagram
 //! echoed back. Each pod runs a small echo server (threads inside its namespace) while the
 //! checks run.
+//!
+//! The same probes run outside the lab, from the xsteer image in a Kubernetes pod (`xsteer
+//! probe`, for `cargo xtask kind test`): [`serve_here`], [`reach`] and [`stream`] work in the
+//! caller's own network namespace, so a deployment test needs no image but xsteer's.
 
 use std::{
+    collections::HashSet,
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -62,35 +67,50 @@ pub fn serve(pods: &[LabPod]) -> Result<EchoServers> {
     let stop = Arc::new(AtomicBool::new(false));
     for pod in pods {
         let ip = pod.ip;
-        let (udp, tcp) = run_in(&pod.netns, move || {
-            let udp = UdpSocket::bind((ip, ECHO_PORT)).context("binding the UDP echo server")?;
-            let tcp = TcpListener::bind((ip, ECHO_PORT)).context("binding the TCP echo server")?;
-            Ok((udp, tcp))
-        })?;
-        udp.set_read_timeout(Some(Duration::from_millis(200)))?;
-        tcp.set_nonblocking(true)?;
-        let stop_udp = stop.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !stop_udp.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(&buf[..n], from);
-                }
-            }
-        });
-        let stop_tcp = stop.clone();
-        thread::spawn(move || {
-            while !stop_tcp.load(Ordering::Relaxed) {
-                match tcp.accept() {
-                    Ok((stream, _)) => {
-                        thread::spawn(move || echo_line(stream));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
+        let (udp, tcp) = run_in(&pod.netns, move || bind(ip, ECHO_PORT))?;
+        spawn_echo(udp, tcp, &stop)?;
     }
     Ok(EchoServers { stop })
+}
+
+/// Starts a TCP and a UDP echo server on every address of this network namespace, at `port`.
+pub fn serve_here(port: u16) -> Result<EchoServers> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (udp, tcp) = bind(Ipv4Addr::UNSPECIFIED, port)?;
+    spawn_echo(udp, tcp, &stop)?;
+    Ok(EchoServers { stop })
+}
+
+fn bind(ip: Ipv4Addr, port: u16) -> Result<(UdpSocket, TcpListener)> {
+    let udp = UdpSocket::bind((ip, port)).context("binding the UDP echo server")?;
+    let tcp = TcpListener::bind((ip, port)).context("binding the TCP echo server")?;
+    Ok((udp, tcp))
+}
+
+fn spawn_echo(udp: UdpSocket, tcp: TcpListener, stop: &Arc<AtomicBool>) -> Result<()> {
+    udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+    tcp.set_nonblocking(true)?;
+    let stop_udp = stop.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !stop_udp.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let stop_tcp = stop.clone();
+    thread::spawn(move || {
+        while !stop_tcp.load(Ordering::Relaxed) {
+            match tcp.accept() {
+                Ok((stream, _)) => {
+                    thread::spawn(move || echo_line(stream));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    Ok(())
 }
 
 fn echo_line(stream: TcpStream) {
@@ -106,21 +126,31 @@ fn echo_line(stream: TcpStream) {
 /// Checks that `from` reaches `to` over `proto`.
 pub fn check(from: &LabPod, to: &LabPod, proto: Proto) -> Result<()> {
     let (src, dst) = (from.ip, to.ip);
-    run_in(&from.netns, move || match proto {
-        Proto::Udp => udp(src, dst),
-        Proto::Tcp => tcp(dst),
-        Proto::Icmp => icmp(dst),
-    })
+    run_in(&from.netns, move || probe(src, dst, ECHO_PORT, proto))
 }
 
-fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
+/// Checks from this network namespace that `dst`'s echo server (or, for ICMP, its kernel)
+/// answers over `proto`.
+pub fn reach(dst: Ipv4Addr, port: u16, proto: Proto) -> Result<()> {
+    probe(Ipv4Addr::UNSPECIFIED, dst, port, proto)
+}
+
+fn probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, proto: Proto) -> Result<()> {
+    match proto {
+        Proto::Udp => udp(src, dst, port),
+        Proto::Tcp => tcp(dst, port),
+        Proto::Icmp => icmp(dst),
+    }
+}
+
+fn udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> {
     let socket = UdpSocket::bind((src, 0))?;
     socket.set_read_timeout(Some(Duration::from_millis(700)))?;
     let message = format!("xsteer lab {src} -> {dst}");
     let mut buf = [0u8; 512];
     // A few tries: the first datagram may wait for ARP on a fresh wire.
     for _ in 0..4 {
-        socket.send_to(message.as_bytes(), (dst, ECHO_PORT))?;
+        socket.send_to(message.as_bytes(), (dst, port))?;
         if let Ok(n) = socket.recv(&mut buf) {
             if &buf[..n] == message.as_bytes() {
                 return Ok(());
@@ -130,8 +160,8 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
     bail!("no UDP echo from {dst}")
 }
 
-fn tcp(dst: Ipv4Addr) -> Result<()> {
-    let addr = SocketAddr::from((dst, ECHO_PORT));
+fn tcp(dst: Ipv4Addr, port: u16) -> Result<()> {
+    let addr = SocketAddr::from((dst, port));
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
@@ -222,4 +252,91 @@ fn icmp(dst: Ipv4Addr) -> Result<()> {
         libc::close(fd);
     }
     result
+}
+
+/// What a [`stream`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Distinct datagrams echoed back.
+    pub echoed: u64,
+}
+
+impl StreamReport {
+    /// Datagrams that did not come back, either way lost.
+    pub fn lost(&self) -> u64 {
+        self.sent - self.echoed
+    }
+}
+
+/// Sends `rate` sequence-numbered UDP datagrams a second to `dst`'s echo server for
+/// `duration`, and counts the distinct ones echoed back (waiting a second for late ones).
+pub fn stream(dst: Ipv4Addr, port: u16, rate: u32, duration: Duration) -> Result<StreamReport> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding the stream")?;
+    socket.connect((dst, port))?;
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let receiver = socket.try_clone()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let done_receiving = done.clone();
+    let echoes = thread::spawn(move || {
+        let mut seen = HashSet::new();
+        let mut buf = [0u8; 64];
+        while !done_receiving.load(Ordering::Relaxed) {
+            if let Ok(8) = receiver.recv(&mut buf) {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&buf[..8]);
+                seen.insert(u64::from_be_bytes(seq));
+            }
+        }
+        seen.len() as u64
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        // Paced against the clock: a late wake-up sends what is due, not less.
+        let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        while sent < due {
+            // A send error (no route for a moment) is a datagram lost, as on the wire.
+            let _ = socket.send(&sent.to_be_bytes());
+            sent += 1;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    thread::sleep(Duration::from_secs(1));
+    done.store(true, Ordering::Relaxed);
+    let echoed = echoes
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stream's receiver panicked"))?;
+    Ok(StreamReport { sent, echoed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_over_loopback_comes_back_whole() {
+        let _servers = serve_here_on_loopback();
+        let report = stream(
+            Ipv4Addr::LOCALHOST,
+            TEST_PORT,
+            500,
+            Duration::from_millis(400),
+        )
+        .unwrap();
+        assert!(report.sent >= 150, "{report:?}");
+        assert_eq!(report.lost(), 0, "{report:?}");
+        reach(Ipv4Addr::LOCALHOST, TEST_PORT, Proto::Udp).unwrap();
+        reach(Ipv4Addr::LOCALHOST, TEST_PORT, Proto::Tcp).unwrap();
+    }
+
+    const TEST_PORT: u16 = 47_731;
+
+    fn serve_here_on_loopback() -> EchoServers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (udp, tcp) = bind(Ipv4Addr::LOCALHOST, TEST_PORT).unwrap();
+        spawn_echo(udp, tcp, &stop).unwrap();
+        EchoServers { stop }
+    }
 }
