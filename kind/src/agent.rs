@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     manifests::Manifests,
-    names::{AGENT_CONTAINER, CONFIG_CONTAINER, DAEMONSET},
+    names::{AGENT_CONTAINER, DAEMONSET},
 };
 
 /// The DaemonSet's pod.
@@ -20,8 +20,6 @@ use crate::{
 pub struct AgentPod {
     /// `hostNetwork`.
     pub host_network: bool,
-    /// The init containers, in order.
-    pub init_containers: Vec<Container>,
     /// The containers.
     pub containers: Vec<Container>,
     /// The volumes.
@@ -159,18 +157,9 @@ impl AgentPod {
             .expect("checked when the pod was read")
     }
 
-    /// The init container that renders the config.
-    pub fn config_renderer(&self) -> &Container {
-        self.find(CONFIG_CONTAINER)
-            .expect("checked when the pod was read")
-    }
-
-    /// A container or init container by name.
+    /// A container by name.
     pub fn find(&self, name: &str) -> Option<&Container> {
-        self.init_containers
-            .iter()
-            .chain(&self.containers)
-            .find(|c| c.name == name)
+        self.containers.iter().find(|c| c.name == name)
     }
 
     /// A volume by name.
@@ -268,7 +257,20 @@ impl Container {
     }
 }
 
+/// The keys of the pod spec the description models or that do not change how a container runs
+/// on its node; any other is refused.
+const POD_KEYS: &[&str] = &[
+    "serviceAccountName",
+    "hostNetwork",
+    "priorityClassName",
+    "tolerations",
+    "terminationGracePeriodSeconds",
+    "containers",
+    "volumes",
+];
+
 fn pod(spec: &Value) -> Result<AgentPod> {
+    unknown_keys(spec, POD_KEYS).context("the pod")?;
     let containers = |key: &str| -> Result<Vec<Container>> {
         spec[key]
             .as_array()
@@ -280,7 +282,6 @@ fn pod(spec: &Value) -> Result<AgentPod> {
     };
     let pod = AgentPod {
         host_network: spec["hostNetwork"].as_bool().unwrap_or(false),
-        init_containers: containers("initContainers")?,
         containers: containers("containers")?,
         volumes: spec["volumes"]
             .as_array()
@@ -290,12 +291,10 @@ fn pod(spec: &Value) -> Result<AgentPod> {
             .map(volume)
             .collect::<Result<_>>()?,
     };
-    for name in [AGENT_CONTAINER, CONFIG_CONTAINER] {
-        if pod.find(name).is_none() {
-            bail!("no container named {name:?}");
-        }
+    if pod.find(AGENT_CONTAINER).is_none() {
+        bail!("no container named {AGENT_CONTAINER:?}");
     }
-    for container in pod.init_containers.iter().chain(&pod.containers) {
+    for container in &pod.containers {
         for mount in &container.mounts {
             if pod.volume(&mount.volume).is_none() {
                 bail!(
@@ -485,7 +484,7 @@ mod tests {
             .collect();
         assert_eq!(agent.command, expected);
         assert_eq!(agent.entrypoint_len, image::ENTRYPOINT.len());
-        for container in pod.init_containers.iter().chain(&pod.containers) {
+        for container in &pod.containers {
             assert_eq!(container.image, image::REFERENCE, "{}", container.name);
         }
         assert!(agent.command.iter().any(|w| w == names::CONFIG_PATH));
@@ -500,9 +499,6 @@ mod tests {
         assert_eq!(agent.cap_add, ["BPF", "PERFMON", "NET_ADMIN"]);
         assert!(agent.read_only_root && agent.no_new_privileges);
         assert!(!agent.seccomp_runtime_default && !agent.apparmor_runtime_default);
-        let renderer = pod.config_renderer();
-        assert_eq!(renderer.cap_drop, ["ALL"]);
-        assert!(renderer.cap_add.is_empty());
     }
 
     #[test]
@@ -549,6 +545,7 @@ mod tests {
                 &|v| Ok(PathBuf::from("/scratch").join(&v.name)),
                 &|field| match field {
                     "spec.nodeName" => Ok("node-a".into()),
+                    "status.hostIP" => Ok("192.168.0.1".into()),
                     other => anyhow::bail!("no {other}"),
                 },
             )
@@ -566,6 +563,7 @@ mod tests {
             "--security-opt=seccomp=unconfined",
             "--security-opt=apparmor=unconfined",
             "--env=NODE_NAME=node-a",
+            "--env=NODE_IP=192.168.0.1",
             "--volume=/sys/fs/bpf:/sys/fs/bpf:rw,rslave",
             "--volume=/var/lib/xsteer:/var/lib/xsteer:rw,rprivate",
             "--volume=/scratch/keys:/etc/ipsec:ro,rprivate",
@@ -581,15 +579,31 @@ mod tests {
 
     #[test]
     fn what_is_not_modelled_is_refused_not_left_out() {
-        let mut daemonset = Manifests::load(&crate::manifests_dir()).unwrap();
-        let resource = daemonset
-            .resources
-            .iter_mut()
-            .find(|r| r.kind() == "DaemonSet")
-            .unwrap();
-        resource.value["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] =
-            Value::Bool(true);
-        let err = format!("{:#}", AgentPod::from_manifests(&daemonset).unwrap_err());
-        assert!(err.contains("\"privileged\" is not modelled"), "{err}");
+        let pristine = Manifests::load(&crate::manifests_dir()).unwrap();
+        let refused = |path: &[&str], key: &str| {
+            let mut manifests = pristine.clone();
+            let resource = manifests
+                .resources
+                .iter_mut()
+                .find(|r| r.kind() == "DaemonSet")
+                .unwrap();
+            let mut at = &mut resource.value;
+            for step in path {
+                at = match step.parse::<usize>() {
+                    Ok(i) => &mut at[i],
+                    Err(_) => &mut at[*step],
+                };
+            }
+            at[key] = Value::Bool(true);
+            let err = format!("{:#}", AgentPod::from_manifests(&manifests).unwrap_err());
+            assert!(err.contains(&format!("{key:?} is not modelled")), "{err}");
+        };
+        let pod = ["spec", "template", "spec"];
+        refused(
+            &[&pod[..], &["containers", "0", "securityContext"]].concat(),
+            "privileged",
+        );
+        refused(&pod, "hostPID");
+        refused(&pod, "initContainers");
     }
 }

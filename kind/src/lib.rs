@@ -57,15 +57,13 @@ pub mod names {
     pub const KEY_SECRET: &str = "cilium-ipsec-keys";
     /// The Secret's one entry: the key file.
     pub const KEY_SECRET_ENTRY: &str = "keys";
-    /// The ConfigMap with the config template.
+    /// The ConfigMap with the agent's config.
     pub const CONFIG_MAP: &str = "xsteer-config";
-    /// The config template's entry in the ConfigMap.
+    /// The config's entry in the ConfigMap.
     pub const CONFIG_ENTRY: &str = "xsteer.toml";
     /// The agent's container.
     pub const AGENT_CONTAINER: &str = "agent";
-    /// The init container that renders the config.
-    pub const CONFIG_CONTAINER: &str = "config";
-    /// Where the agent reads its rendered config.
+    /// Where the agent reads its config.
     pub const CONFIG_PATH: &str = "/etc/xsteer/xsteer.toml";
 }
 

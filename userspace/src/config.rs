@@ -92,8 +92,10 @@ pub struct NodeConfig {
     pub uplink: String,
     /// The CIDR of this node's pods; `None` when allocated (see `id`).
     pub pod_cidr: Option<Ipv4Cidr>,
-    /// The epoch the node starts from, an input of every SA key it shares.
-    pub epoch: Epoch,
+    /// The epoch the node starts from, an input of every SA key it shares. Optional when peers
+    /// learn it from this node's record (`nodes_dir`, `node_source = "kubernetes"`): the agent
+    /// then draws one at its first start and keeps it in its state directory.
+    pub epoch: Option<Epoch>,
 }
 
 impl NodeConfig {
@@ -294,6 +296,14 @@ impl Config {
                 p.push("node.pod_cidr", LEFT_OUT);
             }
         }
+        if node.epoch.is_none() && self.node_records == NodeRecords::None {
+            p.push(
+                "node.epoch",
+                "missing: peers whose config lists this node need its epoch (32 hex digits); it \
+                 may be left out only with nodes_dir or node_source = \"kubernetes\", where peers \
+                 read it from this node's record",
+            );
+        }
         if let Some(why) = uplink_problem(&node.uplink) {
             p.push("node.uplink", why);
         }
@@ -438,23 +448,26 @@ impl FromStr for Config {
     /// Parses and validates config text, with `${VAR}` values taken from the process's
     /// environment; `key_file` is taken as it is.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        parse_with_env(text, &process_env)
+        Config::parse_with_env(text, &process_env)
     }
 }
 
 /// Looks an environment variable up: its value, if it has one.
-type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// The process's environment; a value that is not UTF-8 counts as none.
 fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Parses and validates config text, looking `${VAR}` values up in `env`.
-fn parse_with_env(text: &str, env: Env) -> Result<Config, ConfigError> {
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|error| ConfigError::Toml { path: None, error })?;
-    raw.into_config(env)
+impl Config {
+    /// Parses and validates config text, looking `${VAR}` values up in `env` rather than in
+    /// the process's environment: for a test of a config meant for another environment.
+    pub fn parse_with_env(text: &str, env: Env) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|error| ConfigError::Toml { path: None, error })?;
+        raw.into_config(env)
+    }
 }
 
 /// `text`, or, when it is `${VAR}` as a whole, the value of environment variable `VAR`: nothing
@@ -647,7 +660,7 @@ struct RawNode {
     id: Option<i64>,
     uplink: String,
     pod_cidr: Option<String>,
-    epoch: String,
+    epoch: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -732,9 +745,18 @@ impl RawConfig {
             .pod_cidr
             .as_deref()
             .map(|cidr| p.parse("node.pod_cidr", cidr).ok_or(()));
-        let epoch = p.parse("node.epoch", &n.epoch);
-        let node = match (name, ip, id.transpose(), pod_cidr.transpose(), epoch) {
-            (Some(name), Some(ip), Ok(id), Ok(pod_cidr), Some(epoch)) => Some(NodeConfig {
+        let epoch = n
+            .epoch
+            .as_deref()
+            .map(|epoch| p.parse("node.epoch", epoch).ok_or(()));
+        let node = match (
+            name,
+            ip,
+            id.transpose(),
+            pod_cidr.transpose(),
+            epoch.transpose(),
+        ) {
+            (Some(name), Some(ip), Ok(id), Ok(pod_cidr), Ok(epoch)) => Some(NodeConfig {
                 name,
                 ip,
                 id,
@@ -875,8 +897,8 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert_eq!(config.node.uplink, "eth0");
         assert_eq!(config.node.pod_cidr.unwrap().to_string(), "10.244.1.0/24");
         assert_eq!(
-            config.node.epoch.to_string(),
-            "00112233445566778899aabbccddeeff"
+            config.node.epoch.map(|e| e.to_string()).as_deref(),
+            Some("00112233445566778899aabbccddeeff")
         );
         assert_eq!(config.peers.len(), 2);
         assert_eq!(config.peers[1].name, "node-c");
@@ -906,7 +928,7 @@ epoch = "0123456789abcdef0123456789abcdef"
             "epoch = \"00112233445566778899aabbccddeeff\"\n",
             "",
         ));
-        assert!(e.contains("missing field `epoch`"), "{e}");
+        assert!(e.contains("node.epoch: missing"), "{e}");
     }
 
     #[test]
@@ -1208,10 +1230,10 @@ epoch = "0123456789abcdef0123456789abcdef"
             BASE.replace("\"node-a\"", &format!("\"{name}\""))
                 .replace("\"192.168.0.1\"", &format!("\"{ip}\""))
         };
-        let config = parse_with_env(&with("${NODE_NAME}", "${NODE_IP}"), &env).unwrap();
+        let config = Config::parse_with_env(&with("${NODE_NAME}", "${NODE_IP}"), &env).unwrap();
         assert_eq!(config.node.name, "kind-worker");
         assert_eq!(config.node.ip, Ipv4Addr::new(172, 18, 0, 3));
-        let error = |text: &str| parse_with_env(text, &env).unwrap_err().to_string();
+        let error = |text: &str| Config::parse_with_env(text, &env).unwrap_err().to_string();
         assert_eq!(
             error(&with("${NOPE}", "${EMPTY}")),
             "2 problems:\n  \
@@ -1273,6 +1295,28 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert!(
             unknown.contains("unknown variant `etcd`, expected `dir` or `kubernetes`"),
             "{unknown}"
+        );
+    }
+
+    #[test]
+    fn the_epoch_may_be_left_out_only_where_peers_read_records() {
+        let no_epoch = |source: &str| {
+            format!(
+                "key_file = \"keys\"\n{source}cluster_cidr = \"10.244.0.0/16\"\n\n[node]\n\
+                 name = \"node-a\"\nip = \"192.168.0.1\"\nuplink = \"eth0\"\n\
+                 id = 1\npod_cidr = \"10.244.1.0/24\"\n"
+            )
+        };
+        let dir: Config = no_epoch("nodes_dir = \"nodes\"\n").parse().unwrap();
+        assert_eq!(dir.node.epoch, None);
+        let kubernetes = no_epoch("node_source = \"kubernetes\"\n")
+            .replace("id = 1\npod_cidr = \"10.244.1.0/24\"\n", "");
+        let kubernetes: Config = kubernetes.parse().unwrap();
+        assert_eq!(kubernetes.node.epoch, None);
+        let e = error(&no_epoch(""));
+        assert!(
+            e.starts_with("node.epoch: missing: peers whose config lists this node need its epoch"),
+            "{e}"
         );
     }
 
@@ -1392,7 +1436,7 @@ epoch = "0123456789abcdef0123456789abcdef"
             src: config.node.ip,
             dst: peer.ip,
             generation: newest.generation(),
-            src_epoch: config.node.epoch,
+            src_epoch: config.node.epoch.expect("the example gives node.epoch"),
             dst_epoch: peer.epoch,
         };
         let (SaKey::Gcm { key: a, .. }, SaKey::Gcm { key: b, .. }) = (

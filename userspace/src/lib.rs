@@ -10,8 +10,8 @@
 //!   records), put together by [`inputs`] into a [`view`];
 //! - what is written: [`kernel`] (xfrm, routing) and [`dataplane`] (the eBPF object, its maps and
 //!   links), planned and written by [`reconcile`] and [`apply`];
-//! - what runs: [`agent`], and the one-shot commands [`status`], [`uninstall`], [`wireshark`],
-//!   [`lab`], and [`template`] (a config filled in from the environment, for a DaemonSet).
+//! - what runs: [`agent`], and the one-shot commands [`status`], [`uninstall`], [`wireshark`]
+//!   and [`lab`].
 
 pub mod agent;
 pub mod apply;
@@ -27,7 +27,6 @@ pub mod protocol;
 pub mod reconcile;
 pub mod state;
 pub mod status;
-pub mod template;
 pub mod uninstall;
 pub mod view;
 pub mod watch;

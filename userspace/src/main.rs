@@ -22,7 +22,7 @@ use xsteer::{
         capture::Capture,
         probe::{self, ECHO_PORT, Proto},
     },
-    status, template, uninstall, wireshark,
+    status, uninstall, wireshark,
 };
 use xsteer_common::programs;
 
@@ -101,9 +101,6 @@ enum Command {
         #[command(flatten)]
         dirs: Dirs,
     },
-    /// Fill in a config template from the environment (a DaemonSet's init container).
-    #[command(subcommand)]
-    Config(ConfigCommand),
     /// Reachability probes that a deployment's tests run from the xsteer image itself.
     #[command(subcommand)]
     Probe(ProbeCommand),
@@ -260,11 +257,6 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Config(ConfigCommand::Render { template, output }) => {
-            template::render_file(&template, &output)?;
-            println!("{} rendered into {}", template.display(), output.display());
-            Ok(())
-        }
         Command::Probe(command) => run_probe(command),
         Command::Uninstall { config, dirs } => {
             let table = match config {
@@ -377,21 +369,6 @@ enum NodeCommand {
         config: PathBuf,
         /// The node's name.
         name: String,
-    },
-}
-
-/// `xsteer config ...`.
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Write TEMPLATE to OUTPUT with every ${NAME} replaced by the environment variable NAME;
-    /// values must be plain (letters, digits, '.', '_', '-', ':', '/'), names set.
-    Render {
-        /// The template.
-        #[arg(long)]
-        template: PathBuf,
-        /// The config to write (replaced atomically).
-        #[arg(long)]
-        output: PathBuf,
     },
 }
 

@@ -230,8 +230,13 @@ pub(crate) mod fixtures {
     pub fn view(text: &str) -> View {
         let config: Config = text.parse().expect("a valid fixture");
         let identity = config.node.identity().expect("the fixture gives both");
-        View::from_config(&config, identity, config.node.epoch, None)
-            .expect("the fixture's peers fit together")
+        View::from_config(
+            &config,
+            identity,
+            config.node.epoch.expect("the fixture gives an epoch"),
+            None,
+        )
+        .expect("the fixture's peers fit together")
     }
 
     /// Node a (ID 1) with peer b (ID 2): [`fixtures::TWO_NODES`].

@@ -75,7 +75,13 @@ epoch = "5e5e000000000000000000000000000c"
 fn view(text: &str) -> View {
     let config: Config = text.parse().unwrap();
     let identity = config.node.identity().unwrap();
-    View::from_config(&config, identity, config.node.epoch, None).unwrap()
+    View::from_config(
+        &config,
+        identity,
+        config.node.epoch.expect("the fixture gives an epoch"),
+        None,
+    )
+    .unwrap()
 }
 
 /// The ledger of node a (192.168.77.1), which tells its outbound SAs by their source.

@@ -7,10 +7,11 @@
 //! `<state dir>/epochs`, an append-only log with one line per change, fsynced before the change
 //! is used:
 //! - `configured <epoch>`: the config's `node.epoch`, when first seen: it is in service.
-//! - `next <epoch>`: a re-key to this epoch began.
+//! - `next <epoch>`: a re-key to this epoch began (or a fresh epoch was drawn).
 //! - `current <epoch>`: the re-key finished: the next epoch is the one in service.
 //!
-//! An operator who puts a new `node.epoch` in the config starts over from it.
+//! An operator who puts a new `node.epoch` in the config starts over from it. A node whose
+//! config gives none (its peers read its epoch from its record) draws one on its first start.
 
 use std::path::{Path, PathBuf};
 
@@ -29,16 +30,74 @@ pub struct NodeEpochs {
     next: Option<Epoch>,
 }
 
+/// The log as written, before the config has a say.
+struct Log {
+    path: PathBuf,
+    configured: Option<Epoch>,
+    current: Option<Epoch>,
+    next: Option<Epoch>,
+}
+
 impl NodeEpochs {
     /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`, without
-    /// writing: what [`NodeEpochs::open`] would find.
-    pub fn read(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, StateError> {
+    /// writing: what [`NodeEpochs::open`] would find. Without a configured epoch, the log must
+    /// hold one: an agent has run on this node.
+    pub fn read(state_dir: &Path, configured: Option<Epoch>) -> Result<NodeEpochs, StateError> {
+        let log = Log::read(state_dir)?;
+        match (configured, log.current) {
+            (Some(configured), _) if log.configured != Some(configured) => Ok(NodeEpochs {
+                path: log.path,
+                configured: log.configured,
+                current: configured,
+                next: None,
+            }),
+            (_, Some(current)) => Ok(NodeEpochs {
+                path: log.path,
+                configured: log.configured,
+                current,
+                next: log.next,
+            }),
+            (_, None) => Err(StateError::NoEpoch { path: log.path }),
+        }
+    }
+
+    /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`; records that
+    /// epoch first if the log does not have it as the configured one. Without a configured
+    /// epoch, draws one if the log has none yet.
+    pub fn open(state_dir: &Path, configured: Option<Epoch>) -> Result<NodeEpochs, StateError> {
+        match NodeEpochs::read(state_dir, configured) {
+            Ok(mut epochs) => {
+                if let Some(configured) = configured.filter(|c| epochs.configured != Some(*c)) {
+                    epochs.append("configured", configured)?;
+                    epochs.configured = Some(configured);
+                }
+                Ok(epochs)
+            }
+            Err(StateError::NoEpoch { path }) => {
+                let first = Epoch::random().map_err(StateError::Random)?;
+                let epochs = NodeEpochs {
+                    path,
+                    configured: None,
+                    current: first,
+                    next: None,
+                };
+                epochs.append("next", first)?;
+                epochs.append("current", first)?;
+                Ok(epochs)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Log {
+    fn read(state_dir: &Path) -> Result<Log, StateError> {
         let path = state_dir.join(FILE);
         let lines = lines::read_lines(&path).map_err(StateError::io(&path))?;
-        let mut epochs = NodeEpochs {
+        let mut epochs = Log {
             path,
             configured: None,
-            current: configured,
+            current: None,
             next: None,
         };
         for (i, line) in lines.iter().enumerate() {
@@ -57,36 +116,23 @@ impl NodeEpochs {
             match word {
                 "configured" => {
                     epochs.configured = Some(epoch);
-                    epochs.current = epoch;
+                    epochs.current = Some(epoch);
                     epochs.next = None;
                 }
                 "next" => epochs.next = Some(epoch),
                 "current" if epochs.next == Some(epoch) => {
-                    epochs.current = epoch;
+                    epochs.current = Some(epoch);
                     epochs.next = None;
                 }
                 "current" => return Err(bad(format!("{epoch} was never the next epoch"))),
                 _ => return Err(bad(format!("{word:?} is not configured, next or current"))),
             }
         }
-        if epochs.configured != Some(configured) {
-            epochs.current = configured;
-            epochs.next = None;
-        }
         Ok(epochs)
     }
+}
 
-    /// The epochs in `state_dir` for a config whose `node.epoch` is `configured`; records that
-    /// epoch first if the log does not have it as the configured one.
-    pub fn open(state_dir: &Path, configured: Epoch) -> Result<NodeEpochs, StateError> {
-        let mut epochs = NodeEpochs::read(state_dir, configured)?;
-        if epochs.configured != Some(configured) {
-            epochs.append("configured", configured)?;
-            epochs.configured = Some(configured);
-        }
-        Ok(epochs)
-    }
-
+impl NodeEpochs {
     fn append(&self, word: &str, epoch: Epoch) -> Result<(), StateError> {
         lines::append_line(&self.path, &format!("{word} {epoch}"))
             .map_err(StateError::io(&self.path))
@@ -159,17 +205,17 @@ mod tests {
     fn a_rekey_survives_a_restart_and_a_new_configured_epoch_starts_over() {
         let dir = temp_dir("restart");
         let first = Epoch::from_bytes([0x11; 16]);
-        let mut epochs = NodeEpochs::open(&dir, first).unwrap();
+        let mut epochs = NodeEpochs::open(&dir, Some(first)).unwrap();
         assert_eq!((epochs.current(), epochs.next()), (first, None));
 
         let next = epochs.begin_rekey().unwrap();
         assert_ne!(next.spi_tag(), first.spi_tag(), "a new SPI tag");
         assert_eq!(epochs.begin_rekey().unwrap(), next, "one re-key at a time");
-        let restarted = NodeEpochs::open(&dir, first).unwrap();
+        let restarted = NodeEpochs::open(&dir, Some(first)).unwrap();
         assert_eq!(restarted, epochs, "mid re-key, a restart resumes it");
 
         epochs.finish_rekey().unwrap();
-        let restarted = NodeEpochs::open(&dir, first).unwrap();
+        let restarted = NodeEpochs::open(&dir, Some(first)).unwrap();
         assert_eq!((restarted.current(), restarted.next()), (next, None));
 
         // Starting over, mid re-key or not, puts a fresh epoch in service at once.
@@ -177,24 +223,50 @@ mod tests {
         let fresh = epochs.start_over().unwrap();
         assert!(![first, next, during].contains(&fresh));
         assert!(![next.spi_tag(), during.spi_tag()].contains(&fresh.spi_tag()));
-        let restarted = NodeEpochs::open(&dir, first).unwrap();
+        let restarted = NodeEpochs::open(&dir, Some(first)).unwrap();
         assert_eq!((restarted.current(), restarted.next()), (fresh, None));
         let mode = fs::metadata(dir.join(FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
 
         let operator = Epoch::from_bytes([0x22; 16]);
         assert_eq!(
-            NodeEpochs::read(&dir, operator).unwrap().current(),
+            NodeEpochs::read(&dir, Some(operator)).unwrap().current(),
             operator
         );
         let lines = fs::read_to_string(dir.join(FILE)).unwrap().lines().count();
         assert_eq!(lines, 6, "read writes nothing");
-        let reopened = NodeEpochs::open(&dir, operator).unwrap();
+        let reopened = NodeEpochs::open(&dir, Some(operator)).unwrap();
         assert_eq!((reopened.current(), reopened.next()), (operator, None));
         assert_eq!(
-            NodeEpochs::open(&dir, operator).unwrap().current(),
+            NodeEpochs::open(&dir, Some(operator)).unwrap().current(),
             operator
         );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn without_a_configured_epoch_the_first_start_draws_one_and_keeps_it() {
+        let dir = temp_dir("drawn");
+        let e = NodeEpochs::read(&dir, None).unwrap_err();
+        assert!(matches!(e, StateError::NoEpoch { .. }), "{e}");
+        assert!(e.to_string().contains("set node.epoch"), "{e}");
+
+        let first = NodeEpochs::open(&dir, None).unwrap();
+        assert_eq!(first.next(), None);
+        assert_eq!(NodeEpochs::read(&dir, None).unwrap(), first, "kept");
+        assert_eq!(
+            NodeEpochs::open(&dir, None).unwrap(),
+            first,
+            "not drawn again"
+        );
+
+        // An operator's epoch given later still wins, and leaving it out again keeps it.
+        let operator = Epoch::from_bytes([0x33; 16]);
+        assert_eq!(
+            NodeEpochs::open(&dir, Some(operator)).unwrap().current(),
+            operator
+        );
+        assert_eq!(NodeEpochs::open(&dir, None).unwrap().current(), operator);
         let _ = fs::remove_dir_all(dir);
     }
 
@@ -210,7 +282,7 @@ mod tests {
             ("configured\n".to_owned(), "line 1: \"configured\""),
         ] {
             fs::write(dir.join(FILE), text).unwrap();
-            let err = NodeEpochs::read(&dir, Epoch::from_bytes([0x11; 16]))
+            let err = NodeEpochs::read(&dir, Some(Epoch::from_bytes([0x11; 16])))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(expect), "{err:?} lacks {expect:?}");

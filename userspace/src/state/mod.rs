@@ -50,6 +50,16 @@ pub enum StateError {
         /// What is wrong with the line.
         problem: String,
     },
+    /// The config gives no epoch and the log holds none: no agent has run on this node yet.
+    #[error(
+        "{}: no epoch yet, and the config gives no node.epoch: start the agent once, which draws \
+         one, or set node.epoch",
+        path.display()
+    )]
+    NoEpoch {
+        /// The epochs log.
+        path: PathBuf,
+    },
     /// No random epoch could be drawn.
     #[error("drawing a new epoch: {0}")]
     Random(RandomError),
