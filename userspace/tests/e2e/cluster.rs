@@ -75,6 +75,20 @@ impl Node {
         command
     }
 
+    /// Runs `xsteer node remove NAME` with this node's config: every peer forgets node NAME.
+    pub fn remove_node(&self, name: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
+            .args(["node", "remove", name, "--config"])
+            .arg(self.config())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "xsteer node remove {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `xsteer apply` in this node's namespace; returns (success, stdout, stderr).
     pub fn apply(&self, extra: &[&str]) -> (bool, String, String) {
         let mut command = self.xsteer("apply", extra);

@@ -145,16 +145,7 @@ fn a_peer_whose_record_disappears_stays_encrypted_until_removed_on_purpose() {
     );
 
     // Removed on purpose: a forgets b, and b's pods are unreachable from a, never plaintext.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xsteer"))
-        .args(["node", "remove", "b", "--config"])
-        .arg(a.config())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.remove_node("b");
     let _ = agents[1].kill();
     let _ = agents[1].wait();
     wait_for_log(&a, "node b was removed", Duration::from_secs(20));

@@ -114,16 +114,7 @@ fn a_node_that_joins_is_encrypted_to_and_one_that_leaves_is_forgotten() {
     // disappears keeps its node: fail_closed.rs).
     let _ = agent_b.kill();
     let _ = agent_b.wait();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xsteer"))
-        .args(["node", "remove", "b", "--config"])
-        .arg(a.config())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.remove_node("b");
     assert!(!b_record.exists(), "the removal takes the record away");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !a.agent_log().contains("node b was removed") {

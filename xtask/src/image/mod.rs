@@ -41,6 +41,16 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
+impl Default for Args {
+    /// The manifests' image, at the default path.
+    fn default() -> Args {
+        Args {
+            tag: spec::REFERENCE.to_owned(),
+            output: None,
+        }
+    }
+}
+
 /// What `cargo xtask image` made.
 pub struct Built {
     /// The archive.

@@ -53,13 +53,7 @@ pub fn run(root: &Path) -> Result<()> {
     let start = Instant::now();
     install::apt(PACKAGES)?;
     validate(root)?;
-    let built = image::run(
-        root,
-        image::Args {
-            tag: spec::REFERENCE.to_owned(),
-            output: None,
-        },
-    )?;
+    let built = image::run(root, image::Args::default())?;
     inspect(&built.path)?;
     podman(&built.path)?;
     eprintln!(

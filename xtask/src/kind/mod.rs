@@ -33,7 +33,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
-use xsteer_kind::{agent::AgentPod, image as spec, names};
+use xsteer_kind::{agent::AgentPod, names};
 
 pub use self::check::run as check;
 use self::commands::{CLUSTER, Kube, run, run_quiet};
@@ -115,13 +115,7 @@ fn up(root: &Path, name: &str) -> Result<()> {
             run(&commands::mount_bpffs(node))?;
         }
     }
-    let built = image::run(
-        root,
-        image::Args {
-            tag: spec::REFERENCE.to_owned(),
-            output: None,
-        },
-    )?;
+    let built = image::run(root, image::Args::default())?;
     run(&commands::load_image(name, &built.path))?;
     if run_quiet(&kube.get_key_secret(), None).is_err() {
         let key = run_quiet(
