@@ -6,6 +6,9 @@
 //! (frequency, noise from the other core) hits all of them alike; the table reports medians.
 //! Prints a markdown section for docs/benchmarks.md (`cargo xtask bench` writes it there).
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
@@ -51,6 +54,7 @@ fn classifier_with(n: u32, grid: bool) -> (Dataplane, Vec<u8>) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the classifier benchmark loads BPF programs: run it as root");
         std::process::exit(1);

@@ -10,6 +10,9 @@
 //! from the other core) hits them alike, and the table reports medians. Prints a markdown
 //! section for docs/benchmarks.md (`cargo xtask bench guards` writes it there).
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
@@ -220,6 +223,7 @@ fn rows() -> Vec<Row> {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the guards benchmark loads BPF programs: run it as root");
         std::process::exit(1);

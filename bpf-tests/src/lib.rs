@@ -6,6 +6,9 @@
 //! without them a test skips with a loud reason, unless `XSTEER_REQUIRE_PRIVILEGED=1` (set by
 //! `cargo xtask test`, hence CI) turns the skip into a failure.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 pub mod bench;
 pub mod packet;
 pub mod topology;
@@ -33,6 +36,7 @@ const SK_BUFF_MARK: usize = 8;
 ///
 /// Returns `None` only when skipping is allowed; with [`REQUIRE_PRIVILEGED`] set it panics.
 pub fn dataplane(test: &str) -> Option<Dataplane> {
+    // SAFETY: geteuid has no preconditions.
     let reason = if unsafe { libc::geteuid() } != 0 {
         "not running as root".to_owned()
     } else {

@@ -1,6 +1,9 @@
 //! Maps carry BTF, so `bpftool map dump pinned` prints field names, not hex; and what someone
 //! writes into a pinned map with bpftool is read back as an error, not a panic.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::{fs, path::PathBuf, process::Command};
 
 use xsteer::dataplane::{Dataplane, DataplaneError, bpffs};

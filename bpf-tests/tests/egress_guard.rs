@@ -1,6 +1,9 @@
 //! The egress guard: nothing bound for another node's pod reaches the wire as is, and nothing
 //! it cannot parse does either.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use xsteer::dataplane::Dataplane;
 use xsteer_bpf_tests::{
     TC_NEXT, TC_SHOT, dataplane,

@@ -1,6 +1,9 @@
 //! The ingress guard: nothing from a pod address of the cluster gets in, ESP with a bad SPI
 //! stops at XDP, and so does anything the guard cannot parse.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use xsteer::dataplane::Dataplane;
 use xsteer_bpf_tests::{
     XDP_DROP, XDP_PASS, dataplane,

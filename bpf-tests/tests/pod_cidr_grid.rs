@@ -3,6 +3,9 @@
 //! classifier gives the same marks as with the trie alone, while the guards, which go by the
 //! cluster's pod space, do not read either.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::net::Ipv4Addr;
 
 use xsteer::dataplane::{Dataplane, grid::Grid};

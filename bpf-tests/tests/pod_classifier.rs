@@ -1,5 +1,8 @@
 //! The pod classifier: marks what goes to remote pods, touches nothing else, never drops.
 
+// Test code: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use xsteer::dataplane::Dataplane;
 use xsteer_bpf_tests::{
     TC_NEXT, TcOutcome, dataplane,

@@ -158,28 +158,44 @@ pub struct EspStats {
     pub bytes: u64,
 }
 
+// `aya::Pod` asks for a `Copy` type that any bit pattern of its size is a valid value of, with
+// no padding: each of the types below is `#[repr(C)]` and made only of integers and byte arrays
+// whose sizes and alignments add up without gaps.
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are `#[repr(C)]`, `Copy`, and have no padding and no invalid bit
-    // patterns, which is what `aya::Pod` requires.
+    // SAFETY: u16, u8, u8: 4 bytes, no padding; every bit pattern is a value.
     unsafe impl aya::Pod for super::RemotePodCidr {}
-    // SAFETY: as above.
+    // SAFETY: u16, u16: 4 bytes, no padding; every bit pattern is a value.
     unsafe impl aya::Pod for super::LocalPodCidr {}
-    // SAFETY: as above.
+    // SAFETY: u16, u16: 4 bytes, no padding; every bit pattern is a value.
     unsafe impl aya::Pod for super::PeerNode {}
-    // SAFETY: as above.
+    // SAFETY: [u8; 4], u32: 8 bytes, the u32 at offset 4, no padding; every bit pattern is a
+    // value.
     unsafe impl aya::Pod for super::PeerSpi {}
-    // SAFETY: as above.
+    // SAFETY: u64, u64: 16 bytes, no padding; every bit pattern is a value.
     unsafe impl aya::Pod for super::EspStats {}
-    // SAFETY: as above.
+    // SAFETY: [u8; 4] and four u8: 8 bytes, no padding; every bit pattern is a value.
     unsafe impl aya::Pod for super::PodCidrGrid {}
-    // SAFETY: as above.
+    // SAFETY: u32, then 8 × ([u8; 4], [u8; 4]): 68 bytes, align 4, no padding; every bit
+    // pattern is a value (a count past 8 is read as 8).
     unsafe impl aya::Pod for super::ClusterPodSpace {}
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace};
+    use super::*;
+
+    #[test]
+    fn sizes_are_what_the_pod_safety_comments_say() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<RemotePodCidr>(), 4);
+        assert_eq!(size_of::<LocalPodCidr>(), 4);
+        assert_eq!(size_of::<PeerNode>(), 4);
+        assert_eq!(size_of::<PeerSpi>(), 8);
+        assert_eq!(size_of::<EspStats>(), 16);
+        assert_eq!(size_of::<PodCidrGrid>(), 8);
+        assert_eq!(size_of::<ClusterPodSpace>(), 68);
+    }
 
     fn space(cidrs: &[([u8; 4], [u8; 4])]) -> ClusterPodSpace {
         let mut space = ClusterPodSpace {
