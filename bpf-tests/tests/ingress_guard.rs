@@ -4,6 +4,8 @@
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
 
+use std::net::Ipv4Addr;
+
 use xsteer::dataplane::Dataplane;
 use xsteer_bpf_tests::{
     XDP_DROP, XDP_PASS, dataplane,
@@ -11,7 +13,10 @@ use xsteer_bpf_tests::{
     run_xdp,
     topology::*,
 };
-use xsteer_common::counters::Counter;
+use xsteer_common::{
+    counters::Counter,
+    maps::{PeerNode, SPI_PAIRINGS_MAX},
+};
 
 /// Loads and populates the object, lets `setup` change the maps, and runs the guard on each
 /// frame.
@@ -114,24 +119,21 @@ fn anything_from_a_cluster_pod_address_is_dropped_without_any_peer_entry() {
 }
 
 #[test]
-fn esp_with_a_valid_spi_passes_and_is_counted_per_peer_and_spi() {
+fn esp_with_a_valid_spi_passes_and_is_counted_per_peer() {
     let esp = Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame();
     let frames = [esp.clone(), esp.clone()];
     let Some((verdicts, mut dp)) = guard(
-        "esp_with_a_valid_spi_passes_and_is_counted_per_peer_and_spi",
+        "esp_with_a_valid_spi_passes_and_is_counted_per_peer",
         &frames,
     ) else {
         return;
     };
     assert_eq!(verdicts, vec![XDP_PASS; 2]);
     assert_eq!(counter(&mut dp, Counter::IngressEspAccepted), 2);
-    let stats = dp
-        .peer_spis()
-        .unwrap()
-        .stats(PEER_B_IP, PEER_B_WIRE_SPI)
-        .unwrap();
-    assert_eq!(stats.packets, 2);
-    assert_eq!(stats.bytes, 2 * esp.len() as u64);
+    let stats = dp.peer_spis().unwrap().stats().unwrap();
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    assert_eq!(stats[&PEER_B_IP].packets, 2);
+    assert_eq!(stats[&PEER_B_IP].bytes, 2 * esp.len() as u64);
 }
 
 #[test]
@@ -139,6 +141,8 @@ fn esp_from_a_peer_with_an_invalid_spi_is_dropped() {
     let frames = [
         // Another generation of the right peer.
         Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI + 1).frame(),
+        // Peer B's node ID and generation under other epoch tags.
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI | 0xA720).frame(),
         // Peer C's SPI set is empty.
         Ipv4::esp(PEER_C_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
     ];
@@ -146,9 +150,146 @@ fn esp_from_a_peer_with_an_invalid_spi_is_dropped() {
     else {
         return;
     };
-    assert_eq!(verdicts, vec![XDP_DROP; 2]);
-    assert_eq!(counter(&mut dp, Counter::IngressBadSpiDropped), 2);
-    assert_eq!(counter(&mut dp, Counter::IngressEspAccepted), 0);
+    assert_eq!(verdicts, vec![XDP_DROP; frames.len()]);
+    assert_eq!(ingress_counters(&mut dp), [0, 0, 0, 3, 0, 0]);
+}
+
+/// Peer C's SPI carries node ID 0x1234 in its top bits; only C's node IP may send it.
+const PEER_C_WIRE_SPI: u32 = (PEER_C_ID as u32) << 16 | 0x0A7F;
+
+#[test]
+fn an_spi_that_names_another_peer_is_dropped() {
+    let frames = [
+        // B sending C's valid SPI, and C sending B's.
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_C_WIRE_SPI).frame(),
+        Ipv4::esp(PEER_C_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        // C's own, for contrast.
+        Ipv4::esp(PEER_C_IP, LOCAL_NODE_IP, PEER_C_WIRE_SPI).frame(),
+    ];
+    let c_valid = |dp: &mut Dataplane| {
+        dp.peer_spis()
+            .unwrap()
+            .insert(PEER_C_IP, PEER_C_WIRE_SPI)
+            .unwrap()
+    };
+    let Some((verdicts, mut dp)) = guard_with(
+        "an_spi_that_names_another_peer_is_dropped",
+        c_valid,
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(verdicts, [XDP_DROP, XDP_DROP, XDP_PASS]);
+    assert_eq!(ingress_counters(&mut dp), [0, 1, 0, 2, 0, 0]);
+}
+
+#[test]
+fn esp_from_a_host_that_is_not_a_peer_passes_whatever_its_spi() {
+    let frames = [
+        // SPIs valid for peer B and for no one, from a host in no map.
+        Ipv4::esp(OUTSIDE, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        Ipv4::esp(OUTSIDE, LOCAL_NODE_IP, 0xDEAD_BEEF).frame(),
+    ];
+    let Some((verdicts, mut dp)) = guard(
+        "esp_from_a_host_that_is_not_a_peer_passes_whatever_its_spi",
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(verdicts, vec![XDP_PASS; frames.len()]);
+    assert_eq!(ingress_counters(&mut dp), [2, 0, 0, 0, 0, 0]);
+    assert!(dp.peer_spis().unwrap().stats().unwrap()[&PEER_B_IP].packets == 0);
+}
+
+/// Peer B's SPI under epoch tags `tags` (bits 4..15) and its generation.
+fn b_spi(tags: u32) -> u32 {
+    PEER_B_WIRE_SPI & !0xFFF0 | tags << 4
+}
+
+/// More epoch pairings than a set has room for: the SPIs that do not fit are looked up in
+/// `peer_spis`, for peer B only, and nothing valid is refused.
+#[test]
+fn spis_the_set_has_no_room_for_are_accepted_through_the_hash() {
+    let extra = (1..=SPI_PAIRINGS_MAX as u32).map(b_spi).collect::<Vec<_>>();
+    let overflowing = |dp: &mut Dataplane| {
+        let mut spis = dp.peer_spis().unwrap();
+        for &spi in &extra {
+            spis.insert(PEER_B_IP, spi).unwrap();
+        }
+    };
+    // B's first SPI and the next three pairings fill the set; the last one overflows.
+    let last = *extra.last().unwrap();
+    let frames = [
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, extra[0]).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, last).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, last).frame(),
+        // Still dropped: another generation under the hashed pairing, and from C.
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, last + 1).frame(),
+        Ipv4::esp(PEER_C_IP, LOCAL_NODE_IP, last).frame(),
+    ];
+    let Some((verdicts, mut dp)) = guard_with(
+        "spis_the_set_has_no_room_for_are_accepted_through_the_hash",
+        overflowing,
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        verdicts,
+        [XDP_PASS, XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]
+    );
+    assert_eq!(ingress_counters(&mut dp), [0, 4, 0, 2, 0, 0]);
+    let mut spis = dp.peer_spis().unwrap();
+    // Counted per peer wherever accepted: two through the set, two through the hash.
+    assert_eq!(spis.stats().unwrap()[&PEER_B_IP].packets, 4);
+    let mut keys = spis.keys().unwrap();
+    keys.sort();
+    let mut want: Vec<_> = std::iter::once(PEER_B_WIRE_SPI)
+        .chain(extra.iter().copied())
+        .map(|spi| (PEER_B_IP, spi))
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+    // Once the hashed SPI is withdrawn, it is refused like any other.
+    spis.remove(PEER_B_IP, last).unwrap();
+    let frame = Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, last).frame();
+    assert_eq!(run_xdp(dp.ingress_guard().unwrap(), &frame), XDP_DROP);
+}
+
+/// A node ID handed on to another node IP while the SPIs of its old owner are still valid:
+/// both are accepted, each from its own address only.
+#[test]
+fn a_node_id_at_a_new_node_ip_is_accepted_beside_the_old_one() {
+    const NEW_B_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 20);
+    let new_spi = b_spi(0x5A5);
+    let moved = |dp: &mut Dataplane| {
+        let node = PeerNode {
+            node_id: PEER_B_ID,
+            flags: 0,
+        };
+        dp.peer_nodes().unwrap().insert(NEW_B_IP, node).unwrap();
+        dp.peer_spis().unwrap().insert(NEW_B_IP, new_spi).unwrap();
+    };
+    let frames = [
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        Ipv4::esp(NEW_B_IP, LOCAL_NODE_IP, new_spi).frame(),
+        Ipv4::esp(NEW_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, new_spi).frame(),
+    ];
+    let Some((verdicts, mut dp)) = guard_with(
+        "a_node_id_at_a_new_node_ip_is_accepted_beside_the_old_one",
+        moved,
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    let stats = dp.peer_spis().unwrap().stats().unwrap();
+    assert_eq!(
+        (stats[&PEER_B_IP].packets, stats[&NEW_B_IP].packets),
+        (1, 1)
+    );
 }
 
 #[test]

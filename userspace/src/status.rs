@@ -4,7 +4,7 @@
 //! Everything comes from the kernel and the pinned maps, not from the agent's memory, so the
 //! status is true even while no agent runs. Keys appear only as fingerprints.
 
-use std::{fmt::Write as _, fs, io, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, fs, io, net::Ipv4Addr, path::Path};
 
 use serde::Serialize;
 use xsteer_common::counters::Counter;
@@ -231,14 +231,7 @@ pub async fn collect(
     let (remote, esp_stats, counters) = match dataplane.as_mut() {
         Some(dp) => (
             dp.remote_pod_cidrs()?.entries()?,
-            {
-                let spis = dp.peer_spis()?;
-                let mut stats = Vec::new();
-                for (ip, spi) in spis.keys()? {
-                    stats.push((ip, spi, spis.stats(ip, spi)?.packets));
-                }
-                stats
-            },
+            dp.peer_spis()?.stats()?,
             dp.counters()?
                 .read()?
                 .iter()
@@ -247,7 +240,7 @@ pub async fn collect(
         ),
         None => (
             Vec::new(),
-            Vec::new(),
+            BTreeMap::new(),
             Counter::ALL
                 .iter()
                 .map(|c| (c.name().to_owned(), 0))
@@ -307,11 +300,7 @@ pub async fn collect(
                 .into_iter()
                 .map(|(g, ours, theirs)| sa(wire_spi(p.id, g, &theirs, &ours), g, local.ip, false))
                 .collect(),
-            esp_accepted_packets: esp_stats
-                .iter()
-                .filter(|(ip, _, _)| *ip == p.ip)
-                .map(|(_, _, n)| n)
-                .sum(),
+            esp_accepted_packets: esp_stats.get(&p.ip).map_or(0, |s| s.packets),
         })
         .collect();
     Ok(Status {

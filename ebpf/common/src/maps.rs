@@ -13,8 +13,15 @@ pub const CLUSTER_POD_CIDRS: &str = "cluster_pod_cidrs";
 pub const LOCAL_POD_CIDRS: &str = "local_pod_cidrs";
 /// Hash: peer node IP → [`PeerNode`]. Tells the ingress guard which ESP senders are peers.
 pub const PEER_NODES: &str = "peer_nodes";
-/// Per-CPU hash: [`PeerSpi`] → [`EspStats`]. The SPIs currently valid per peer, with counts.
+/// Per-CPU hash: [`PeerSpi`] → [`EspStats`]. Every SPI currently valid per peer: the authority
+/// the sets in [`PEER_SPI_SETS`] are written from. The ingress guard reads it only for a node ID
+/// whose set is flagged [`SPI_SET_CONSULT_HASH`], and counts there what it accepts there.
 pub const PEER_SPIS: &str = "peer_spis";
+/// Array: node ID → [`PeerSpiSet`], the valid SPIs that carry that node ID (wire SPI `>> 16`)
+/// and the peer that may send them. The ingress guard's constant-time front for [`PEER_SPIS`].
+pub const PEER_SPI_SETS: &str = "peer_spi_sets";
+/// Per-CPU array: node ID → [`EspStats`], the ESP its set in [`PEER_SPI_SETS`] accepted.
+pub const PEER_ESP_STATS: &str = "peer_esp_stats";
 /// Per-CPU array of packet counters indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "counters";
 /// Array of one [`PodCidrGrid`]: the cluster CIDR whose /24s index [`REMOTE_POD_SLOTS`].
@@ -37,6 +44,15 @@ pub const LOCAL_POD_CIDRS_MAX: u32 = 16;
 pub const PEER_NODES_MAX: u32 = 65_536;
 /// Capacity of [`PEER_SPIS`]: two live generations per peer (four during a rotation overlap).
 pub const PEER_SPIS_MAX: u32 = 4 * 65_536;
+/// Capacity of [`PEER_SPI_SETS`] and [`PEER_ESP_STATS`]: every node ID.
+pub const PEER_SPI_SETS_MAX: u32 = 65_536;
+/// How many epoch pairings a [`PeerSpiSet`] holds: a peer and this node, each with its epoch
+/// and the one it re-keys to, make at most four (docs/marks.md, docs/benchmarks.md).
+pub const SPI_PAIRINGS_MAX: usize = 4;
+/// [`PeerSpiSet::flags`] bit of a set that does not hold every valid SPI of its node ID (more
+/// pairings than it has room for, or SPIs of that node ID from a second node IP): an SPI the
+/// set does not accept is looked up in [`PEER_SPIS`].
+pub const SPI_SET_CONSULT_HASH: u16 = 0x0001;
 
 /// An IPv4 address in network byte order.
 pub type Ipv4 = [u8; 4];
@@ -148,7 +164,69 @@ pub struct PeerSpi {
     pub spi: u32,
 }
 
-/// ESP traffic accepted from one peer under one SPI (per CPU; sum for the total).
+/// The SPIs of one epoch pairing, bits 4..15 of the wire SPI: the sender's epoch tag, then the
+/// receiver's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpochPairing {
+    /// Bits 4..15 of the wire SPIs this slot holds (`spi >> 4 & 0xFFF`).
+    pub tags: u16,
+    /// Bit `g` set: the SPI with these tags and generation `g` (bits 0..3) is valid. Zero: the
+    /// slot is free, whatever `tags` says.
+    pub generations: u16,
+}
+
+/// The valid wire SPIs that carry one node ID, and the node IP they may come from: an SPI is
+/// `node ID << 16 | tags << 4 | generation`, so a few pairings with a bitmap of generations
+/// each hold every SPI a peer needs, even during a rotation and a re-key at once.
+// Aligned to 4 so that the guard compares the node IP in one load.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerSpiSet {
+    /// The peer's node IP: the outer source its ESP must have.
+    pub node_ip: Ipv4,
+    /// [`SPI_SET_CONSULT_HASH`] or zero.
+    pub flags: u16,
+    /// Reserved, zero.
+    pub reserved: u16,
+    /// The pairings; free ones have no generation set.
+    pub pairings: [EpochPairing; SPI_PAIRINGS_MAX],
+}
+
+impl PeerSpiSet {
+    /// The slot that holds `spi`'s tags with `spi`'s generation set, if any. The node ID and the
+    /// node IP are the caller's to check.
+    #[inline(always)]
+    pub fn slot_of(&self, spi: u32) -> Option<usize> {
+        let tags = (spi >> 4 & 0xFFF) as u16;
+        let generation = 1u16 << (spi & 0xF);
+        let mut i = 0;
+        while i < SPI_PAIRINGS_MAX {
+            let pairing = &self.pairings[i];
+            if pairing.tags == tags && pairing.generations & generation != 0 {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Whether ESP from `node_ip` under `spi` is accepted by this set alone (the set of node ID
+    /// `spi >> 16`).
+    #[inline(always)]
+    pub fn accepts(&self, node_ip: Ipv4, spi: u32) -> bool {
+        self.node_ip == node_ip && self.slot_of(spi).is_some()
+    }
+
+    /// Whether an SPI this set does not accept must be looked up in [`PEER_SPIS`].
+    #[inline(always)]
+    pub fn consults_hash(&self) -> bool {
+        self.flags & SPI_SET_CONSULT_HASH != 0
+    }
+}
+
+/// ESP traffic accepted from one peer (per CPU; sum for the total): under one SPI in
+/// [`PEER_SPIS`], under one node ID's set in [`PEER_ESP_STATS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EspStats {
@@ -179,6 +257,9 @@ mod pod {
     // SAFETY: u32, then 8 × ([u8; 4], [u8; 4]): 68 bytes, align 4, no padding; every bit
     // pattern is a value (a count past 8 is read as 8).
     unsafe impl aya::Pod for super::ClusterPodSpace {}
+    // SAFETY: [u8; 4], u16, u16, then 4 × (u16, u16): 24 bytes, align 4, no padding; every
+    // bit pattern is a value.
+    unsafe impl aya::Pod for super::PeerSpiSet {}
 }
 
 #[cfg(test)]
@@ -195,6 +276,54 @@ mod tests {
         assert_eq!(size_of::<EspStats>(), 16);
         assert_eq!(size_of::<PodCidrGrid>(), 8);
         assert_eq!(size_of::<ClusterPodSpace>(), 68);
+        assert_eq!(size_of::<EpochPairing>(), 4);
+        assert_eq!(size_of::<PeerSpiSet>(), 8 + 4 * SPI_PAIRINGS_MAX);
+    }
+
+    const PEER: Ipv4 = [192, 168, 0, 2];
+
+    fn set(pairings: &[(u16, u16)]) -> PeerSpiSet {
+        let mut set = PeerSpiSet {
+            node_ip: PEER,
+            ..Default::default()
+        };
+        for (slot, &(tags, generations)) in set.pairings.iter_mut().zip(pairings) {
+            *slot = EpochPairing { tags, generations };
+        }
+        set
+    }
+
+    #[test]
+    fn a_set_accepts_its_generations_under_its_tags_from_its_node_ip() {
+        // Node 2; tags 0xA72 with generations 3 and 4; tags 0xCA9 with generation 3.
+        let s = set(&[(0xA72, 1 << 3 | 1 << 4), (0xCA9, 1 << 3)]);
+        assert!(s.accepts(PEER, 0x0002_A723));
+        assert!(s.accepts(PEER, 0x0002_A724));
+        assert!(s.accepts(PEER, 0x0002_CA93));
+        assert_eq!(s.slot_of(0x0002_CA93), Some(1));
+        assert!(
+            !s.accepts(PEER, 0x0002_CA94),
+            "generation 4 only under the first tags"
+        );
+        assert!(!s.accepts(PEER, 0x0002_A725));
+        assert!(!s.accepts(PEER, 0x0002_BBB3), "tags in no slot");
+        assert!(!s.accepts([192, 168, 0, 3], 0x0002_A723), "another node IP");
+        assert!(!s.consults_hash());
+    }
+
+    #[test]
+    fn a_free_slot_accepts_nothing_whatever_its_tags() {
+        // Slots 2 and 3 are zero: tags 0, no generation. SPIs with tags 0 are not accepted.
+        let s = set(&[(0x000, 0), (0xA72, 1 << 3)]);
+        for generation in 0..16 {
+            assert!(!s.accepts(PEER, 0x0002_0000 | generation));
+        }
+        assert!(!PeerSpiSet::default().accepts([0; 4], 0));
+        let flagged = PeerSpiSet {
+            flags: SPI_SET_CONSULT_HASH,
+            ..s
+        };
+        assert!(flagged.consults_hash());
     }
 
     fn space(cidrs: &[([u8; 4], [u8; 4])]) -> ClusterPodSpace {

@@ -8,11 +8,13 @@
 //!   spoofed, whatever its protocol (tunnel-mode ESP carries node IPs outside): dropped. The pod
 //!   space, not the current peer list, decides, so a peer whose entry is missing is no gap;
 //! - ESP from a peer node must carry an SPI that peer may currently use: anything else is
-//!   dropped before xfrm spends a decryption on it, and valid ESP is counted per (peer, SPI).
+//!   dropped before xfrm spends a decryption on it, and valid ESP is counted per peer.
 //!
 //! ESP from hosts that are not peers belongs to someone else's IPsec and passes untouched. The
 //! typical packet, ESP from a peer, costs the parse, one short loop over the pod space and the
-//! (peer, SPI) lookup it needs anyway.
+//! set of valid SPIs its SPI's node ID indexes: array reads all, which the verifier inlines.
+//! The (peer, SPI) hash, a call into the kernel, is read only for a node ID whose set is
+//! flagged as incomplete, and `peer_nodes` only for ESP the sets did not accept.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;

@@ -12,8 +12,8 @@ use xsteer_common::{
     counters::Counter,
     maps::{
         ClusterPodSpace, EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX,
-        PEER_SPIS_MAX, PeerNode, PeerSpi, PodCidrGrid, REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX,
-        RemotePodCidr, SLOT_CONSULT_TRIE,
+        PEER_SPI_SETS_MAX, PEER_SPIS_MAX, PeerNode, PeerSpi, PeerSpiSet, PodCidrGrid,
+        REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX, RemotePodCidr, SLOT_CONSULT_TRIE,
     },
 };
 
@@ -40,6 +40,12 @@ static PEER_NODES: HashMap<Ipv4, PeerNode, { PEER_NODES_MAX as usize }> = HashMa
 #[btf_map(name = "peer_spis")]
 static PEER_SPIS: PerCpuHashMap<PeerSpi, EspStats, { PEER_SPIS_MAX as usize }> =
     PerCpuHashMap::new();
+
+#[btf_map(name = "peer_spi_sets")]
+static PEER_SPI_SETS: Array<PeerSpiSet, { PEER_SPI_SETS_MAX as usize }> = Array::new();
+
+#[btf_map(name = "peer_esp_stats")]
+static PEER_ESP_STATS: PerCpuArray<EspStats, { PEER_SPI_SETS_MAX as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "counters")]
 static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
@@ -86,18 +92,41 @@ pub fn is_peer(node_ip: Ipv4) -> bool {
 }
 
 /// Counts an ESP packet of `len` bytes if `spi` is currently valid for the peer at `node_ip`.
+///
+/// The set of the node ID the SPI carries decides, with one array read the verifier inlines;
+/// only a set flagged as not holding all of its node ID's SPIs sends what it does not accept
+/// on to the (peer, SPI) hash.
 #[inline(always)]
 pub fn count_valid_esp(node_ip: Ipv4, spi: u32, len: u64) -> bool {
+    let node_id = spi >> 16;
+    let Some(set) = PEER_SPI_SETS.get(node_id) else {
+        return false;
+    };
+    if set.accepts(node_ip, spi) {
+        add(PEER_ESP_STATS.get_ptr_mut(node_id), len);
+        return true;
+    }
+    if !set.consults_hash() {
+        return false;
+    }
     match PEER_SPIS.get_ptr_mut(PeerSpi { node_ip, spi }) {
         Some(stats) => {
-            // SAFETY: a per-CPU slot; nothing else writes it while this program runs here.
-            unsafe {
-                (*stats).packets += 1;
-                (*stats).bytes += len;
-            }
+            add(Some(stats), len);
             true
         }
         None => false,
+    }
+}
+
+/// Adds one packet of `len` bytes to a per-CPU `stats` slot.
+#[inline(always)]
+fn add(stats: Option<*mut EspStats>, len: u64) {
+    if let Some(stats) = stats {
+        // SAFETY: a per-CPU slot; nothing else writes it while this program runs here.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += len;
+        }
     }
 }
 

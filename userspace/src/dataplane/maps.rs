@@ -7,17 +7,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::{
     Pod,
-    maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        lpm_trie::Key,
-    },
-    util::nr_cpus,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use xsteer_common::{
     counters::Counter,
     maps::{
-        self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace, EspStats, Ipv4,
-        LocalPodCidr, PeerNode, PeerSpi, PodCidrGrid, RemotePodCidr,
+        self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace, Ipv4, LocalPodCidr,
+        PeerNode, PodCidrGrid, RemotePodCidr,
     },
 };
 
@@ -27,7 +23,7 @@ use super::{
 };
 use crate::cidr::Ipv4Cidr;
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |error| DataplaneError::Map { name, error }
 }
 
@@ -359,67 +355,6 @@ impl<'a> PeerNodes<'a> {
                 Ok((Ipv4Addr::from(ip), node))
             })
             .collect()
-    }
-}
-
-/// (peer node IP, wire SPI) → ESP accepted under it; presence means "valid".
-pub struct PeerSpis<'a> {
-    map: PerCpuHashMap<&'a mut MapData, PeerSpi, EspStats>,
-}
-
-impl<'a> PeerSpis<'a> {
-    pub(super) fn new(map: &'a mut Map) -> Result<Self, DataplaneError> {
-        let map = PerCpuHashMap::try_from(map).map_err(map_err(names::PEER_SPIS))?;
-        Ok(PeerSpis { map })
-    }
-
-    fn key(node_ip: Ipv4Addr, spi: u32) -> PeerSpi {
-        PeerSpi {
-            node_ip: node_ip.octets(),
-            spi,
-        }
-    }
-
-    /// Marks `spi` valid for the peer at `node_ip`, with zeroed counts.
-    pub fn insert(&mut self, node_ip: Ipv4Addr, spi: u32) -> Result<(), DataplaneError> {
-        let cpus = nr_cpus().map_err(|(_, io)| DataplaneError::Cpus(io))?;
-        let zeros = PerCpuValues::try_from(vec![EspStats::default(); cpus])
-            .map_err(DataplaneError::Cpus)?;
-        self.map
-            .insert(Self::key(node_ip, spi), zeros, 0)
-            .map_err(map_err(names::PEER_SPIS))
-    }
-
-    /// Withdraws `spi` from the peer at `node_ip`.
-    pub fn remove(&mut self, node_ip: Ipv4Addr, spi: u32) -> Result<(), DataplaneError> {
-        self.map
-            .remove(&Self::key(node_ip, spi))
-            .map_err(map_err(names::PEER_SPIS))
-    }
-
-    /// Every valid (peer node IP, wire SPI).
-    pub fn keys(&self) -> Result<Vec<(Ipv4Addr, u32)>, DataplaneError> {
-        self.map
-            .keys()
-            .map(|key| {
-                let key = key.map_err(map_err(names::PEER_SPIS))?;
-                Ok((Ipv4Addr::from(key.node_ip), key.spi))
-            })
-            .collect()
-    }
-
-    /// ESP accepted from `node_ip` under `spi`, summed over CPUs.
-    pub fn stats(&self, node_ip: Ipv4Addr, spi: u32) -> Result<EspStats, DataplaneError> {
-        let per_cpu = self
-            .map
-            .get(&Self::key(node_ip, spi), 0)
-            .map_err(map_err(names::PEER_SPIS))?;
-        Ok(per_cpu
-            .iter()
-            .fold(EspStats::default(), |sum, cpu| EspStats {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-            }))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod grid;
 pub mod links;
 mod maps;
 mod pinned;
+mod spis;
 
 use std::path::{Path, PathBuf};
 
@@ -19,16 +20,16 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 pub use maps::{
-    CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, PeerSpis,
-    RemotePodCidrs,
+    CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemotePodCidrs,
 };
+pub use spis::PeerSpis;
 use xsteer_common::{maps as map_names, programs};
 
 /// The eBPF object, as built by `cargo xtask build-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xsteer.bpf.o"));
 
 /// Every map xsteer owns, by pin name.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 10] = [
     map_names::REMOTE_POD_CIDRS,
     map_names::POD_CIDR_GRID,
     map_names::REMOTE_POD_SLOTS,
@@ -36,6 +37,8 @@ pub const MAPS: [&str; 8] = [
     map_names::LOCAL_POD_CIDRS,
     map_names::PEER_NODES,
     map_names::PEER_SPIS,
+    map_names::PEER_SPI_SETS,
+    map_names::PEER_ESP_STATS,
     map_names::COUNTERS,
 ];
 
@@ -117,6 +120,9 @@ pub struct Dataplane {
     remote_mirror: Option<
         std::collections::BTreeMap<crate::cidr::Ipv4Cidr, xsteer_common::maps::RemotePodCidr>,
     >,
+    /// `peer_spis`' keys as this process knows them, read once, then kept by its writes and
+    /// refreshed by every full read.
+    spis_mirror: Option<std::collections::BTreeSet<(u32, std::net::Ipv4Addr)>>,
 }
 
 impl Dataplane {
@@ -129,6 +135,7 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             remote_mirror: None,
+            spis_mirror: None,
         })
     }
 
@@ -209,9 +216,24 @@ impl Dataplane {
         PeerNodes::new(self.map(map_names::PEER_NODES)?)
     }
 
-    /// The SPIs each peer may currently send with, and what arrived under each.
+    /// The SPIs each peer may currently send with, and the ESP accepted from each peer.
     pub fn peer_spis(&mut self) -> Result<PeerSpis<'_>, DataplaneError> {
-        PeerSpis::new(self.map(map_names::PEER_SPIS)?)
+        let (mut hash, mut sets, mut stats) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::PEER_SPIS => hash = Some(map),
+                map_names::PEER_SPI_SETS => sets = Some(map),
+                map_names::PEER_ESP_STATS => stats = Some(map),
+                _ => {}
+            }
+        }
+        let missing = |name| DataplaneError::Missing { kind: "map", name };
+        PeerSpis::new(
+            hash.ok_or_else(|| missing(map_names::PEER_SPIS))?,
+            sets.ok_or_else(|| missing(map_names::PEER_SPI_SETS))?,
+            stats.ok_or_else(|| missing(map_names::PEER_ESP_STATS))?,
+            &mut self.spis_mirror,
+        )
     }
 
     /// The per-verdict packet counters.

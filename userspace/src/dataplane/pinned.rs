@@ -30,6 +30,7 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             remote_mirror: None,
+            spis_mirror: None,
         })
     }
 
