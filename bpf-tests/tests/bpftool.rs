@@ -1,5 +1,6 @@
 //! Maps carry BTF, so `bpftool map dump pinned` prints field names, not hex; and what someone
-//! writes into a pinned map with bpftool is read back as an error, not a panic.
+//! writes into a pinned map with bpftool is read back as an error, not a panic; nor is a pinned
+//! map of another layout adopted.
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -7,9 +8,12 @@
 use std::{fs, path::PathBuf, process::Command};
 
 use xsteer::dataplane::{Dataplane, DataplaneError, bpffs};
-use xsteer_bpf_tests::{dataplane, topology::populate};
+use xsteer_bpf_tests::{
+    dataplane,
+    topology::{PEER_B_IP, PEER_B_WIRE_SPI, populate},
+};
 use xsteer_common::maps::{
-    CLUSTER_POD_CIDRS, COUNTERS, LOCAL_POD_CIDRS, PEER_SPIS, REMOTE_POD_CIDRS,
+    CLUSTER_POD_CIDRS, COUNTERS, LOCAL_POD_CIDRS, PEER_SPI_SETS, PEER_SPIS, REMOTE_POD_CIDRS,
 };
 
 /// A pin directory of this test's own, removed when dropped.
@@ -80,6 +84,19 @@ fn bpftool_dump_of_pinned_maps_shows_field_names() {
     ] {
         assert!(spis.contains(expected), "{expected} missing from {spis}");
     }
+    // Peer B's set: node ID 2, its SPI's tags 0 and generation 3 (bit 3).
+    let set = bpftool(
+        &["--json", "map", "lookup", "pinned"],
+        &dir.0.join(PEER_SPI_SETS),
+        &["key", "2", "0", "0", "0"],
+    );
+    for expected in [
+        r#""node_ip":[192,168,0,2]"#,
+        r#""flags":0"#,
+        r#"{"tags":0,"generations":8}"#,
+    ] {
+        assert!(set.contains(expected), "{expected} missing from {set}");
+    }
     assert!(bpftool_dump(&dir.0.join(COUNTERS)).contains(r#""values":"#));
     let space = bpftool_dump(&dir.0.join(CLUSTER_POD_CIDRS));
     for expected in [
@@ -117,5 +134,48 @@ fn an_lpm_key_with_host_bits_written_by_bpftool_is_an_error_naming_it() {
             );
         }
         other => panic!("expected an error naming the key, got {other:?}"),
+    }
+}
+
+#[test]
+fn pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name() {
+    let Some(mut dp) =
+        dataplane("pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name")
+    else {
+        return;
+    };
+    populate(&mut dp);
+    let dir = pinned(&mut dp, "layout");
+    drop(dp);
+    let mut adopted = Dataplane::load_pinned(&dir.0).expect("the maps this build pinned");
+    assert_eq!(
+        adopted.peer_spis().unwrap().keys().unwrap(),
+        [(PEER_B_IP, PEER_B_WIRE_SPI)]
+    );
+    drop(adopted);
+
+    // What an older build would have left: a map of this name with another type and sizes.
+    let stale = dir.0.join(PEER_SPI_SETS);
+    fs::remove_file(&stale).unwrap();
+    bpftool(
+        &["map", "create"],
+        &stale,
+        &[
+            "type", "hash", "key", "8", "value", "16", "entries", "16", "name", "old",
+        ],
+    );
+    match Dataplane::load_pinned(&dir.0) {
+        Err(e @ DataplaneError::PinnedLayout { .. }) => {
+            let text = e.to_string();
+            let path = stale.display().to_string();
+            assert!(
+                text.contains(&path)
+                    && text.contains("type Hash, 16 entries")
+                    && text.contains("rm "),
+                "{text}"
+            );
+        }
+        Err(other) => panic!("expected PinnedLayout, got {other}"),
+        Ok(_) => panic!("a map of another layout was adopted"),
     }
 }

@@ -48,6 +48,26 @@ pub enum DataplaneError {
     /// The kernel refused the object or one of its maps.
     #[error("loading the eBPF object: {0}")]
     Load(aya::EbpfError),
+    /// The embedded object could not be parsed.
+    #[error("parsing the eBPF object: {0}")]
+    Object(String),
+    /// A pinned map was created by a build whose layout for it differs from this one's.
+    #[error(
+        "pinned map {} has {found}, but this build's programs need {expected}: it was left by \
+         another version of xsteer. Remove it (`rm {}`): programs attached now keep the old map \
+         until they are replaced, and the agent creates and fills a new one before it attaches \
+         its own",
+        path.display(),
+        path.display()
+    )]
+    PinnedLayout {
+        /// The pin.
+        path: PathBuf,
+        /// The pinned map's layout.
+        found: String,
+        /// The layout this build needs.
+        expected: String,
+    },
     /// The object lacks a program or map this build expects.
     #[error("the eBPF object has no {kind} named {name:?}")]
     Missing {
