@@ -4,11 +4,13 @@
 //! One object is loaded and its maps filled as a node of a 65,536-node cluster would hold them:
 //! the cluster pod space 10.0.0.0/8 in `cluster_pod_cidrs`, 65,536 remote /24s in
 //! `remote_pod_cidrs` with the grid of /24 slots in front, this node's 10.0.0.0/24 in
-//! `local_pod_cidrs`, 65,534 peers in `peer_nodes` and two wire SPIs each in `peer_spis`. Each
-//! row runs one program on one frame and, right before it, the empty program of the same type
-//! (tc or XDP) on the same frame; rounds interleave every row so that drift (frequency, noise
-//! from the other core) hits them alike, and the table reports medians. Prints a markdown
-//! section for docs/benchmarks.md (`cargo xtask bench guards` writes it there).
+//! `local_pod_cidrs`, 65,534 peers in `peer_nodes` and two wire SPIs each (generations 3 and 4
+//! of one epoch pairing) in `peer_spis` and its sets; one peer has one pairing more than a set
+//! holds, the last accepted through the hash. Each row runs one program on one frame and, right
+//! before it, the empty program of the same type (tc or XDP) on the same frame; rounds
+//! interleave every row so that drift (frequency, noise from the other core) hits them alike,
+//! and the table reports medians. Prints a markdown section for docs/benchmarks.md (`cargo
+//! xtask bench guards` writes it there).
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
@@ -24,7 +26,7 @@ use xsteer_bpf_tests::{
     bench::{Empty, median, ns_per_packet},
     packet::Ipv4,
 };
-use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr};
+use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr, SPI_PAIRINGS_MAX};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 15;
@@ -35,15 +37,30 @@ const TARGET_NS: i64 = 10;
 const LOCAL_ID: u16 = 1;
 /// The peer the benchmark frames come from and go to (the last one inserted).
 const PEER_ID: u16 = 65_535;
+/// A peer with one epoch pairing more than its set holds: the last is in the hash alone.
+const BUSY_PEER_ID: u16 = 65_534;
 
 fn node_ip(id: u16) -> Ipv4Addr {
     Ipv4Addr::from(0x6440_0000 | u32::from(id))
 }
 
-/// The wire SPI of key generation `generation` from node `id`.
-fn wire_spi(id: u16, generation: u32) -> u32 {
-    u32::from(id) << 16 | generation
+/// The wire SPI of key generation `generation` from node `id`, under the epoch pairing whose
+/// tags are `tags` (bits 4..15).
+fn wire_spi(id: u16, tags: u32, generation: u32) -> u32 {
+    u32::from(id) << 16 | tags << 4 | generation
 }
+
+/// Tags of the busy peer's pairings beyond the first (tags 0): all but the last fill its set,
+/// the last goes to the hash.
+const MORE_PAIRINGS: [u32; SPI_PAIRINGS_MAX] = {
+    let mut tags = [0; SPI_PAIRINGS_MAX];
+    let mut i = 0;
+    while i < SPI_PAIRINGS_MAX {
+        tags[i] = 0x101 * (i as u32 + 1);
+        i += 1;
+    }
+    tags
+};
 
 fn cidr(s: &str) -> Ipv4Cidr {
     s.parse().expect("benchmark CIDR")
@@ -89,8 +106,13 @@ fn node() -> Dataplane {
     let mut spis = dp.peer_spis().unwrap();
     for id in 2..=PEER_ID {
         for generation in [3, 4] {
-            spis.insert(node_ip(id), wire_spi(id, generation)).unwrap();
+            spis.insert(node_ip(id), wire_spi(id, 0, generation))
+                .unwrap();
         }
+    }
+    for tags in MORE_PAIRINGS {
+        let spi = wire_spi(BUSY_PEER_ID, tags, 3);
+        spis.insert(node_ip(BUSY_PEER_ID), spi).unwrap();
     }
     dp
 }
@@ -153,7 +175,7 @@ struct Row {
 fn rows() -> Vec<Row> {
     let local_pod = Ipv4Addr::new(10, 0, 0, 5);
     let remote_pod = Ipv4Addr::new(10, 255, 255, 9);
-    let (local, peer) = (node_ip(LOCAL_ID), node_ip(PEER_ID));
+    let (local, peer, busy) = (node_ip(LOCAL_ID), node_ip(PEER_ID), node_ip(BUSY_PEER_ID));
     let row = |program, packet, frame: Vec<u8>, verdict, typical| Row {
         program,
         packet,
@@ -172,7 +194,7 @@ fn rows() -> Vec<Row> {
         row(
             Program::EgressGuard,
             "the node's own ESP to a peer (passes)",
-            Ipv4::esp(local, peer, wire_spi(LOCAL_ID, 3)).frame(),
+            Ipv4::esp(local, peer, wire_spi(LOCAL_ID, 0, 3)).frame(),
             TC_NEXT,
             true,
         ),
@@ -186,14 +208,38 @@ fn rows() -> Vec<Row> {
         row(
             Program::IngressGuard,
             "ESP from a peer with a valid SPI (accepted)",
-            Ipv4::esp(peer, local, wire_spi(PEER_ID, 3)).frame(),
+            Ipv4::esp(peer, local, wire_spi(PEER_ID, 0, 3)).frame(),
             XDP_PASS,
             true,
         ),
         row(
             Program::IngressGuard,
+            "ESP from a peer, valid SPI in the last pairing of its set (accepted)",
+            Ipv4::esp(
+                busy,
+                local,
+                wire_spi(BUSY_PEER_ID, MORE_PAIRINGS[SPI_PAIRINGS_MAX - 2], 3),
+            )
+            .frame(),
+            XDP_PASS,
+            false,
+        ),
+        row(
+            Program::IngressGuard,
+            "ESP from a peer, valid SPI its set has no room for (accepted through the hash)",
+            Ipv4::esp(
+                busy,
+                local,
+                wire_spi(BUSY_PEER_ID, MORE_PAIRINGS[SPI_PAIRINGS_MAX - 1], 3),
+            )
+            .frame(),
+            XDP_PASS,
+            false,
+        ),
+        row(
+            Program::IngressGuard,
             "ESP from a peer with an SPI not valid for it (dropped)",
-            Ipv4::esp(peer, local, wire_spi(PEER_ID, 9)).frame(),
+            Ipv4::esp(peer, local, wire_spi(PEER_ID, 0, 9)).frame(),
             XDP_DROP,
             false,
         ),
