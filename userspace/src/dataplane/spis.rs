@@ -305,11 +305,12 @@ impl<'a> PeerSpis<'a> {
         };
         let mut last = None;
         for &(spi, ip) in &hash {
-            let per_cpu = self
-                .hash
-                .get(&Self::key(ip, spi), 0)
-                .map_err(map_err(names::PEER_SPIS))?;
-            add(ip, per_cpu);
+            match self.hash.get(&Self::key(ip, spi), 0) {
+                Ok(per_cpu) => add(ip, per_cpu),
+                // Removed by the agent since the keys were read: nothing left to count under it.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::PEER_SPIS)(e)),
+            }
             let id = node_id(spi);
             if last != Some(id) {
                 last = Some(id);
