@@ -50,6 +50,8 @@ pub fn run_e2e(root: &Path) -> Result<()> {
             binary,
             "--include-ignored".into(),
             "--test-threads=1".into(),
+            // The wire counts and losses each test prints belong in the log when it passes too.
+            "--show-output".into(),
         ],
     };
     let guest = super::boot(root, &args)?;
