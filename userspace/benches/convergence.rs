@@ -911,7 +911,7 @@ fn report(rows: &[Row], changes: &[Row], profiles: &[ReadProfile]) {
     let p = |i: usize| ms(median(profiles, |p| p.0[i]));
     writeln!(
         o,
-        "Reading back {} peers (`reconcile::read`, part by part, medians, ms): SA dump {}, policy dump {}, rules {}, route dump {}, the five maps {}.",
+        "Reading back {} peers (`reconcile::read`, part by part, medians, ms): SA dump {}, policy dump {}, rules {}, route dump {}, the maps {}.",
         thousands(CHANGE_BASE as usize),
         p(0),
         p(1),
