@@ -2,7 +2,9 @@
 //!
 //! Reservations live in the node records directory (`.alloc/<name>`, one line "ID CIDR"), beside
 //! the published records, which count as taken too. Reserving is an explicit step of the agent's
-//! start: reading a config never reserves anything, and [`lookup`] only reads.
+//! start: reading a config never reserves anything, and [`lookup`] only reads. A chosen ID and
+//! CIDR can also be reserved ahead of the agent ([`reserve`]), as a control plane assigns pod
+//! CIDRs: the end-to-end test that runs the DaemonSet's config on the lab's nodes does.
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +35,16 @@ pub enum AllocError {
     NoId {
         /// The nodes directory.
         dir: PathBuf,
+    },
+    /// A reservation asks for a node ID or pod CIDR another node holds.
+    #[error("node ID {id} or pod CIDR {cidr} is held by node {holder}")]
+    Taken {
+        /// The node ID asked for.
+        id: u16,
+        /// The pod CIDR asked for.
+        cidr: Ipv4Cidr,
+        /// The node that holds one of them.
+        holder: String,
     },
     /// The cluster CIDR has no free /24 left.
     #[error("cluster_cidr {cluster} has no free /{NODE_POD_PREFIX_LEN} left for node {name}")]
@@ -84,6 +96,68 @@ pub fn lookup(dir: &Path, name: &str) -> Result<Option<(u16, Ipv4Cidr)>, AllocEr
 /// restart changes nothing. Allocations are serialised with an exclusive lock on
 /// `dir/.alloc.lock`, so nodes starting at the same time never get the same ID or CIDR.
 pub fn allocate(dir: &Path, name: &str, cluster: Ipv4Cidr) -> Result<(u16, Ipv4Cidr), AllocError> {
+    locked(dir, |taken| {
+        if let Some(&held) = taken.get(name) {
+            return Ok(held);
+        }
+        let id = (1..=u16::MAX)
+            .find(|id| taken.values().all(|(t, _)| t != id))
+            .ok_or_else(|| AllocError::NoId {
+                dir: dir.to_owned(),
+            })?;
+        let no_cidr = || AllocError::NoCidr {
+            cluster,
+            name: name.to_owned(),
+        };
+        if cluster.prefix_len() > NODE_POD_PREFIX_LEN {
+            return Err(no_cidr());
+        }
+        let base = u32::from(cluster.addr());
+        let blocks = 1u32 << (NODE_POD_PREFIX_LEN - cluster.prefix_len());
+        let cidr = (0..blocks)
+            .filter_map(|i| {
+                Ipv4Cidr::new(
+                    Ipv4Addr::from(base + (i << (32 - NODE_POD_PREFIX_LEN))),
+                    NODE_POD_PREFIX_LEN,
+                )
+                .ok()
+            })
+            .find(|c| taken.values().all(|(_, t)| !t.overlaps(c)))
+            .ok_or_else(no_cidr)?;
+        write_reservation(dir, name, id, cidr)?;
+        Ok((id, cidr))
+    })
+}
+
+/// Reserves node ID `id` and pod CIDR `cidr` for node `name` in `dir` before its agent starts,
+/// as a cluster's control plane assigns a Node its pod CIDR: the agent's [`allocate`] then
+/// gives them back. Refused when another node holds either; a node that holds exactly these
+/// keeps them.
+pub fn reserve(dir: &Path, name: &str, id: u16, cidr: Ipv4Cidr) -> Result<(), AllocError> {
+    locked(dir, |taken| {
+        if taken.get(name) == Some(&(id, cidr)) {
+            return Ok(());
+        }
+        if let Some((holder, _)) = taken
+            .iter()
+            .find(|(holder, (i, c))| *holder != name && (*i == id || c.overlaps(&cidr)))
+        {
+            return Err(AllocError::Taken {
+                id,
+                cidr,
+                holder: holder.clone(),
+            });
+        }
+        write_reservation(dir, name, id, cidr)
+    })
+}
+
+/// Runs `f` with what every node holds in `dir`, under the exclusive lock on
+/// `dir/.alloc.lock`.
+fn locked<T>(
+    dir: &Path,
+    f: impl FnOnce(&BTreeMap<String, (u16, Ipv4Cidr)>) -> Result<T, AllocError>,
+) -> Result<T, AllocError> {
     let io_error = |error| AllocError::Io {
         dir: dir.to_owned(),
         error,
@@ -99,38 +173,18 @@ pub fn allocate(dir: &Path, name: &str, cluster: Ipv4Cidr) -> Result<(u16, Ipv4C
     let _held = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| io_error(io::Error::from(errno)))?;
     let taken = taken(dir).map_err(io_error)?;
-    if let Some(&held) = taken.get(name) {
-        return Ok(held);
-    }
-    let id = (1..=u16::MAX)
-        .find(|id| taken.values().all(|(t, _)| t != id))
-        .ok_or_else(|| AllocError::NoId {
-            dir: dir.to_owned(),
-        })?;
-    let no_cidr = || AllocError::NoCidr {
-        cluster,
-        name: name.to_owned(),
-    };
-    if cluster.prefix_len() > NODE_POD_PREFIX_LEN {
-        return Err(no_cidr());
-    }
-    let base = u32::from(cluster.addr());
-    let blocks = 1u32 << (NODE_POD_PREFIX_LEN - cluster.prefix_len());
-    let cidr = (0..blocks)
-        .filter_map(|i| {
-            Ipv4Cidr::new(
-                Ipv4Addr::from(base + (i << (32 - NODE_POD_PREFIX_LEN))),
-                NODE_POD_PREFIX_LEN,
-            )
-            .ok()
-        })
-        .find(|c| taken.values().all(|(_, t)| !t.overlaps(c)))
-        .ok_or_else(no_cidr)?;
+    f(&taken)
+}
+
+/// Writes node `name`'s reservation, `.alloc/<name>`: "ID CIDR".
+fn write_reservation(dir: &Path, name: &str, id: u16, cidr: Ipv4Cidr) -> Result<(), AllocError> {
     let tmp = dir.join(".alloc").join(format!(".{name}.tmp"));
     fs::write(&tmp, format!("{id} {cidr}\n"))
         .and_then(|()| fs::rename(&tmp, dir.join(".alloc").join(name)))
-        .map_err(io_error)?;
-    Ok((id, cidr))
+        .map_err(|error| AllocError::Io {
+            dir: dir.to_owned(),
+            error,
+        })
 }
 
 #[cfg(test)]
@@ -185,6 +239,30 @@ mod tests {
         assert!(
             err.contains("cluster_cidr 10.244.0.0/20 has no free /24 left for node late"),
             "{err}"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_reservation_is_what_the_allocation_gives_back_and_never_a_held_one() {
+        let dir = temp_dir("reserve");
+        let cluster: Ipv4Cidr = "10.244.0.0/16".parse().unwrap();
+        let cidr = |c: &str| c.parse::<Ipv4Cidr>().unwrap();
+        reserve(&dir, "node1", 1, cidr("10.244.1.0/24")).unwrap();
+        reserve(&dir, "node1", 1, cidr("10.244.1.0/24")).unwrap();
+        assert_eq!(
+            allocate(&dir, "node1", cluster).unwrap(),
+            (1, cidr("10.244.1.0/24"))
+        );
+        // Another node's ID or CIDR is refused, naming who holds it.
+        for (id, c) in [(1, "10.244.2.0/24"), (2, "10.244.1.0/24")] {
+            let err = reserve(&dir, "node2", id, cidr(c)).unwrap_err().to_string();
+            assert!(err.contains("is held by node node1"), "{err}");
+        }
+        // The allocator steps around a reservation.
+        assert_eq!(
+            allocate(&dir, "other", cluster).unwrap(),
+            (2, cidr("10.244.0.0/24"))
         );
         let _ = fs::remove_dir_all(dir);
     }

@@ -8,6 +8,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+#[path = "../lab_pod/mod.rs"]
+mod lab_pod;
+
 mod agent;
 mod apply_tunnel;
 mod cluster;
@@ -15,6 +18,7 @@ mod esp_smoke;
 mod fail_closed;
 mod guards;
 mod lab;
+mod podman;
 mod records;
 mod rekey;
 mod rotation;

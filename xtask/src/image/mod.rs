@@ -99,10 +99,18 @@ pub fn default_output(root: &Path, reference: &oci::Reference) -> PathBuf {
         .join(format!("{name}-{}.tar", reference.tag))
 }
 
+/// The C compiler for the musl target: ring (rustls' crypto, through kube) compiles C and
+/// assembly for the target, and cc-rs looks for `x86_64-linux-musl-gcc`.
+const MUSL_CC: install::Package = install::Package {
+    name: "musl-tools",
+    provides: "x86_64-linux-musl-gcc",
+};
+
 /// Builds the static `xsteer` and returns its path.
 pub fn build_binary(root: &Path) -> Result<PathBuf> {
     build_ebpf::ensure_toolchain()?;
     ensure_target()?;
+    install::apt(&[MUSL_CC])?;
     eprintln!("xtask: building xsteer for {TARGET} (profile {PROFILE})");
     install::run(Command::new("cargo").current_dir(root).args([
         "build",

@@ -6,13 +6,25 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Args, DEFAULT_MEM_MB, Ending};
-use crate::install::{self, Package};
+use super::{Args, DEFAULT_MEM_MB, Ending, path_str};
+use crate::{
+    image,
+    install::{self, Package},
+};
 
 /// Debian packages the e2e tests run in the guest, which uses the host's root: `ip` drives its
 /// network; tcpdump and tshark capture and decrypt the wire (`wireshark.rs`); iptables writes
-/// a Service's DNAT rules as kube-proxy does (`fail_closed.rs`).
+/// a Service's DNAT rules as kube-proxy does (`fail_closed.rs`); podman and runc run the
+/// DaemonSet's pod from the image (`podman.rs`).
 const PACKAGES: &[Package] = &[
+    Package {
+        name: "podman",
+        provides: "podman",
+    },
+    Package {
+        name: "runc",
+        provides: "/usr/sbin/runc",
+    },
     Package {
         name: "iptables",
         provides: "iptables",
@@ -36,10 +48,16 @@ const PACKAGES: &[Package] = &[
 /// busy machine must make the suite slower, not fail it.
 const SUITE_TIMEOUT_S: u64 = 2700;
 
-/// Builds the e2e tests, runs them all in the VM, and fails unless at least one ran and none
-/// failed.
+/// The variable that names the image archive for the test that runs the DaemonSet's pod from it
+/// (`podman.rs`).
+const IMAGE_ENV: &str = "XSTEER_IMAGE_ARCHIVE";
+
+/// Builds the e2e tests and the image, runs the tests in the VM, and fails unless at least one
+/// ran and none failed.
 pub fn run_e2e(root: &Path) -> Result<()> {
     install::apt(PACKAGES)?;
+    // As the deployment level builds it (a no-op when it just did): the image of this tree.
+    let image = image::run(root, image::Args::default())?;
     let binary = build(root)?;
     let args = Args {
         kernel: None,
@@ -53,6 +71,7 @@ pub fn run_e2e(root: &Path) -> Result<()> {
             // The wire counts and losses each test prints belong in the log when it passes too.
             "--show-output".into(),
         ],
+        env: vec![(IMAGE_ENV.to_owned(), path_str(&image.path)?)],
     };
     let guest = super::boot(root, &args)?;
     match guest.ending {

@@ -96,6 +96,9 @@ pub struct Args {
     /// The command to run in the guest, in the project directory.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+    /// More environment variables for the command (after the host's XSTEER_* ones).
+    #[arg(skip)]
+    env: Vec<(String, String)>,
 }
 
 /// Runs `command` in a guest with the default machine; returns its exit code.
@@ -108,6 +111,7 @@ pub fn run_command(root: &Path, command: Vec<String>) -> Result<i32> {
             mem: DEFAULT_MEM_MB,
             timeout: DEFAULT_TIMEOUT_S,
             command,
+            env: Vec::new(),
         },
     )
 }
@@ -123,6 +127,7 @@ pub fn run_capture(root: &Path, command: Vec<String>) -> Result<(i32, String)> {
             mem: DEFAULT_MEM_MB,
             timeout: DEFAULT_TIMEOUT_S,
             command,
+            env: Vec::new(),
         },
     )?;
     Ok((
@@ -176,7 +181,7 @@ fn boot(root: &Path, args: &Args) -> Result<Guest> {
     let (mut accel, mut why) = qemu::choose();
     let mut tcg_retries = TCG_BOOT_RETRIES;
     loop {
-        prepare_run_dir(&run_dir, root, &scratch, &kernel, &args.command)?;
+        prepare_run_dir(&run_dir, root, &scratch, &kernel, args)?;
         let machine = qemu::Machine {
             accel,
             cpus: args.cpus.unwrap_or_else(host_cpus),
@@ -340,13 +345,13 @@ impl<W: Write> Tail<W> {
 }
 
 /// Creates a fresh run directory with the control share: stage 2, its variables (the scratch
-/// path, the modules to mount), the command.
+/// path, the modules to mount), the command and its environment.
 fn prepare_run_dir(
     run_dir: &Path,
     root: &Path,
     scratch: &Path,
     kernel: &kernel::Kernel,
-    command: &[String],
+    args: &Args,
 ) -> Result<()> {
     let _ = fs::remove_dir_all(run_dir);
     let ctl = qemu::ctl_dir(run_dir);
@@ -370,7 +375,16 @@ fn prepare_run_dir(
             env_args.push(format!("{name}={value}"));
         }
     }
-    let words: Vec<String> = env_args.iter().chain(command).map(|w| quote(w)).collect();
+    env_args.extend(
+        args.env
+            .iter()
+            .map(|(name, value)| format!("{name}={value}")),
+    );
+    let words: Vec<String> = env_args
+        .iter()
+        .chain(&args.command)
+        .map(|w| quote(w))
+        .collect();
     write(
         "run.sh",
         format!(
