@@ -456,10 +456,10 @@ fn strings(value: &Value) -> Result<Vec<String>> {
 }
 
 fn unknown_keys(value: &Value, known: &[&str]) -> Result<()> {
-    if let Some(object) = value.as_object() {
-        if let Some(key) = object.keys().find(|k| !known.contains(&k.as_str())) {
-            bail!("{key:?} is not modelled here (kind/src/agent.rs): model it or leave it out");
-        }
+    if let Some(object) = value.as_object()
+        && let Some(key) = object.keys().find(|k| !known.contains(&k.as_str()))
+    {
+        bail!("{key:?} is not modelled here (kind/src/agent.rs): model it or leave it out");
     }
     Ok(())
 }

@@ -230,10 +230,10 @@ impl Config {
             if config.key_file.is_relative() {
                 config.key_file = dir.join(&config.key_file);
             }
-            if let NodeRecords::Dir(nodes) = &mut config.node_records {
-                if nodes.is_relative() {
-                    *nodes = dir.join(&*nodes);
-                }
+            if let NodeRecords::Dir(nodes) = &mut config.node_records
+                && nodes.is_relative()
+            {
+                *nodes = dir.join(&*nodes);
             }
         }
         Ok(config)

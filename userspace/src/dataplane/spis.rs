@@ -121,11 +121,11 @@ fn remove_steps(
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut next = *set;
-    if set.node_ip == node_ip {
-        if let Some(slot) = set.slot_of(spi) {
-            next.pairings[slot].generations &= !pairing_of(spi).1;
-            steps.push(Step::Set(next));
-        }
+    if set.node_ip == node_ip
+        && let Some(slot) = set.slot_of(spi)
+    {
+        next.pairings[slot].generations &= !pairing_of(spi).1;
+        steps.push(Step::Set(next));
     }
     if next.consults_hash() && remaining.into_iter().all(|(ip, spi)| next.accepts(ip, spi)) {
         // Nothing of this node ID is in the hash alone any more.

@@ -151,10 +151,10 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> {
     // A few tries: the first datagram may wait for ARP on a fresh wire.
     for _ in 0..4 {
         socket.send_to(message.as_bytes(), (dst, port))?;
-        if let Ok(n) = socket.recv(&mut buf) {
-            if &buf[..n] == message.as_bytes() {
-                return Ok(());
-            }
+        if let Ok(n) = socket.recv(&mut buf)
+            && &buf[..n] == message.as_bytes()
+        {
+            return Ok(());
         }
     }
     bail!("no UDP echo from {dst}")

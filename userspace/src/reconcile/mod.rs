@@ -112,15 +112,14 @@ impl Outbound<'_> {
 /// Refuses the plan, before anything is written, if it would reinstall an outbound key.
 pub fn check_key_reuse(changes: &[Change], outbound: &Outbound<'_>) -> Result<(), ReconcileError> {
     for change in changes {
-        if let Change::AddState(state) = change {
-            if outbound
+        if let Change::AddState(state) = change
+            && outbound
                 .key(state)
                 .is_some_and(|key| outbound.ledger.contains(key))
-            {
-                return Err(ReconcileError::KeyReuse {
-                    state: state.to_string(),
-                });
-            }
+        {
+            return Err(ReconcileError::KeyReuse {
+                state: state.to_string(),
+            });
         }
     }
     Ok(())

@@ -385,10 +385,10 @@ fn run_output(line: &commands::Line) -> Result<(bool, String)> {
 fn wait_for_log(kube: &Kube, pod: &str, text: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        if let Ok(log) = run_quiet(&kube.logs(pods::NAMESPACE, pod), None) {
-            if log.contains(text) {
-                return Ok(());
-            }
+        if let Ok(log) = run_quiet(&kube.logs(pods::NAMESPACE, pod), None)
+            && log.contains(text)
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("pod {pod} never logged {text:?}");

@@ -198,11 +198,10 @@ fn unpack(dir: &Path, staging: &Path, pinned: &str) -> Result<Kernel> {
     // a concurrent fetch that got there first is kept.
     if !Kernel::unpacked(dir, &version).complete() {
         let _ = fs::remove_dir_all(&target);
-        if let Err(e) = fs::rename(&tree, &target) {
-            if !Kernel::unpacked(dir, &version).complete() {
-                return Err(e)
-                    .with_context(|| format!("moving the kernel to {}", target.display()));
-            }
+        if let Err(e) = fs::rename(&tree, &target)
+            && !Kernel::unpacked(dir, &version).complete()
+        {
+            return Err(e).with_context(|| format!("moving the kernel to {}", target.display()));
         }
     }
     Ok(Kernel::unpacked(dir, &version))

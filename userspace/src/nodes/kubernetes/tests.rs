@@ -88,10 +88,10 @@ async fn until(
 ) -> Snapshot {
     let wait = async {
         loop {
-            if let Some(snapshot) = source.read().unwrap() {
-                if accept(&snapshot) {
-                    return snapshot;
-                }
+            if let Some(snapshot) = source.read().unwrap()
+                && accept(&snapshot)
+            {
+                return snapshot;
             }
             changes.next().await.unwrap().unwrap();
         }
