@@ -200,6 +200,8 @@ fn run(command: Command) -> Result<()> {
                 LabCommand::Down { dir } => lab::down(&dir.dir),
                 LabCommand::Status { dir } => lab::status(&dir.dir),
                 LabCommand::Run { size: s, dir } => lab::run(size(s), &dir.dir),
+                LabCommand::Pod(LabPodCommand::Add { name, dir }) => lab::pod_add(&dir.dir, &name),
+                LabCommand::Pod(LabPodCommand::Del { name, dir }) => lab::pod_del(&dir.dir, &name),
                 LabCommand::Exec { name, command } => {
                     let code = lab::exec(&name, &command)?;
                     std::process::exit(code);
@@ -301,6 +303,9 @@ enum LabCommand {
         #[command(flatten)]
         dir: LabDir,
     },
+    /// Create or delete a pod through its node's CNI plugins, as a container runtime does.
+    #[command(subcommand)]
+    Pod(LabPodCommand),
     /// Run a command inside a lab namespace, as `docker exec` does.
     Exec {
         /// The namespace, as `xsteer lab status` lists it.
@@ -313,6 +318,26 @@ enum LabCommand {
     Run {
         #[command(flatten)]
         size: LabSize,
+        #[command(flatten)]
+        dir: LabDir,
+    },
+}
+
+/// `xsteer lab pod ...`.
+#[derive(Subcommand)]
+enum LabPodCommand {
+    /// CNI ADD through the node's conflist; a plugin's refusal is the error, and the pod is
+    /// cleaned up so that it can be added again.
+    Add {
+        /// The pod's namespace, as `xsteer lab status` lists it.
+        name: String,
+        #[command(flatten)]
+        dir: LabDir,
+    },
+    /// CNI DEL through the node's conflist, then the pod's namespace goes.
+    Del {
+        /// The pod's namespace, as `xsteer lab status` lists it.
+        name: String,
         #[command(flatten)]
         dir: LabDir,
     },

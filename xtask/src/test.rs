@@ -26,7 +26,9 @@ pub struct Args {
     no_vm: bool,
 }
 
-/// Debian packages the host-kernel levels call.
+/// Debian packages the host-kernel levels call: bpftool, ip, and the CNI plugins the lab wires
+/// its pods with (`ptp`, `host-local`; the VM bed's guest shares the host's root, so the lab
+/// there has them too).
 pub const HOST_PACKAGES: &[install::Package] = &[
     install::Package {
         name: "bpftool",
@@ -35,6 +37,10 @@ pub const HOST_PACKAGES: &[install::Package] = &[
     install::Package {
         name: "iproute2",
         provides: "ip",
+    },
+    install::Package {
+        name: "containernetworking-plugins",
+        provides: "/usr/lib/cni/ptp",
     },
 ];
 

@@ -8,7 +8,9 @@
 
 pub mod agents;
 pub mod capture;
+pub mod cni;
 pub mod netns;
+pub mod pods;
 pub mod probe;
 pub mod topology;
 
@@ -60,8 +62,13 @@ pub fn up(size: Size, dir: &Path) -> Result<()> {
     fs::write(size_path(dir), format!("{} {}\n", size.nodes, size.pods))?;
     topology::wire_up(&nodes)?;
     agents::write_files(dir, &nodes)?;
+    for node in &nodes {
+        pods::write_conflist(dir, node)?;
+    }
     agents::start(dir, &nodes)?;
     agents::wait_for_peers(&nodes, Duration::from_secs(60))?;
+    // Pods come last, as on a node where the agent runs before the kubelet starts pods.
+    pods::add_all(dir, &nodes)?;
     println!(
         "lab up: {} nodes x {} pods, agents running (logs in {}/node*/agent.log)",
         size.nodes,
@@ -110,6 +117,38 @@ pub fn status(dir: &Path) -> Result<()> {
             println!("{:<20} {:<16} -", pod.netns, pod.ip);
         }
     }
+    Ok(())
+}
+
+/// The lab node and planned pod whose namespace is `netns`.
+fn planned_pod(dir: &Path, netns: &str) -> Result<(LabNode, topology::LabPod)> {
+    existing(dir)?
+        .into_iter()
+        .find_map(|node| {
+            let pod = node.pods.iter().find(|p| p.netns == netns)?.clone();
+            Some((node, pod))
+        })
+        .with_context(|| format!("no pod {netns:?} in the lab; `xsteer lab status` lists them"))
+}
+
+/// Creates the pod `netns` of the lab (one `lab status` lists) through its node's CNI plugins.
+pub fn pod_add(dir: &Path, netns: &str) -> Result<()> {
+    let (node, pod) = planned_pod(dir, netns)?;
+    let result = pods::add(dir, &node, &pod)?;
+    println!(
+        "pod {netns} added at {} by {} (host side {})",
+        pod.ip,
+        pods::runtime(dir, &node).conflist()?.types().join(" + "),
+        cni::host_interfaces(&result).join(", ")
+    );
+    Ok(())
+}
+
+/// Deletes the pod `netns` of the lab through its node's CNI plugins.
+pub fn pod_del(dir: &Path, netns: &str) -> Result<()> {
+    let (node, pod) = planned_pod(dir, netns)?;
+    pods::del(dir, &node, &pod)?;
+    println!("pod {netns} deleted");
     Ok(())
 }
 

@@ -1,13 +1,12 @@
-//! The lab's address plan and wiring: node namespaces on a bridge that plays the wire, pod
-//! namespaces behind veths, routed as a native-routing CNI does.
+//! The lab's address plan and the wiring of its nodes: node namespaces on a bridge that plays
+//! the wire, routed to each other's pod CIDRs as a native-routing CNI (kindnet) routes them.
 //!
 //! - the wire: namespace `xsl-wire` with bridge `br0`; node k's uplink `eth0` (192.168.100.k/24)
 //!   is a veth whose other end, `node{k}`, is a port of the bridge;
 //! - node k: namespace `xsl-node{k}`, pod CIDR 10.244.k.0/24, a route to every other node's pod
 //!   CIDR via that node, forwarding on;
-//! - pod j of node k: namespace `xsl-node{k}-pod{j}`, address 10.244.k.(j+1)/32 on `eth0`, its
-//!   veth `pod{j}` on the node with a /32 route to it, and 169.254.1.1 (answered by the node on
-//!   every pod veth) as default gateway — as Calico does.
+//! - pod j of node k: namespace `xsl-node{k}-pod{j}` at 10.244.k.(j+1), wired by CNI plugins
+//!   (see [`super::pods`]), not here.
 
 use std::net::Ipv4Addr;
 
@@ -19,8 +18,6 @@ use super::netns::{ip, ip_in, run_in};
 pub const PREFIX: &str = "xsl-";
 /// The namespace of the bridge.
 pub const WIRE: &str = "xsl-wire";
-/// The pods' default gateway, on every pod veth of a node.
-const POD_GATEWAY: &str = "169.254.1.1";
 
 /// How big the lab is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +48,6 @@ pub struct LabNode {
 pub struct LabPod {
     /// Its namespace.
     pub netns: String,
-    /// The node-side veth.
-    pub veth: String,
     /// Its address.
     pub ip: Ipv4Addr,
     /// The index of its node.
@@ -78,7 +73,6 @@ pub fn plan(size: Size) -> Vec<LabNode> {
                 pods: (1..=size.pods)
                     .map(|j| LabPod {
                         netns: format!("{PREFIX}{name}-pod{j}"),
-                        veth: format!("pod{j}"),
                         ip: Ipv4Addr::new(10, 244, k, j + 1),
                         node: k,
                     })
@@ -95,7 +89,7 @@ fn sysctl(netns: &str, path: String) -> Result<()> {
     })
 }
 
-/// Creates the namespaces, links, addresses and routes of `nodes`.
+/// Creates the namespaces, links, addresses and routes of `nodes` (not their pods).
 pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
     ip(&["netns", "add", WIRE])?;
     ip_in(WIRE, &["link", "set", "lo", "up"])?;
@@ -119,40 +113,6 @@ pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
         )?;
         ip_in(ns, &["link", "set", "eth0", "up"])?;
         sysctl(ns, "/proc/sys/net/ipv4/ip_forward".into())?;
-        for pod in &node.pods {
-            let veth = pod.veth.as_str();
-            ip(&["netns", "add", &pod.netns])?;
-            ip_in(&pod.netns, &["link", "set", "lo", "up"])?;
-            ip_in(
-                ns,
-                &[
-                    "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
-                    &pod.netns,
-                ],
-            )?;
-            ip_in(
-                ns,
-                &["addr", "add", &format!("{POD_GATEWAY}/32"), "dev", veth],
-            )?;
-            ip_in(ns, &["link", "set", veth, "up"])?;
-            ip_in(
-                ns,
-                &["route", "add", &format!("{}/32", pod.ip), "dev", veth],
-            )?;
-            ip_in(
-                &pod.netns,
-                &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"],
-            )?;
-            ip_in(&pod.netns, &["link", "set", "eth0", "up"])?;
-            ip_in(
-                &pod.netns,
-                &["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"],
-            )?;
-            ip_in(
-                &pod.netns,
-                &["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"],
-            )?;
-        }
         for other in nodes.iter().filter(|o| o.index != node.index) {
             ip_in(
                 ns,

@@ -35,7 +35,7 @@ use xsteer::{
     lab::{
         self,
         capture::{Capture, Packet},
-        netns,
+        netns, pods,
         probe::{self, ECHO_PORT, Proto},
         topology::{self, Size},
     },
@@ -555,6 +555,12 @@ fn the_daemonsets_pod_under_podman_encrypts_every_pair_and_rotates_through_a_sec
     );
 
     topology::wire_up(&lab.nodes).unwrap();
+    // The pods before the agents, wired by ptp and host-local alone: the agents' veth watch
+    // classifies them when they start.
+    for node in &lab.nodes {
+        pods::write_conflist(Path::new(DIR), node).unwrap();
+    }
+    pods::add_all(Path::new(DIR), &lab.nodes).unwrap();
     let keys = generate_keys();
     let old = newest(&keys);
     for (node, pod_node) in lab.nodes.iter().zip(&lab.pods) {
