@@ -49,7 +49,10 @@ fn the_lab_proves_every_cross_node_pod_packet_is_esp() {
         "show",
         "eth0",
     ]);
-    assert!(ok && text.contains("10.244.2.2/32"), "lab exec:\n{text}");
+    assert!(
+        ok && text.contains("inet 10.244.2.2/24"),
+        "lab exec:\n{text}"
+    );
 
     let (ok, text) = xsteer(&["lab", "test", "--dir", dir]);
     eprintln!("{text}");
