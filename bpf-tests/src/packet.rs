@@ -1,6 +1,6 @@
 //! Builders for the frames the tests feed the programs, well-formed or deliberately not.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// EtherType of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -22,6 +22,10 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_UDP: u8 = 17;
 /// ESP.
 pub const IPPROTO_ESP: u8 = 50;
+/// ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// "No next header" (IPv6).
+pub const IPPROTO_NONE: u8 = 59;
 
 /// An Ethernet frame: destination, source MAC, then `ethertype` and `payload`.
 pub fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -131,6 +135,157 @@ impl Ipv4 {
     /// This packet in an Ethernet frame.
     pub fn frame(&self) -> Vec<u8> {
         ethernet(ETH_P_IP, &self.to_bytes())
+    }
+}
+
+/// An IPv6 extension header, as [`Ipv6`] chains them.
+#[derive(Clone, Copy, Debug)]
+pub enum Ext {
+    /// Hop-by-hop options (0), `len` 8-byte units past the first 8 bytes (PadN inside).
+    HopByHop(u8),
+    /// Destination options (60), sized as hop-by-hop.
+    DestOpts(u8),
+    /// A routing header (43) of type 4 (segment routing), sized as hop-by-hop.
+    Routing(u8),
+    /// A fragment header (44): offset in 8-byte units, more-fragments flag.
+    Fragment(u16, bool),
+    /// An authentication header (51): `len` as on the wire, `(len + 2) * 4` bytes.
+    Auth(u8),
+}
+
+impl Ext {
+    fn number(self) -> u8 {
+        match self {
+            Ext::HopByHop(_) => 0,
+            Ext::DestOpts(_) => 60,
+            Ext::Routing(_) => 43,
+            Ext::Fragment(..) => 44,
+            Ext::Auth(_) => 51,
+        }
+    }
+
+    fn bytes(self, next: u8) -> Vec<u8> {
+        match self {
+            Ext::HopByHop(len) | Ext::DestOpts(len) => {
+                // PadN filling the header: option type 1, its length.
+                let mut b = vec![next, len, 1, 4 + 8 * len];
+                b.resize(8 + 8 * usize::from(len), 0);
+                b
+            }
+            Ext::Routing(len) => {
+                let mut b = vec![next, len, 4, 0];
+                b.resize(8 + 8 * usize::from(len), 0);
+                b
+            }
+            Ext::Fragment(offset, more) => {
+                let field = offset << 3 | u16::from(more);
+                let mut b = vec![next, 0];
+                b.extend_from_slice(&field.to_be_bytes());
+                b.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+                b
+            }
+            Ext::Auth(len) => {
+                let mut b = vec![next, len, 0, 0];
+                b.extend_from_slice(&0x0000_0100u32.to_be_bytes());
+                b.resize((usize::from(len) + 2) * 4, 0xAA);
+                b
+            }
+        }
+    }
+}
+
+/// An IPv6 header, its extension headers and payload, with knobs for the odd cases.
+#[derive(Clone)]
+pub struct Ipv6 {
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Extension headers, in order, between the fixed header and the payload.
+    pub ext: Vec<Ext>,
+    /// The upper-layer protocol, named by the last header.
+    pub protocol: u8,
+    /// Overrides the version nibble.
+    pub version: u8,
+    /// What follows the headers.
+    pub payload: Vec<u8>,
+}
+
+impl Ipv6 {
+    /// A UDP packet from `src` to `dst` with a small payload.
+    pub fn udp(src: Ipv6Addr, dst: Ipv6Addr) -> Ipv6 {
+        Ipv6 {
+            src,
+            dst,
+            hop_limit: 64,
+            ext: Vec::new(),
+            protocol: IPPROTO_UDP,
+            version: 6,
+            payload: [0x30, 0x39, 0x30, 0x39, 0, 12, 0, 0, b'p', b'i', b'n', b'g'].to_vec(),
+        }
+    }
+
+    /// An ESP packet from `src` to `dst` with `spi` and sequence number 1.
+    pub fn esp(src: Ipv6Addr, dst: Ipv6Addr, spi: u32) -> Ipv6 {
+        let mut payload = spi.to_be_bytes().to_vec();
+        payload.extend_from_slice(&1u32.to_be_bytes());
+        payload.extend_from_slice(&[0xAB; 32]);
+        Ipv6 {
+            protocol: IPPROTO_ESP,
+            payload,
+            ..Ipv6::udp(src, dst)
+        }
+    }
+
+    /// An ICMPv6 message of `icmp_type` (code 0) with hop limit 255, as neighbour discovery
+    /// sends it (133..=137; others for contrast).
+    pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8) -> Ipv6 {
+        let mut payload = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
+        payload.extend_from_slice(&dst.octets());
+        Ipv6 {
+            protocol: IPPROTO_ICMPV6,
+            hop_limit: 255,
+            payload,
+            ..Ipv6::udp(src, dst)
+        }
+    }
+
+    /// The same packet with `ext` as its extension headers.
+    pub fn with_ext(&self, ext: &[Ext]) -> Ipv6 {
+        Ipv6 {
+            ext: ext.to_vec(),
+            ..self.clone()
+        }
+    }
+
+    /// The headers and payload as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        for (i, ext) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).map_or(self.protocol, |e| e.number());
+            rest.extend(ext.bytes(next));
+        }
+        rest.extend_from_slice(&self.payload);
+        let first = self.ext.first().map_or(self.protocol, |e| e.number());
+        let mut bytes = vec![self.version << 4, 0, 0, 0];
+        bytes.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&[first, self.hop_limit]);
+        bytes.extend_from_slice(&self.src.octets());
+        bytes.extend_from_slice(&self.dst.octets());
+        bytes.extend(rest);
+        bytes
+    }
+
+    /// The length in bytes of the frame up to the end of the last extension header.
+    pub fn headers_len(&self) -> usize {
+        self.frame().len() - self.payload.len()
+    }
+
+    /// This packet in an Ethernet frame.
+    pub fn frame(&self) -> Vec<u8> {
+        ethernet(ETH_P_IPV6, &self.to_bytes())
     }
 }
 

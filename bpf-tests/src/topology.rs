@@ -1,8 +1,12 @@
-//! A small cluster the tests load into the maps: this node, two peers, and the pod space.
+//! A small cluster the tests load into the maps: this node, two peers, and the pod space; and
+//! its IPv6 half, loaded on demand.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use xsteer::{cidr::Ipv4Cidr, dataplane::Dataplane};
+use xsteer::{
+    cidr::{Ipv4Cidr, Ipv6Cidr},
+    dataplane::{Dataplane, GridV6},
+};
 use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr};
 
 /// This node.
@@ -101,5 +105,84 @@ pub fn populate(dataplane: &mut Dataplane) {
         .peer_spis()
         .unwrap()
         .insert(PEER_B_IP, PEER_B_WIRE_SPI)
+        .unwrap();
+}
+
+/// This node's IPv6 address.
+pub const LOCAL_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 1);
+/// A pod on this node (in fd00:10:244:1::/64).
+pub const LOCAL_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
+/// Peer B's IPv6 node address.
+pub const PEER_B_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 2);
+/// A pod on peer B (in fd00:10:244:2::/64).
+pub const PEER_B_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 7);
+/// A pod in peer C's /80, carved out of peer D's /64 (fd00:10:244:9::/64).
+pub const PEER_C_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 9, 1, 0, 0, 9);
+/// A pod in peer D's /64 outside peer C's /80.
+pub const PEER_D_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 9, 2, 0, 0, 1);
+/// Node 5, whose pods have a /56 (wider than a grid slot).
+pub const NODE_5_ID: u16 = 5;
+/// A pod in node 5's fd00:10:244:100::/56.
+pub const NODE_5_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x1a7, 0, 0, 0, 1);
+/// A pod of a node in no map but the IPv6 pod space.
+pub const UNKNOWN_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0x77, 0, 0, 0, 7);
+/// An IPv6 address that is no pod's.
+pub const OUTSIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 8);
+/// A link-local address, as neighbour discovery uses.
+pub const LINK_LOCAL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+/// The cluster's IPv6 pod space.
+pub const CLUSTER_POD_CIDRS_V6: [&str; 1] = ["fd00:10:244::/48"];
+
+/// Parses an IPv6 CIDR the tests spell out.
+pub fn cidr6(s: &str) -> Ipv6Cidr {
+    s.parse().expect("test CIDR")
+}
+
+/// Writes the IPv6 half of the topology into the maps, with the grid of /64 slots over
+/// fd00:10:244::/48 in front of the remote trie when `grid`.
+pub fn populate_v6(dataplane: &mut Dataplane, grid: bool) {
+    let space: Vec<Ipv6Cidr> = CLUSTER_POD_CIDRS_V6.iter().map(|c| cidr6(c)).collect();
+    dataplane
+        .cluster_pod_cidrs_v6()
+        .unwrap()
+        .set(&space)
+        .unwrap();
+    let local = LocalPodCidr {
+        node_id: LOCAL_NODE_ID,
+        flags: 0,
+    };
+    dataplane
+        .local_pod_cidrs_v6()
+        .unwrap()
+        .insert(cidr6("fd00:10:244:1::/64"), local)
+        .unwrap();
+    let mut remote = dataplane.remote_pod_cidrs_v6().unwrap();
+    for (net, node_id, generation) in [
+        ("fd00:10:244:2::/64", PEER_B_ID, PEER_B_SPI),
+        ("fd00:10:244:9::/64", PEER_D_ID, 1),
+        ("fd00:10:244:9:1::/80", PEER_C_ID, PEER_C_SPI),
+        ("fd00:10:244:100::/56", NODE_5_ID, 2),
+    ] {
+        let value = RemotePodCidr {
+            node_id,
+            generation,
+            flags: 0,
+        };
+        remote.insert(cidr6(net), value).unwrap();
+    }
+    if grid {
+        let grid = GridV6::new(cidr6("fd00:10:244::/48")).unwrap();
+        remote.set_grid(Some(grid)).unwrap();
+    }
+    dataplane
+        .peer_nodes_v6()
+        .unwrap()
+        .insert(
+            PEER_B_IP6,
+            PeerNode {
+                node_id: PEER_B_ID,
+                flags: 0,
+            },
+        )
         .unwrap();
 }

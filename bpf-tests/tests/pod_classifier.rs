@@ -186,7 +186,6 @@ fn malformed_ipv4_is_untouched_and_counted() {
 fn other_protocols_are_untouched() {
     let to_remote = Ipv4::udp(LOCAL_POD, PEER_B_POD).frame();
     let frames = [
-        packet::ipv6_frame(),
         packet::arp_frame(),
         vlan_tagged(&to_remote, ETH_P_8021Q, 100),
         vlan_tagged(&vlan_tagged(&to_remote, ETH_P_8021Q, 100), ETH_P_8021AD, 7),
@@ -206,5 +205,23 @@ fn other_protocols_are_untouched() {
             "frame {i}"
         );
     }
-    assert_eq!(counter(&mut dp, Counter::PodNotIpv4), 5);
+    assert_eq!(counter(&mut dp, Counter::PodNotIpv4), 4);
+}
+
+/// IPv6 is classified now; to no remote pod (the IPv6 maps are empty here) it is unmatched.
+#[test]
+fn ipv6_to_no_remote_pod_is_untouched() {
+    let frames = [packet::ipv6_frame()];
+    let Some((out, mut dp)) = classify("ipv6_to_no_remote_pod_is_untouched", &frames, 0x5) else {
+        return;
+    };
+    assert_eq!(
+        out[0],
+        TcOutcome {
+            verdict: TC_NEXT,
+            mark: 0x5
+        }
+    );
+    assert_eq!(counter(&mut dp, Counter::PodUnmatched), 1);
+    assert_eq!(counter(&mut dp, Counter::PodNotIpv4), 0);
 }

@@ -9,36 +9,43 @@
 pub enum Counter {
     /// Pod classifier: destination is a remote pod; the encrypt mark was stamped.
     PodMarked = 0,
-    /// Pod classifier: IPv4, but the destination is not a remote pod; left untouched.
+    /// Pod classifier: IPv4 or IPv6, but the destination is not a remote pod; left untouched.
     PodUnmatched = 1,
-    /// Pod classifier: not IPv4 (IPv6, ARP, VLAN-tagged, ...); left untouched.
+    /// Pod classifier: not IP (ARP, VLAN-tagged, ...); left untouched. (The name is older
+    /// than IPv6 support.)
     PodNotIpv4 = 2,
-    /// Pod classifier: truncated or invalid Ethernet/IPv4 header; left untouched.
+    /// Pod classifier: truncated or invalid Ethernet, IPv4 or IPv6 header; left untouched.
     PodMalformed = 3,
     /// Egress guard: passed.
     EgressPassed = 4,
-    /// Egress guard: IPv4 to an address in the cluster's pod space that is not this node's,
-    /// about to leave unencrypted, whatever its source and protocol; dropped. (With the pod
-    /// space not filled: IPv4 from one of this node's pods.)
+    /// Egress guard: IPv4 or IPv6 to an address in the cluster's pod space of its family that
+    /// is not this node's, about to leave unencrypted, whatever its source and protocol (save
+    /// the link's IPv6 neighbour discovery); dropped. (With the IPv4 pod space not filled:
+    /// IPv4 from one of this node's pods; with the IPv6 one not filled, no IPv6.)
     EgressLeakDropped = 5,
-    /// Ingress guard: passed (not IPv4, nothing from a pod address, not ESP from a peer).
+    /// Ingress guard: passed (not IP, nothing from a pod address, not ESP from a peer).
     IngressPassed = 6,
     /// Ingress guard: ESP from a peer with a currently valid SPI; passed to xfrm.
     IngressEspAccepted = 7,
-    /// Ingress guard: IPv4 from an address in the cluster's pod space, whatever its protocol:
-    /// plaintext or spoofed, as tunnel-mode ESP carries node IPs outside; dropped. (With the pod
-    /// space not filled: IPv4 to one of this node's pods.)
+    /// Ingress guard: IPv4 or IPv6 from an address in the cluster's pod space of its family,
+    /// whatever its protocol (save the link's IPv6 neighbour discovery): plaintext or spoofed,
+    /// as tunnel-mode ESP carries node IPs outside; dropped. (With the IPv4 pod space not
+    /// filled: IPv4 to one of this node's pods; with the IPv6 one not filled, no IPv6.)
     IngressPlaintextDropped = 8,
     /// Ingress guard: ESP from a peer with an SPI not valid for it; dropped.
     IngressBadSpiDropped = 9,
     /// Egress guard: IPv4 EtherType but no readable IPv4 header (truncated, not pulled into
-    /// the linear area, version not 4, IHL below 5 or past the frame), or a truncated Ethernet
-    /// or VLAN header; dropped.
+    /// the linear area, version not 4, IHL below 5 or past the frame), IPv6 EtherType but no
+    /// readable 40-byte IPv6 header (while the IPv6 pod space is filled), or a truncated
+    /// Ethernet or VLAN header; dropped.
     EgressMalformedDropped = 10,
     /// Egress guard: still VLAN-tagged after [`crate::programs::VLAN_TAGS_MAX`] tags; dropped.
     EgressVlanDepthDropped = 11,
     /// Ingress guard: IPv4 EtherType but no readable IPv4 header (truncated, version not 4,
-    /// IHL below 5 or past the frame), or a truncated Ethernet or VLAN header; dropped.
+    /// IHL below 5 or past the frame), IPv6 EtherType but no readable IPv6 header (while the
+    /// IPv6 pod space is filled), IPv6 from a peer's address whose extension headers run past
+    /// the walk's bound or the frame (it may be ESP the guard cannot check), or a truncated
+    /// Ethernet or VLAN header; dropped.
     IngressMalformedDropped = 12,
     /// Ingress guard: still VLAN-tagged after [`crate::programs::VLAN_TAGS_MAX`] tags; dropped.
     IngressVlanDepthDropped = 13,

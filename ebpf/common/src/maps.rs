@@ -1,8 +1,11 @@
 //! Names and key/value layouts of the maps the programs read and the agent writes.
 //!
-//! Addresses are IPv4 in network byte order (`[u8; 4]`, as they sit in the packet), so neither
-//! side converts on the hot path and `bpftool` prints them as four readable octets. Every map is
-//! pinned under the agent's pin directory by the name given here.
+//! Addresses are in network byte order (`[u8; 4]` for IPv4, `[u8; 16]` for IPv6, as they sit in
+//! the packet), so neither side converts on the hot path and `bpftool` prints them as readable
+//! octets. Every map is pinned under the agent's pin directory by the name given here.
+//!
+//! IPv6 has maps of its own, beside the IPv4 ones (whose layouts pinned maps of earlier builds
+//! still have): their names fit the kernel's 15 bytes without clashing with the IPv4 names'.
 
 /// LPM trie: remote pod CIDR → [`RemotePodCidr`]. Read by the pod classifier.
 pub const REMOTE_POD_CIDRS: &str = "remote_pod_cidrs";
@@ -29,6 +32,26 @@ pub const POD_CIDR_GRID: &str = "pod_cidr_grid";
 /// Array: slot of the grid → [`RemotePodCidr`], a constant-time front for [`REMOTE_POD_CIDRS`].
 pub const REMOTE_POD_SLOTS: &str = "remote_pod_slots";
 
+/// LPM trie: remote IPv6 pod CIDR → [`RemotePodCidr`]. Read by the pod classifier.
+pub const REMOTE_POD_CIDRS_V6: &str = "remote6_cidrs";
+/// Array of one [`PodCidrGridV6`]: the cluster IPv6 prefix whose /64s index
+/// [`REMOTE_POD_SLOTS_V6`].
+pub const POD_CIDR_GRID_V6: &str = "pod6_cidr_grid";
+/// Array: /64 slot of the IPv6 grid → [`RemotePodCidr`], a constant-time front for
+/// [`REMOTE_POD_CIDRS_V6`].
+pub const REMOTE_POD_SLOTS_V6: &str = "remote6_slots";
+/// Array of one [`ClusterPodSpaceV6`]: every IPv6 address a pod of the cluster can have. Empty,
+/// the guards leave IPv6 alone.
+pub const CLUSTER_POD_CIDRS_V6: &str = "cluster6_cidrs";
+/// LPM trie: local IPv6 pod CIDR → [`LocalPodCidr`]. Read by both guards.
+pub const LOCAL_POD_CIDRS_V6: &str = "local6_cidrs";
+/// Hash: peer node IPv6 address → [`PeerNode`]. Tells the ingress guard which senders of ESP
+/// over IPv6 are peers.
+pub const PEER_NODES_V6: &str = "peer6_nodes";
+/// Array: node ID → that peer's IPv6 node address (zero: none), the ingress guard's
+/// constant-time check that ESP over IPv6 comes from the node its SPI names.
+pub const PEER_ADDRS_V6: &str = "peer6_addrs";
+
 /// Capacity of [`REMOTE_POD_CIDRS`]: one CIDR per node ID with room for extra pools.
 pub const REMOTE_POD_CIDRS_MAX: u32 = 65_536;
 /// Capacity of [`REMOTE_POD_SLOTS`]: a /8 cluster CIDR in /24s.
@@ -54,8 +77,30 @@ pub const SPI_PAIRINGS_MAX: usize = 4;
 /// set does not accept is looked up in [`PEER_SPIS`].
 pub const SPI_SET_CONSULT_HASH: u16 = 0x0001;
 
+/// Capacity of [`REMOTE_POD_CIDRS_V6`], as for IPv4.
+pub const REMOTE_POD_CIDRS_V6_MAX: u32 = 65_536;
+/// Capacity of [`REMOTE_POD_SLOTS_V6`]: a /48 cluster prefix in /64s.
+pub const REMOTE_POD_SLOTS_V6_MAX: u32 = 65_536;
+/// Capacity of [`LOCAL_POD_CIDRS_V6`].
+pub const LOCAL_POD_CIDRS_V6_MAX: u32 = 16;
+/// Capacity of [`PEER_NODES_V6`] and [`PEER_ADDRS_V6`]: every node ID.
+pub const PEER_NODES_V6_MAX: u32 = 65_536;
+
 /// An IPv4 address in network byte order.
 pub type Ipv4 = [u8; 4];
+/// An IPv6 address in network byte order.
+pub type Ipv6 = [u8; 16];
+
+/// The two halves of an IPv6 address as 64-bit words (in memory order, not numeric), for
+/// masked compares in two loads.
+#[inline(always)]
+pub fn ipv6_words(addr: &Ipv6) -> [u64; 2] {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&addr[..8]);
+    lo.copy_from_slice(&addr[8..]);
+    [u64::from_ne_bytes(hi), u64::from_ne_bytes(lo)]
+}
 
 /// Where to send a packet bound for a remote pod CIDR, and with which key.
 #[repr(C)]
@@ -85,6 +130,23 @@ pub struct PodCidrGrid {
     pub enabled: u8,
     /// Reserved, zero.
     pub reserved: u8,
+}
+
+/// The grid of remote IPv6 pod slots: `base/prefix_len` cut into /64s, slot `i` holding what
+/// [`REMOTE_POD_CIDRS_V6`] answers for the whole of the /64 `base + i`. /64 is what Kubernetes
+/// gives a node out of an IPv6 cluster CIDR by default (`--node-cidr-mask-size-ipv6`), and
+/// kind too, so the slots are fixed at that size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCidrGridV6 {
+    /// The first 64 bits of the cluster prefix; its bits past `prefix_len` are zero.
+    pub base: [u8; 8],
+    /// The cluster prefix's length (48..=64).
+    pub prefix_len: u8,
+    /// Non-zero when the slots are filled and may be used.
+    pub enabled: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 6],
 }
 
 /// One CIDR of the cluster's pod space: network and netmask, both in network byte order.
@@ -126,6 +188,52 @@ impl ClusterPodSpace {
             // Masking the stored address too: an entry with host bits set (written by hand)
             // still covers its network instead of matching nothing.
             if addr & mask == u32::from_ne_bytes(cidr.addr) & mask {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// One IPv6 CIDR of the cluster's pod space: network and netmask, in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPodCidrV6 {
+    /// The network address (bits past the mask are ignored).
+    pub addr: Ipv6,
+    /// The netmask, e.g. `ffff:ffff:ffff::` for a /48.
+    pub mask: Ipv6,
+}
+
+/// The cluster's IPv6 pod address space, as [`ClusterPodSpace`] is the IPv4 one. Empty (count
+/// 0), the guards do nothing for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPodSpaceV6 {
+    /// How many of `cidrs` are in use, from the first; 0 means "not filled".
+    pub count: u32,
+    /// Reserved, zero (keeps the CIDRs 8-aligned for the guards' 64-bit loads).
+    pub reserved: u32,
+    /// The CIDRs; those at `count` and beyond are ignored.
+    pub cidrs: [ClusterPodCidrV6; CLUSTER_POD_CIDRS_MAX],
+}
+
+impl ClusterPodSpaceV6 {
+    /// Whether `addr` (network byte order) lies in one of the CIDRs in use.
+    #[inline(always)]
+    pub fn contains(&self, addr: &Ipv6) -> bool {
+        let [a_hi, a_lo] = ipv6_words(addr);
+        let mut i = 0;
+        while i < CLUSTER_POD_CIDRS_MAX {
+            if i as u32 >= self.count {
+                return false;
+            }
+            let cidr = &self.cidrs[i];
+            let [m_hi, m_lo] = ipv6_words(&cidr.mask);
+            let [n_hi, n_lo] = ipv6_words(&cidr.addr);
+            // Masking the stored address too, as for IPv4.
+            if a_hi & m_hi == n_hi & m_hi && a_lo & m_lo == n_lo & m_lo {
                 return true;
             }
             i += 1;
@@ -183,7 +291,10 @@ pub struct EpochPairing {
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerSpiSet {
-    /// The peer's node IP: the outer source its ESP must have.
+    /// The peer's node IP: the outer source its ESP over IPv4 must have. ESP over IPv6 is
+    /// checked against [`PEER_ADDRS_V6`] instead, and its [`PEER_SPIS`] entries, when the set
+    /// is flagged, are keyed by this field all the same (0.0.0.0 for a peer with no IPv4 node
+    /// IP: the SPI names the node, so the key stays unique).
     pub node_ip: Ipv4,
     /// [`SPI_SET_CONSULT_HASH`] or zero.
     pub flags: u16,
@@ -260,6 +371,12 @@ mod pod {
     // SAFETY: [u8; 4], u16, u16, then 4 × (u16, u16): 24 bytes, align 4, no padding; every
     // bit pattern is a value.
     unsafe impl aya::Pod for super::PeerSpiSet {}
+    // SAFETY: [u8; 8], u8, u8, [u8; 6]: 16 bytes, align 1, no padding; every bit pattern is a
+    // value.
+    unsafe impl aya::Pod for super::PodCidrGridV6 {}
+    // SAFETY: u32, u32, then 8 × ([u8; 16], [u8; 16]): 264 bytes, align 4, no padding; every
+    // bit pattern is a value (a count past 8 is read as 8).
+    unsafe impl aya::Pod for super::ClusterPodSpaceV6 {}
 }
 
 #[cfg(test)]
@@ -278,6 +395,48 @@ mod tests {
         assert_eq!(size_of::<ClusterPodSpace>(), 68);
         assert_eq!(size_of::<EpochPairing>(), 4);
         assert_eq!(size_of::<PeerSpiSet>(), 8 + 4 * SPI_PAIRINGS_MAX);
+        assert_eq!(size_of::<PodCidrGridV6>(), 16);
+        assert_eq!(size_of::<ClusterPodSpaceV6>(), 264);
+    }
+
+    fn v6(s: &str) -> Ipv6 {
+        s.parse::<core::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    fn space_v6(cidrs: &[(&str, &str)]) -> ClusterPodSpaceV6 {
+        let mut space = ClusterPodSpaceV6 {
+            count: cidrs.len() as u32,
+            ..Default::default()
+        };
+        for (slot, &(addr, mask)) in space.cidrs.iter_mut().zip(cidrs) {
+            *slot = ClusterPodCidrV6 {
+                addr: v6(addr),
+                mask: v6(mask),
+            };
+        }
+        space
+    }
+
+    #[test]
+    fn an_ipv6_space_checks_both_halves_and_only_the_cidrs_in_use() {
+        let s = space_v6(&[
+            ("fd00:10:244::", "ffff:ffff:ffff::"),
+            ("fd00:99::1:0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:0"),
+        ]);
+        assert!(s.contains(&v6("fd00:10:244:7::9")));
+        assert!(!s.contains(&v6("fd00:10:245::1")));
+        assert!(
+            s.contains(&v6("fd00:99::1:ffff")),
+            "the second CIDR's low half"
+        );
+        assert!(!s.contains(&v6("fd00:99::2:1")), "differs in the low half");
+        assert!(!ClusterPodSpaceV6::default().contains(&[0; 16]));
+        let mut one = space_v6(&[("fd00::", "ff00::")]);
+        one.count = 1;
+        assert!(
+            !one.contains(&v6("fe80::1")),
+            "zeroed slots past count are not read"
+        );
     }
 
     const PEER: Ipv4 = [192, 168, 0, 2];

@@ -15,3 +15,11 @@ pub const INGRESS_GUARD: &str = "ingress_guard";
 /// How many VLAN tags (802.1Q, 802.1ad) the guards look through; a frame still tagged behind
 /// that many is dropped, since the kernel would strip the tags and deliver what they hide.
 pub const VLAN_TAGS_MAX: usize = 4;
+
+/// How many IPv6 extension headers the guards walk to find ESP or ICMPv6: six, one each of the
+/// headers RFC 8200 (section 4.1) orders before the upper layer (hop-by-hop, destination
+/// options, routing, fragment, AH, destination options again). A longer chain, or one cut
+/// short by the frame, cannot be proved to end in ESP: the ingress guard drops it from a peer,
+/// and the egress guard (which never needs the walk to drop a packet to a remote pod) does not
+/// take it for neighbour discovery. Cilium walks four (`IPV6_MAX_HEADERS`).
+pub const IPV6_EXT_HEADERS_MAX: usize = 6;

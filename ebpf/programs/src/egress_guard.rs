@@ -9,6 +9,13 @@
 //! counted: the fail-closed net. Neither the source nor the protocol is consulted, so neither
 //! the host, an ICMP error nor a pod sending raw protocol-50 packets slips past. A frame that
 //! cannot be parsed as far as its IPv4 addresses is dropped too; non-IP frames pass.
+//!
+//! IPv6 is decided the same way by the IPv6 pod space (`cluster6_cidrs`) and this node's IPv6
+//! pod CIDRs, with one exemption: neighbour discovery with hop limit 255 (the link's own,
+//! never a forwarded pod's) passes, found by walking the extension headers. The node's own ESP
+//! has node addresses outside and passes; a packet to a remote pod is dropped whatever its
+//! headers, so a chain too long or cut short to walk is dropped too. While the IPv6 pod space
+//! is empty, IPv6 passes untouched, malformed or not, as it did before the guard knew IPv6.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -19,8 +26,8 @@ use aya_log_ebpf::debug;
 use xsteer_common::counters::Counter;
 
 use crate::{
-    maps::{cluster_pod_space, count, is_local_pod},
-    parse::{Frame, Ipv4, Vlan, tc_frame},
+    maps::{cluster_pod_space, cluster_pod_space_v6, count, is_local_pod, is_local_pod_v6},
+    parse::{Frame, Ipv4, Ipv6, Vlan, tc_frame},
 };
 
 #[classifier]
@@ -34,8 +41,19 @@ pub fn egress_guard(ctx: TcContext) -> i32 {
             );
             Counter::EgressLeakDropped
         }
+        Frame::Ipv6(ip) if !to_another_nodes_pod_v6(&ip, ctx.data(), ctx.data_end()) => {
+            Counter::EgressPassed
+        }
+        Frame::Ipv6(ip) => {
+            debug!(
+                &ctx,
+                "egress guard: dropped plaintext {:i} -> {:i}", ip.src, ip.dst
+            );
+            Counter::EgressLeakDropped
+        }
         Frame::NotIpv4 => Counter::EgressPassed,
-        Frame::Malformed => Counter::EgressMalformedDropped,
+        Frame::MalformedIpv6 if cluster_pod_space_v6().is_none() => Counter::EgressPassed,
+        Frame::Malformed | Frame::MalformedIpv6 => Counter::EgressMalformedDropped,
         Frame::TooManyTags => Counter::EgressVlanDepthDropped,
     };
     count(verdict);
@@ -54,5 +72,20 @@ fn to_another_nodes_pod(ip: &Ipv4) -> bool {
         // Not filled yet (userspace fills it before attaching): at least nothing of this
         // node's own pods leaves in clear, a superset of what a peer-list guard dropped.
         None => is_local_pod(ip.src),
+    }
+}
+
+/// Whether `ip` is bound for an IPv6 pod address that is not this node's, and is not the
+/// link's neighbour discovery. The walk to tell ND runs only for such a packet.
+#[inline(always)]
+fn to_another_nodes_pod_v6(ip: &Ipv6, data: usize, data_end: usize) -> bool {
+    match cluster_pod_space_v6() {
+        Some(space) => {
+            space.contains(&ip.dst)
+                && !is_local_pod_v6(&ip.dst)
+                && !ip.is_neighbour_discovery(data, data_end)
+        }
+        // Not filled: this cluster has no IPv6 pods, or userspace does not guard them yet.
+        None => false,
     }
 }

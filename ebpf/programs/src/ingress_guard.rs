@@ -15,14 +15,25 @@
 //! set of valid SPIs its SPI's node ID indexes: array reads all, which the verifier inlines.
 //! The (peer, SPI) hash, a call into the kernel, is read only for a node ID whose set is
 //! flagged as incomplete, and `peer_nodes` only for ESP the sets did not accept.
+//!
+//! IPv6 gets the same checks through its own maps: anything from the IPv6 pod space
+//! (`cluster6_cidrs`) is dropped, save the link's neighbour discovery (hop limit 255); ESP over
+//! IPv6 from a peer's IPv6 address (`peer6_nodes`, `peer6_addrs`) must carry an SPI of that
+//! peer's set. ESP is found by walking the extension headers; a chain from a peer too long or
+//! cut short to walk is dropped, since the kernel would walk it further and might find ESP the
+//! guard never checked. While the IPv6 pod space is empty nothing from a pod is dropped, and
+//! with no IPv6 peers nothing else is, as before the guard knew IPv6.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
 use xsteer_common::counters::Counter;
 
 use crate::{
-    maps::{cluster_pod_space, count, count_valid_esp, is_local_pod, is_peer},
-    parse::{Frame, IPPROTO_ESP, Ipv4, Vlan, frame},
+    maps::{
+        cluster_pod_space, cluster_pod_space_v6, count, count_valid_esp, count_valid_esp_v6,
+        is_local_pod, is_peer, is_peer_v6,
+    },
+    parse::{Frame, IPPROTO_ESP, Ipv4, Ipv6, Vlan, frame},
 };
 
 #[xdp]
@@ -30,8 +41,12 @@ pub fn ingress_guard(ctx: XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let ip = match frame(data, data_end, Vlan::LookThrough) {
         Frame::Ipv4(ip) => ip,
+        Frame::Ipv6(ip) => return ipv6(&ctx, &ip, data, data_end),
         Frame::NotIpv4 => return pass(),
-        Frame::Malformed => return dropped(Counter::IngressMalformedDropped),
+        Frame::MalformedIpv6 if cluster_pod_space_v6().is_none() => return pass(),
+        Frame::Malformed | Frame::MalformedIpv6 => {
+            return dropped(Counter::IngressMalformedDropped);
+        }
         Frame::TooManyTags => return dropped(Counter::IngressVlanDepthDropped),
     };
     if from_a_pod(&ip) {
@@ -55,6 +70,39 @@ pub fn ingress_guard(ctx: XdpContext) -> u32 {
     if is_peer(ip.src) {
         debug!(
             &ctx,
+            "ingress guard: dropped ESP from {:i} with SPI {:x}", ip.src, spi
+        );
+        return dropped(Counter::IngressBadSpiDropped);
+    }
+    pass()
+}
+
+/// The checks above, for IPv6.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, ip: &Ipv6, data: usize, data_end: usize) -> u32 {
+    if let Some(space) = cluster_pod_space_v6() {
+        if space.contains(&ip.src) && !ip.is_neighbour_discovery(data, data_end) {
+            debug!(
+                ctx,
+                "ingress guard: dropped plaintext {:i} -> {:i}", ip.src, ip.dst
+            );
+            return dropped(Counter::IngressPlaintextDropped);
+        }
+    }
+    let spi = match ip.esp_spi(data, data_end) {
+        Ok(Some(spi)) => spi,
+        // Not ESP, or a later fragment: reassembly drops it if the first was dropped.
+        Ok(None) => return pass(),
+        Err(()) if is_peer_v6(&ip.src) => return dropped(Counter::IngressMalformedDropped),
+        Err(()) => return pass(),
+    };
+    if count_valid_esp_v6(&ip.src, spi, (data_end - data) as u64) {
+        count(Counter::IngressEspAccepted);
+        return xdp_action::XDP_PASS;
+    }
+    if is_peer_v6(&ip.src) {
+        debug!(
+            ctx,
             "ingress guard: dropped ESP from {:i} with SPI {:x}", ip.src, spi
         );
         return dropped(Counter::IngressBadSpiDropped);

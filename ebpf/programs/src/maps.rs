@@ -11,9 +11,11 @@ use aya_ebpf::{
 use xsteer_common::{
     counters::Counter,
     maps::{
-        ClusterPodSpace, EspStats, Ipv4, LOCAL_POD_CIDRS_MAX, LocalPodCidr, PEER_NODES_MAX,
-        PEER_SPI_SETS_MAX, PEER_SPIS_MAX, PeerNode, PeerSpi, PeerSpiSet, PodCidrGrid,
-        REMOTE_POD_CIDRS_MAX, REMOTE_POD_SLOTS_MAX, RemotePodCidr, SLOT_CONSULT_TRIE,
+        ClusterPodSpace, ClusterPodSpaceV6, EspStats, Ipv4, Ipv6, LOCAL_POD_CIDRS_MAX,
+        LOCAL_POD_CIDRS_V6_MAX, LocalPodCidr, PEER_NODES_MAX, PEER_NODES_V6_MAX, PEER_SPI_SETS_MAX,
+        PEER_SPIS_MAX, PeerNode, PeerSpi, PeerSpiSet, PodCidrGrid, PodCidrGridV6,
+        REMOTE_POD_CIDRS_MAX, REMOTE_POD_CIDRS_V6_MAX, REMOTE_POD_SLOTS_MAX,
+        REMOTE_POD_SLOTS_V6_MAX, RemotePodCidr, SLOT_CONSULT_TRIE, ipv6_words,
     },
 };
 
@@ -50,6 +52,30 @@ static PEER_ESP_STATS: PerCpuArray<EspStats, { PEER_SPI_SETS_MAX as usize }> = P
 #[btf_map(name = "counters")]
 static COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
 
+#[btf_map(name = "remote6_cidrs")]
+static REMOTE_POD_CIDRS_V6: LpmTrie<Ipv6, RemotePodCidr, { REMOTE_POD_CIDRS_V6_MAX as usize }> =
+    LpmTrie::new();
+
+#[btf_map(name = "pod6_cidr_grid")]
+static POD_CIDR_GRID_V6: Array<PodCidrGridV6, 1> = Array::new();
+
+#[btf_map(name = "remote6_slots")]
+static REMOTE_POD_SLOTS_V6: Array<RemotePodCidr, { REMOTE_POD_SLOTS_V6_MAX as usize }> =
+    Array::new();
+
+#[btf_map(name = "cluster6_cidrs")]
+static CLUSTER_POD_CIDRS_V6: Array<ClusterPodSpaceV6, 1> = Array::new();
+
+#[btf_map(name = "local6_cidrs")]
+static LOCAL_POD_CIDRS_V6: LpmTrie<Ipv6, LocalPodCidr, { LOCAL_POD_CIDRS_V6_MAX as usize }> =
+    LpmTrie::new();
+
+#[btf_map(name = "peer6_nodes")]
+static PEER_NODES_V6: HashMap<Ipv6, PeerNode, { PEER_NODES_V6_MAX as usize }> = HashMap::new();
+
+#[btf_map(name = "peer6_addrs")]
+static PEER_ADDRS_V6: Array<Ipv6, { PEER_NODES_V6_MAX as usize }> = Array::new();
+
 /// The remote pod CIDR that contains `addr`, if any: from the grid's slot when `addr` lies in
 /// the grid and the slot can answer alone, from the trie otherwise.
 #[inline(always)]
@@ -73,6 +99,58 @@ pub fn remote_pod_cidr(addr: Ipv4) -> Option<RemotePodCidr> {
     REMOTE_POD_CIDRS.get(&Key::new(32, addr)).copied()
 }
 
+/// The remote IPv6 pod CIDR that contains `addr`, if any: from the /64 slot of the grid when
+/// `addr` lies in it and the slot can answer alone, from the trie otherwise.
+///
+/// Why a grid and not a hash keyed by the /64: a hash lookup, like a trie's, is a call into
+/// the kernel (about 20 ns on the development machine, docs/benchmarks.md), over the 15 ns the
+/// classifier may cost; an array read is inlined by the verifier. The /64 of a cluster's
+/// pods lie in one prefix of at most 16 bits more (a /48 holds 65,536), as IPv4's /24s lie
+/// in the cluster CIDR.
+#[inline(always)]
+pub fn remote_pod_cidr_v6(addr: &Ipv6) -> Option<RemotePodCidr> {
+    if let Some(grid) = POD_CIDR_GRID_V6.get(0) {
+        if grid.enabled != 0 {
+            let prefix = u64::from_be_bytes([
+                addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+            ]);
+            let offset = prefix.wrapping_sub(u64::from_be_bytes(grid.base));
+            // Inside the grid when the offset fits in the /64's bits past the cluster prefix;
+            // `& 63` keeps the shift defined for the verifier (userspace enables 48..=64).
+            let host_bits = (64 - u32::from(grid.prefix_len)) & 63;
+            // The second test only matters for a grid wider than userspace writes: it keeps
+            // the index from wrapping in the cast.
+            if offset >> host_bits == 0 && offset < u64::from(REMOTE_POD_SLOTS_V6_MAX) {
+                if let Some(slot) = REMOTE_POD_SLOTS_V6.get(offset as u32) {
+                    if slot.flags & SLOT_CONSULT_TRIE == 0 {
+                        return (slot.node_id != 0).then_some(*slot);
+                    }
+                }
+            }
+        }
+    }
+    REMOTE_POD_CIDRS_V6.get(&key_v6(addr).key).copied()
+}
+
+/// An IPv6 LPM key placed so that its address is 8-aligned on the stack.
+#[repr(C, align(8))]
+struct KeyV6 {
+    _pad: u32,
+    key: Key<Ipv6>,
+}
+
+/// The /128 key of `addr`. `Key<[u8; 16]>` alone is 4-aligned, and with misaligned loads
+/// allowed LLVM copies the address into it in 8-byte stores at offset 4, which the verifier
+/// refuses on the stack ("misaligned stack access"); four bytes in front put the address on an
+/// 8-byte boundary.
+#[inline(always)]
+fn key_v6(addr: &Ipv6) -> KeyV6 {
+    KeyV6 {
+        _pad: 0,
+        key: Key::new(128, *addr),
+    }
+}
+
 /// The cluster's pod space, or `None` while it has not been filled (no CIDR in it).
 #[inline(always)]
 pub fn cluster_pod_space() -> Option<&'static ClusterPodSpace> {
@@ -83,6 +161,66 @@ pub fn cluster_pod_space() -> Option<&'static ClusterPodSpace> {
 #[inline(always)]
 pub fn is_local_pod(addr: Ipv4) -> bool {
     LOCAL_POD_CIDRS.get(&Key::new(32, addr)).is_some()
+}
+
+/// The cluster's IPv6 pod space, or `None` while it has not been filled: the guards then
+/// leave IPv6 alone.
+#[inline(always)]
+pub fn cluster_pod_space_v6() -> Option<&'static ClusterPodSpaceV6> {
+    CLUSTER_POD_CIDRS_V6.get(0).filter(|space| space.count != 0)
+}
+
+/// Whether `addr` is in one of this node's IPv6 pod CIDRs.
+#[inline(always)]
+pub fn is_local_pod_v6(addr: &Ipv6) -> bool {
+    LOCAL_POD_CIDRS_V6.get(&key_v6(addr).key).is_some()
+}
+
+/// Whether `node_addr` is the IPv6 address of a peer node.
+#[inline(always)]
+pub fn is_peer_v6(node_addr: &Ipv6) -> bool {
+    PEER_NODES_V6.get_ptr(*node_addr).is_some()
+}
+
+/// Counts an ESP-over-IPv6 packet of `len` bytes if `spi` is currently valid for the peer at
+/// `node_addr`.
+///
+/// The node ID the SPI carries indexes two arrays the verifier inlines: that node's IPv6
+/// address in `peer6_addrs`, which must be the sender, and its set of valid SPIs, the same
+/// set ESP over IPv4 is checked against. A flagged set sends what it does not accept on to
+/// the (node IP, SPI) hash under the set's IPv4 node IP field.
+#[inline(always)]
+pub fn count_valid_esp_v6(node_addr: &Ipv6, spi: u32, len: u64) -> bool {
+    let node_id = spi >> 16;
+    let Some(addr) = PEER_ADDRS_V6.get(node_id) else {
+        return false;
+    };
+    let [a_hi, a_lo] = ipv6_words(addr);
+    let [s_hi, s_lo] = ipv6_words(node_addr);
+    // A zero slot is a node ID with no IPv6 address, not `::`.
+    if a_hi | a_lo == 0 || a_hi != s_hi || a_lo != s_lo {
+        return false;
+    }
+    let Some(set) = PEER_SPI_SETS.get(node_id) else {
+        return false;
+    };
+    if set.slot_of(spi).is_some() {
+        add(PEER_ESP_STATS.get_ptr_mut(node_id), len);
+        return true;
+    }
+    if !set.consults_hash() {
+        return false;
+    }
+    match PEER_SPIS.get_ptr_mut(PeerSpi {
+        node_ip: set.node_ip,
+        spi,
+    }) {
+        Some(stats) => {
+            add(Some(stats), len);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Whether `node_ip` is a peer node.

@@ -131,38 +131,54 @@ fn cluster_cidr_raw(cidr: Ipv4Cidr) -> ClusterPodCidr {
     }
 }
 
-/// The value that makes the pod space `cidrs`, written over `current`: CIDRs already in
-/// `current` keep their slots, new ones take the lowest free slots, and a free slot below the
-/// last one used repeats the first CIDR (a duplicate changes nothing and needs no
-/// "unused" marker the programs would have to test).
+/// The value that makes the pod space `cidrs`, written over `current` (see [`keep_slots`]).
 fn space_layout(
     current: &ClusterPodSpace,
     cidrs: &[Ipv4Cidr],
 ) -> Result<ClusterPodSpace, DataplaneError> {
-    let mut wanted: Vec<ClusterPodCidr> = Vec::new();
-    for raw in cidrs.iter().copied().map(cluster_cidr_raw) {
-        if !wanted.contains(&raw) {
-            wanted.push(raw);
+    let in_use = (current.count as usize).min(CLUSTER_POD_CIDRS_MAX);
+    let wanted: Vec<ClusterPodCidr> = cidrs.iter().copied().map(cluster_cidr_raw).collect();
+    let slots = keep_slots(&current.cidrs[..in_use], &wanted, names::CLUSTER_POD_CIDRS)?;
+    let mut value = ClusterPodSpace {
+        count: slots.len() as u32,
+        ..Default::default()
+    };
+    value.cidrs[..slots.len()].copy_from_slice(&slots);
+    Ok(value)
+}
+
+/// The slots in use of a pod space (IPv4 or IPv6) that holds `wanted`, written over the slots
+/// `current` uses: CIDRs already there keep their slots, new ones take the lowest free slots,
+/// and a free slot below the last one used repeats the first CIDR (a duplicate changes nothing
+/// and needs no "unused" marker the programs would have to test).
+pub(super) fn keep_slots<T: Copy + PartialEq>(
+    current: &[T],
+    wanted: &[T],
+    name: &'static str,
+) -> Result<Vec<T>, DataplaneError> {
+    let mut distinct: Vec<T> = Vec::new();
+    for raw in wanted {
+        if !distinct.contains(raw) {
+            distinct.push(*raw);
         }
     }
-    if wanted.len() > CLUSTER_POD_CIDRS_MAX {
+    if distinct.len() > CLUSTER_POD_CIDRS_MAX {
         return Err(DataplaneError::TooMany {
-            name: names::CLUSTER_POD_CIDRS,
-            given: wanted.len(),
+            name,
+            given: distinct.len(),
             max: CLUSTER_POD_CIDRS_MAX,
         });
     }
-    let Some(&first) = wanted.first() else {
-        return Ok(ClusterPodSpace::default());
+    let Some(&first) = distinct.first() else {
+        return Ok(Vec::new());
     };
-    let mut slots: [Option<ClusterPodCidr>; CLUSTER_POD_CIDRS_MAX] = Default::default();
-    let in_use = (current.count as usize).min(CLUSTER_POD_CIDRS_MAX);
-    for (i, have) in current.cidrs[..in_use].iter().enumerate() {
-        if wanted.contains(have) && !slots.contains(&Some(*have)) {
+    let mut slots: [Option<T>; CLUSTER_POD_CIDRS_MAX] = [None; CLUSTER_POD_CIDRS_MAX];
+    for (i, have) in current.iter().take(CLUSTER_POD_CIDRS_MAX).enumerate() {
+        if distinct.contains(have) && !slots.contains(&Some(*have)) {
             slots[i] = Some(*have);
         }
     }
-    for cidr in &wanted {
+    for cidr in &distinct {
         if !slots.contains(&Some(*cidr)) {
             let free = slots
                 .iter()
@@ -175,14 +191,7 @@ fn space_layout(
         .iter()
         .rposition(Option::is_some)
         .map_or(0, |last| last + 1);
-    let mut value = ClusterPodSpace {
-        count: count as u32,
-        ..Default::default()
-    };
-    for (out, slot) in value.cidrs.iter_mut().zip(&slots[..count]) {
-        *out = slot.unwrap_or(first);
-    }
-    Ok(value)
+    Ok(slots[..count].iter().map(|s| s.unwrap_or(first)).collect())
 }
 
 /// The distinct CIDRs a pod space value holds, in slot order.

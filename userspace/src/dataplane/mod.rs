@@ -10,6 +10,7 @@ pub mod links;
 mod maps;
 mod pinned;
 mod spis;
+mod v6;
 
 use std::path::{Path, PathBuf};
 
@@ -23,13 +24,19 @@ pub use maps::{
     CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemotePodCidrs,
 };
 pub use spis::PeerSpis;
+pub use v6::{
+    CidrMapV6, ClusterPodCidrsV6, GridV6, GridV6Error, LocalPodCidrsV6, PeerNodesV6,
+    RemotePodCidrsV6,
+};
 use xsteer_common::{maps as map_names, programs};
 
 /// The eBPF object, as built by `cargo xtask build-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xsteer.bpf.o"));
 
-/// Every map xsteer owns, by pin name.
-pub const MAPS: [&str; 10] = [
+/// Every map xsteer owns, by pin name. The IPv6 maps came after the others: a pin directory
+/// left by an earlier build lacks them, and loading it pins new, empty ones beside the adopted
+/// IPv4 maps.
+pub const MAPS: [&str; 17] = [
     map_names::REMOTE_POD_CIDRS,
     map_names::POD_CIDR_GRID,
     map_names::REMOTE_POD_SLOTS,
@@ -40,6 +47,13 @@ pub const MAPS: [&str; 10] = [
     map_names::PEER_SPI_SETS,
     map_names::PEER_ESP_STATS,
     map_names::COUNTERS,
+    map_names::REMOTE_POD_CIDRS_V6,
+    map_names::POD_CIDR_GRID_V6,
+    map_names::REMOTE_POD_SLOTS_V6,
+    map_names::CLUSTER_POD_CIDRS_V6,
+    map_names::LOCAL_POD_CIDRS_V6,
+    map_names::PEER_NODES_V6,
+    map_names::PEER_ADDRS_V6,
 ];
 
 /// Why a dataplane operation failed.
@@ -140,6 +154,10 @@ pub struct Dataplane {
     remote_mirror: Option<
         std::collections::BTreeMap<crate::cidr::Ipv4Cidr, xsteer_common::maps::RemotePodCidr>,
     >,
+    /// `remote6_cidrs` as this process knows it, read once, then kept by its writes.
+    remote6_mirror: Option<
+        std::collections::BTreeMap<crate::cidr::Ipv6Cidr, xsteer_common::maps::RemotePodCidr>,
+    >,
     /// `peer_spis`' keys as this process knows them, read once, then kept by its writes and
     /// refreshed by every full read.
     spis_mirror: Option<std::collections::BTreeSet<(u32, std::net::Ipv4Addr)>>,
@@ -155,6 +173,7 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             remote_mirror: None,
+            remote6_mirror: None,
             spis_mirror: None,
         })
     }
@@ -253,6 +272,56 @@ impl Dataplane {
             sets.ok_or_else(|| missing(map_names::PEER_SPI_SETS))?,
             stats.ok_or_else(|| missing(map_names::PEER_ESP_STATS))?,
             &mut self.spis_mirror,
+        )
+    }
+
+    /// Remote IPv6 pod CIDR → node and key generation.
+    pub fn remote_pod_cidrs_v6(&mut self) -> Result<RemotePodCidrsV6<'_>, DataplaneError> {
+        let (mut trie, mut grid, mut slots) = (None, None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::REMOTE_POD_CIDRS_V6 => trie = Some(map),
+                map_names::POD_CIDR_GRID_V6 => grid = Some(map),
+                map_names::REMOTE_POD_SLOTS_V6 => slots = Some(map),
+                _ => {}
+            }
+        }
+        let missing = |name| DataplaneError::Missing { kind: "map", name };
+        RemotePodCidrsV6::new(
+            trie.ok_or_else(|| missing(map_names::REMOTE_POD_CIDRS_V6))?,
+            grid.ok_or_else(|| missing(map_names::POD_CIDR_GRID_V6))?,
+            slots.ok_or_else(|| missing(map_names::REMOTE_POD_SLOTS_V6))?,
+            &mut self.remote6_mirror,
+        )
+    }
+
+    /// The cluster's IPv6 pod space; empty, the guards leave IPv6 alone.
+    pub fn cluster_pod_cidrs_v6(&mut self) -> Result<ClusterPodCidrsV6<'_>, DataplaneError> {
+        ClusterPodCidrsV6::new(self.map(map_names::CLUSTER_POD_CIDRS_V6)?)
+    }
+
+    /// This node's IPv6 pod CIDRs.
+    pub fn local_pod_cidrs_v6(&mut self) -> Result<LocalPodCidrsV6<'_>, DataplaneError> {
+        CidrMapV6::new(
+            self.map(map_names::LOCAL_POD_CIDRS_V6)?,
+            map_names::LOCAL_POD_CIDRS_V6,
+        )
+    }
+
+    /// Peer node IPv6 address → node ID.
+    pub fn peer_nodes_v6(&mut self) -> Result<PeerNodesV6<'_>, DataplaneError> {
+        let (mut hash, mut addrs) = (None, None);
+        for (name, map) in self.ebpf.maps_mut() {
+            match name {
+                map_names::PEER_NODES_V6 => hash = Some(map),
+                map_names::PEER_ADDRS_V6 => addrs = Some(map),
+                _ => {}
+            }
+        }
+        let missing = |name| DataplaneError::Missing { kind: "map", name };
+        PeerNodesV6::new(
+            hash.ok_or_else(|| missing(map_names::PEER_NODES_V6))?,
+            addrs.ok_or_else(|| missing(map_names::PEER_ADDRS_V6))?,
         )
     }
 

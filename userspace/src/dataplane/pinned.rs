@@ -100,6 +100,7 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             remote_mirror: None,
+            remote6_mirror: None,
             spis_mirror: None,
         })
     }
