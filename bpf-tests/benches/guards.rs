@@ -6,7 +6,10 @@
 //! `remote_pod_cidrs` with the grid of /24 slots in front, this node's 10.0.0.0/24 in
 //! `local_pod_cidrs`, 65,534 peers in `peer_nodes` and two wire SPIs each (generations 3 and 4
 //! of one epoch pairing) in `peer_spis` and its sets; one peer has one pairing more than a set
-//! holds, the last accepted through the hash. Each row runs one program on one frame and, right
+//! holds, the last accepted through the hash. The IPv6 maps hold the same node's IPv6 half: the
+//! pod space fd00:10::/48, 65,536 remote /64s of it with the grid of /64 slots in front, this
+//! node's fd00:10::/64, and the 65,534 peers' IPv6 addresses (fd00:ffff:: + node ID), which
+//! share the peers' SPI sets. Each row runs one program on one frame and, right
 //! before it, the empty program of the same type (tc or XDP) on the same frame; rounds
 //! interleave every row so that drift (frequency, noise from the other core) hits them alike,
 //! and the table reports medians. Prints a markdown section for docs/benchmarks.md (`cargo
@@ -16,15 +19,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd},
 };
 
-use xsteer::{cidr::Ipv4Cidr, dataplane::Dataplane, dataplane::grid::Grid};
+use xsteer::{
+    cidr::{Ipv4Cidr, Ipv6Cidr},
+    dataplane::{Dataplane, GridV6, grid::Grid},
+};
 use xsteer_bpf_tests::{
     TC_NEXT, TC_SHOT, XDP_DROP, XDP_PASS,
     bench::{Empty, median, ns_per_packet},
-    packet::Ipv4,
+    packet::{Ext, Ipv4, Ipv6},
 };
 use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr, SPI_PAIRINGS_MAX};
 
@@ -42,6 +48,16 @@ const BUSY_PEER_ID: u16 = 65_534;
 
 fn node_ip(id: u16) -> Ipv4Addr {
     Ipv4Addr::from(0x6440_0000 | u32::from(id))
+}
+
+/// Node `id`'s IPv6 address: fd00:ffff:: + `id`.
+fn node_ip6(id: u16) -> Ipv6Addr {
+    Ipv6Addr::from(0xfd00_ffff_u128 << 96 | u128::from(id))
+}
+
+/// Pod `host` of /64 number `index` of fd00:10::/48 (this node has /64 0).
+fn pod6(index: u16, host: u64) -> Ipv6Addr {
+    Ipv6Addr::from(0xfd00_0010_u128 << 96 | u128::from(index) << 64 | u128::from(host))
 }
 
 /// The wire SPI of key generation `generation` from node `id`, under the epoch pairing whose
@@ -114,7 +130,39 @@ fn node() -> Dataplane {
         let spi = wire_spi(BUSY_PEER_ID, tags, 3);
         spis.insert(node_ip(BUSY_PEER_ID), spi).unwrap();
     }
+    fill_v6(&mut dp, local);
     dp
+}
+
+/// The IPv6 half of the node: pod space, remote /64s and their grid, local /64, peers.
+fn fill_v6(dp: &mut Dataplane, local: LocalPodCidr) {
+    let mut remote = dp.remote_pod_cidrs_v6().unwrap();
+    for i in 0..65_536u32 {
+        let value = RemotePodCidr {
+            node_id: (i % 65_535 + 1) as u16,
+            generation: 3,
+            flags: 0,
+        };
+        let net = Ipv6Cidr::new(pod6(i as u16, 0), 64).unwrap();
+        remote.insert(net, value).unwrap();
+    }
+    let cluster: Ipv6Cidr = "fd00:10::/48".parse().unwrap();
+    remote
+        .set_grid(Some(GridV6::new(cluster).unwrap()))
+        .unwrap();
+    dp.cluster_pod_cidrs_v6().unwrap().set(&[cluster]).unwrap();
+    dp.local_pod_cidrs_v6()
+        .unwrap()
+        .insert(Ipv6Cidr::new(pod6(0, 0), 64).unwrap(), local)
+        .unwrap();
+    let mut peers = dp.peer_nodes_v6().unwrap();
+    for id in 2..=PEER_ID {
+        let node = PeerNode {
+            node_id: id,
+            flags: 0,
+        };
+        peers.insert(node_ip6(id), node).unwrap();
+    }
 }
 
 /// The program a row runs.
@@ -176,6 +224,8 @@ fn rows() -> Vec<Row> {
     let local_pod = Ipv4Addr::new(10, 0, 0, 5);
     let remote_pod = Ipv4Addr::new(10, 255, 255, 9);
     let (local, peer, busy) = (node_ip(LOCAL_ID), node_ip(PEER_ID), node_ip(BUSY_PEER_ID));
+    let (local_pod6, remote_pod6) = (pod6(0, 5), pod6(0xFFFF, 9));
+    let (local6, peer6) = (node_ip6(LOCAL_ID), node_ip6(PEER_ID));
     let row = |program, packet, frame: Vec<u8>, verdict, typical| Row {
         program,
         packet,
@@ -264,6 +314,64 @@ fn rows() -> Vec<Row> {
             XDP_DROP,
             false,
         ),
+        row(
+            Program::Classifier,
+            "IPv6: UDP from a local pod to a remote pod (marked)",
+            Ipv6::udp(local_pod6, remote_pod6).frame(),
+            TC_NEXT,
+            false,
+        ),
+        row(
+            Program::EgressGuard,
+            "IPv6: the node's own ESP to a peer (passes)",
+            Ipv6::esp(local6, peer6, wire_spi(LOCAL_ID, 0, 3)).frame(),
+            TC_NEXT,
+            true,
+        ),
+        row(
+            Program::EgressGuard,
+            "IPv6: plaintext from a local pod to a remote pod (dropped)",
+            Ipv6::udp(local_pod6, remote_pod6).frame(),
+            TC_SHOT,
+            false,
+        ),
+        row(
+            Program::IngressGuard,
+            "IPv6: ESP from a peer with a valid SPI (accepted)",
+            Ipv6::esp(peer6, local6, wire_spi(PEER_ID, 0, 3)).frame(),
+            XDP_PASS,
+            true,
+        ),
+        row(
+            Program::IngressGuard,
+            "IPv6: ESP from a peer with a valid SPI behind hop-by-hop and destination options (accepted)",
+            Ipv6::esp(peer6, local6, wire_spi(PEER_ID, 0, 3))
+                .with_ext(&[Ext::HopByHop(0), Ext::DestOpts(0)])
+                .frame(),
+            XDP_PASS,
+            false,
+        ),
+        row(
+            Program::IngressGuard,
+            "IPv6: ESP from a peer with an SPI not valid for it (dropped)",
+            Ipv6::esp(peer6, local6, wire_spi(PEER_ID, 0, 9)).frame(),
+            XDP_DROP,
+            false,
+        ),
+        row(
+            Program::IngressGuard,
+            "IPv6: UDP between nodes (passes)",
+            Ipv6::udp(peer6, local6).frame(),
+            XDP_PASS,
+            false,
+        ),
+        row(
+            Program::IngressGuard,
+            "IPv6: plaintext from a remote pod (dropped)",
+            Ipv6::udp(remote_pod6, local_pod6).frame(),
+            XDP_DROP,
+            false,
+        ),
     ]
 }
 
@@ -326,8 +434,13 @@ fn main() {
             f64::from(m) / f64::from(base.max(1))
         );
         if row.typical {
+            let family = if row.frame[12..14] == [0x86, 0xDD] {
+                "IPv6"
+            } else {
+                "IPv4"
+            };
             verdicts.push(format!(
-                "{} on its typical packet: {over:+} ns over empty, target ≤ {TARGET_NS} ns: **{}**",
+                "{} on its typical {family} packet: {over:+} ns over empty, target ≤ {TARGET_NS} ns: **{}**",
                 row.program.name(),
                 if over <= TARGET_NS { "met" } else { "not met" }
             ));

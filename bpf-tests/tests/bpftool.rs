@@ -13,7 +13,9 @@ use xsteer_bpf_tests::{
     topology::{PEER_B_IP, PEER_B_WIRE_SPI, populate},
 };
 use xsteer_common::maps::{
-    CLUSTER_POD_CIDRS, COUNTERS, LOCAL_POD_CIDRS, PEER_SPI_SETS, PEER_SPIS, REMOTE_POD_CIDRS,
+    CLUSTER_POD_CIDRS, CLUSTER_POD_CIDRS_V6, COUNTERS, LOCAL_POD_CIDRS, LOCAL_POD_CIDRS_V6,
+    PEER_ADDRS_V6, PEER_NODES_V6, PEER_SPI_SETS, PEER_SPIS, POD_CIDR_GRID_V6, REMOTE_POD_CIDRS,
+    REMOTE_POD_CIDRS_V6, REMOTE_POD_SLOTS_V6,
 };
 
 /// A pin directory of this test's own, removed when dropped.
@@ -178,4 +180,52 @@ fn pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name() {
         Err(other) => panic!("expected PinnedLayout, got {other}"),
         Ok(_) => panic!("a map of another layout was adopted"),
     }
+}
+
+/// A pin directory left by a build from before IPv6 has no IPv6 maps: its IPv4 maps are
+/// adopted with their entries, and the IPv6 maps are created empty and pinned beside them.
+#[test]
+fn pins_without_the_ipv6_maps_are_adopted_and_the_ipv6_maps_added() {
+    let Some(mut dp) = dataplane("pins_without_the_ipv6_maps_are_adopted_and_the_ipv6_maps_added")
+    else {
+        return;
+    };
+    populate(&mut dp);
+    let dir = pinned(&mut dp, "v6-added");
+    drop(dp);
+    let v6 = [
+        REMOTE_POD_CIDRS_V6,
+        POD_CIDR_GRID_V6,
+        REMOTE_POD_SLOTS_V6,
+        CLUSTER_POD_CIDRS_V6,
+        LOCAL_POD_CIDRS_V6,
+        PEER_NODES_V6,
+        PEER_ADDRS_V6,
+    ];
+    for name in v6 {
+        fs::remove_file(dir.0.join(name)).unwrap();
+    }
+    assert!(!Dataplane::is_pinned(&dir.0));
+    let mut adopted = Dataplane::load_pinned(&dir.0).expect("the IPv4 maps an older build pinned");
+    assert_eq!(
+        adopted.peer_spis().unwrap().keys().unwrap(),
+        [(PEER_B_IP, PEER_B_WIRE_SPI)]
+    );
+    assert!(Dataplane::is_pinned(&dir.0), "the IPv6 maps are pinned now");
+    assert!(
+        adopted
+            .cluster_pod_cidrs_v6()
+            .unwrap()
+            .get()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        adopted
+            .peer_nodes_v6()
+            .unwrap()
+            .entries()
+            .unwrap()
+            .is_empty()
+    );
 }
