@@ -91,8 +91,8 @@ pub type Ipv4 = [u8; 4];
 /// An IPv6 address in network byte order.
 pub type Ipv6 = [u8; 16];
 
-/// The two halves of an IPv6 address as 64-bit words (in memory order, not numeric), for
-/// masked compares in two loads.
+/// The two halves of an IPv6 address as 64-bit words (in memory order, not numeric), as the
+/// programs load them from the packet: a compare or a masked compare is two operations.
 #[inline(always)]
 pub fn ipv6_words(addr: &Ipv6) -> [u64; 2] {
     let mut hi = [0u8; 8];
@@ -100,6 +100,16 @@ pub fn ipv6_words(addr: &Ipv6) -> [u64; 2] {
     hi.copy_from_slice(&addr[..8]);
     lo.copy_from_slice(&addr[8..]);
     [u64::from_ne_bytes(hi), u64::from_ne_bytes(lo)]
+}
+
+/// The address whose [`ipv6_words`] are `words`.
+#[inline(always)]
+pub fn ipv6_from_words(words: [u64; 2]) -> Ipv6 {
+    let (hi, lo) = (words[0].to_ne_bytes(), words[1].to_ne_bytes());
+    [
+        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
+        lo[5], lo[6], lo[7],
+    ]
 }
 
 /// Where to send a packet bound for a remote pod CIDR, and with which key.
@@ -220,10 +230,10 @@ pub struct ClusterPodSpaceV6 {
 }
 
 impl ClusterPodSpaceV6 {
-    /// Whether `addr` (network byte order) lies in one of the CIDRs in use.
+    /// Whether the address whose [`ipv6_words`] are `addr` lies in one of the CIDRs in use.
     #[inline(always)]
-    pub fn contains(&self, addr: &Ipv6) -> bool {
-        let [a_hi, a_lo] = ipv6_words(addr);
+    pub fn contains(&self, addr: [u64; 2]) -> bool {
+        let [a_hi, a_lo] = addr;
         let mut i = 0;
         while i < CLUSTER_POD_CIDRS_MAX {
             if i as u32 >= self.count {
@@ -423,20 +433,20 @@ mod tests {
             ("fd00:10:244::", "ffff:ffff:ffff::"),
             ("fd00:99::1:0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:0"),
         ]);
-        assert!(s.contains(&v6("fd00:10:244:7::9")));
-        assert!(!s.contains(&v6("fd00:10:245::1")));
-        assert!(
-            s.contains(&v6("fd00:99::1:ffff")),
-            "the second CIDR's low half"
-        );
-        assert!(!s.contains(&v6("fd00:99::2:1")), "differs in the low half");
-        assert!(!ClusterPodSpaceV6::default().contains(&[0; 16]));
+        let has = |s: &ClusterPodSpaceV6, a: &str| s.contains(ipv6_words(&v6(a)));
+        assert!(has(&s, "fd00:10:244:7::9"));
+        assert!(!has(&s, "fd00:10:245::1"));
+        assert!(has(&s, "fd00:99::1:ffff"), "the second CIDR's low half");
+        assert!(!has(&s, "fd00:99::2:1"), "differs in the low half");
+        assert!(!has(&ClusterPodSpaceV6::default(), "::"));
         let mut one = space_v6(&[("fd00::", "ff00::")]);
         one.count = 1;
         assert!(
-            !one.contains(&v6("fe80::1")),
+            !has(&one, "fe80::1"),
             "zeroed slots past count are not read"
         );
+        let a = v6("fd00:10:244:7::9");
+        assert_eq!(ipv6_from_words(ipv6_words(&a)), a);
     }
 
     const PEER: Ipv4 = [192, 168, 0, 2];

@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use xsteer_common::counters::Counter;
+use xsteer_common::{counters::Counter, maps::ipv6_from_words};
 
 use crate::{
     maps::{cluster_pod_space, cluster_pod_space_v6, count, is_local_pod, is_local_pod_v6},
@@ -47,7 +47,9 @@ pub fn egress_guard(ctx: TcContext) -> i32 {
         Frame::Ipv6(ip) => {
             debug!(
                 &ctx,
-                "egress guard: dropped plaintext {:i} -> {:i}", ip.src, ip.dst
+                "egress guard: dropped plaintext {:i} -> {:i}",
+                ipv6_from_words(ip.src),
+                ipv6_from_words(ip.dst)
             );
             Counter::EgressLeakDropped
         }
@@ -81,8 +83,8 @@ fn to_another_nodes_pod(ip: &Ipv4) -> bool {
 fn to_another_nodes_pod_v6(ip: &Ipv6, data: usize, data_end: usize) -> bool {
     match cluster_pod_space_v6() {
         Some(space) => {
-            space.contains(&ip.dst)
-                && !is_local_pod_v6(&ip.dst)
+            space.contains(ip.dst)
+                && !is_local_pod_v6(ip.dst)
                 && !ip.is_neighbour_discovery(data, data_end)
         }
         // Not filled: this cluster has no IPv6 pods, or userspace does not guard them yet.

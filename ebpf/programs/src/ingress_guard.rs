@@ -26,7 +26,7 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::debug;
-use xsteer_common::counters::Counter;
+use xsteer_common::{counters::Counter, maps::ipv6_from_words};
 
 use crate::{
     maps::{
@@ -81,10 +81,12 @@ pub fn ingress_guard(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, ip: &Ipv6, data: usize, data_end: usize) -> u32 {
     if let Some(space) = cluster_pod_space_v6() {
-        if space.contains(&ip.src) && !ip.is_neighbour_discovery(data, data_end) {
+        if space.contains(ip.src) && !ip.is_neighbour_discovery(data, data_end) {
             debug!(
                 ctx,
-                "ingress guard: dropped plaintext {:i} -> {:i}", ip.src, ip.dst
+                "ingress guard: dropped plaintext {:i} -> {:i}",
+                ipv6_from_words(ip.src),
+                ipv6_from_words(ip.dst)
             );
             return dropped(Counter::IngressPlaintextDropped);
         }
@@ -93,17 +95,19 @@ fn ipv6(ctx: &XdpContext, ip: &Ipv6, data: usize, data_end: usize) -> u32 {
         Ok(Some(spi)) => spi,
         // Not ESP, or a later fragment: reassembly drops it if the first was dropped.
         Ok(None) => return pass(),
-        Err(()) if is_peer_v6(&ip.src) => return dropped(Counter::IngressMalformedDropped),
+        Err(()) if is_peer_v6(ip.src) => return dropped(Counter::IngressMalformedDropped),
         Err(()) => return pass(),
     };
-    if count_valid_esp_v6(&ip.src, spi, (data_end - data) as u64) {
+    if count_valid_esp_v6(ip.src, spi, (data_end - data) as u64) {
         count(Counter::IngressEspAccepted);
         return xdp_action::XDP_PASS;
     }
-    if is_peer_v6(&ip.src) {
+    if is_peer_v6(ip.src) {
         debug!(
             ctx,
-            "ingress guard: dropped ESP from {:i} with SPI {:x}", ip.src, spi
+            "ingress guard: dropped ESP from {:i} with SPI {:x}",
+            ipv6_from_words(ip.src),
+            spi
         );
         return dropped(Counter::IngressBadSpiDropped);
     }

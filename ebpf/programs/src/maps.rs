@@ -15,7 +15,7 @@ use xsteer_common::{
         LOCAL_POD_CIDRS_V6_MAX, LocalPodCidr, PEER_NODES_MAX, PEER_NODES_V6_MAX, PEER_SPI_SETS_MAX,
         PEER_SPIS_MAX, PeerNode, PeerSpi, PeerSpiSet, PodCidrGrid, PodCidrGridV6,
         REMOTE_POD_CIDRS_MAX, REMOTE_POD_CIDRS_V6_MAX, REMOTE_POD_SLOTS_MAX,
-        REMOTE_POD_SLOTS_V6_MAX, RemotePodCidr, SLOT_CONSULT_TRIE, ipv6_words,
+        REMOTE_POD_SLOTS_V6_MAX, RemotePodCidr, SLOT_CONSULT_TRIE, ipv6_from_words, ipv6_words,
     },
 };
 
@@ -108,12 +108,10 @@ pub fn remote_pod_cidr(addr: Ipv4) -> Option<RemotePodCidr> {
 /// pods lie in one prefix of at most 16 bits more (a /48 holds 65,536), as IPv4's /24s lie
 /// in the cluster CIDR.
 #[inline(always)]
-pub fn remote_pod_cidr_v6(addr: &Ipv6) -> Option<RemotePodCidr> {
+pub fn remote_pod_cidr_v6(addr: [u64; 2]) -> Option<RemotePodCidr> {
     if let Some(grid) = POD_CIDR_GRID_V6.get(0) {
         if grid.enabled != 0 {
-            let prefix = u64::from_be_bytes([
-                addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-            ]);
+            let prefix = u64::from_be_bytes(addr[0].to_ne_bytes());
             let offset = prefix.wrapping_sub(u64::from_be_bytes(grid.base));
             // Inside the grid when the offset fits in the /64's bits past the cluster prefix;
             // `& 63` keeps the shift defined for the verifier (userspace enables 48..=64).
@@ -144,10 +142,10 @@ struct KeyV6 {
 /// refuses on the stack ("misaligned stack access"); four bytes in front put the address on an
 /// 8-byte boundary.
 #[inline(always)]
-fn key_v6(addr: &Ipv6) -> KeyV6 {
+fn key_v6(addr: [u64; 2]) -> KeyV6 {
     KeyV6 {
         _pad: 0,
-        key: Key::new(128, *addr),
+        key: Key::new(128, ipv6_from_words(addr)),
     }
 }
 
@@ -172,14 +170,14 @@ pub fn cluster_pod_space_v6() -> Option<&'static ClusterPodSpaceV6> {
 
 /// Whether `addr` is in one of this node's IPv6 pod CIDRs.
 #[inline(always)]
-pub fn is_local_pod_v6(addr: &Ipv6) -> bool {
+pub fn is_local_pod_v6(addr: [u64; 2]) -> bool {
     LOCAL_POD_CIDRS_V6.get(&key_v6(addr).key).is_some()
 }
 
 /// Whether `node_addr` is the IPv6 address of a peer node.
 #[inline(always)]
-pub fn is_peer_v6(node_addr: &Ipv6) -> bool {
-    PEER_NODES_V6.get_ptr(*node_addr).is_some()
+pub fn is_peer_v6(node_addr: [u64; 2]) -> bool {
+    PEER_NODES_V6.get_ptr(ipv6_from_words(node_addr)).is_some()
 }
 
 /// Counts an ESP-over-IPv6 packet of `len` bytes if `spi` is currently valid for the peer at
@@ -190,13 +188,13 @@ pub fn is_peer_v6(node_addr: &Ipv6) -> bool {
 /// set ESP over IPv4 is checked against. A flagged set sends what it does not accept on to
 /// the (node IP, SPI) hash under the set's IPv4 node IP field.
 #[inline(always)]
-pub fn count_valid_esp_v6(node_addr: &Ipv6, spi: u32, len: u64) -> bool {
+pub fn count_valid_esp_v6(node_addr: [u64; 2], spi: u32, len: u64) -> bool {
     let node_id = spi >> 16;
     let Some(addr) = PEER_ADDRS_V6.get(node_id) else {
         return false;
     };
     let [a_hi, a_lo] = ipv6_words(addr);
-    let [s_hi, s_lo] = ipv6_words(node_addr);
+    let [s_hi, s_lo] = node_addr;
     // A zero slot is a node ID with no IPv6 address, not `::`.
     if a_hi | a_lo == 0 || a_hi != s_hi || a_lo != s_lo {
         return false;

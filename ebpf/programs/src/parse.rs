@@ -69,11 +69,12 @@ pub struct Ipv4 {
     pub later_fragment: bool,
 }
 
-/// The fields of an IPv6 fixed header the programs decide on. Addresses are in network byte
-/// order.
+/// The fields of an IPv6 fixed header the programs decide on. Addresses are two 64-bit words
+/// each, loaded straight from the packet (`xsteer_common::maps::ipv6_words`): every use
+/// compares them or masks them, and a 16-byte array would be copied byte by byte.
 pub struct Ipv6 {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: [u64; 2],
+    pub dst: [u64; 2],
     pub next_header: u8,
     pub hop_limit: u8,
     /// Offset of the first header after the fixed one from the start of the frame.
@@ -159,21 +160,21 @@ pub fn frame(data: usize, data_end: usize, vlan: Vlan) -> Frame {
 
 #[inline(always)]
 fn ipv6(data: usize, data_end: usize, l3_offset: usize) -> Frame {
-    let Some(h) = bytes::<IPV6_HLEN>(data, data_end, l3_offset) else {
-        return Frame::MalformedIpv6;
-    };
-    if h[0] >> 4 != 6 {
+    let start = data + l3_offset;
+    if start + IPV6_HLEN > data_end {
         return Frame::MalformedIpv6;
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
+    // SAFETY: `offset + 8 <= IPV6_HLEN`, and the header lies inside the packet, checked above.
+    let word = |offset: usize| unsafe { core::ptr::read_unaligned((start + offset) as *const u64) };
+    let head = word(0).to_ne_bytes();
+    if head[0] >> 4 != 6 {
+        return Frame::MalformedIpv6;
+    }
     Frame::Ipv6(Ipv6 {
-        src,
-        dst,
-        next_header: h[6],
-        hop_limit: h[7],
+        src: [word(8), word(16)],
+        dst: [word(24), word(32)],
+        next_header: head[6],
+        hop_limit: head[7],
         ext_offset: l3_offset + IPV6_HLEN,
     })
 }

@@ -18,7 +18,7 @@ use crate::{
 pub fn pod_classifier(ctx: TcContext) -> i32 {
     let remote = match tc_frame(&ctx, Vlan::Stop) {
         Frame::Ipv4(ip) => remote_pod_cidr(ip.dst),
-        Frame::Ipv6(ip) => remote_pod_cidr_v6(&ip.dst),
+        Frame::Ipv6(ip) => remote_pod_cidr_v6(ip.dst),
         // TooManyTags only comes from looking through tags, which the classifier does not.
         Frame::NotIpv4 | Frame::TooManyTags => {
             count(Counter::PodNotIpv4);
