@@ -382,6 +382,17 @@ fn ingress_checks_esp_over_ipv6_against_the_peers_spis() {
     };
     dp.peer_nodes_v6().unwrap().insert(other, node_99).unwrap();
     assert_eq!(ingress(&mut dp, &from_other), XDP_DROP);
+    // An address that moves to another node ID is no longer node 99's.
+    let node_98 = PeerNode {
+        node_id: 98,
+        flags: 0,
+    };
+    dp.peer_nodes_v6().unwrap().insert(other, node_98).unwrap();
+    assert_eq!(dp.peer_nodes_v6().unwrap().addr_of(99).unwrap(), None);
+    assert_eq!(
+        dp.peer_nodes_v6().unwrap().addr_of(98).unwrap(),
+        Some(other)
+    );
     // Removing peer B's address: its ESP is someone else's, and passes unchecked.
     dp.peer_nodes_v6().unwrap().remove(PEER_B_IP6).unwrap();
     assert_eq!(

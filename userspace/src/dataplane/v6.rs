@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv6Addr, ops::Range};
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
 };
 use xsteer_common::maps::{
     self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidrV6, ClusterPodSpaceV6, Ipv6, LocalPodCidr,
@@ -369,8 +369,19 @@ impl<'a> PeerNodesV6<'a> {
     }
 
     /// Adds or replaces the peer at `node_addr`; its node ID's ESP over IPv6 is then accepted
-    /// from this address (the last one inserted for the ID, when there are several).
+    /// from this address (the last one inserted for the ID, when there are several). An
+    /// address that moves to another node ID stops being accepted for the one it had.
     pub fn insert(&mut self, node_addr: Ipv6Addr, node: PeerNode) -> Result<(), DataplaneError> {
+        let old = match self.map.get(&node_addr.octets(), 0) {
+            Ok(old) => Some(old),
+            Err(MapError::KeyNotFound) => None,
+            Err(error) => return Err(map_err(names::PEER_NODES_V6)(error)),
+        };
+        if let Some(old) = old
+            && old.node_id != node.node_id
+        {
+            self.clear_addr(old.node_id, node_addr)?;
+        }
         self.map
             .insert(node_addr.octets(), node, 0)
             .map_err(map_err(names::PEER_NODES_V6))?;
@@ -385,21 +396,27 @@ impl<'a> PeerNodesV6<'a> {
             .map
             .get(&node_addr.octets(), 0)
             .map_err(map_err(names::PEER_NODES_V6))?;
-        let index = u32::from(node.node_id);
+        // The array first: ESP from the address stops being accepted before the address stops
+        // being a peer, so it is refused, never passed unchecked, in between.
+        self.clear_addr(node.node_id, node_addr)?;
+        self.map
+            .remove(&node_addr.octets())
+            .map_err(map_err(names::PEER_NODES_V6))
+    }
+
+    /// Zeroes `node_id`'s address in the array if it is `node_addr`.
+    fn clear_addr(&mut self, node_id: u16, node_addr: Ipv6Addr) -> Result<(), DataplaneError> {
+        let index = u32::from(node_id);
         let have = self
             .addrs
             .get(&index, 0)
             .map_err(map_err(names::PEER_ADDRS_V6))?;
-        // The array first: ESP from the address stops being accepted before the address stops
-        // being a peer, so it is refused, never passed unchecked, in between.
         if have == node_addr.octets() {
             self.addrs
                 .set(index, [0; 16], 0)
                 .map_err(map_err(names::PEER_ADDRS_V6))?;
         }
-        self.map
-            .remove(&node_addr.octets())
-            .map_err(map_err(names::PEER_NODES_V6))
+        Ok(())
     }
 
     /// Every peer.
