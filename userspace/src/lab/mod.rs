@@ -67,7 +67,9 @@ pub fn up(size: Size, dir: &Path) -> Result<()> {
     }
     agents::start(dir, &nodes)?;
     agents::wait_for_peers(&nodes, Duration::from_secs(60))?;
-    // Pods come last, as on a node where the agent runs before the kubelet starts pods.
+    // Pods come last, through ptp, host-local and xsteer-cni, as on a node where the agent has
+    // installed its plugin before the kubelet starts pods.
+    pods::wait_for_plugin(dir, &nodes, Duration::from_secs(30))?;
     pods::add_all(dir, &nodes)?;
     println!(
         "lab up: {} nodes x {} pods, agents running (logs in {}/node*/agent.log)",

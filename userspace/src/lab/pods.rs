@@ -10,6 +10,8 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -142,6 +144,34 @@ pub fn add(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<Value> {
 pub fn del(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<()> {
     runtime(dir, node).del(&sandbox(pod))?;
     ip(&["netns", "delete", &pod.netns])?;
+    Ok(())
+}
+
+/// The plugin type the agent puts into the conflist.
+pub const XSTEER_CNI: &str = "xsteer-cni";
+
+/// Waits until the agent of every node has put `xsteer-cni` into its conflist.
+pub fn wait_for_plugin(dir: &Path, nodes: &[LabNode], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        let runtime = runtime(dir, node);
+        loop {
+            let list = runtime.conflist()?;
+            if list.types().contains(&XSTEER_CNI) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}'s agent has not put {XSTEER_CNI} into {} (plugins: {:?}); its log is {}",
+                    node.name,
+                    list.file.display(),
+                    list.types(),
+                    super::agents::log_path(dir, node).display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok(())
 }
 
