@@ -146,3 +146,54 @@ pub fn default_plugin() -> std::io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     Ok(exe.parent().unwrap_or(Path::new("/")).join(PLUGIN_TYPE))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_install_is_tried_again_in_full_and_a_rewrite_gets_the_entry_back() {
+        let root = std::env::temp_dir().join(format!("xsteer-agent-cni-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dirs = Dirs {
+            conf: root.join("net.d"),
+            bin: root.join("bin"),
+        };
+        fs::create_dir_all(&dirs.conf).unwrap();
+        let config = dirs.conf.join("10-kindnet.conflist");
+        let main = r#"{"cniVersion":"0.3.1","name":"kindnet","plugins":[{"type":"ptp"}]}"#;
+        fs::write(&config, main).unwrap();
+        let plugin = root.join("xsteer-cni");
+        let mut chain = Chain::new(
+            CniOptions {
+                dirs: dirs.clone(),
+                plugin: plugin.clone(),
+            },
+            "/sys/fs/bpf/xsteer",
+        );
+
+        // No plugin binary yet: nothing is chained, and the next poll tries in full.
+        chain.install();
+        assert!(!chain.binary_in_place);
+        assert_eq!(fs::read_to_string(&config).unwrap(), main);
+        assert!(chain.last.as_deref().unwrap().contains("failed"));
+        fs::write(&plugin, "the plugin").unwrap();
+        chain.ensure();
+        assert!(chain.binary_in_place);
+        assert_eq!(fs::read(dirs.bin.join(PLUGIN_TYPE)).unwrap(), b"the plugin");
+        let chained = fs::read_to_string(&config).unwrap();
+        assert!(chained.contains(chain.entry.text()));
+
+        // The main plugin writes its file again: the poll puts the entry back.
+        fs::write(&config, main).unwrap();
+        chain.ensure();
+        assert_eq!(fs::read_to_string(&config).unwrap(), chained);
+        assert_eq!(
+            chain.last.as_deref(),
+            Some(format!("cni: xsteer-cni is in {}", config.display()).as_str())
+        );
+        let _ = fs::remove_dir_all(&root);
+    }
+}

@@ -144,7 +144,7 @@ pub fn uninstall(dirs: &Dirs) -> Result<Uninstalled, InstallError> {
         }
         let removed = rewrite(
             &file,
-            &mut |text| match conflist::remove(&file, text)? {
+            |text| match conflist::remove(&file, text)? {
                 Some(removal) => Ok((Some(removal.exact), Some(removal.text))),
                 None => Ok((None, None)),
             },
@@ -188,7 +188,7 @@ fn insert_with(
         }
         let edited = rewrite(
             &file,
-            &mut |text| {
+            |text| {
                 Ok(match conflist::insert(&file, text, entry)? {
                     Insertion::AlreadyPresent => (Outcome::AlreadyPresent(file.clone()), None),
                     Insertion::Appended(text) => (Outcome::Inserted(file.clone()), Some(text)),
@@ -253,13 +253,19 @@ fn copy_binary(plugin: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
     Ok(true)
 }
 
+/// What an edit reports, and the new text (`None`: leave the file as it is).
+type Edited<T> = (T, Option<Vec<u8>>);
+
 /// Edits `file` with `edit`, which returns what to report and the new text (`None`: leave
 /// the file as it is). Returns `None` if the file is gone.
-fn rewrite<T>(
+fn rewrite<T, E>(
     file: &Path,
-    edit: &mut dyn FnMut(&[u8]) -> Result<(T, Option<Vec<u8>>), InstallError>,
+    mut edit: E,
     before_exchange: &mut dyn FnMut(&Path),
-) -> Result<Option<T>, InstallError> {
+) -> Result<Option<T>, InstallError>
+where
+    E: FnMut(&[u8]) -> Result<Edited<T>, InstallError>,
+{
     let dir = file.parent().unwrap_or(Path::new("."));
     for _ in 0..ATTEMPTS {
         let Some((read, inode, mode)) = read_file(file)? else {
