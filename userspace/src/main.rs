@@ -15,7 +15,7 @@ use xsteer::{
         cni::{self as agent_cni, CniOptions},
     },
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
-    cni::install as cni_install,
+    cni::{conflist::PLUGIN_TYPE, install as cni_install},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
     inputs::{self, Access},
@@ -114,8 +114,9 @@ enum Command {
     /// Reachability probes that a deployment's tests run from the xsteer image itself.
     #[command(subcommand)]
     Probe(ProbeCommand),
-    /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
-    /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
+    /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps; with
+    /// the CNI dirs, the chained plugin) and nothing else. Pod traffic between nodes is no
+    /// longer encrypted afterwards.
     Uninstall {
         /// The node's config, for its route table (default: table 200).
         #[arg(long)]
@@ -328,7 +329,7 @@ fn run(command: Command) -> Result<()> {
                     println!("remove xsteer-cni from {}{how}", file.display());
                 }
                 if removed.binary_removed {
-                    println!("remove {}", cni_dirs.bin.join("xsteer-cni").display());
+                    println!("remove {}", cni_dirs.bin.join(PLUGIN_TYPE).display());
                 }
                 cni_steps = removed.configs.len() + usize::from(removed.binary_removed);
             }

@@ -2,9 +2,13 @@
 //! dataplane the plugin needs is in place, and keeps the entry in the node's network config
 //! while the main CNI plugin rewrites the file. A failure is logged and tried again at the next
 //! change or poll; it never stops the agent, whose veth watch still classifies every pod (only
-//! later than the plugin would).
+//! later than the plugin would). When the agent stops, the plugin stays chained: it works from
+//! the pinned dataplane, which outlives the agent, and the next agent finds it in place.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use tracing::{info, warn};
 
@@ -15,6 +19,12 @@ use crate::{
     },
     watch::DirWatch,
 };
+
+/// The least time between two edits of the config. A main plugin that rewrites its file whenever
+/// it differs from its own would otherwise take turns with the agent as fast as inotify wakes
+/// them; spaced, the turns come once a poll, each logged, and the rewrite the agent skipped is
+/// seen at the next poll.
+const EDIT_SPACING: Duration = Duration::from_secs(1);
 
 /// Where the agent installs the plugin from and to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +43,8 @@ pub(super) struct Chain {
     binary_in_place: bool,
     /// What was last logged, so that a state that lasts is logged once, not at every poll.
     last: Option<String>,
+    /// When the agent last edited the config.
+    edited: Option<Instant>,
 }
 
 impl Chain {
@@ -43,6 +55,7 @@ impl Chain {
             entry: Entry::new(pin_dir),
             binary_in_place: false,
             last: None,
+            edited: None,
         }
     }
 
@@ -63,6 +76,9 @@ impl Chain {
     /// Copies the binary unless the same is in place, and makes sure the entry is in the
     /// config.
     pub(super) fn install(&mut self) {
+        if self.too_soon() {
+            return;
+        }
         let result = install::install(&self.opts.dirs, &self.opts.plugin, &self.entry);
         self.binary_in_place = result.is_ok();
         if let Ok(Installed {
@@ -82,11 +98,19 @@ impl Chain {
     /// Makes sure the entry is in the config: reads only the config, unless the binary is not
     /// known to be in place yet, when it installs in full.
     pub(super) fn ensure(&mut self) {
+        if self.too_soon() {
+            return;
+        }
         if !self.binary_in_place {
             return self.install();
         }
         let result = install::insert(&self.opts.dirs.conf, &self.entry);
         self.report(result);
+    }
+
+    /// Whether the last edit is too recent for another (see [`EDIT_SPACING`]).
+    fn too_soon(&self) -> bool {
+        self.edited.is_some_and(|at| at.elapsed() < EDIT_SPACING)
     }
 
     /// Logs an edit every time, a state (the entry in place, no config yet, a failure) when it
@@ -132,7 +156,10 @@ impl Chain {
             }
         };
         match news {
-            Some(news) => info!("{news}"),
+            Some(news) => {
+                info!("{news}");
+                self.edited = Some(Instant::now());
+            }
             None if self.last.as_ref() != Some(&state) => info!("{state}"),
             None => {}
         }
@@ -186,8 +213,12 @@ mod tests {
         let chained = fs::read_to_string(&config).unwrap();
         assert!(chained.contains(chain.entry.text()));
 
-        // The main plugin writes its file again: the poll puts the entry back.
+        // The main plugin writes its file again: the next poll puts the entry back, not sooner
+        // than a second after the last edit.
         fs::write(&config, main).unwrap();
+        chain.install();
+        assert_eq!(fs::read_to_string(&config).unwrap(), main, "too soon");
+        chain.edited = Some(Instant::now() - EDIT_SPACING);
         chain.ensure();
         assert_eq!(fs::read_to_string(&config).unwrap(), chained);
         assert_eq!(

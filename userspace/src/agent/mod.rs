@@ -2,13 +2,15 @@
 //! when it stops.
 //!
 //! At start it reconciles the kernel (the same reconcile as `xsteer apply`, so maps are filled
-//! before any program reads them), then attaches the guards to the uplink and the classifier to
-//! every pod veth, adopting the links a previous agent pinned. Then it waits: a new pod veth gets
-//! the classifier at once (link notifications); a changed config or key file is reloaded and
-//! reconciled against the state the agent last left (no full kernel read), and a bad one is
-//! logged and ignored, the last good state staying in place; every `resync` it reads the kernel
-//! in full and reconciles, repairing drift. SIGTERM or SIGINT end it with everything
-//! pinned: programs keep running, and the next agent picks them up without a gap.
+//! before any program reads them), then attaches the guards to the uplink, chains the plugin
+//! `xsteer-cni` into the node's network config when given the node's CNI dirs ([`cni`]), and
+//! attaches the classifier to every pod veth, adopting the links a previous agent pinned. Then
+//! it waits: a new pod veth gets the classifier at once (link notifications); a changed config
+//! or key file is reloaded and reconciled against the state the agent last left (no full kernel
+//! read), and a bad one is logged and ignored, the last good state staying in place; a rewrite of
+//! the network config gets the plugin chained in again; every `resync` it reads the kernel in
+//! full and reconciles, repairing drift. SIGTERM or SIGINT end it with everything pinned:
+//! programs keep running, and the next agent picks them up without a gap.
 
 pub mod cni;
 pub mod metrics;
@@ -630,7 +632,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     )?;
     info!("uplink {uplink}: ingress guard attached ({how:?})");
 
-    // The plugin attaches the pod classifier pinned for it here, before the plugin is chained.
+    // Here the pod classifier is pinned for xsteer-cni to attach, before the plugin is chained.
 
     // Only now is the plugin chained into the node's network config: it refuses a pod's ADD
     // until the guards are attached and the classifier pinned, so chained any earlier it would

@@ -13,7 +13,9 @@
 //! read and our rename, and the node would run the main plugin's old config until its next
 //! rewrite. So the edit is swapped in with `renameat2(RENAME_EXCHANGE)`, which leaves the file it
 //! displaced at the temporary path: if that is not what we read, someone wrote in between, their
-//! file goes back, and the edit starts over from their text. Temporary files are named
+//! file goes back, and the edit starts over from their text. (A writer that rewrites the file in
+//! place, keeping its inode, is caught only if it finished before that check; kindnet, like the
+//! usual CNI installers, renames.) Temporary files are named
 //! `.xsteer-cni.<pid>.tmp`, an extension no runtime loads, and removed on every path.
 
 use std::{
