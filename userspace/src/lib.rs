@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod apply;
 pub mod cidr;
+pub mod cni;
 pub mod config;
 pub mod dataplane;
 pub mod inputs;
