@@ -22,10 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 use xsteer::lab::{
     self, agents,
@@ -332,7 +329,8 @@ fn the_conflist_edit_survives_the_main_plugin_and_uninstall_restores_its_file() 
 
     agents::stop(&lab.dir, std::slice::from_ref(node));
     let node_dir = lab.dir.join(&node.name);
-    let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
+    let mut uninstall = Command::new(env!("CARGO_BIN_EXE_xsteer"));
+    uninstall
         .args(["uninstall", "--config"])
         .arg(node_dir.join("xsteer.toml"))
         .arg("--pin-dir")
@@ -341,9 +339,8 @@ fn the_conflist_edit_survives_the_main_plugin_and_uninstall_restores_its_file() 
         .arg(&dirs.conf)
         .arg("--cni-bin-dir")
         .arg(&dirs.bin);
-    let mut out = out;
-    netns::command_in(&mut out, &node.netns, false).unwrap();
-    let out = out.output().unwrap();
+    netns::command_in(&mut uninstall, &node.netns, false).unwrap();
+    let out = uninstall.output().unwrap();
     assert!(
         out.status.success(),
         "uninstall: {}",
