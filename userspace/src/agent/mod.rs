@@ -31,7 +31,7 @@ use crate::{
     apply::{self, Applier, ApplyOptions},
     config::{Config, NodeRecords},
     dataplane::{
-        Dataplane, DataplaneError, bpffs,
+        self, Dataplane, DataplaneError, bpffs,
         links::{self, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
@@ -482,6 +482,8 @@ impl Node {
             .pod_classifier()
             .map_err(AgentError::from)
             .and_then(|program| {
+                // The CNI plugin may be attaching to the same new veth right now.
+                let _held = links::lock(&self.opts.pin_dir)?;
                 Ok(links::tc(
                     program,
                     programs::POD_CLASSIFIER,
@@ -610,6 +612,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pin_dir,
     )?;
     info!("uplink {uplink}: ingress guard attached ({how:?})");
+    // Only a guarded node may hand its classifier to the CNI plugin: pinned now, the plugin
+    // classifies new pods itself, also while this agent is stopped or restarting.
+    node.dataplane.pin_pod_classifier(&pin_dir)?;
+    info!(
+        "pod classifier pinned at {} for the CNI plugin",
+        dataplane::program_pin_path(&pin_dir, programs::POD_CLASSIFIER).display()
+    );
 
     let mut link_events = pods::watch()?;
     let (connection, handle, _) = rtnetlink::new_connection().map_err(LinksError::Subscribe)?;
