@@ -381,6 +381,30 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
         let (exit, stdout) = node.plugin("ADD", &conf);
         assert_eq!(exit, 0, "guards re-attached: {stdout}");
 
+        // The ingress guard's pin holding another interface's XDP link (another agent's
+        // program, on the uplink's peer): the uplink's own XDP program is not the pinned one.
+        let mut other = Dataplane::load_pinned(&pin_dir).unwrap();
+        other.load_programs().unwrap();
+        links::xdp(
+            other.ingress_guard().unwrap(),
+            programs::INGRESS_GUARD,
+            "xswire0",
+            &pin_dir,
+        )
+        .unwrap();
+        drop(other);
+        std::fs::rename(
+            links::pin_path(&pin_dir, programs::INGRESS_GUARD, "xswire0"),
+            links::pin_path(&pin_dir, programs::INGRESS_GUARD, UPLINK),
+        )
+        .unwrap();
+        node.assert_error(
+            "ADD",
+            &conf,
+            11,
+            &format!("the pinned ingress guard link of {UPLINK} is not its XDP program"),
+        );
+
         // No classifier pinned: the dataplane is not loaded.
         std::fs::remove_file(program_pin_path(&pin_dir, programs::POD_CLASSIFIER)).unwrap();
         node.assert_error(
@@ -389,6 +413,42 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
             11,
             "the xsteer dataplane is not loaded on this node: no pinned pod classifier",
         );
+    });
+}
+
+#[test]
+fn a_dead_link_left_by_a_veth_of_the_same_name_is_replaced() {
+    if !require_root("a_dead_link_left_by_a_veth_of_the_same_name_is_replaced") {
+        return;
+    }
+    let pod_netns = format!("xsteer-cni-pod-d-{}", std::process::id());
+    in_fresh_netns(move || async move {
+        let node = Node::new(&pod_netns);
+        let pin_dir = node.pin_dir();
+        let conf = node.conf(Some(node.prev_result()));
+        assert_eq!(node.plugin("ADD", &conf).0, 0);
+        // The pod goes without a DEL, and a new pod's veth gets the same name: the pin holds
+        // a link the kernel detached with the old veth.
+        ip(&["link", "del", POD_VETH]);
+        ip(&[
+            "link",
+            "add",
+            POD_VETH,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1",
+            "netns",
+            &node.pod.name,
+        ]);
+        assert!(classifier_pin(&pin_dir, POD_VETH).exists());
+        assert!(tcx(POD_VETH, TcAttachType::Ingress).is_empty());
+        node.assert_error("CHECK", &conf, 101, "no attached classifier link pinned");
+        let (exit, stdout) = node.plugin("ADD", &conf);
+        assert_eq!(exit, 0, "{stdout}");
+        assert_eq!(tcx(POD_VETH, TcAttachType::Ingress), [node.classifier_id()]);
+        assert_eq!(node.plugin("CHECK", &conf), (0, String::new()));
     });
 }
 

@@ -49,7 +49,7 @@ pub fn pod_classifier(pin_dir: &Path) -> Result<SchedClassifier, CniError> {
 }
 
 /// The ids of the programs attached with TCX to `interface` in `direction`.
-pub fn tcx_program_ids(interface: &str, direction: TcAttachType) -> Result<Vec<u32>, CniError> {
+fn tcx_program_ids(interface: &str, direction: TcAttachType) -> Result<Vec<u32>, CniError> {
     let (_, infos) =
         SchedClassifier::query_tcx(interface, direction).map_err(|error| CniError::Program {
             what: format!("listing the tc {direction:?} programs of {interface}"),

@@ -55,17 +55,18 @@ fn run(
     let mut text = Vec::new();
     stdin.read_to_end(&mut text).map_err(CniError::Stdin)?;
     let env = Env::from_vars(var)?;
-    if env.command == Command::Version {
-        return Ok(spec::version_json());
-    }
-    let conf = NetConf::parse(&text)?;
-    version.clone_from(&conf.cni_version);
+    // VERSION answers whatever the config says.
+    let mut conf = || {
+        let conf = NetConf::parse(&text)?;
+        version.clone_from(&conf.cni_version);
+        Ok::<_, CniError>(conf)
+    };
     let container = env.container_id.as_deref().unwrap_or("?");
     match env.command {
-        Command::Add => add(&conf, container),
-        Command::Del => del(&conf, container).map(|()| String::new()),
-        Command::Check => check(&conf, container).map(|()| String::new()),
         Command::Version => Ok(spec::version_json()),
+        Command::Add => add(&conf()?, container),
+        Command::Del => del(&conf()?, container).map(|()| String::new()),
+        Command::Check => check(&conf()?, container).map(|()| String::new()),
     }
 }
 
