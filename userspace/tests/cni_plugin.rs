@@ -3,7 +3,8 @@
 //! the test, with the dataplane loaded and guarded as the agent leaves it and no agent running.
 //! ADD attaches the pinned classifier once, however often it runs, and the agent adopts the
 //! link; CHECK confirms it; DEL detaches it, twice over; ADD on a node whose guards are gone or
-//! detached is "try again later"; the plugin waits for whoever holds the links lock.
+//! detached is "try again later"; a dead link pinned for a veth of the same name is replaced;
+//! the plugin waits for whoever holds the links lock.
 
 // Test code: a failed unwrap is a failed test, with its message.
 #![allow(clippy::unwrap_used)]
