@@ -34,7 +34,7 @@ use crate::{
     apply::{self, Applier, ApplyOptions},
     config::{Config, NodeRecords},
     dataplane::{
-        Dataplane, DataplaneError, bpffs,
+        self, Dataplane, DataplaneError, bpffs,
         links::{self, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
@@ -491,6 +491,8 @@ impl Node {
             .pod_classifier()
             .map_err(AgentError::from)
             .and_then(|program| {
+                // The CNI plugin may be attaching to the same new veth right now.
+                let _held = links::lock(&self.opts.pin_dir)?;
                 Ok(links::tc(
                     program,
                     programs::POD_CLASSIFIER,
@@ -631,8 +633,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pin_dir,
     )?;
     info!("uplink {uplink}: ingress guard attached ({how:?})");
-
-    // Here the pod classifier is pinned for xsteer-cni to attach, before the plugin is chained.
+    // Only a guarded node may hand its classifier to the CNI plugin: pinned now, the plugin
+    // classifies new pods itself, also while this agent is stopped or restarting.
+    node.dataplane.pin_pod_classifier(&pin_dir)?;
+    info!(
+        "pod classifier pinned at {} for the CNI plugin",
+        dataplane::program_pin_path(&pin_dir, programs::POD_CLASSIFIER).display()
+    );
 
     // Only now is the plugin chained into the node's network config: it refuses a pod's ADD
     // until the guards are attached and the classifier pinned, so chained any earlier it would
