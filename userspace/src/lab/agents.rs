@@ -22,7 +22,11 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{netns::command_in, pods::CniDirs, topology::LabNode};
+use super::{
+    netns::command_in,
+    pods::{self, CniDirs},
+    topology::LabNode,
+};
 use crate::{
     dataplane::Dataplane,
     keys::{self, Epoch, Generation},
@@ -78,16 +82,16 @@ pub fn write_files(dir: &Path, nodes: &[LabNode]) -> Result<()> {
     Ok(())
 }
 
-/// Starts the agent of every node as a daemon and waits until each says it runs. Each agent
-/// installs `xsteer-cni` (from beside this binary) into its node's CNI directories.
-pub fn start(dir: &Path, nodes: &[LabNode]) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the xsteer binary")?;
+/// Starts `xsteer agent` (the binary `xsteer`) of every node as a daemon and waits until each
+/// says it runs. Each agent installs `xsteer-cni` (from beside `xsteer`) into its node's CNI
+/// directories.
+pub fn start(dir: &Path, nodes: &[LabNode], xsteer: &Path) -> Result<()> {
     for node in nodes {
         let node_dir = node_dir(dir, node);
         // The agent puts xsteer-cni into the node's conflist, as on a Kubernetes node.
         let cni = CniDirs::of(dir, node);
         let log = fs::File::create(log_path(dir, node))?;
-        let mut command = Command::new(&exe);
+        let mut command = Command::new(xsteer);
         command
             .arg("agent")
             .arg("--config")
@@ -166,6 +170,32 @@ pub fn wait_for_peers(nodes: &[LabNode], timeout: Duration) -> Result<()> {
                 );
             }
             thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the agent of every node has put `xsteer-cni` into its conflist.
+pub fn wait_for_plugin(dir: &Path, nodes: &[LabNode], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        let runtime = pods::runtime(dir, node);
+        loop {
+            let list = runtime.conflist()?;
+            if list.types().contains(&pods::XSTEER_CNI) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}'s agent has not put {} into {} (plugins: {:?}); its log is {}",
+                    node.name,
+                    pods::XSTEER_CNI,
+                    list.file.display(),
+                    list.types(),
+                    log_path(dir, node).display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())

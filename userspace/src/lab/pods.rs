@@ -10,16 +10,14 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::{
-    cni::{self, Runtime, Sandbox},
     netns::ip,
+    runtime::{self, Runtime, Sandbox},
     topology::{LabNode, LabPod},
 };
 
@@ -126,7 +124,7 @@ pub fn add(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<Value> {
     let sandbox = sandbox(pod);
     ip(&["netns", "add", &pod.netns])?;
     let result = runtime.add(&sandbox).and_then(|result| {
-        let addresses = cni::addresses(&result);
+        let addresses = runtime::addresses(&result);
         if addresses != [pod.ip.to_string()] {
             bail!("{} was given {addresses:?}, not {}", pod.netns, pod.ip);
         }
@@ -149,31 +147,6 @@ pub fn del(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<()> {
 
 /// The plugin type the agent puts into the conflist.
 pub const XSTEER_CNI: &str = "xsteer-cni";
-
-/// Waits until the agent of every node has put `xsteer-cni` into its conflist.
-pub fn wait_for_plugin(dir: &Path, nodes: &[LabNode], timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    for node in nodes {
-        let runtime = runtime(dir, node);
-        loop {
-            let list = runtime.conflist()?;
-            if list.types().contains(&XSTEER_CNI) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{}'s agent has not put {XSTEER_CNI} into {} (plugins: {:?}); its log is {}",
-                    node.name,
-                    list.file.display(),
-                    list.types(),
-                    super::agents::log_path(dir, node).display()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-    Ok(())
-}
 
 /// Adds every pod of `nodes`.
 pub fn add_all(dir: &Path, nodes: &[LabNode]) -> Result<()> {

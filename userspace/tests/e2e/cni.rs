@@ -27,10 +27,10 @@ use serde_json::{Value, json};
 use xsteer::lab::{
     self, agents,
     capture::{Capture, Packet},
-    cni::{self, PluginError},
     netns,
     pods::{self, CniDirs},
     probe::{self, Proto},
+    runtime::{self, PluginError},
     topology::{LabNode, LabPod, Size},
 };
 
@@ -46,9 +46,18 @@ impl Lab {
     fn up() -> Lab {
         let dir = PathBuf::from(DIR);
         let _ = lab::down(&dir);
-        let size = Size { nodes: 2, pods: 1 };
-        lab::up(size, &dir).unwrap();
-        let nodes = xsteer::lab::topology::plan(size);
+        // Through the CLI, as people start it: the agents are this `xsteer`.
+        let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
+            .args(["lab", "up", "--nodes", "2", "--pods", "1", "--dir", DIR])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lab up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let nodes = xsteer::lab::topology::plan(Size { nodes: 2, pods: 1 });
         Lab { dir, nodes }
     }
 
@@ -94,7 +103,10 @@ fn reboot(lab: &Lab, node: &LabNode) {
         netns::ip_in(&node.netns, args).unwrap();
     }
     let link = netns::ip_in(&node.netns, &["-d", "link", "show", "eth0"]).unwrap();
-    assert!(!link.contains("xdp"), "the ingress guard outlived the reboot: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "the ingress guard outlived the reboot: {link}"
+    );
 }
 
 /// The CNI error a failed ADD returned.
@@ -138,7 +150,12 @@ fn a_pod_started_after_a_reboot_waits_for_the_guards_and_never_talks_in_clear() 
     });
 
     let started = Instant::now();
-    agents::start(&lab.dir, std::slice::from_ref(node)).unwrap();
+    agents::start(
+        &lab.dir,
+        std::slice::from_ref(node),
+        Path::new(env!("CARGO_BIN_EXE_xsteer")),
+    )
+    .unwrap();
     let mut retries = 0;
     let result = loop {
         match pods::add(&lab.dir, node, pod) {
@@ -154,7 +171,7 @@ fn a_pod_started_after_a_reboot_waits_for_the_guards_and_never_talks_in_clear() 
     eprintln!(
         "the agent back: ADD succeeded {:.1?} after its start, {retries} retries; host side {:?}",
         started.elapsed(),
-        cni::host_interfaces(&result)
+        runtime::host_interfaces(&result)
     );
     agents::wait_for_peers(&lab.nodes, Duration::from_secs(60)).unwrap();
     let _servers2 = probe::serve(std::slice::from_ref(pod)).unwrap();
@@ -199,14 +216,10 @@ fn a_pod_added_while_the_agent_cannot_act_is_classified_before_its_first_packet(
     let result = added.unwrap();
     sent.unwrap().unwrap();
 
-    let veth = cni::host_interfaces(&result).remove(0);
+    let veth = runtime::host_interfaces(&result).remove(0);
     assert!(
-        xsteer::dataplane::links::pin_path(
-            &agents::pin_dir(&node.name),
-            "pod_classifier",
-            &veth
-        )
-        .exists(),
+        xsteer::dataplane::links::pin_path(&agents::pin_dir(&node.name), "pod_classifier", &veth)
+            .exists(),
         "no classifier link pinned on {veth}"
     );
     let received = received.map(|n| buf[..n].to_vec());
@@ -219,7 +232,13 @@ fn a_pod_added_while_the_agent_cannot_act_is_classified_before_its_first_packet(
 }
 
 /// Runs the installed `xsteer-cni` of `node` for `command` with `config`; exit status and stdout.
-fn run_plugin(lab: &Lab, node: &LabNode, command: &str, container: &str, config: &Value) -> (bool, String) {
+fn run_plugin(
+    lab: &Lab,
+    node: &LabNode,
+    command: &str,
+    container: &str,
+    config: &Value,
+) -> (bool, String) {
     let dirs = CniDirs::of(&lab.dir, node);
     let mut child = Command::new(dirs.bin.join("xsteer-cni"));
     child
@@ -290,7 +309,7 @@ fn del_of_an_unknown_pod_and_check_of_a_healthy_one_succeed() {
     assert!(ok, "DEL without prevResult: {out}");
 
     // The classifier's link gone (a node where someone detached it): CHECK says so.
-    let veth = cni::host_interfaces(&cached).remove(0);
+    let veth = runtime::host_interfaces(&cached).remove(0);
     agents::stop(&lab.dir, std::slice::from_ref(node));
     xsteer::dataplane::links::unpin(&pin_dir, "pod_classifier", &veth).unwrap();
     let (ok, out) = run_plugin(&lab, node, "CHECK", &pod.netns, &config(&cached));
@@ -316,14 +335,22 @@ fn the_conflist_edit_survives_the_main_plugin_and_uninstall_restores_its_file() 
     fs::rename(&temp, &path).unwrap();
     let rewritten = Instant::now();
     let runtime = pods::runtime(&lab.dir, node);
-    while !runtime.conflist().unwrap().types().contains(&pods::XSTEER_CNI) {
+    while !runtime
+        .conflist()
+        .unwrap()
+        .types()
+        .contains(&pods::XSTEER_CNI)
+    {
         assert!(
             rewritten.elapsed() < Duration::from_secs(10),
             "the agent did not put xsteer-cni back"
         );
         thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("xsteer-cni back in the rewritten conflist {:.0?} later", rewritten.elapsed());
+    eprintln!(
+        "xsteer-cni back in the rewritten conflist {:.1?} later",
+        rewritten.elapsed()
+    );
     pods::del(&lab.dir, node, pod).unwrap();
     pods::add(&lab.dir, node, pod).unwrap();
 
@@ -346,7 +373,11 @@ fn the_conflist_edit_survives_the_main_plugin_and_uninstall_restores_its_file() 
         "uninstall: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(fs::read_to_string(&path).unwrap(), theirs, "not byte for byte");
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        theirs,
+        "not byte for byte"
+    );
     assert!(!dirs.bin.join("xsteer-cni").exists());
     // Without the plugin, the main plugin's chain starts pods as before.
     pods::del(&lab.dir, node, pod).unwrap();
