@@ -532,6 +532,23 @@ mod tests {
         );
         let (config, _) = mount("/etc/xsteer");
         assert!(config.read_only);
+        // The CNI dirs, at the node's own paths, named to the agent by its flags.
+        for (flag, path) in [
+            ("--cni-conf-dir", names::CNI_CONF_DIR),
+            ("--cni-bin-dir", names::CNI_BIN_DIR),
+        ] {
+            let (cni, volume) = mount(path);
+            assert!(!cni.read_only);
+            assert_eq!(
+                volume.source,
+                VolumeSource::HostPath {
+                    path: path.into(),
+                    kind: Some("DirectoryOrCreate".into())
+                }
+            );
+            let at = agent.command.iter().position(|w| w == flag).unwrap();
+            assert_eq!(agent.command[at + 1], path, "{flag}");
+        }
     }
 
     #[test]
@@ -568,11 +585,17 @@ mod tests {
             "--volume=/var/lib/xsteer:/var/lib/xsteer:rw,rprivate",
             "--volume=/scratch/keys:/etc/ipsec:ro,rprivate",
             "--volume=/scratch/config:/etc/xsteer:ro,rprivate",
+            "--volume=/etc/cni/net.d:/etc/cni/net.d:rw,rprivate",
+            "--volume=/opt/cni/bin:/opt/cni/bin:rw,rprivate",
             r#"--entrypoint=["xsteer"]"#,
             "localhost/xsteer:dev",
             "agent",
             "--config",
             "/etc/xsteer/xsteer.toml",
+            "--cni-conf-dir",
+            "/etc/cni/net.d",
+            "--cni-bin-dir",
+            "/opt/cni/bin",
         ];
         assert_eq!(args, expected);
     }

@@ -42,7 +42,15 @@ pub mod image {
     /// The image's entrypoint (the binary is on the image's PATH).
     pub const ENTRYPOINT: &[&str] = &["xsteer"];
     /// The image's default arguments: the DaemonSet's agent (a test holds them equal).
-    pub const CMD: &[&str] = &["agent", "--config", "/etc/xsteer/xsteer.toml"];
+    pub const CMD: &[&str] = &[
+        "agent",
+        "--config",
+        "/etc/xsteer/xsteer.toml",
+        "--cni-conf-dir",
+        "/etc/cni/net.d",
+        "--cni-bin-dir",
+        "/opt/cni/bin",
+    ];
 }
 
 /// Names the manifests give and the tasks look up.
@@ -65,6 +73,11 @@ pub mod names {
     pub const AGENT_CONTAINER: &str = "agent";
     /// Where the agent reads its config.
     pub const CONFIG_PATH: &str = "/etc/xsteer/xsteer.toml";
+    /// The node's CNI config dir, where the agent chains `xsteer-cni` in (the same path in the
+    /// agent's container and on the node).
+    pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+    /// The node's CNI bin dir, where the agent copies `xsteer-cni`.
+    pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
 }
 
 #[cfg(test)]

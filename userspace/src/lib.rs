@@ -10,12 +10,13 @@
 //!   records), put together by [`inputs`] into a [`view`];
 //! - what is written: [`kernel`] (xfrm, routing) and [`dataplane`] (the eBPF object, its maps and
 //!   links), planned and written by [`reconcile`] and [`apply`];
-//! - what runs: [`agent`], and the one-shot commands [`status`], [`uninstall`], [`wireshark`]
-//!   and [`lab`].
+//! - what runs: [`agent`], the one-shot commands [`status`], [`uninstall`], [`wireshark`]
+//!   and [`lab`], and the chained CNI plugin [`cni`].
 
 pub mod agent;
 pub mod apply;
 pub mod cidr;
+pub mod cni;
 pub mod config;
 pub mod dataplane;
 pub mod inputs;

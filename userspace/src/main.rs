@@ -10,8 +10,12 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xsteer::{
-    agent::{self, AgentOptions, PodVeths},
+    agent::{
+        self, AgentOptions, PodVeths,
+        cni::{self as agent_cni, CniOptions},
+    },
     apply::{self, ApplyOptions, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR},
+    cni::{conflist::PLUGIN_TYPE, install as cni_install},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
     inputs::{self, Access},
@@ -80,6 +84,12 @@ enum Command {
         #[arg(long, default_value_t = agent::rekey::DEFAULT_AFTER_PACKETS,
               value_parser = clap::value_parser!(u64).range(1..))]
         rekey_after_packets: u64,
+        #[command(flatten)]
+        cni: CniDirs,
+        /// The `xsteer-cni` binary to copy into --cni-bin-dir (default: `xsteer-cni` beside
+        /// this executable).
+        #[arg(long, requires = "cni_conf_dir")]
+        cni_plugin: Option<PathBuf>,
     },
     /// A cluster on this machine out of network namespaces, one agent per node.
     #[command(subcommand)]
@@ -104,15 +114,40 @@ enum Command {
     /// Reachability probes that a deployment's tests run from the xsteer image itself.
     #[command(subcommand)]
     Probe(ProbeCommand),
-    /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps) and
-    /// nothing else. Pod traffic between nodes is no longer encrypted afterwards.
+    /// Remove everything xsteer owns on this node (links, SAs, policies, rule, routes, maps; with
+    /// the CNI dirs, the chained plugin) and nothing else. Pod traffic between nodes is no
+    /// longer encrypted afterwards.
     Uninstall {
         /// The node's config, for its route table (default: table 200).
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
         dirs: Dirs,
+        #[command(flatten)]
+        cni: CniDirs,
     },
+}
+
+/// The node's CNI directories, where the chained plugin `xsteer-cni` is installed: both or
+/// neither (then nothing is installed or removed).
+#[derive(clap::Args)]
+struct CniDirs {
+    /// The node's CNI config dir (/etc/cni/net.d): the agent chains `xsteer-cni` into the
+    /// network config there, uninstall takes it out.
+    #[arg(long, requires = "cni_bin_dir")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The node's CNI bin dir (/opt/cni/bin): where the `xsteer-cni` binary goes.
+    #[arg(long, requires = "cni_conf_dir")]
+    cni_bin_dir: Option<PathBuf>,
+}
+
+impl CniDirs {
+    fn dirs(self) -> Option<cni_install::Dirs> {
+        Some(cni_install::Dirs {
+            conf: self.cni_conf_dir?,
+            bin: self.cni_bin_dir?,
+        })
+    }
 }
 
 /// Where xsteer keeps what outlives it.
@@ -161,7 +196,20 @@ fn run(command: Command) -> Result<()> {
             metrics_addr,
             rotation_grace,
             rekey_after_packets,
+            cni,
+            cni_plugin,
         } => {
+            let cni = match cni.dirs() {
+                Some(dirs) => Some(CniOptions {
+                    dirs,
+                    plugin: match cni_plugin {
+                        Some(plugin) => plugin,
+                        None => agent_cni::default_plugin()
+                            .context("finding xsteer-cni beside this executable")?,
+                    },
+                }),
+                None => None,
+            };
             let metrics = match metrics_addr.as_str() {
                 "off" => None,
                 addr => Some(addr.parse().with_context(|| {
@@ -180,6 +228,7 @@ fn run(command: Command) -> Result<()> {
                 metrics,
                 rotation_grace: Duration::from_secs(rotation_grace),
                 rekey_after_packets,
+                cni,
             };
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -260,17 +309,39 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Probe(command) => run_probe(command),
-        Command::Uninstall { config, dirs } => {
+        Command::Uninstall { config, dirs, cni } => {
             let table = match config {
                 Some(path) => Config::from_path(&path)?.route_table,
                 None => DEFAULT_ROUTE_TABLE,
             };
-            let steps = runtime()?.block_on(uninstall::uninstall(
-                &dirs.pin_dir,
-                &dirs.state_dir,
-                table,
-                |step| println!("{step}"),
-            ))?;
+            // The plugin goes first, while the dataplane it hands pods to is still there: with
+            // the dataplane gone first, the plugin, still chained, would fail every new pod's
+            // ADD until it went too. With the plugin gone first, a pod started meanwhile is not
+            // classified, but the guards are still attached and drop its traffic to other
+            // nodes rather than let it out in plaintext, until they go last.
+            let mut cni_steps = 0;
+            if let Some(cni_dirs) = cni.dirs() {
+                let removed = cni_install::uninstall(&cni_dirs)?;
+                for (file, exact) in &removed.configs {
+                    let how = if *exact {
+                        ""
+                    } else {
+                        " (it had been reformatted or moved: taken out as an element)"
+                    };
+                    println!("remove xsteer-cni from {}{how}", file.display());
+                }
+                if removed.binary_removed {
+                    println!("remove {}", cni_dirs.bin.join(PLUGIN_TYPE).display());
+                }
+                cni_steps = removed.configs.len() + usize::from(removed.binary_removed);
+            }
+            let steps = cni_steps
+                + runtime()?.block_on(uninstall::uninstall(
+                    &dirs.pin_dir,
+                    &dirs.state_dir,
+                    table,
+                    |step| println!("{step}"),
+                ))?;
             println!("{steps} changes; pod traffic between nodes is no longer encrypted");
             Ok(())
         }

@@ -1,17 +1,18 @@
 //! `xsteer uninstall`: removes everything xsteer owns on a node, and nothing else.
 //!
-//! Order matters even on the way out: the classifier links go first, so nothing is marked any
-//! more; then the reconcile towards an empty state removes map entries, routes, the rule,
-//! policies and SAs in its safe order; the guards go last, so until the very end a pod packet
-//! bound for another node is dropped rather than sent in plaintext. After that, pod traffic
-//! between nodes is no longer encrypted: that is what uninstalling means.
+//! Order matters even on the way out: the pinned classifier and its links go first, so nothing
+//! is marked any more and the CNI plugin classifies no new pod; then the reconcile towards an
+//! empty state removes map entries, routes, the rule, policies and SAs in its safe order; the
+//! guards go last, so until the very end a pod packet bound for another node is dropped rather
+//! than sent in plaintext. After that, pod traffic between nodes is no longer encrypted: that
+//! is what uninstalling means.
 
 use std::{fs, io, path::Path};
 
 use xsteer_common::programs;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, links},
+    dataplane::{self, Dataplane, DataplaneError, links},
     kernel::Netlink,
     reconcile::{self, Change, ReconcileError, Snapshot, plan::plan},
     state::KeyLedger,
@@ -61,6 +62,21 @@ pub async fn uninstall(
     mut report: impl FnMut(&str),
 ) -> Result<usize, UninstallError> {
     let mut steps = 0;
+    // The pinned classifier first: the CNI plugin attaches nothing more from here on.
+    let program = dataplane::program_pin_path(pin_dir, programs::POD_CLASSIFIER);
+    match fs::remove_file(&program) {
+        Ok(()) => {
+            report(&format!("unpin {}", program.display()));
+            steps += 1;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(UninstallError::Unpin {
+                path: program.display().to_string(),
+                error,
+            });
+        }
+    }
     for interface in unpin_all(pin_dir, programs::POD_CLASSIFIER)? {
         report(&format!(
             "detach {} from {interface}",

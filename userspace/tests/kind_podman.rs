@@ -70,6 +70,8 @@ fn the_lab_runs_the_daemonsets_podman_line_but_for_the_named_substitutions() {
     let lab_dirs = [
         ("/sys/fs/bpf", "/sys/fs/bpf/xsteer-e2e-podman-node2"),
         ("/var/lib/xsteer", "/tmp/xsteer-e2e-podman/node2/state"),
+        ("/etc/cni/net.d", "/tmp/xsteer-e2e-podman/node2/cni/net.d"),
+        ("/opt/cni/bin", "/tmp/xsteer-e2e-podman/node2/cni/bin"),
     ];
     let mut substituted = Vec::new();
     for (d, l) in deployed.iter().zip(&without).filter(|(d, l)| d != l) {

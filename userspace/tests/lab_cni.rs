@@ -14,8 +14,9 @@ use std::{fs, path::PathBuf};
 
 use support::require_root;
 use xsteer::lab::{
-    cni, netns, pods,
+    netns, pods,
     probe::{self, Proto},
+    runtime,
     topology::{self, LabPod, Size},
 };
 
@@ -58,7 +59,7 @@ fn ptp_and_host_local_wire_the_planned_pods_and_del_undoes_it() {
     for node in &nodes {
         for pod in &node.pods {
             let result = pods::add(&dir, node, pod).unwrap();
-            let veths = cni::host_interfaces(&result);
+            let veths = runtime::host_interfaces(&result);
             assert_eq!(veths.len(), 1, "{result}");
             let link = netns::ip_in(&node.netns, &["-d", "link", "show", &veths[0]]).unwrap();
             assert!(link.contains("veth"), "{link}");

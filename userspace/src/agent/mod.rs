@@ -2,14 +2,17 @@
 //! when it stops.
 //!
 //! At start it reconciles the kernel (the same reconcile as `xsteer apply`, so maps are filled
-//! before any program reads them), then attaches the guards to the uplink and the classifier to
-//! every pod veth, adopting the links a previous agent pinned. Then it waits: a new pod veth gets
-//! the classifier at once (link notifications); a changed config or key file is reloaded and
-//! reconciled against the state the agent last left (no full kernel read), and a bad one is
-//! logged and ignored, the last good state staying in place; every `resync` it reads the kernel
-//! in full and reconciles, repairing drift. SIGTERM or SIGINT end it with everything
-//! pinned: programs keep running, and the next agent picks them up without a gap.
+//! before any program reads them), then attaches the guards to the uplink, chains the plugin
+//! `xsteer-cni` into the node's network config when given the node's CNI dirs ([`cni`]), and
+//! attaches the classifier to every pod veth, adopting the links a previous agent pinned. Then
+//! it waits: a new pod veth gets the classifier at once (link notifications); a changed config
+//! or key file is reloaded and reconciled against the state the agent last left (no full kernel
+//! read), and a bad one is logged and ignored, the last good state staying in place; a rewrite of
+//! the network config gets the plugin chained in again; every `resync` it reads the kernel in
+//! full and reconciles, repairing drift. SIGTERM or SIGINT end it with everything pinned:
+//! programs keep running, and the next agent picks them up without a gap.
 
+pub mod cni;
 pub mod metrics;
 pub mod pods;
 pub mod rekey;
@@ -31,7 +34,7 @@ use crate::{
     apply::{self, Applier, ApplyOptions},
     config::{Config, NodeRecords},
     dataplane::{
-        Dataplane, DataplaneError, bpffs,
+        self, Dataplane, DataplaneError, bpffs,
         links::{self, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
@@ -40,6 +43,7 @@ use crate::{
     state::{self, StateError},
     watch::{DirWatch, FileVersion},
 };
+use cni::{Chain, CniOptions};
 use pods::LinksError;
 pub use pods::PodVeths;
 use rotation::{Progress, Retirement};
@@ -66,6 +70,8 @@ pub struct AgentOptions {
     pub rotation_grace: Duration,
     /// Packets an SA in use may send before the node re-keys.
     pub rekey_after_packets: u64,
+    /// Where to install the chained CNI plugin `xsteer-cni`; `None` installs nothing.
+    pub cni: Option<CniOptions>,
 }
 
 /// Why the agent stopped or could not start.
@@ -106,6 +112,9 @@ pub enum AgentError {
     /// A state file could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The pin dir cannot be named in the CNI config.
+    #[error("pin dir {}: not UTF-8, which the CNI config (JSON) cannot name", .0.display())]
+    PinDirNotUtf8(PathBuf),
 }
 
 // The agent explains every state change it makes in one log line (tracing, on stderr): what
@@ -482,6 +491,8 @@ impl Node {
             .pod_classifier()
             .map_err(AgentError::from)
             .and_then(|program| {
+                // The CNI plugin may be attaching to the same new veth right now.
+                let _held = links::lock(&self.opts.pin_dir)?;
                 Ok(links::tc(
                     program,
                     programs::POD_CLASSIFIER,
@@ -531,6 +542,18 @@ impl Node {
 pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     // One agent per state directory: two would undo each other's epochs and retirements.
     let _held = state::lock(&opts.state_dir)?;
+    // The plugin runs from the container runtime, with another working directory: its config
+    // names the pin dir absolutely. Checked first, so that a bad one stops the agent at once.
+    let cni_pin_dir = match &opts.cni {
+        Some(_) => {
+            let pin_dir = std::path::absolute(&opts.pin_dir).unwrap_or(opts.pin_dir.clone());
+            match pin_dir.to_str() {
+                Some(pin_dir) => pin_dir.to_owned(),
+                None => return Err(AgentError::PinDirNotUtf8(pin_dir)),
+            }
+        }
+        None => String::new(),
+    };
     let config = Config::from_path(&opts.config).map_err(InputsError::from)?;
     // The source first: with Kubernetes, this node's ID and pod CIDR come from its Node.
     let source = nodes::source_of(&config, false)?;
@@ -610,6 +633,26 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pin_dir,
     )?;
     info!("uplink {uplink}: ingress guard attached ({how:?})");
+    // Only a guarded node may hand its classifier to the CNI plugin: pinned now, the plugin
+    // classifies new pods itself, also while this agent is stopped or restarting.
+    node.dataplane.pin_pod_classifier(&pin_dir)?;
+    info!(
+        "pod classifier pinned at {} for the CNI plugin",
+        dataplane::program_pin_path(&pin_dir, programs::POD_CLASSIFIER).display()
+    );
+
+    // Only now is the plugin chained into the node's network config: it refuses a pod's ADD
+    // until the guards are attached and the classifier pinned, so chained any earlier it would
+    // fail pods that the dataplane could already take.
+    let mut chain = node
+        .opts
+        .cni
+        .clone()
+        .map(|cni| Chain::new(cni, &cni_pin_dir));
+    let mut cni_watch = chain.as_ref().and_then(Chain::watch);
+    if let Some(chain) = &mut chain {
+        chain.install();
+    }
 
     let mut link_events = pods::watch()?;
     let (connection, handle, _) = rtnetlink::new_connection().map_err(LinksError::Subscribe)?;
@@ -671,6 +714,17 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 node.reload_if_changed().await;
                 node.finish_rekey_if_due().await;
             }
+            woken = changed(&cni_watch) => {
+                if let Err(e) = woken {
+                    warn!("cni: watching for changes failed, polling every second only: {e}");
+                    cni_watch = None;
+                }
+                // A rewrite of the config by the main plugin, a config that appears, or a
+                // binary removed: all of it is checked again.
+                if let Some(chain) = &mut chain {
+                    chain.install();
+                }
+            }
             woken = changes.next() => {
                 if let Some(Err(e)) = woken {
                     warn!("following node records failed, polling every second only: {e}");
@@ -680,6 +734,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 node.finish_rekey_if_due().await;
             }
             _ = poll.tick() => {
+                if let Some(chain) = &mut chain {
+                    chain.ensure();
+                }
                 node.reload_if_changed().await;
                 node.retire_if_due().await;
                 node.finish_rekey_if_due().await;

@@ -7,7 +7,8 @@
 //! so no packet ever sees the interface without a program.
 
 use std::{
-    fs, io,
+    fs::{self, File},
+    io,
     path::{Path, PathBuf},
 };
 
@@ -20,6 +21,7 @@ use aya::{
         xdp::{XdpLink, XdpMode},
     },
 };
+use nix::fcntl::{Flock, FlockArg};
 
 /// Where the links are pinned, under the pin dir.
 const LINKS_DIR: &str = "links";
@@ -87,17 +89,20 @@ pub enum Attached {
     Adopted,
 }
 
+/// The directory of the links' pins under `pin_dir`.
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(LINKS_DIR)
+}
+
 /// The pin path of `program` on `interface`.
 pub fn pin_path(pin_dir: &Path, program: &str, interface: &str) -> PathBuf {
-    pin_dir
-        .join(LINKS_DIR)
-        .join(format!("{program}@{interface}"))
+    links_dir(pin_dir).join(format!("{program}@{interface}"))
 }
 
 /// Interfaces that have a pinned link of `program`.
 pub fn pinned_interfaces(pin_dir: &Path, program: &str) -> Vec<String> {
     let prefix = format!("{program}@");
-    fs::read_dir(pin_dir.join(LINKS_DIR))
+    fs::read_dir(links_dir(pin_dir))
         .into_iter()
         .flatten()
         .flatten()
@@ -117,6 +122,49 @@ pub fn unpin(pin_dir: &Path, program: &str, interface: &str) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The id of the program the link pinned for `program` on `interface` runs, if there is such a
+/// pin. A pin of a dead link (its interface went away) still names its last program: compare
+/// with what the kernel lists for the interface to know whether it is attached.
+pub fn pinned_program_id(
+    pin_dir: &Path,
+    program: &str,
+    interface: &str,
+) -> Result<Option<u32>, LinkError> {
+    let path = pin_path(pin_dir, program, interface);
+    let Some(link) = pinned(&path)? else {
+        return Ok(None);
+    };
+    let info = link
+        .info()
+        .map_err(|error| LinkError::Open { path, error })?;
+    Ok(Some(info.program_id()))
+}
+
+/// An exclusive hold on the links directory, released when dropped.
+#[derive(Debug)]
+pub struct LinksLock {
+    _held: Flock<File>,
+}
+
+/// Takes the links directory under `pin_dir` for this process, waiting for whoever holds it.
+///
+/// The agent's pod veth watcher and the CNI plugin both attach the classifier to a new veth,
+/// often at the same moment: each holds this lock from looking at the veth's pin until its own
+/// link is pinned, so the second one finds the first one's link instead of attaching a second
+/// program. The directory must exist (the agent makes it when it pins the guards).
+pub fn lock(pin_dir: &Path) -> Result<LinksLock, LinkError> {
+    let dir = links_dir(pin_dir);
+    let locking = |error| LinkError::Files {
+        what: "locking",
+        path: dir.clone(),
+        error,
+    };
+    let file = File::open(&dir).map_err(locking)?;
+    let held =
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| locking(errno.into()))?;
+    Ok(LinksLock { _held: held })
 }
 
 /// Opens the pinned link at `path`, if any.

@@ -56,6 +56,17 @@ pub const MAPS: [&str; 17] = [
     map_names::PEER_ADDRS_V6,
 ];
 
+/// Where programs are pinned, under the pin dir.
+const PROGRAMS_DIR: &str = "programs";
+
+/// The pin path of the loaded `program` under `pin_dir`: `<pin dir>/programs/<program>`.
+///
+/// Only the pod classifier is pinned there: the CNI plugin attaches it to a new pod's veth
+/// without the agent (`crate::cni`).
+pub fn program_pin_path(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir.join(PROGRAMS_DIR).join(program)
+}
+
 /// Why a dataplane operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -137,7 +148,17 @@ pub enum DataplaneError {
         /// What the OS said.
         error: std::io::Error,
     },
-    /// A map could not be pinned.
+    /// A pin could not be renamed or removed.
+    #[error("{what} {}: {error}", path.display())]
+    PinFile {
+        /// What was being done.
+        what: &'static str,
+        /// The pin.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// A map or program could not be pinned.
     #[error("pinning {}: {error}", path.display())]
     Pin {
         /// Where it was to be pinned.
@@ -334,6 +355,42 @@ impl Dataplane {
         self.ebpf
             .map_mut(name)
             .ok_or(DataplaneError::Missing { kind: "map", name })
+    }
+
+    /// Pins the loaded pod classifier at [`program_pin_path`], replacing the one a previous
+    /// agent pinned.
+    ///
+    /// The program is pinned under a temporary name and renamed over the old pin: bpffs renames
+    /// atomically, so a CNI plugin opening the pin at that moment finds the old program or the
+    /// new one, never none.
+    pub fn pin_pod_classifier(&mut self, pin_dir: &Path) -> Result<(), DataplaneError> {
+        let path = program_pin_path(pin_dir, programs::POD_CLASSIFIER);
+        // bpffs refuses names with a dot (EPERM), so no `.new`.
+        let fresh = path.with_file_name(format!("{}-new", programs::POD_CLASSIFIER));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|error| DataplaneError::PinDir {
+                path: dir.to_owned(),
+                error,
+            })?;
+        }
+        let file_error = |what, path: &Path| {
+            let path = path.to_owned();
+            move |error| DataplaneError::PinFile { what, path, error }
+        };
+        // A temporary pin left by an agent that died between pinning and renaming.
+        match std::fs::remove_file(&fresh) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(file_error("removing", &fresh)(e));
+            }
+            _ => {}
+        }
+        self.pod_classifier()?
+            .pin(&fresh)
+            .map_err(|error| DataplaneError::Pin {
+                path: fresh.clone(),
+                error,
+            })?;
+        std::fs::rename(&fresh, &path).map_err(file_error("renaming a pin to", &path))
     }
 
     /// Pins every map under `dir` by its name, so bpftool and a restarted agent can reach it.

@@ -22,7 +22,11 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{netns::command_in, topology::LabNode};
+use super::{
+    netns::command_in,
+    pods::{self, CniDirs},
+    topology::LabNode,
+};
 use crate::{
     dataplane::Dataplane,
     keys::{self, Epoch, Generation},
@@ -78,13 +82,16 @@ pub fn write_files(dir: &Path, nodes: &[LabNode]) -> Result<()> {
     Ok(())
 }
 
-/// Starts the agent of every node as a daemon and waits until each says it runs.
-pub fn start(dir: &Path, nodes: &[LabNode]) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the xsteer binary")?;
+/// Starts `xsteer agent` (the binary `xsteer`) of every node as a daemon and waits until each
+/// says it runs. Each agent installs `xsteer-cni` (from beside `xsteer`) into its node's CNI
+/// directories.
+pub fn start(dir: &Path, nodes: &[LabNode], xsteer: &Path) -> Result<()> {
     for node in nodes {
         let node_dir = node_dir(dir, node);
+        // The agent puts xsteer-cni into the node's conflist, as on a Kubernetes node.
+        let cni = CniDirs::of(dir, node);
         let log = fs::File::create(log_path(dir, node))?;
-        let mut command = Command::new(&exe);
+        let mut command = Command::new(xsteer);
         command
             .arg("agent")
             .arg("--config")
@@ -93,6 +100,10 @@ pub fn start(dir: &Path, nodes: &[LabNode]) -> Result<()> {
             .arg(pin_dir(&node.name))
             .arg("--state-dir")
             .arg(node_dir.join("state"))
+            .arg("--cni-conf-dir")
+            .arg(&cni.conf)
+            .arg("--cni-bin-dir")
+            .arg(&cni.bin)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -108,7 +119,8 @@ pub fn start(dir: &Path, nodes: &[LabNode]) -> Result<()> {
     Ok(())
 }
 
-fn pid_of(dir: &Path, node: &LabNode) -> Option<Pid> {
+/// The pid of `node`'s agent, as recorded when it was started.
+pub fn pid(dir: &Path, node: &LabNode) -> Option<Pid> {
     let pid = fs::read_to_string(pid_path(dir, node))
         .ok()?
         .trim()
@@ -119,7 +131,7 @@ fn pid_of(dir: &Path, node: &LabNode) -> Option<Pid> {
 
 /// Whether `node`'s agent process is alive.
 pub fn is_running(dir: &Path, node: &LabNode) -> bool {
-    pid_of(dir, node).is_some_and(|pid| {
+    pid(dir, node).is_some_and(|pid| {
         // Reap it first if it is our child and has exited: a zombie still answers kill(0).
         let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
         kill(pid, None).is_ok()
@@ -163,10 +175,36 @@ pub fn wait_for_peers(nodes: &[LabNode], timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the agent of every node has put `xsteer-cni` into its conflist.
+pub fn wait_for_plugin(dir: &Path, nodes: &[LabNode], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for node in nodes {
+        let runtime = pods::runtime(dir, node);
+        loop {
+            let list = runtime.conflist()?;
+            if list.types().contains(&pods::XSTEER_CNI) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}'s agent has not put {} into {} (plugins: {:?}); its log is {}",
+                    node.name,
+                    pods::XSTEER_CNI,
+                    list.file.display(),
+                    list.types(),
+                    log_path(dir, node).display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
 /// Stops every agent: SIGTERM, then SIGKILL after 5 s.
 pub fn stop(dir: &Path, nodes: &[LabNode]) {
     for node in nodes {
-        let Some(pid) = pid_of(dir, node) else {
+        let Some(pid) = pid(dir, node) else {
             continue;
         };
         let _ = kill(pid, Signal::SIGTERM);

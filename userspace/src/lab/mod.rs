@@ -8,10 +8,10 @@
 
 pub mod agents;
 pub mod capture;
-pub mod cni;
 pub mod netns;
 pub mod pods;
 pub mod probe;
+pub mod runtime;
 pub mod topology;
 
 use std::{
@@ -65,9 +65,12 @@ pub fn up(size: Size, dir: &Path) -> Result<()> {
     for node in &nodes {
         pods::write_conflist(dir, node)?;
     }
-    agents::start(dir, &nodes)?;
+    let xsteer = std::env::current_exe().context("finding the xsteer binary")?;
+    agents::start(dir, &nodes, &xsteer)?;
     agents::wait_for_peers(&nodes, Duration::from_secs(60))?;
-    // Pods come last, as on a node where the agent runs before the kubelet starts pods.
+    // Pods come last, through ptp, host-local and xsteer-cni, as on a node where the agent has
+    // installed its plugin before the kubelet starts pods.
+    agents::wait_for_plugin(dir, &nodes, Duration::from_secs(30))?;
     pods::add_all(dir, &nodes)?;
     println!(
         "lab up: {} nodes x {} pods, agents running (logs in {}/node*/agent.log)",
@@ -139,7 +142,7 @@ pub fn pod_add(dir: &Path, netns: &str) -> Result<()> {
         "pod {netns} added at {} by {} (host side {})",
         pod.ip,
         pods::runtime(dir, &node).conflist()?.types().join(" + "),
-        cni::host_interfaces(&result).join(", ")
+        runtime::host_interfaces(&result).join(", ")
     );
     Ok(())
 }

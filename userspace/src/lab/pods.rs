@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::{
-    cni::{self, Runtime, Sandbox},
     netns::ip,
+    runtime::{self, Runtime, Sandbox},
     topology::{LabNode, LabPod},
 };
 
@@ -124,7 +124,7 @@ pub fn add(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<Value> {
     let sandbox = sandbox(pod);
     ip(&["netns", "add", &pod.netns])?;
     let result = runtime.add(&sandbox).and_then(|result| {
-        let addresses = cni::addresses(&result);
+        let addresses = runtime::addresses(&result);
         if addresses != [pod.ip.to_string()] {
             bail!("{} was given {addresses:?}, not {}", pod.netns, pod.ip);
         }
@@ -144,6 +144,9 @@ pub fn del(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<()> {
     ip(&["netns", "delete", &pod.netns])?;
     Ok(())
 }
+
+/// The plugin type the agent puts into the conflist.
+pub const XSTEER_CNI: &str = "xsteer-cni";
 
 /// Adds every pod of `nodes`.
 pub fn add_all(dir: &Path, nodes: &[LabNode]) -> Result<()> {

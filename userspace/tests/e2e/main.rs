@@ -14,6 +14,7 @@ mod lab_pod;
 mod agent;
 mod apply_tunnel;
 mod cluster;
+mod cni;
 mod esp_smoke;
 mod fail_closed;
 mod guards;

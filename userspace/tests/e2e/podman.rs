@@ -602,6 +602,41 @@ fn the_daemonsets_pod_under_podman_encrypts_every_pair_and_rotates_through_a_sec
         eprintln!("{}", check_container(&pod, node, *pid));
     }
 
+    // The agent, with the DaemonSet's mounts and rights, chained xsteer-cni into the node's
+    // conflist and copied the plugin from the image into the node's bin dir.
+    for node in &lab.nodes {
+        let dirs = pods::CniDirs::of(Path::new(DIR), node);
+        let runtime = pods::runtime(Path::new(DIR), node);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runtime
+            .conflist()
+            .unwrap()
+            .types()
+            .contains(&pods::XSTEER_CNI)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{}: xsteer-cni not chained: {:?}",
+                node.name,
+                runtime.conflist().unwrap().types()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        let plugin = dirs.bin.join(pods::XSTEER_CNI);
+        let version = Command::new(&plugin)
+            .env("CNI_COMMAND", "VERSION")
+            .output()
+            .unwrap();
+        assert!(version.status.success(), "{}", plugin.display());
+        eprintln!(
+            "{}: conflist {:?}, {} answers VERSION {}",
+            node.name,
+            runtime.conflist().unwrap().types(),
+            plugin.display(),
+            String::from_utf8_lossy(&version.stdout).trim()
+        );
+    }
+
     // 1. Every cross-node pod pair, and the wire.
     let pods: Vec<_> = lab.nodes.iter().flat_map(|n| n.pods.clone()).collect();
     let _servers = probe::serve(&pods).unwrap();

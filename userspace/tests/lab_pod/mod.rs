@@ -10,7 +10,8 @@
 //! - `hostNetwork`: the node's network is its namespace, so `--network=host` becomes
 //!   `--network=ns:/run/netns/<node's namespace>`;
 //! - the hostPath volumes: each node has its own directory for each, never the machine's: a
-//!   directory on the machine's bpffs for `/sys/fs/bpf`, and one for `/var/lib/xsteer`;
+//!   directory on the machine's bpffs for `/sys/fs/bpf`, and one each for `/var/lib/xsteer`,
+//!   `/etc/cni/net.d` and `/opt/cni/bin`;
 //! - the node source: the config is the ConfigMap's with `node_source = "kubernetes"` replaced by
 //!   the node records directory (`nodes_dir`), mounted read-write at [`NODES_DIR`] by one more
 //!   `--volume`. `node.name` and `node.ip` stay `"${NODE_NAME}"` and `"${NODE_IP}"`, filled in
@@ -156,8 +157,9 @@ pub struct Substitutions {
 }
 
 impl Substitutions {
-    /// The substitutions of `node`: hostPaths `/sys/fs/bpf` and `/var/lib/xsteer` get the node's
-    /// own directories; any other hostPath is refused until it is given one here.
+    /// The substitutions of `node`: hostPaths `/sys/fs/bpf`, `/var/lib/xsteer` and the CNI dirs
+    /// get the node's own directories; any other hostPath is refused until it is given one
+    /// here.
     pub fn of(pod: &AgentPod, node: &LabNode) -> Result<Substitutions> {
         let mut host_paths = Vec::new();
         for volume in &pod.volumes {
@@ -171,6 +173,10 @@ impl Substitutions {
                     PathBuf::from(format!("/sys/fs/bpf/xsteer-e2e-podman-{}", node.name))
                 }
                 "/var/lib/xsteer" => node.dir.join("state"),
+                // No main CNI writes a config there: the agent waits for one, and copies the
+                // plugin binary into the node's own bin dir.
+                "/etc/cni/net.d" => node.dir.join("cni").join("net.d"),
+                "/opt/cni/bin" => node.dir.join("cni").join("bin"),
                 other => bail!(
                     "hostPath volume {} ({other}) has no lab directory: name one in \
                      userspace/tests/lab_pod/mod.rs, and in docs/testing.md",

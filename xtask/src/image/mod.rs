@@ -1,7 +1,7 @@
 //! `cargo xtask image`: the container image, as an OCI archive file, built from this tree alone.
 //!
-//! The image holds one file, a statically linked `xsteer` (musl, release, stripped): no base
-//! image, no shell, no package manager, nothing pulled from a registry. `kind load
+//! The image holds two files, the statically linked `xsteer` and `xsteer-cni` (musl, release,
+//! stripped): no base image, no shell, no package manager, nothing pulled from a registry. `kind load
 //! image-archive`, `docker load` and `podman load` read the archive (oci.rs says how).
 //!
 //! The tag is `xsteer:dev` unless `--tag` names another: the manifests in kind/ run
@@ -27,8 +27,13 @@ use crate::{build_ebpf, install, vm};
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
 /// The cargo profile of the image's binary (release, stripped; Cargo.toml).
 const PROFILE: &str = "image";
-/// Where the binary goes in the image: on the image's PATH, so the entrypoint is `xsteer`.
-const BINARY_PATH: &str = "usr/bin/xsteer";
+/// The image's binaries, targets of the package `xsteer`, and where each goes in the image: on
+/// the image's PATH, so the entrypoint is `xsteer`; the chained CNI plugin beside it, where the
+/// agent finds it to copy it into the node's CNI bin dir.
+const BINARIES: &[(&str, &str)] = &[
+    ("xsteer", "usr/bin/xsteer"),
+    ("xsteer-cni", "usr/bin/xsteer-cni"),
+];
 
 /// Options of `cargo xtask image`.
 #[derive(clap::Args)]
@@ -63,7 +68,7 @@ pub struct Built {
     pub id: String,
     /// The manifest's digest.
     pub digest: String,
-    /// The static binary the image holds, runnable on this machine too.
+    /// The static `xsteer` the image holds, runnable on this machine too.
     pub binary: PathBuf,
 }
 
@@ -106,7 +111,8 @@ const MUSL_CC: install::Package = install::Package {
     provides: "x86_64-linux-musl-gcc",
 };
 
-/// Builds the static `xsteer` and returns its path.
+/// Builds the static binaries of the package `xsteer` (`xsteer`, `xsteer-cni`) and returns
+/// the path of `xsteer`; the others are beside it.
 pub fn build_binary(root: &Path) -> Result<PathBuf> {
     build_ebpf::ensure_toolchain()?;
     ensure_target()?;
@@ -145,14 +151,26 @@ fn ensure_target() -> Result<()> {
     install::run(Command::new("rustup").args(["target", "add", TARGET]))
 }
 
-/// Writes the archive of `binary` to `path`.
+/// Writes the archive of `binary` and the binaries beside it to `path`.
 fn write(root: &Path, binary: PathBuf, reference: oci::Reference, path: PathBuf) -> Result<Built> {
-    let data = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
-    if let Some(interpreter) = elf_interpreter(&data)? {
-        bail!(
-            "{} asks for the dynamic loader {interpreter}: the image has none, it must be static",
-            binary.display()
-        );
+    let dir = binary.parent().unwrap_or(Path::new("."));
+    let mut contents = Vec::new();
+    for (name, at) in BINARIES {
+        let file = dir.join(name);
+        let data = fs::read(&file).with_context(|| {
+            format!(
+                "reading {} (is {name} a binary target of the package xsteer?)",
+                file.display()
+            )
+        })?;
+        if let Some(interpreter) = elf_interpreter(&data)? {
+            bail!(
+                "{} asks for the dynamic loader {interpreter}: the image has none, it must be \
+                 static",
+                file.display()
+            );
+        }
+        contents.push((*at, data));
     }
     let version = version_of(&binary)?;
     let revision = git(root, &["rev-parse", "HEAD"]);
@@ -167,11 +185,14 @@ fn write(root: &Path, binary: PathBuf, reference: oci::Reference, path: PathBuf)
     }
     let written = oci::write(&oci::Image {
         reference: &reference,
-        files: &[oci::File {
-            path: BINARY_PATH,
-            mode: 0o755,
-            data: &data,
-        }],
+        files: &contents
+            .iter()
+            .map(|(path, data)| oci::File {
+                path,
+                mode: 0o755,
+                data,
+            })
+            .collect::<Vec<_>>(),
         // A writable /tmp for whoever runs the image without a read-only root.
         dirs: &[("tmp", 0o1777)],
         entrypoint: spec::ENTRYPOINT,

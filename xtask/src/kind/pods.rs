@@ -10,7 +10,7 @@
 //! They are rendered as JSON (which kubectl and YAML readers take as it is) and validated with
 //! the manifests.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use xsteer_kind::{
     agent::{AgentPod, Propagation, VolumeSource},
@@ -109,7 +109,7 @@ pub fn capture(node: &str, seconds: u64) -> Value {
 }
 
 /// A pod that runs `xsteer uninstall` on `node`, with the agent's capabilities, network, and
-/// its bpffs and state-directory mounts, as the DaemonSet gives them.
+/// its hostPath mounts (bpffs, the state directory, the CNI dirs), as the DaemonSet gives them.
 pub fn uninstall(agent_pod: &AgentPod, node: &str) -> Result<Value> {
     let agent = agent_pod.agent();
     let mut mounts = Vec::new();
@@ -133,8 +133,20 @@ pub fn uninstall(agent_pod: &AgentPod, node: &str) -> Result<Value> {
         }
         volumes.push(json!({"name": volume.name, "hostPath": host}));
     }
+    // The CNI dirs the agent chains xsteer-cni into, as its command line names them:
+    // uninstall takes the plugin out of them first.
+    let mut command = vec!["xsteer", "uninstall"];
+    for flag in ["--cni-conf-dir", "--cni-bin-dir"] {
+        if let Some(at) = agent.command.iter().position(|w| w == flag) {
+            let dir = agent
+                .command
+                .get(at + 1)
+                .with_context(|| format!("the agent's {flag} names no directory"))?;
+            command.extend([flag, dir.as_str()]);
+        }
+    }
     let caps: Vec<&str> = agent.cap_add.iter().map(String::as_str).collect();
-    let mut container = container("uninstall", &["xsteer", "uninstall"], &caps);
+    let mut container = container("uninstall", &command, &caps);
     container["volumeMounts"] = json!(mounts);
     container["securityContext"]["seccompProfile"] = json!({"type": "Unconfined"});
     container["securityContext"]["appArmorProfile"] = json!({"type": "Unconfined"});
@@ -204,7 +216,26 @@ mod tests {
             .iter()
             .map(|m| m["mountPath"].as_str().unwrap())
             .collect();
-        assert_eq!(paths, ["/sys/fs/bpf", "/var/lib/xsteer"]);
+        assert_eq!(
+            paths,
+            [
+                "/sys/fs/bpf",
+                "/var/lib/xsteer",
+                "/etc/cni/net.d",
+                "/opt/cni/bin"
+            ]
+        );
+        assert_eq!(
+            container["command"],
+            json!([
+                "xsteer",
+                "uninstall",
+                "--cni-conf-dir",
+                "/etc/cni/net.d",
+                "--cni-bin-dir",
+                "/opt/cni/bin"
+            ])
+        );
         assert_eq!(
             container["volumeMounts"][0]["mountPropagation"],
             "HostToContainer"

@@ -203,7 +203,12 @@ impl KubeSource {
         let api: Api<Node> = Api::all(client);
         let (seen_tx, seen) = watch::channel(Seen::default());
         let (publish, desired) = watch::channel(None);
-        let watching = runtime.spawn(follow(api.clone(), seen_tx, backoff()));
+        let own = settings.node.clone();
+        let watching = runtime.spawn({
+            let api = api.clone();
+            let backoff = backoff();
+            async move { follow(api, &own, seen_tx, backoff).await }
+        });
         let publishing = runtime.spawn(publish_record(
             api,
             settings.node.clone(),
@@ -360,8 +365,9 @@ impl NodeSource for KubeSource {
     }
 }
 
-/// Follows the Nodes into `seen` for as long as the source lives.
-async fn follow(api: Api<Node>, seen: watch::Sender<Seen>, backoff: Box<dyn Backoff>) {
+/// Follows the Nodes into `seen` for as long as the source lives; after the first list, a list
+/// without `own`, this node's Node, is ignored.
+async fn follow(api: Api<Node>, own: &str, seen: watch::Sender<Seen>, backoff: Box<dyn Backoff>) {
     let mut events = pin!(watcher::watcher(api, watcher::Config::default()).backoff(backoff));
     // A list in progress: it replaces what was seen only once complete.
     let mut listing = BTreeMap::new();
@@ -373,6 +379,18 @@ async fn follow(api: Api<Node>, seen: watch::Sender<Seen>, backoff: Box<dyn Back
             }
             Ok(Event::InitDone) => {
                 let nodes = std::mem::take(&mut listing);
+                // This node runs, so its Node exists: after a list that had it, a list without
+                // it is not the cluster (an API server answering from an empty or stale store)
+                // and would remove every peer. The last good view stays until a list has it.
+                // A first list without it is taken: the identity check names the problem.
+                if !nodes.contains_key(own) && seen.borrow().listed {
+                    warn!(
+                        "a list of {} Nodes without this node's own Node {own:?}: ignored, \
+                         keeping the Nodes seen before",
+                        nodes.len()
+                    );
+                    continue;
+                }
                 seen.send_if_modified(|seen| seen.relisted(nodes));
             }
             Ok(Event::Apply(node)) => {

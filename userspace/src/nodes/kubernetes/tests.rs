@@ -298,6 +298,37 @@ async fn gone_lists_again_and_a_node_deleted_meanwhile_is_removed() {
 }
 
 #[tokio::test]
+async fn a_list_without_this_nodes_own_node_removes_no_peer() {
+    let (b, c) = (record("b", 2), record("c", 3));
+    let api = FakeApi::new([bare("a", 1), node_of(&b), node_of(&c)]);
+    let (mut source, mut changes) = start(&api);
+    until(&mut source, &mut changes, "the list", |_| true).await;
+    eventually("the watch", || api.open_watches() == 1).await;
+
+    // An API server answering from an emptied store (restored from a stale backup, a new etcd):
+    // the source lists again after the 410, and the list has no Node at all.
+    api.pause_watches(true);
+    api.close_watches();
+    for name in ["a", "b", "c"] {
+        api.delete(name);
+    }
+    api.compact();
+    api.pause_watches(false);
+    eventually("the second list", || lists(&api) == 2).await;
+    eventually("the watch after it", || api.open_watches() == 1).await;
+
+    // Ignored: b and c stay peers, nothing is removed, and the watch goes on from that list.
+    let d = record("d", 4);
+    api.put(node_of(&d));
+    let after = until(&mut source, &mut changes, "d", |s| {
+        s.records.contains_key("d")
+    })
+    .await;
+    assert_eq!(names(after.records.keys()), ["b", "c", "d"]);
+    assert!(after.removed.is_empty(), "{:?}", after.removed);
+}
+
+#[tokio::test]
 async fn a_bad_annotation_is_refused_by_name_and_the_others_stay() {
     let b = record("b", 2);
     let good = record("x", 9).render_compact();
