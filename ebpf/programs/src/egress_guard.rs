@@ -53,7 +53,7 @@ pub fn egress_guard(ctx: TcContext) -> i32 {
             );
             Counter::EgressLeakDropped
         }
-        Frame::NotIpv4 => Counter::EgressPassed,
+        Frame::NotIp => Counter::EgressPassed,
         Frame::MalformedIpv6 if cluster_pod_space_v6().is_none() => Counter::EgressPassed,
         Frame::Malformed | Frame::MalformedIpv6 => Counter::EgressMalformedDropped,
         Frame::TooManyTags => Counter::EgressVlanDepthDropped,

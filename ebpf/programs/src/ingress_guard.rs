@@ -42,7 +42,7 @@ pub fn ingress_guard(ctx: XdpContext) -> u32 {
     let ip = match frame(data, data_end, Vlan::LookThrough) {
         Frame::Ipv4(ip) => ip,
         Frame::Ipv6(ip) => return ipv6(&ctx, &ip, data, data_end),
-        Frame::NotIpv4 => return pass(),
+        Frame::NotIp => return pass(),
         Frame::MalformedIpv6 if cluster_pod_space_v6().is_none() => return pass(),
         Frame::Malformed | Frame::MalformedIpv6 => {
             return dropped(Counter::IngressMalformedDropped);

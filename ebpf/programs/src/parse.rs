@@ -34,7 +34,7 @@ pub enum Frame {
     /// An IPv6 packet (its fixed header; the extension headers are walked on demand).
     Ipv6(Ipv6),
     /// A well-formed frame that is not IP (ARP, LLDP, a VLAN tag where none is accepted).
-    NotIpv4,
+    NotIp,
     /// Truncated Ethernet, VLAN or IPv4 header, wrong IP version, or IHL below 5 or past the
     /// end of the frame.
     Malformed,
@@ -52,7 +52,7 @@ pub enum Frame {
 /// them alone; the uplink may, and a guard must see the IPv4 packet behind the tags.
 #[derive(Clone, Copy)]
 pub enum Vlan {
-    /// A tagged frame is [`Frame::NotIpv4`].
+    /// A tagged frame is [`Frame::NotIp`].
     Stop,
     /// Up to [`VLAN_TAGS_MAX`] tags are looked through; more are [`Frame::TooManyTags`].
     LookThrough,
@@ -138,7 +138,7 @@ pub fn frame(data: usize, data_end: usize, vlan: Vlan) -> Frame {
         return ipv6(data, data_end, l3_offset);
     }
     if ethertype != ETH_P_IP {
-        return Frame::NotIpv4;
+        return Frame::NotIp;
     }
     let Some(header) = bytes::<IPV4_MIN_HLEN>(data, data_end, l3_offset) else {
         return Frame::Malformed;

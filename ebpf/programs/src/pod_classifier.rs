@@ -20,7 +20,7 @@ pub fn pod_classifier(ctx: TcContext) -> i32 {
         Frame::Ipv4(ip) => remote_pod_cidr(ip.dst),
         Frame::Ipv6(ip) => remote_pod_cidr_v6(ip.dst),
         // TooManyTags only comes from looking through tags, which the classifier does not.
-        Frame::NotIpv4 | Frame::TooManyTags => {
+        Frame::NotIp | Frame::TooManyTags => {
             count(Counter::PodNotIpv4);
             return TC_ACT_UNSPEC;
         }
