@@ -8,12 +8,14 @@
 use std::path::Path;
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp};
 use xsteer_common::programs;
 
 use super::spec::CniError;
-use crate::dataplane::{links, program_pin_path};
+use crate::{
+    dataplane::{links, program_pin_path},
+    kernel::routing,
+};
 
 /// A route netlink connection in the plugin's network namespace (the node's).
 pub struct Node {
@@ -22,13 +24,6 @@ pub struct Node {
 
 fn kernel(what: String) -> impl FnOnce(std::io::Error) -> CniError {
     move |error| CniError::Kernel { what, error }
-}
-
-fn errno(e: rtnetlink::Error) -> std::io::Error {
-    match e {
-        rtnetlink::Error::NetlinkError(message) => message.to_io(),
-        other => std::io::Error::other(other.to_string()),
-    }
 }
 
 /// Opens the pod classifier the agent pinned under `pin_dir`. Its absence means the dataplane
@@ -85,25 +80,9 @@ impl Node {
 
     /// The link named `name`, if there is one.
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, CniError> {
-        let found = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute()
-            .try_next()
-            .await;
-        match found {
-            Ok(link) => Ok(link),
-            Err(e) => {
-                let error = errno(e);
-                if error.raw_os_error() == Some(libc::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(kernel(format!("reading link {name}"))(error))
-                }
-            }
-        }
+        routing::link_by_name(&self.handle, name)
+            .await
+            .map_err(kernel(format!("reading link {name}")))
     }
 
     /// The uplink the guards run on: an interface with pinned links of both guards whose

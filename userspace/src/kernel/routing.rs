@@ -14,7 +14,7 @@ use std::{fmt, io, net::Ipv4Addr};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
-    link::{LinkAttribute, LinkLayerType},
+    link::{LinkAttribute, LinkLayerType, LinkMessage},
     route::{
         RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
         RouteType,
@@ -158,38 +158,43 @@ fn kernel(
     }
 }
 
-/// Finds the uplink named `name`.
-pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingError> {
-    let found = netlink
-        .route
+/// The link named `name`, or `None` if there is none (ENODEV).
+pub async fn link_by_name(
+    route: &rtnetlink::Handle,
+    name: &str,
+) -> io::Result<Option<LinkMessage>> {
+    let found = route
         .link()
         .get()
         .match_name(name.to_owned())
         .execute()
         .try_next()
         .await;
-    let link = match found {
-        Ok(Some(link)) => link,
-        Ok(None) => {
-            return Err(RoutingError::UnknownUplink {
-                name: name.to_owned(),
-            });
-        }
+    match found {
+        Ok(link) => Ok(link),
         Err(e) => {
             let error = errno(e);
-            return Err(if error.raw_os_error() == Some(libc::ENODEV) {
-                RoutingError::UnknownUplink {
-                    name: name.to_owned(),
-                }
+            if error.raw_os_error() == Some(libc::ENODEV) {
+                Ok(None)
             } else {
-                RoutingError::Kernel {
-                    op: "reading",
-                    what: format!("link {name}"),
-                    error,
-                }
-            });
+                Err(error)
+            }
         }
-    };
+    }
+}
+
+/// Finds the uplink named `name`.
+pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingError> {
+    let link = link_by_name(&netlink.route, name)
+        .await
+        .map_err(|error| RoutingError::Kernel {
+            op: "reading",
+            what: format!("link {name}"),
+            error,
+        })?
+        .ok_or_else(|| RoutingError::UnknownUplink {
+            name: name.to_owned(),
+        })?;
     if link.header.link_layer_type != LinkLayerType::Ether {
         return Err(RoutingError::NotEthernet {
             name: name.to_owned(),
