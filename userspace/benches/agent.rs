@@ -169,7 +169,7 @@ fn join_latency() -> Duration {
     for trial in 1..=9u8 {
         let record = NodeRecord {
             name: format!("joiner{trial}"),
-            ip: Ipv4Addr::new(192, 168, 2, trial),
+            ip: Ipv4Addr::new(192, 168, 2, trial).into(),
             id: 100 + u16::from(trial),
             pod_cidr: format!("10.251.{trial}.0/24").parse().unwrap(),
             pod_cidr_v6: None,

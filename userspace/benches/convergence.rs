@@ -199,7 +199,7 @@ fn ip_policy_count() -> usize {
 fn peer(i: u32) -> Peer {
     Peer {
         name: format!("peer-{i}"),
-        ip: Ipv4Addr::from(u32::from(NODE_IP) + i),
+        ip: Ipv4Addr::from(u32::from(NODE_IP) + i).into(),
         id: u16::try_from(i + 1).expect("node IDs fit"),
         pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::from(0x0A00_0000 | (i << 8)), 24).unwrap()],
         pod_cidrs_v6: Vec::new(),
@@ -235,7 +235,7 @@ fn view(n: u32) -> View {
         cluster_cidrs_v6: Vec::new(),
         node: LocalNode {
             name: "node-a".into(),
-            ip: NODE_IP,
+            ip: NODE_IP.into(),
             id: 1,
             uplink: UPLINK.into(),
             pod_cidr: "10.255.0.0/24".parse().unwrap(),
@@ -472,7 +472,7 @@ async fn reconcile_timed(
     let mut last = planned;
     let mut outbound = reconcile::Outbound {
         ledger,
-        node_ip: NODE_IP,
+        node_ip: NODE_IP.into(),
     };
     reconcile::execute(
         netlink,

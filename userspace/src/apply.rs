@@ -132,7 +132,7 @@ pub struct Applier {
     /// What the kernel's ESP offers, probed before the first write.
     support: Option<EspSupport>,
     /// How the main table reaches each peer, looked up once per peer until forgotten.
-    next_hops: BTreeMap<std::net::Ipv4Addr, routing::NextHop>,
+    next_hops: BTreeMap<std::net::IpAddr, routing::NextHop>,
     /// xsteer's objects as the last apply left them.
     known: Option<reconcile::Snapshot>,
     /// The route table of the last apply.

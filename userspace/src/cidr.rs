@@ -319,6 +319,24 @@ impl IpCidr {
     pub fn is_ipv6(&self) -> bool {
         matches!(self, IpCidr::V6(_))
     }
+
+    /// Its family.
+    pub fn family(&self) -> IpFamily {
+        match self {
+            IpCidr::V4(_) => IpFamily::V4,
+            IpCidr::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+impl IpFamily {
+    /// The family of `addr`.
+    pub fn of(addr: IpAddr) -> IpFamily {
+        match addr {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
 }
 
 impl From<Ipv4Cidr> for IpCidr {

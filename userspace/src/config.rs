@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     fmt, fs, io,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -88,8 +88,8 @@ impl Config {
 pub struct NodeConfig {
     /// Node name, e.g. the Kubernetes node name.
     pub name: String,
-    /// The IP the node's ESP tunnels start and end at.
-    pub ip: Ipv4Addr,
+    /// The IP the node's ESP tunnels start and end at: IPv4, or IPv6 on IPv6-only nodes.
+    pub ip: IpAddr,
     /// Node ID, 1..=65535; it goes into bits 16–31 of the skb mark. `None`: allocated from
     /// the cluster CIDR in `nodes_dir` together with the pod CIDR, or, with Kubernetes, taken
     /// from this node's Node object.
@@ -118,8 +118,8 @@ impl NodeConfig {
 pub struct PeerConfig {
     /// Node name; unique in the config.
     pub name: String,
-    /// The peer's tunnel endpoint IP.
-    pub ip: Ipv4Addr,
+    /// The peer's tunnel endpoint IP, of the same family as this node's.
+    pub ip: IpAddr,
     /// The peer's node ID, 1..=65535.
     pub id: u16,
     /// The CIDRs of the peer's pods; at least one.
@@ -323,6 +323,15 @@ impl Config {
         for (i, peer) in self.peers.iter().enumerate() {
             check_name(&mut p, &format!("peers[{i}].name"), &peer.name);
             check_ip(&mut p, &format!("peers[{i}].ip"), peer.ip);
+            if peer.ip.is_ipv4() != node.ip.is_ipv4() {
+                p.push(
+                    format!("peers[{i}].ip"),
+                    format!(
+                        "{} is not of node.ip {}'s family: tunnels join node IPs of one family",
+                        peer.ip, node.ip
+                    ),
+                );
+            }
             check_id(&mut p, &format!("peers[{i}].id"), peer.id);
             if peer.pod_cidrs.is_empty() {
                 p.push(
@@ -335,7 +344,7 @@ impl Config {
         // Uniqueness across the node and all peers; the later one is reported.
         let mut names: HashMap<&str, String> = HashMap::new();
         let mut ids: HashMap<u16, String> = HashMap::new();
-        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+        let mut ips: HashMap<IpAddr, String> = HashMap::new();
         let nodes = std::iter::once(("node".to_owned(), &node.name, node.id, node.ip)).chain(
             self.peers
                 .iter()
@@ -393,6 +402,7 @@ impl Config {
                 .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
         );
         for (at, ip) in ips {
+            let IpAddr::V4(ip) = ip else { continue };
             for (cidr_at, cidr) in &cidrs {
                 if cidr.contains(ip) {
                     p.push(at.clone(), format!("{ip} is inside {cidr_at} {cidr}"));
@@ -422,6 +432,23 @@ impl Config {
             for (first_at, first) in &cidrs[..k] {
                 if cidr.overlaps(first) {
                     p.push(at.clone(), format!("{cidr} overlaps {first_at} {first}"));
+                }
+            }
+        }
+        // IPv6 node IPs are outside every IPv6 pod CIDR and the IPv6 pod space.
+        let ips = std::iter::once(("node.ip".to_owned(), self.node.ip)).chain(
+            self.peers
+                .iter()
+                .enumerate()
+                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
+        );
+        for (at, ip) in ips {
+            let IpAddr::V6(ip) = ip else { continue };
+            let inside = (cidrs.iter().map(|(a, c)| (a.as_str(), c)))
+                .chain(self.cluster_cidrs_v6.iter().map(|c| ("cluster_cidr_v6", c)));
+            for (cidr_at, cidr) in inside {
+                if cidr.contains(ip) {
+                    p.push(at.clone(), format!("{ip} is inside {cidr_at} {cidr}"));
                 }
             }
         }
@@ -499,6 +526,7 @@ impl Config {
                 .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
         );
         for (at, ip) in ips {
+            let IpAddr::V4(ip) = ip else { continue };
             if let Some(cluster) = clusters.iter().find(|c| c.contains(ip)) {
                 p.push(
                     at,
@@ -657,8 +685,13 @@ pub fn node_name_problem(name: &str) -> Option<String> {
     }
 }
 
-fn check_ip(p: &mut Problems, path: &str, ip: Ipv4Addr) {
-    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+fn check_ip(p: &mut Problems, path: &str, ip: IpAddr) {
+    let link_local = match ip {
+        IpAddr::V4(a) => a.is_broadcast(),
+        // A link-local address names no node beyond the link, and needs a zone.
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    };
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || link_local {
         p.push(
             path,
             format!("{ip} is not a unicast address a tunnel can use"),
@@ -760,9 +793,9 @@ struct RawPeer {
     epoch: String,
 }
 
-fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<Ipv4Addr> {
+fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<IpAddr> {
     text.parse()
-        .map_err(|_| p.push(path, format!("{text:?} is not an IPv4 address")))
+        .map_err(|_| p.push(path, format!("{text:?} is not an IP address")))
         .ok()
 }
 
@@ -946,6 +979,8 @@ mod tests {
         os::unix::fs::{OpenOptionsExt, PermissionsExt},
     };
 
+    use std::net::{IpAddr, Ipv4Addr};
+
     use super::*;
     use crate::keys::{KeyFile, SaKey, SaKeyId};
 
@@ -995,7 +1030,7 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert_eq!(config.key_file, PathBuf::from("/etc/xsteer/keys"));
         assert_eq!(config.route_table, DEFAULT_ROUTE_TABLE);
         assert_eq!(config.node.name, "node-a");
-        assert_eq!(config.node.ip, Ipv4Addr::new(192, 168, 0, 1));
+        assert_eq!(config.node.ip, IpAddr::from(Ipv4Addr::new(192, 168, 0, 1)));
         assert_eq!(config.node.id, Some(1));
         assert_eq!(config.node.uplink, "eth0");
         assert_eq!(config.node.pod_cidr.unwrap().to_string(), "10.244.1.0/24");
@@ -1235,7 +1270,7 @@ epoch = "0123456789abcdef0123456789abcdef"
         );
         assert_eq!(
             error(&edited("[node]", "192.168.0.1", "192.168.0")),
-            "node.ip: \"192.168.0\" is not an IPv4 address"
+            "node.ip: \"192.168.0\" is not an IP address"
         );
         assert_eq!(
             error(&edited("[node]", "192.168.0.1", "0.0.0.0")),
@@ -1269,7 +1304,7 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert_eq!(
             error(&text),
             "2 problems:\n  node.id: must be 1..=65535, found 0\n  \
-             peers[1].ip: \"192.168.0\" is not an IPv4 address"
+             peers[1].ip: \"192.168.0\" is not an IP address"
         );
         let mut many = BASE.to_owned();
         for i in 0..30 {
@@ -1335,7 +1370,7 @@ epoch = "0123456789abcdef0123456789abcdef"
         };
         let config = Config::parse_with_env(&with("${NODE_NAME}", "${NODE_IP}"), &env).unwrap();
         assert_eq!(config.node.name, "kind-worker");
-        assert_eq!(config.node.ip, Ipv4Addr::new(172, 18, 0, 3));
+        assert_eq!(config.node.ip, IpAddr::from(Ipv4Addr::new(172, 18, 0, 3)));
         let error = |text: &str| Config::parse_with_env(text, &env).unwrap_err().to_string();
         assert_eq!(
             error(&with("${NOPE}", "${EMPTY}")),
@@ -1353,7 +1388,7 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert!(partial.contains("is not a DNS-1123 name"), "{partial}");
         assert_eq!(
             error(&with("node-a", "${BAD_IP}")),
-            "node.ip: \"172.18.0\" is not an IPv4 address"
+            "node.ip: \"172.18.0\" is not an IP address"
         );
         let bad = error(&with("${BAD_NAME}", "192.168.0.1"));
         assert!(

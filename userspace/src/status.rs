@@ -4,7 +4,7 @@
 //! Everything comes from the kernel and the pinned maps, not from the agent's memory, so the
 //! status is true even while no agent runs. Keys appear only as fingerprints.
 
-use std::{collections::BTreeMap, fmt::Write as _, fs, io, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, fs, io, net::IpAddr, path::Path};
 
 use serde::Serialize;
 use xsteer_common::counters::Counter;
@@ -130,7 +130,7 @@ pub struct Peer {
     /// Its name.
     pub name: String,
     /// Its node IP.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Its node ID.
     pub id: u16,
     /// Its pod CIDRs, IPv4 then IPv6.
@@ -261,7 +261,7 @@ pub async fn collect(
     };
 
     let local = &view.node;
-    let sa = |spi: u32, generation: Generation, dst: Ipv4Addr, in_use: bool| {
+    let sa = |spi: u32, generation: Generation, dst: IpAddr, in_use: bool| {
         let counters = sa_counters.get(&xfrm::StateKey { dst, spi });
         Sa {
             spi,
@@ -317,7 +317,7 @@ pub async fn collect(
                 .into_iter()
                 .map(|(g, ours, theirs)| sa(wire_spi(p.id, g, &theirs, &ours), g, local.ip, false))
                 .collect(),
-            esp_accepted_packets: esp_stats.get(&p.ip).map_or(0, |s| s.packets),
+            esp_accepted_packets: esp_stats.get(&p.id).map_or(0, |s| s.packets),
         })
         .collect();
     Ok(Status {

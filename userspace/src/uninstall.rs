@@ -99,7 +99,7 @@ pub async fn uninstall(
     // Removals only: no SA is added, so none is outbound.
     let mut outbound = reconcile::Outbound {
         ledger: &mut ledger,
-        node_ip: std::net::Ipv4Addr::UNSPECIFIED,
+        node_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
     };
     reconcile::execute(
         &netlink,

@@ -6,7 +6,7 @@
 //! the key generations and epochs they advertise. [`crate::inputs`] puts them together; the
 //! reconcile, the agent's rotation and re-key steps and `status` read only this.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
@@ -34,8 +34,8 @@ pub struct View {
 pub struct LocalNode {
     /// Node name.
     pub name: String,
-    /// The IP the node's ESP tunnels start and end at.
-    pub ip: Ipv4Addr,
+    /// The IP the node's ESP tunnels start and end at: IPv4, or IPv6 on IPv6-only nodes.
+    pub ip: IpAddr,
     /// Node ID, 1..=65535: bits 16–31 of the skb mark.
     pub id: u16,
     /// The interface that carries the tunnels.
@@ -56,8 +56,8 @@ pub struct LocalNode {
 pub struct Peer {
     /// Node name.
     pub name: String,
-    /// The peer's tunnel endpoint IP.
-    pub ip: Ipv4Addr,
+    /// The peer's tunnel endpoint IP, of the family of this node's.
+    pub ip: IpAddr,
     /// The peer's node ID, 1..=65535.
     pub id: u16,
     /// The CIDRs of the peer's pods; at least one.
@@ -197,7 +197,22 @@ impl View {
                 "IPv6 pod CIDR {outside} is outside the cluster's IPv6 pod space"
             ));
         }
-        if let Some(cluster) = clusters.iter().find(|c| c.contains(candidate.ip)) {
+        if candidate.ip.is_ipv4() != local.ip.is_ipv4() {
+            return Some(format!(
+                "node IP {} is not of this node's family ({}): no tunnel joins them",
+                candidate.ip, local.ip
+            ));
+        }
+        let inside = match candidate.ip {
+            IpAddr::V4(ip) => clusters
+                .iter()
+                .find(|c| c.contains(ip))
+                .map(|c| c.to_string()),
+            IpAddr::V6(ip) => (self.cluster_cidrs_v6.iter())
+                .find(|c| c.contains(ip))
+                .map(|c| c.to_string()),
+        };
+        if let Some(cluster) = inside {
             return Some(format!(
                 "node IP {} is inside the cluster's pod space {cluster}",
                 candidate.ip
@@ -280,6 +295,8 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -287,7 +304,7 @@ mod tests {
         let view = fixtures::two_nodes();
         let fresh = Peer {
             name: "c".into(),
-            ip: Ipv4Addr::new(192, 168, 0, 3),
+            ip: Ipv4Addr::new(192, 168, 0, 3).into(),
             id: 3,
             pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
             ..view.peers[0].clone()
@@ -304,7 +321,7 @@ mod tests {
         );
         assert_eq!(with(&|p| p.id = 1), "node ID 1 is already this node (a)'s");
         assert_eq!(
-            with(&|p| p.ip = Ipv4Addr::new(192, 168, 0, 2)),
+            with(&|p| p.ip = Ipv4Addr::new(192, 168, 0, 2).into()),
             "node IP 192.168.0.2 is already node b's"
         );
         assert_eq!(
@@ -312,7 +329,7 @@ mod tests {
             "pod CIDR 10.244.0.0/16 overlaps 10.244.1.0/24 of this node (a)"
         );
         assert_eq!(
-            with(&|p| p.ip = Ipv4Addr::new(10, 244, 2, 9)),
+            with(&|p| p.ip = Ipv4Addr::new(10, 244, 2, 9).into()),
             "node IP 10.244.2.9 is inside the cluster's pod space 10.244.0.0/16"
         );
         assert_eq!(
@@ -333,7 +350,7 @@ mod tests {
         view.node.pod_cidr_v6 = Some("fd00:10:244:1::/64".parse().unwrap());
         let fresh = Peer {
             name: "c".into(),
-            ip: Ipv4Addr::new(192, 168, 0, 3),
+            ip: Ipv4Addr::new(192, 168, 0, 3).into(),
             id: 3,
             pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
             pod_cidrs_v6: vec!["fd00:10:244:3::/64".parse().unwrap()],

@@ -63,9 +63,11 @@ pub fn line(state: &State) -> Result<Zeroizing<String>, UnsupportedSa> {
     let mut out = Zeroizing::new(String::with_capacity(
         FIXED_LEN + 2 * (enc_key.len() + auth_key.len()),
     ));
+    // The protocol column names the outer family, which tunnels of IPv6 node IPs have.
+    let family = if state.src.is_ipv4() { "IPv4" } else { "IPv6" };
     let _ = write!(
         out,
-        "\"IPv4\",\"{}\",\"{}\",\"{:#010x}\",\"{encryption}\",\"",
+        "\"{family}\",\"{}\",\"{}\",\"{:#010x}\",\"{encryption}\",\"",
         state.src, state.dst, state.spi
     );
     push_hex(&mut out, enc_key);
@@ -148,8 +150,8 @@ mod tests {
 
     fn sa(crypto: Crypto) -> State {
         State {
-            src: Ipv4Addr::new(192, 168, 60, 1),
-            dst: Ipv4Addr::new(192, 168, 60, 2),
+            src: Ipv4Addr::new(192, 168, 60, 1).into(),
+            dst: Ipv4Addr::new(192, 168, 60, 2).into(),
             spi: 0x0001_0234,
             mark: Some(Mark {
                 value: 0x0002_4e00,
@@ -204,8 +206,8 @@ mod tests {
             key: bytes(0..36),
             icv_bits: 128,
         });
-        state.src = Ipv4Addr::new(255, 255, 255, 255);
-        state.dst = Ipv4Addr::new(255, 255, 255, 254);
+        state.src = Ipv4Addr::new(255, 255, 255, 255).into();
+        state.dst = Ipv4Addr::new(255, 255, 255, 254).into();
         state.spi = u32::MAX;
         let gcm = line(&state).unwrap();
         assert_eq!(gcm.capacity(), FIXED_LEN + 72);

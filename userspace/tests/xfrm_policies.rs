@@ -36,8 +36,8 @@ fn out_policy(generation: u32) -> Policy {
         }),
         priority: PEER_POLICY_PRIORITY,
         action: PolicyAction::Tunnel {
-            src: Ipv4Addr::new(192, 168, 77, 1),
-            dst: Ipv4Addr::new(192, 168, 77, 2),
+            src: Ipv4Addr::new(192, 168, 77, 1).into(),
+            dst: Ipv4Addr::new(192, 168, 77, 2).into(),
             spi: Some(0x0001_0000 | generation),
         },
     }
@@ -65,8 +65,8 @@ fn fwd_policy() -> Policy {
         mark: None,
         priority: PEER_POLICY_PRIORITY,
         action: PolicyAction::Tunnel {
-            src: Ipv4Addr::new(192, 168, 77, 2),
-            dst: Ipv4Addr::new(192, 168, 77, 1),
+            src: Ipv4Addr::new(192, 168, 77, 2).into(),
+            dst: Ipv4Addr::new(192, 168, 77, 1).into(),
             spi: None,
         },
     }
@@ -134,8 +134,8 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
         // SPI (a re-key), then its endpoint.
         let mut rekeyed = out_policy(3);
         rekeyed.action = PolicyAction::Tunnel {
-            src: Ipv4Addr::new(192, 168, 77, 1),
-            dst: Ipv4Addr::new(192, 168, 77, 2),
+            src: Ipv4Addr::new(192, 168, 77, 1).into(),
+            dst: Ipv4Addr::new(192, 168, 77, 2).into(),
             spi: Some(0x0001_5673),
         };
         xfrm::put_policy(&netlink, &rekeyed, true).await.unwrap();
@@ -146,8 +146,8 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
         );
         let mut moved = out_policy(3);
         moved.action = PolicyAction::Tunnel {
-            src: Ipv4Addr::new(192, 168, 77, 1),
-            dst: Ipv4Addr::new(192, 168, 77, 9),
+            src: Ipv4Addr::new(192, 168, 77, 1).into(),
+            dst: Ipv4Addr::new(192, 168, 77, 9).into(),
             spi: Some(0x0001_5673),
         };
         xfrm::put_policy(&netlink, &moved, true).await.unwrap();
@@ -262,7 +262,7 @@ fn removals_behind_xsteers_back_are_reported() {
 
         let route = PodRoute {
             dst: cidr("10.244.2.0/24"),
-            via: Some(Ipv4Addr::new(192, 168, 77, 2)),
+            via: Some(Ipv4Addr::new(192, 168, 77, 2).into()),
             oif: routing::uplink(&netlink, "xs0").await.unwrap().index,
             mtu: 1446,
         };

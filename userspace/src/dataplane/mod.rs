@@ -23,7 +23,7 @@ use aya::{
 pub use maps::{
     CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemotePodCidrs,
 };
-pub use spis::PeerSpis;
+pub use spis::{PeerSpis, spi_owner};
 pub use v6::{
     CidrMapV6, ClusterPodCidrsV6, GridV6, GridV6Error, LocalPodCidrsV6, PeerNodesV6,
     RemotePodCidrsV6,

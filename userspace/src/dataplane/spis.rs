@@ -33,7 +33,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::ErrorKind,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use aya::{
@@ -48,6 +48,17 @@ use xsteer_common::maps::{
 };
 
 use super::{DataplaneError, maps::map_err};
+
+/// The node IP the SPIs of the peer at `node_ip` are kept under in `peer_spis` and its set: its
+/// IPv4 address, or `0.0.0.0` for a peer with an IPv6 one. ESP over IPv6 is checked against the
+/// sender's address in `peer6_addrs` instead, and the set's node IP only keys the hash behind
+/// it; no IPv4 packet comes from `0.0.0.0` to a tunnel.
+pub fn spi_owner(node_ip: IpAddr) -> Ipv4Addr {
+    match node_ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
 
 /// The node ID a wire SPI carries: its top 16 bits, the index of its set.
 fn node_id(spi: u32) -> u32 {
@@ -290,14 +301,15 @@ impl<'a> PeerSpis<'a> {
         Ok(keys.into_iter().collect())
     }
 
-    /// ESP accepted per peer node IP, summed over CPUs: what the sets accepted (counted per
+    /// ESP accepted per peer node ID, summed over CPUs: what the sets accepted (counted per
     /// node ID since the ID's set last changed hands), plus what was accepted through the hash
-    /// under each SPI that is still valid.
-    pub fn stats(&mut self) -> Result<BTreeMap<Ipv4Addr, EspStats>, DataplaneError> {
+    /// under each SPI that is still valid. By node ID, the top of the SPI, so that peers with
+    /// IPv6 node IPs (whose SPIs share the owner `0.0.0.0`) are told apart.
+    pub fn stats(&mut self) -> Result<BTreeMap<u16, EspStats>, DataplaneError> {
         let hash = self.read_hash()?.clone();
-        let mut stats: BTreeMap<Ipv4Addr, EspStats> = BTreeMap::new();
-        let mut add = |ip: Ipv4Addr, per_cpu: PerCpuValues<EspStats>| {
-            let sum = stats.entry(ip).or_default();
+        let mut stats: BTreeMap<u16, EspStats> = BTreeMap::new();
+        let mut add = |id: u32, per_cpu: PerCpuValues<EspStats>| {
+            let sum = stats.entry(id as u16).or_default();
             for cpu in per_cpu.iter() {
                 sum.packets += cpu.packets;
                 sum.bytes += cpu.bytes;
@@ -305,23 +317,20 @@ impl<'a> PeerSpis<'a> {
         };
         let mut last = None;
         for &(spi, ip) in &hash {
+            let id = node_id(spi);
             match self.hash.get(&Self::key(ip, spi), 0) {
-                Ok(per_cpu) => add(ip, per_cpu),
+                Ok(per_cpu) => add(id, per_cpu),
                 // Removed by the agent since the keys were read: nothing left to count under it.
                 Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err(names::PEER_SPIS)(e)),
             }
-            let id = node_id(spi);
             if last != Some(id) {
                 last = Some(id);
-                let owner = Ipv4Addr::from(self.set(id)?.node_ip);
-                if !owner.is_unspecified() {
-                    let per_cpu = self
-                        .stats
-                        .get(&id, 0)
-                        .map_err(map_err(names::PEER_ESP_STATS))?;
-                    add(owner, per_cpu);
-                }
+                let per_cpu = self
+                    .stats
+                    .get(&id, 0)
+                    .map_err(map_err(names::PEER_ESP_STATS))?;
+                add(id, per_cpu);
             }
         }
         Ok(stats)

@@ -123,12 +123,12 @@ fn removed_xfrm(message: &XfrmMessage) -> Option<Removed> {
     match message {
         XfrmMessage::DeleteSa(m) if m.user_sa_id.proto == IPPROTO_ESP => {
             Some(Removed::State(StateKey {
-                dst: m.user_sa_id.daddr.to_ipv4(),
+                dst: xfrm::outer_ip(m.user_sa_id.family, &m.user_sa_id.daddr)?,
                 spi: m.user_sa_id.spi,
             }))
         }
         XfrmMessage::Expire(m) if m.expire.hard != 0 => Some(Removed::State(StateKey {
-            dst: m.expire.state.id.daddr.to_ipv4(),
+            dst: xfrm::outer_ip(m.expire.state.family, &m.expire.state.id.daddr)?,
             spi: m.expire.state.id.spi,
         })),
         XfrmMessage::FlushSa(_) => Some(Removed::AllStates),

@@ -67,10 +67,11 @@ impl fmt::Display for EncryptRule {
 pub struct PodRoute {
     /// The remote pod CIDR, of either family.
     pub dst: IpCidr,
-    /// The gateway of an IPv4 route: the peer node itself on a shared link, or the router
-    /// towards it. IPv6 routes have none: they only steer marked packets to their xfrm policy,
-    /// and the tunnel's IPv4 route picks the next hop.
-    pub via: Option<Ipv4Addr>,
+    /// The gateway, when the pod CIDR is of the tunnel's family: the peer node itself on a
+    /// shared link, or the router towards it. A route of the other family has none: it only
+    /// steers marked packets to their xfrm policy, and the tunnel's own route picks the next
+    /// hop.
+    pub via: Option<IpAddr>,
     /// Output interface index.
     pub oif: u32,
     /// Path MTU for pod packets: the uplink's, less the ESP tunnel overhead.
@@ -93,7 +94,7 @@ pub struct NextHop {
     /// Output interface index.
     pub oif: u32,
     /// The router, if the address is not on a directly connected network.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
 /// The node's uplink, as the kernel has it.
@@ -142,7 +143,7 @@ pub enum RoutingError {
     #[error("no route to peer node IP {ip}: {error}")]
     NoRoute {
         /// The peer's node IP.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// What the kernel answered.
         error: io::Error,
     },
@@ -226,10 +227,15 @@ pub async fn uplink(netlink: &Netlink, name: &str) -> Result<Uplink, RoutingErro
 }
 
 /// Asks the kernel how it routes to `ip` (as `ip route get` does).
-pub async fn route_to(netlink: &Netlink, ip: Ipv4Addr) -> Result<NextHop, RoutingError> {
-    let query = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(ip, 32)
-        .build();
+pub async fn route_to(netlink: &Netlink, ip: IpAddr) -> Result<NextHop, RoutingError> {
+    let query = match ip {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .build(),
+    };
     let reply = netlink
         .route
         .route()
@@ -252,7 +258,8 @@ pub async fn route_to(netlink: &Netlink, ip: Ipv4Addr) -> Result<NextHop, Routin
     for attribute in &reply.attributes {
         match attribute {
             RouteAttribute::Oif(oif) => hop.oif = *oif,
-            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => hop.gateway = Some(*gw),
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => hop.gateway = Some((*gw).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => hop.gateway = Some((*gw).into()),
             _ => {}
         }
     }
@@ -387,7 +394,8 @@ fn pod_route(route: &RouteMessage) -> Option<PodRoute> {
         match attribute {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => via = Some(*a),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => via = Some((*a).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => via = Some((*a).into()),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Metrics(metrics) => {
                 mtu = metrics.iter().find_map(|m| match m {
@@ -454,19 +462,24 @@ fn route_message(table: u32, route: &PodRoute) -> RouteMessage {
                 .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
                 .scope(RouteScope::Universe)
                 .kind(RouteType::Unicast);
-            if let Some(via) = route.via {
+            if let Some(IpAddr::V4(via)) = route.via {
                 builder = builder.gateway(via);
             }
             builder.build()
         }
-        IpCidr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
-            .output_interface(route.oif)
-            .table_id(table)
-            .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-            .scope(RouteScope::Universe)
-            .kind(RouteType::Unicast)
-            .build(),
+        IpCidr::V6(dst) => {
+            let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst.addr(), dst.prefix_len())
+                .output_interface(route.oif)
+                .table_id(table)
+                .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                .scope(RouteScope::Universe)
+                .kind(RouteType::Unicast);
+            if let Some(IpAddr::V6(via)) = route.via {
+                builder = builder.gateway(via);
+            }
+            builder.build()
+        }
     };
     message
         .attributes
@@ -550,7 +563,7 @@ mod tests {
         assert_eq!(h.table, 200);
         let route = PodRoute {
             dst: "10.244.2.0/24".parse().unwrap(),
-            via: Some(Ipv4Addr::new(192, 168, 1, 2)),
+            via: Some(Ipv4Addr::new(192, 168, 1, 2).into()),
             oif: 7,
             mtu: 1446,
         };

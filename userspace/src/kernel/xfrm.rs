@@ -10,7 +10,10 @@
 //! they are host-order `u32`s here. Key material travels in [`Secret`]s, zeroed on drop, and no error or
 //! `Debug` output of this module ever contains it: netlink errors are reduced to their errno.
 
-use std::{fmt, io, net::Ipv4Addr};
+use std::{
+    fmt, io,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use futures::TryStreamExt;
 use netlink_packet_xfrm::{
@@ -97,9 +100,9 @@ pub enum PolicyAction {
     /// Require (in, fwd) or apply (out) ESP in tunnel mode between these node IPs.
     Tunnel {
         /// Outer source.
-        src: Ipv4Addr,
+        src: IpAddr,
         /// Outer destination.
-        dst: Ipv4Addr,
+        dst: IpAddr,
         /// The one SA an OUT policy may use, by SPI; `None` takes any SA that matches. Moving
         /// traffic onto a re-keyed SA is one atomic update of this field.
         spi: Option<u32>,
@@ -226,10 +229,10 @@ impl fmt::Debug for Crypto {
 /// An ESP tunnel-mode SA as xsteer writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
-    /// Outer source (sending node).
-    pub src: Ipv4Addr,
-    /// Outer destination (receiving node).
-    pub dst: Ipv4Addr,
+    /// Outer source (sending node), of either family.
+    pub src: IpAddr,
+    /// Outer destination (receiving node), of the same family.
+    pub dst: IpAddr,
     /// The 32-bit wire SPI.
     pub spi: u32,
     /// The mark that selects this SA on output; `None` for inbound SAs, found by SPI.
@@ -245,7 +248,7 @@ pub struct State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StateKey {
     /// Outer destination.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// Wire SPI.
     pub spi: u32,
 }
@@ -317,8 +320,14 @@ fn errno(e: xfrmnetlink::Error) -> io::Error {
     }
 }
 
-fn ipv4(addr: &Address) -> Ipv4Addr {
-    addr.to_ipv4()
+/// An SA's or template's address of `family` as the kernel gives it; `None` for a family
+/// xsteer never writes.
+pub fn outer_ip(family: u16, addr: &Address) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(addr.to_ipv4().into()),
+        AF_INET6 => Some(addr.to_ipv6().into()),
+        _ => None,
+    }
 }
 
 fn cidr(family: u16, addr: &Address, prefix_len: u8) -> Option<IpCidr> {
@@ -366,8 +375,8 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
             let info = &m.user_sa_info;
             let crypto = crypto_of(&m.nlas)?;
             Some(State {
-                src: ipv4(&info.saddr),
-                dst: ipv4(&info.id.daddr),
+                src: outer_ip(info.family, &info.saddr)?,
+                dst: outer_ip(info.family, &info.id.daddr)?,
                 spi: info.id.spi,
                 mark: mark_of(&m.nlas),
                 crypto,
@@ -393,17 +402,17 @@ pub async fn state_counters(
     Ok(owned_states(netlink)
         .await?
         .into_iter()
-        .map(|m| {
+        .filter_map(|m| {
             let info = &m.user_sa_info;
             let key = StateKey {
-                dst: ipv4(&info.id.daddr),
+                dst: outer_ip(info.family, &info.id.daddr)?,
                 spi: info.id.spi,
             };
             let counters = SaCounters {
                 bytes: info.lifetime_cur.bytes,
                 packets: info.lifetime_cur.packets,
             };
-            (key, counters)
+            Some((key, counters))
         })
         .collect())
 }
@@ -443,7 +452,7 @@ pub async fn add_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError
     let mut request = netlink
         .xfrm
         .state()
-        .add(state.src.into(), state.dst.into())
+        .add(state.src, state.dst)
         .protocol(IPPROTO_ESP)
         .spi(state.spi)
         .mode(XFRM_MODE_TUNNEL)
@@ -477,7 +486,7 @@ pub async fn delete_state(netlink: &Netlink, state: &State) -> Result<(), XfrmEr
     let mut request = netlink
         .xfrm
         .state()
-        .delete(state.src.into(), state.dst.into())
+        .delete(state.src, state.dst)
         .protocol(IPPROTO_ESP)
         .spi(state.spi);
     if let Some(mark) = state.mark {
@@ -516,8 +525,8 @@ pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
                     _ => None,
                 })?;
                 PolicyAction::Tunnel {
-                    src: ipv4(&template.saddr),
-                    dst: ipv4(&template.id.daddr),
+                    src: outer_ip(template.family, &template.saddr)?,
+                    dst: outer_ip(template.family, &template.id.daddr)?,
                     spi: Some(template.id.spi).filter(|&spi| spi != 0),
                 }
             };
@@ -572,8 +581,8 @@ pub async fn put_policy(
         PolicyAction::Block => request.action(XFRM_POLICY_BLOCK),
         PolicyAction::Tunnel { src, dst, spi } => {
             let mut template = UserTemplate::default();
-            template.source(&src.into());
-            template.destination(&dst.into());
+            template.source(&src);
+            template.destination(&dst);
             template.spi(spi.unwrap_or(0));
             template.protocol(IPPROTO_ESP);
             template.mode(XFRM_MODE_TUNNEL);
@@ -632,8 +641,8 @@ pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
         key
     };
     let probe = |cipher| State {
-        src: Ipv4Addr::new(192, 0, 2, 1),
-        dst: Ipv4Addr::new(192, 0, 2, 2),
+        src: Ipv4Addr::new(192, 0, 2, 1).into(),
+        dst: Ipv4Addr::new(192, 0, 2, 2).into(),
         spi: 0xFF,
         mark: None,
         crypto: match cipher {

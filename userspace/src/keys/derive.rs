@@ -1,7 +1,7 @@
 //! Per-SA keys: HKDF-SHA256 from the master key, the node pair in sending order, the
 //! generation, and both nodes' epochs.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -116,9 +116,9 @@ pub fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SaKeyId {
     /// The sending node's IP (the tunnel source).
-    pub src: Ipv4Addr,
-    /// The receiving node's IP (the tunnel destination).
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    /// The receiving node's IP (the tunnel destination), of the same family.
+    pub dst: IpAddr,
     /// The key generation.
     pub generation: Generation,
     /// The sending node's epoch.
@@ -284,14 +284,22 @@ fn expand_to(
 ) -> DerivedKey {
     let hkdf = Hkdf::<Sha256>::new(None, master.bytes());
     let mut okm = Zeroizing::new(vec![0u8; len]);
+    let (src, dst) = (octets(id.src), octets(id.dst));
+    // IPv4 endpoints are encoded as they always were; IPv6 ones behind a family tag, so that
+    // no IPv6 tunnel's key can equal an IPv4 tunnel's (the inputs differ in length and tag).
+    let family: &[u8] = match id.src {
+        IpAddr::V4(_) => b"",
+        IpAddr::V6(_) => b"ipv6\0",
+    };
     hkdf.expand_multi_info(
         &[
             INFO_PREFIX,
             &[0],
             label,
             &[0],
-            &id.src.octets(),
-            &id.dst.octets(),
+            family,
+            &src,
+            &dst,
             &[id.generation.get()],
             &id.src_epoch.0,
             &id.dst_epoch.0,
@@ -302,8 +310,18 @@ fn expand_to(
     DerivedKey(Secret::new(algorithm, okm))
 }
 
+/// The address as it enters the derivation: 4 or 16 bytes.
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn g(n: u8) -> Generation {
@@ -317,8 +335,8 @@ mod tests {
 
     fn id() -> SaKeyId {
         SaKeyId {
-            src: Ipv4Addr::new(192, 168, 0, 1),
-            dst: Ipv4Addr::new(192, 168, 0, 2),
+            src: Ipv4Addr::new(192, 168, 0, 1).into(),
+            dst: Ipv4Addr::new(192, 168, 0, 2).into(),
             generation: g(3),
             src_epoch: epoch("00112233445566778899aabbccddeeff"),
             dst_epoch: epoch("ffeeddccbbaa99887766554433221100"),
@@ -410,11 +428,11 @@ mod tests {
                 ..id()
             },
             SaKeyId {
-                src: Ipv4Addr::new(192, 168, 0, 3),
+                src: Ipv4Addr::new(192, 168, 0, 3).into(),
                 ..id()
             },
             SaKeyId {
-                dst: Ipv4Addr::new(192, 168, 0, 3),
+                dst: Ipv4Addr::new(192, 168, 0, 3).into(),
                 ..id()
             },
             SaKeyId {

@@ -3,7 +3,7 @@
 //! Records are untrusted input: every field is checked on the way in, and a record that fails
 //! is reported by the node it stands for, with the field and what is wrong.
 
-use std::{collections::BTreeMap, io, net::Ipv4Addr};
+use std::{collections::BTreeMap, io, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +23,8 @@ pub const RECORD_VERSION: u32 = 2;
 pub struct NodeRecord {
     /// Node name, unique in the cluster.
     pub name: String,
-    /// The IP its ESP tunnels start and end at.
-    pub ip: Ipv4Addr,
+    /// The IP its ESP tunnels start and end at (IPv6 on IPv6-only nodes).
+    pub ip: IpAddr,
     /// Node ID, 1..=65535.
     pub id: u16,
     /// The CIDR of its pods.
@@ -151,7 +151,7 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
     let ip = raw
         .ip
         .parse()
-        .map_err(|_| field("ip", format!("{:?} is not an IPv4 address", raw.ip)))?;
+        .map_err(|_| field("ip", format!("{:?} is not an IP address", raw.ip)))?;
     let id = u16::try_from(raw.id)
         .ok()
         .filter(|&id| id > 0)
@@ -237,7 +237,7 @@ pub(super) fn test_record(name: &str, id: u16) -> NodeRecord {
     let generations = [3, 4].map(|g| Generation::new(g).expect("in 1..=15"));
     NodeRecord {
         name: name.into(),
-        ip: Ipv4Addr::new(192, 168, 0, id as u8),
+        ip: std::net::Ipv4Addr::new(192, 168, 0, id as u8).into(),
         id,
         pod_cidr: format!("10.244.{id}.0/24").parse().expect("a CIDR"),
         pod_cidr_v6: None,

@@ -27,7 +27,7 @@
 //! [`crate::kernel::xfrm::add_state`]), so IPv6 needs no SA, SPI or key of its own, and no two
 //! SAs ever share a key. The block policy and the encrypt rule then exist for IPv6 too.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use xsteer_common::{
     maps::{LocalPodCidr, PeerNode, RemotePodCidr},
@@ -40,6 +40,7 @@ use super::{
 };
 use crate::{
     cidr::{IpCidr, IpFamily},
+    dataplane::spi_owner,
     kernel::{
         routing::{EncryptRule, NextHop, PodRoute, Uplink},
         xfrm::{
@@ -57,7 +58,7 @@ pub struct Surroundings<'a> {
     /// The uplink named in the config.
     pub uplink: &'a Uplink,
     /// How the main table reaches each peer's node IP.
-    pub next_hops: &'a BTreeMap<Ipv4Addr, NextHop>,
+    pub next_hops: &'a BTreeMap<IpAddr, NextHop>,
     /// Priority of the encrypt rule.
     pub rule_priority: u32,
     /// The cipher the kernel offers: with [`Cipher::CbcHmacSha256`], GCM generations are
@@ -82,7 +83,7 @@ pub enum DesiredError {
         /// The peer's name.
         name: String,
         /// Its node IP.
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
 }
 
@@ -137,7 +138,7 @@ pub fn desired(
             } else {
                 transform(g.algorithm())
             };
-            inner_mtu(around.uplink.mtu, esp)
+            inner_mtu(around.uplink.mtu, esp, IpFamily::of(local.ip))
         })
         .min()
         .unwrap_or(around.uplink.mtu);
@@ -205,6 +206,7 @@ pub fn desired(
                 flags: 0,
             },
         );
+        let tunnel_family = IpFamily::of(peer.ip);
         let sending = sending_generation(keys, peer.generations.as_deref())?;
         let peer_pods: Vec<IpCidr> = peer
             .pod_cidrs
@@ -230,30 +232,30 @@ pub fn desired(
         };
         // What the peer's node itself sends to local pods (its ICMP errors, host processes)
         // arrives in the tunnel with its node IP inside.
+        // A selector's two sides are of one family: each peer CIDR pairs with this node's pod
+        // CIDR of its family, if it has one.
+        let local_pods_of = |family| local_pods.iter().find(|c| c.family() == family).copied();
         let peer_host = host(peer.ip);
-        for direction in [Direction::In, Direction::Fwd] {
-            require(direction, peer_host, local.pod_cidr.into());
-        }
-        for &cidr in &peer.pod_cidrs {
+        if let Some(local_pods) = local_pods_of(tunnel_family) {
             for direction in [Direction::In, Direction::Fwd] {
-                require(direction, cidr.into(), local.pod_cidr.into());
-            }
-            // The peer's pods to this node's own address (replies to its host, hostNetwork).
-            require(Direction::In, cidr.into(), host(local.ip));
-        }
-        if let Some(local_v6) = local.pod_cidr_v6 {
-            for &cidr in &peer.pod_cidrs_v6 {
-                for direction in [Direction::In, Direction::Fwd] {
-                    require(direction, cidr.into(), local_v6.into());
-                }
+                require(direction, peer_host, local_pods);
             }
         }
         for &cidr in &peer_pods {
-            // IPv6 routes name no gateway: the IPv4 tunnel's own route picks the next hop.
-            let via = match cidr {
-                IpCidr::V4(_) => Some(hop.gateway.unwrap_or(peer.ip)),
-                IpCidr::V6(_) => None,
-            };
+            if let Some(local_pods) = local_pods_of(cidr.family()) {
+                for direction in [Direction::In, Direction::Fwd] {
+                    require(direction, cidr, local_pods);
+                }
+            }
+            // The peer's pods to this node's own address (replies to its host, hostNetwork).
+            if cidr.family() == tunnel_family {
+                require(Direction::In, cidr, host(local.ip));
+            }
+        }
+        for &cidr in &peer_pods {
+            // A route of the tunnel's family goes by the tunnel's next hop; one of the other
+            // family names none, and the tunnel's own route picks it.
+            let via = (cidr.family() == tunnel_family).then(|| hop.gateway.unwrap_or(peer.ip));
             s.routes.insert(PodRoute {
                 dst: cidr,
                 via,
@@ -314,7 +316,7 @@ pub fn desired(
                         crypto: crypto(derive(&out_id.reversed())?),
                         esn: around.esn,
                     };
-                    s.maps.peer_spis.insert((peer.ip, inbound.spi));
+                    s.maps.peer_spis.insert((spi_owner(peer.ip), inbound.spi));
                     s.states.insert(out.key(), out);
                     s.states.insert(inbound.key(), inbound);
                 }
@@ -352,7 +354,7 @@ pub fn desired(
             let selectors = peer_pods
                 .iter()
                 .map(|&cidr| (any_of(cidr), cidr))
-                .chain(std::iter::once((local.pod_cidr.into(), host(peer.ip))));
+                .chain(local_pods_of(tunnel_family).map(|c| (c, host(peer.ip))));
             for (src, dst) in selectors {
                 let p = Policy {
                     direction: Direction::Out,
@@ -369,9 +371,9 @@ pub fn desired(
     Ok(s)
 }
 
-/// The /32 of one address.
-fn host(ip: Ipv4Addr) -> IpCidr {
-    IpCidr::host(ip.into())
+/// The /32 or /128 of one address.
+fn host(ip: IpAddr) -> IpCidr {
+    IpCidr::host(ip)
 }
 
 /// Every address of the family of `cidr`.
@@ -385,6 +387,8 @@ fn any_of(cidr: IpCidr) -> IpCidr {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use std::net::Ipv4Addr;
 
     use super::*;
 
@@ -402,7 +406,7 @@ mod tests {
             mtu: 1500,
         };
         let next_hops = BTreeMap::from([(
-            Ipv4Addr::new(192, 168, 0, 2),
+            Ipv4Addr::new(192, 168, 0, 2).into(),
             NextHop {
                 oif: 2,
                 gateway: None,

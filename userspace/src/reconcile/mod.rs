@@ -12,7 +12,7 @@ pub mod desired;
 pub mod mtu;
 pub mod plan;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::{
     cidr::{IpCidr, Ipv4Cidr, Ipv6Cidr},
@@ -85,7 +85,13 @@ pub async fn read(
             .map(either)
             .chain((dataplane.local_pod_cidrs_v6()?.entries()?.into_iter()).map(either))
             .collect(),
-        peer_nodes: dataplane.peer_nodes()?.entries()?.into_iter().collect(),
+        peer_nodes: (dataplane.peer_nodes()?.entries()?.into_iter())
+            .map(|(ip, n)| (IpAddr::from(ip), n))
+            .chain(
+                (dataplane.peer_nodes_v6()?.entries()?.into_iter())
+                    .map(|(ip, n)| (IpAddr::from(ip), n)),
+            )
+            .collect(),
         peer_spis: dataplane.peer_spis()?.keys()?.into_iter().collect(),
     };
     Ok(snapshot)
@@ -98,7 +104,7 @@ pub struct Outbound<'a> {
     /// The ledger.
     pub ledger: &'a mut KeyLedger,
     /// This node's IP.
-    pub node_ip: Ipv4Addr,
+    pub node_ip: IpAddr,
 }
 
 impl Outbound<'_> {
@@ -172,8 +178,10 @@ pub async fn execute(
             Change::DeleteLocalPodCidr(IpCidr::V6(c)) => {
                 dataplane.local_pod_cidrs_v6()?.remove(*c)?
             }
-            Change::SetPeerNode(ip, n) => dataplane.peer_nodes()?.insert(*ip, *n)?,
-            Change::DeletePeerNode(ip) => dataplane.peer_nodes()?.remove(*ip)?,
+            Change::SetPeerNode(IpAddr::V4(ip), n) => dataplane.peer_nodes()?.insert(*ip, *n)?,
+            Change::SetPeerNode(IpAddr::V6(ip), n) => dataplane.peer_nodes_v6()?.insert(*ip, *n)?,
+            Change::DeletePeerNode(IpAddr::V4(ip)) => dataplane.peer_nodes()?.remove(*ip)?,
+            Change::DeletePeerNode(IpAddr::V6(ip)) => dataplane.peer_nodes_v6()?.remove(*ip)?,
             Change::AddPeerSpi(ip, spi) => dataplane.peer_spis()?.insert(*ip, *spi)?,
             Change::DeletePeerSpi(ip, spi) => dataplane.peer_spis()?.remove(*ip, *spi)?,
             Change::SetRemotePodCidr(IpCidr::V4(c), v) => {

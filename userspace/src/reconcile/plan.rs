@@ -16,7 +16,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr};
@@ -56,9 +56,10 @@ pub struct MapSnapshot {
     pub remote_pod_cidrs: BTreeMap<IpCidr, RemotePodCidr>,
     /// `local_pod_cidrs` and `local6_cidrs`.
     pub local_pod_cidrs: BTreeMap<IpCidr, LocalPodCidr>,
-    /// `peer_nodes`.
-    pub peer_nodes: BTreeMap<Ipv4Addr, PeerNode>,
-    /// Keys of `peer_spis`: (peer node IP, wire SPI).
+    /// `peer_nodes` and `peer6_nodes` (with `peer6_addrs`), by the peer's node IP.
+    pub peer_nodes: BTreeMap<IpAddr, PeerNode>,
+    /// Keys of `peer_spis`: (peer node IP, wire SPI), with `0.0.0.0` for peers with IPv6 node IPs
+    /// ([`crate::dataplane::spi_owner`]).
     pub peer_spis: BTreeSet<(Ipv4Addr, u32)>,
 }
 
@@ -92,9 +93,9 @@ pub enum Change {
     /// Remove a `local_pod_cidrs` entry.
     DeleteLocalPodCidr(IpCidr),
     /// Write a `peer_nodes` entry.
-    SetPeerNode(Ipv4Addr, PeerNode),
+    SetPeerNode(IpAddr, PeerNode),
     /// Remove a `peer_nodes` entry.
-    DeletePeerNode(Ipv4Addr),
+    DeletePeerNode(IpAddr),
     /// Make an SPI valid for a peer.
     AddPeerSpi(Ipv4Addr, u32),
     /// Withdraw an SPI from a peer.
@@ -312,8 +313,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
-    const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1));
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 168, 0, 2));
 
     fn block() -> Policy {
         Policy {
@@ -378,7 +379,7 @@ mod tests {
             );
             s.maps
                 .peer_spis
-                .insert((PEER, 0x0002_0010 | u32::from(spi)));
+                .insert((Ipv4Addr::new(192, 168, 0, 2), 0x0002_0010 | u32::from(spi)));
         }
         s
     }
@@ -484,7 +485,7 @@ mod tests {
         let mut moved = out_policy(3);
         moved.action = PolicyAction::Tunnel {
             src: LOCAL,
-            dst: Ipv4Addr::new(192, 168, 0, 9),
+            dst: Ipv4Addr::new(192, 168, 0, 9).into(),
             spi: Some(0x0001_0003),
         };
         let changes = plan(

@@ -33,8 +33,8 @@ const DATAGRAMS: usize = 20;
 
 fn sa(src: Ipv4Addr, dst: Ipv4Addr, spi: u32, mark: Option<Mark>, key_byte: u8) -> State {
     State {
-        src,
-        dst,
+        src: src.into(),
+        dst: dst.into(),
         spi,
         mark,
         crypto: Crypto::Gcm {
@@ -60,8 +60,8 @@ fn policy(
         mark,
         priority: PEER_POLICY_PRIORITY,
         action: PolicyAction::Tunnel {
-            src: tunnel.0,
-            dst: tunnel.1,
+            src: tunnel.0.into(),
+            dst: tunnel.1.into(),
             spi: None,
         },
     }

@@ -35,7 +35,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, BTreeSet},
     error::Error as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     pin::pin,
     time::Duration,
 };
@@ -77,7 +77,7 @@ pub struct Settings {
     /// This node's name: the name of its Node object.
     pub node: String,
     /// This node's tunnel endpoint, which must be one of its Node's InternalIPs.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The cluster CIDR node IDs are counted in: the config's first.
     pub cluster: Ipv4Cidr,
 }

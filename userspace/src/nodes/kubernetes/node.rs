@@ -6,7 +6,7 @@
 //! is therefore checked against the Node it is on, field by field, and the node ID is derived
 //! from the pod CIDR rather than believed.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -97,8 +97,9 @@ impl NodeFacts {
             .map_err(|e| self.field("spec.podCIDRs", format!("{e}")))
     }
 
-    /// The node's IPv4 InternalIP addresses; whatever does not parse is no address of its.
-    fn ipv4_addresses(&self) -> Vec<Ipv4Addr> {
+    /// The node's InternalIP addresses, of both families; whatever does not parse is no
+    /// address of its.
+    fn addresses(&self) -> Vec<IpAddr> {
         self.internal_ips
             .iter()
             .filter_map(|a| a.parse().ok())
@@ -115,8 +116,8 @@ impl NodeFacts {
 
     /// Checks that `ip`, this node's tunnel endpoint, is one of the Node's InternalIPs, as its
     /// peers will check it in its record.
-    pub(super) fn check_ip(&self, ip: Ipv4Addr) -> Result<(), RecordError> {
-        if self.ipv4_addresses().contains(&ip) {
+    pub(super) fn check_ip(&self, ip: IpAddr) -> Result<(), RecordError> {
+        if self.addresses().contains(&ip) {
             return Ok(());
         }
         Err(self.field(
@@ -186,7 +187,7 @@ impl NodeFacts {
                 ),
             ));
         }
-        if !self.ipv4_addresses().contains(&record.ip) {
+        if !self.addresses().contains(&record.ip) {
             return Err(field(
                 "ip",
                 format!(
