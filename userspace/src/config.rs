@@ -1643,5 +1643,25 @@ epoch = "0123456789abcdef0123456789abcdef"
             error(&dual.replace("[\"10.244.2.0/24\", ", "[")),
             "peers[0].pod_cidrs: must list at least one IPv4 CIDR"
         );
+
+        // IPv6 node IPs: both nodes, or neither; never inside the IPv6 pod space.
+        let v6_nodes = dual
+            .replace("\"192.168.0.1\"", "\"fd00:192:168::1\"")
+            .replace("\"192.168.0.2\"", "\"fd00:192:168::2\"");
+        let config: Config = v6_nodes.parse().unwrap();
+        assert_eq!(config.node.ip, "fd00:192:168::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            error(&dual.replace("\"192.168.0.2\"", "\"fd00:192:168::2\"")),
+            "peers[0].ip: fd00:192:168::2 is not of node.ip 192.168.0.1's family: tunnels join \
+             node IPs of one family"
+        );
+        assert_eq!(
+            error(&v6_nodes.replace("fd00:192:168::2", "fd00:10:244:7::2")),
+            "peers[0].ip: fd00:10:244:7::2 is inside cluster_cidr_v6 fd00:10:244::/48"
+        );
+        assert_eq!(
+            error(&v6_nodes.replace("fd00:192:168::1", "fe80::1")),
+            "node.ip: fe80::1 is not a unicast address a tunnel can use"
+        );
     }
 }

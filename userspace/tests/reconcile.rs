@@ -369,6 +369,119 @@ fn a_dual_stack_node_converges_with_ipv6_rule_routes_policies_and_maps() {
     });
 }
 
+#[test]
+fn ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps() {
+    if !require_root("ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        network();
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:192:168:77::1/64",
+            "dev",
+            "xs0",
+            "nodad",
+        ]);
+        let text = dual_stack_config()
+            .replace("\"192.168.77.1\"", "\"fd00:192:168:77::1\"")
+            .replace("\"192.168.77.2\"", "\"fd00:192:168:77::2\"")
+            .replace("\"192.168.77.3\"", "\"fd00:192:168:77::3\"");
+        let view = view(&text);
+        let keys = KeyFile::parse(KEYS).unwrap();
+        let netlink = Netlink::connect().unwrap();
+        let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
+        let mut next_hops = BTreeMap::new();
+        for peer in &view.peers {
+            next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
+        }
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            cipher: Cipher::Gcm,
+            esn: true,
+        };
+        let mut want = reconcile::desired::desired(&view, &keys, &around).unwrap();
+        want.states.clear(); // no ESP on the host kernel
+        let mut dataplane = Dataplane::load().unwrap();
+        let state_dir =
+            std::env::temp_dir().join(format!("xsteer-reconcile6n-{}", std::process::id()));
+        let mut ledger = KeyLedger::open(&state_dir).unwrap();
+        let mut outbound = reconcile::Outbound {
+            ledger: &mut ledger,
+            node_ip: view.node.ip,
+        };
+        let have = reconcile::read(&netlink, &mut dataplane, 200)
+            .await
+            .unwrap();
+        let changes = plan(&have, &want);
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut outbound,
+            200,
+            &changes,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let after = reconcile::read(&netlink, &mut dataplane, 200)
+            .await
+            .unwrap();
+        assert_eq!(after, want, "IPv6 tunnels, exactly as desired");
+        let policies = ip(&["xfrm", "policy", "show"]);
+        assert!(
+            policies.contains("src 10.244.2.0/24 dst 10.244.1.0/24")
+                && policies.contains("tmpl src fd00:192:168:77::2 dst fd00:192:168:77::1"),
+            "IPv4 pods in an IPv6 tunnel: {policies}"
+        );
+        let routes = ip(&["-6", "route", "show", "table", "all"]);
+        assert!(
+            routes
+                .contains("fd00:10:244:2::/64 via fd00:192:168:77::2 dev xs0 table 200 proto 120"),
+            "{routes}"
+        );
+        let peers = dataplane.peer_nodes_v6().unwrap().entries().unwrap();
+        assert_eq!(peers.len(), 2, "{peers:?}");
+        assert_eq!(
+            dataplane.peer_nodes_v6().unwrap().addr_of(2).unwrap(),
+            Some("fd00:192:168:77::2".parse().unwrap())
+        );
+        assert!(
+            dataplane
+                .peer_nodes()
+                .unwrap()
+                .entries()
+                .unwrap()
+                .is_empty()
+        );
+
+        let teardown = plan(&after, &reconcile::Snapshot::default());
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut outbound,
+            200,
+            &teardown,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert!(
+            dataplane
+                .peer_nodes_v6()
+                .unwrap()
+                .entries()
+                .unwrap()
+                .is_empty()
+        );
+        let _ = fs::remove_dir_all(state_dir);
+    });
+}
+
 /// A scratch directory with a config and a key file, for the CLI.
 struct Scratch(PathBuf);
 

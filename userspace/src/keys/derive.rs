@@ -360,6 +360,28 @@ mod tests {
         }
     }
 
+    /// Tunnels between IPv6 node IPs derive under the `ipv6` tag (docs/keys.md has the Python).
+    #[test]
+    fn ipv6_endpoints_have_their_own_vector() {
+        let file: KeyFile = FILE.parse().unwrap();
+        let v6 = SaKeyId {
+            src: "fd00:192:168::1".parse().unwrap(),
+            dst: "fd00:192:168::2".parse().unwrap(),
+            ..id()
+        };
+        assert_eq!(
+            gcm_key(&file, &v6),
+            "1e215aa5863b23fb5ffef577c74d285849ca6ea7"
+        );
+        // An IPv4-mapped IPv6 address is another input than the IPv4 address it maps.
+        let mapped = SaKeyId {
+            src: "::ffff:192.168.0.1".parse().unwrap(),
+            dst: "::ffff:192.168.0.2".parse().unwrap(),
+            ..id()
+        };
+        assert_ne!(gcm_key(&file, &mapped), gcm_key(&file, &id()));
+    }
+
     /// Vectors computed independently with Python's `cryptography` package; see docs/keys.md.
     #[test]
     fn fixed_vectors() {

@@ -700,4 +700,96 @@ mod tests {
         assert_eq!(v4_only.rules.len(), 1);
         assert!(v4_only.policies.values().all(|p| !p.dst.is_ipv6()));
     }
+
+    #[test]
+    fn ipv6_node_ips_carry_both_families_in_ipv6_tunnels() {
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let (a, b): (IpAddr, IpAddr) = (
+            "fd00:192:168::1".parse().unwrap(),
+            "fd00:192:168::2".parse().unwrap(),
+        );
+        let mut view = two_nodes();
+        view.node.ip = a;
+        view.peers[0].ip = b;
+        view.cluster_cidrs_v6 = vec!["fd00:10:244::/48".parse().unwrap()];
+        view.node.pod_cidr_v6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        view.peers[0].pod_cidrs_v6 = vec!["fd00:10:244:2::/64".parse().unwrap()];
+        let uplink = Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+        };
+        let next_hops = BTreeMap::from([(
+            b,
+            NextHop {
+                oif: 2,
+                gateway: None,
+            },
+        )]);
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: 100,
+            cipher: Cipher::Gcm,
+            esn: true,
+        };
+        let want = desired(&view, &keys, &around).unwrap();
+        let cidr = |c: &str| c.parse::<IpCidr>().unwrap();
+
+        // Two SAs between the IPv6 addresses, and the IPv4 view's SPIs.
+        let v4 = desired_for(&two_nodes(), &keys, Cipher::Gcm);
+        let endpoints: BTreeSet<(IpAddr, IpAddr, u32)> = want
+            .states
+            .values()
+            .map(|s| (s.src, s.dst, s.spi))
+            .collect();
+        let spis: BTreeSet<u32> = v4.states.keys().map(|k| k.spi).collect();
+        assert_eq!(endpoints.len(), 2);
+        assert!(endpoints.iter().all(|&(src, dst, spi)| {
+            spis.contains(&spi) && [src, dst].iter().all(IpAddr::is_ipv6)
+        }));
+        // Other keys than the IPv4 tunnels': the addresses are inputs, under their own tag.
+        let fingerprints = |s: &Snapshot| -> BTreeSet<_> {
+            s.states.values().map(|s| s.crypto.fingerprint()).collect()
+        };
+        assert!(fingerprints(&want).is_disjoint(&fingerprints(&v4)));
+        // Every tunnel template is IPv6, whatever the selector's family.
+        assert!(want.policies.values().all(|p| match p.action {
+            PolicyAction::Tunnel { src, dst, .. } => src == a && dst == b || src == b && dst == a,
+            PolicyAction::Block => true,
+        }));
+        // The peer's node address pairs with the local pod CIDR of its family.
+        assert!(want.policies.values().any(|p| {
+            (p.direction, p.src, p.dst)
+                == (
+                    Direction::Fwd,
+                    cidr("fd00:192:168::2/128"),
+                    cidr("fd00:10:244:1::/64"),
+                )
+        }));
+        // Routes: the IPv6 one by the tunnel's next hop, the IPv4 one by none; the MTU leaves
+        // room for the 40-byte outer header.
+        let route = |dst: &str| *want.routes.iter().find(|r| r.dst == cidr(dst)).unwrap();
+        assert_eq!(
+            (
+                route("fd00:10:244:2::/64").via,
+                route("fd00:10:244:2::/64").mtu
+            ),
+            (Some(b), 1426)
+        );
+        assert_eq!(
+            (route("10.244.2.0/24").via, route("10.244.2.0/24").mtu),
+            (None, 1426)
+        );
+        // The guards' maps: the peer by its IPv6 address, its SPIs under 0.0.0.0.
+        assert!(want.maps.peer_nodes.contains_key(&b));
+        assert!(
+            want.maps
+                .peer_spis
+                .iter()
+                .all(|(owner, _)| owner.is_unspecified())
+        );
+    }
 }
