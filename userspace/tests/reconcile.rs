@@ -92,6 +92,26 @@ fn outbound(ledger: &mut KeyLedger) -> reconcile::Outbound<'_> {
     }
 }
 
+/// What node a of `view` should hold in the kernel, less the SAs (the host kernel has no ESP).
+async fn desired_without_sas(netlink: &Netlink, view: &View) -> reconcile::Snapshot {
+    let keys = KeyFile::parse(KEYS).unwrap();
+    let uplink = routing::uplink(netlink, "xs0").await.unwrap();
+    let mut next_hops = BTreeMap::new();
+    for peer in &view.peers {
+        next_hops.insert(peer.ip, routing::route_to(netlink, peer.ip).await.unwrap());
+    }
+    let around = Surroundings {
+        uplink: &uplink,
+        next_hops: &next_hops,
+        rule_priority: DEFAULT_RULE_PRIORITY,
+        cipher: Cipher::Gcm,
+        esn: true,
+    };
+    let mut want = reconcile::desired::desired(view, &keys, &around).unwrap();
+    want.states.clear();
+    want
+}
+
 /// The uplink and foreign objects another tool put there first.
 fn network() {
     ip(&["link", "add", "xs0", "type", "veth", "peer", "name", "xs1"]);
@@ -147,22 +167,8 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
         network();
         let before = kernel_state();
         let view = view(&config_text(""));
-        let keys = KeyFile::parse(KEYS).unwrap();
         let netlink = Netlink::connect().unwrap();
-        let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
-        let mut next_hops = BTreeMap::new();
-        for peer in &view.peers {
-            next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
-        }
-        let around = Surroundings {
-            uplink: &uplink,
-            next_hops: &next_hops,
-            rule_priority: DEFAULT_RULE_PRIORITY,
-            cipher: Cipher::Gcm,
-            esn: true,
-        };
-        let mut want = reconcile::desired::desired(&view, &keys, &around).unwrap();
-        want.states.clear(); // no ESP on the host kernel
+        let want = desired_without_sas(&netlink, &view).await;
         assert_eq!(
             want.policies.len(),
             1 + 2 * 3 + 2 * 2 + 3 + 3 + 3 + 2,
@@ -286,22 +292,8 @@ fn a_dual_stack_node_converges_with_ipv6_rule_routes_policies_and_maps() {
         };
         let before = (kernel_state(), ipv6_state());
         let view = view(&dual_stack_config());
-        let keys = KeyFile::parse(KEYS).unwrap();
         let netlink = Netlink::connect().unwrap();
-        let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
-        let mut next_hops = BTreeMap::new();
-        for peer in &view.peers {
-            next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
-        }
-        let around = Surroundings {
-            uplink: &uplink,
-            next_hops: &next_hops,
-            rule_priority: DEFAULT_RULE_PRIORITY,
-            cipher: Cipher::Gcm,
-            esn: true,
-        };
-        let mut want = reconcile::desired::desired(&view, &keys, &around).unwrap();
-        want.states.clear(); // no ESP on the host kernel
+        let want = desired_without_sas(&netlink, &view).await;
         let mut dataplane = Dataplane::load().unwrap();
         let state_dir =
             std::env::temp_dir().join(format!("xsteer-reconcile6-{}", std::process::id()));
@@ -390,22 +382,8 @@ fn ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps() {
             .replace("\"192.168.77.2\"", "\"fd00:192:168:77::2\"")
             .replace("\"192.168.77.3\"", "\"fd00:192:168:77::3\"");
         let view = view(&text);
-        let keys = KeyFile::parse(KEYS).unwrap();
         let netlink = Netlink::connect().unwrap();
-        let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
-        let mut next_hops = BTreeMap::new();
-        for peer in &view.peers {
-            next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
-        }
-        let around = Surroundings {
-            uplink: &uplink,
-            next_hops: &next_hops,
-            rule_priority: DEFAULT_RULE_PRIORITY,
-            cipher: Cipher::Gcm,
-            esn: true,
-        };
-        let mut want = reconcile::desired::desired(&view, &keys, &around).unwrap();
-        want.states.clear(); // no ESP on the host kernel
+        let want = desired_without_sas(&netlink, &view).await;
         let mut dataplane = Dataplane::load().unwrap();
         let state_dir =
             std::env::temp_dir().join(format!("xsteer-reconcile6n-{}", std::process::id()));
