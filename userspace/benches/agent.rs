@@ -172,6 +172,7 @@ fn join_latency() -> Duration {
             ip: Ipv4Addr::new(192, 168, 2, trial),
             id: 100 + u16::from(trial),
             pod_cidr: format!("10.251.{trial}.0/24").parse().unwrap(),
+            pod_cidr_v6: None,
             epoch: Epoch::random().unwrap(),
             next_epoch: None,
             acks: Default::default(),

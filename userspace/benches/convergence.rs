@@ -202,6 +202,7 @@ fn peer(i: u32) -> Peer {
         ip: Ipv4Addr::from(u32::from(NODE_IP) + i),
         id: u16::try_from(i + 1).expect("node IDs fit"),
         pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::from(0x0A00_0000 | (i << 8)), 24).unwrap()],
+        pod_cidrs_v6: Vec::new(),
         epoch: Epoch::from_bytes([
             (i >> 8) as u8,
             i as u8,
@@ -231,12 +232,14 @@ fn view(n: u32) -> View {
     let mut view = View {
         route_table: TABLE,
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        cluster_cidrs_v6: Vec::new(),
         node: LocalNode {
             name: "node-a".into(),
             ip: NODE_IP,
             id: 1,
             uplink: UPLINK.into(),
             pod_cidr: "10.255.0.0/24".parse().unwrap(),
+            pod_cidr_v6: None,
             epoch: Epoch::from_bytes([0x11; 16]),
             next_epoch: None,
         },

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     cidr::NODE_POD_PREFIX_LEN,
-    dataplane::{Dataplane, DataplaneError, bpffs, grid::Grid},
+    dataplane::{Dataplane, DataplaneError, GridV6, bpffs, grid::Grid},
     kernel::{
         Netlink,
         events::Removed,
@@ -253,6 +253,12 @@ impl Applier {
                 .first()
                 .and_then(|&c| Grid::new(c, NODE_POD_PREFIX_LEN).ok());
             dataplane.remote_pod_cidrs()?.set_grid(grid)?;
+            // And of /64 slots over the IPv6 one; a prefix shorter than /48 goes to the trie.
+            let grid_v6 = view
+                .cluster_cidrs_v6
+                .first()
+                .and_then(|&c| GridV6::new(c).ok());
+            dataplane.remote_pod_cidrs_v6()?.set_grid(grid_v6)?;
         }
         let have = match self.known.take() {
             Some(known) => known,

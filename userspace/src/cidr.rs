@@ -2,7 +2,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -242,6 +242,127 @@ impl FromStr for Ipv6Cidr {
 impl fmt::Display for Ipv6Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// An address family, where xsteer writes one kernel object per family (an `ip rule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+        })
+    }
+}
+
+/// A network of either family, where one kernel object takes both: an xfrm selector, a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpCidr {
+    /// An IPv4 network.
+    V4(Ipv4Cidr),
+    /// An IPv6 network.
+    V6(Ipv6Cidr),
+}
+
+impl IpCidr {
+    /// Every IPv4 address: `0.0.0.0/0`.
+    pub const ANY_V4: IpCidr = IpCidr::V4(Ipv4Cidr {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+    });
+    /// Every IPv6 address: `::/0`.
+    pub const ANY_V6: IpCidr = IpCidr::V6(Ipv6Cidr {
+        addr: Ipv6Addr::UNSPECIFIED,
+        prefix_len: 0,
+    });
+
+    /// The network `addr/prefix_len` of the family of `addr`; `None` if bits past the prefix
+    /// are set or the prefix is too long.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Option<IpCidr> {
+        match addr {
+            IpAddr::V4(a) => Ipv4Cidr::new(a, prefix_len).ok().map(IpCidr::V4),
+            IpAddr::V6(a) => Ipv6Cidr::new(a, prefix_len).ok().map(IpCidr::V6),
+        }
+    }
+
+    /// The single address `addr`: a /32 or a /128.
+    pub fn host(addr: IpAddr) -> IpCidr {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        IpCidr::new(addr, len).expect("a host prefix has no host bits")
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            IpCidr::V4(c) => c.addr().into(),
+            IpCidr::V6(c) => c.addr().into(),
+        }
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        match self {
+            IpCidr::V4(c) => c.prefix_len(),
+            IpCidr::V6(c) => c.prefix_len(),
+        }
+    }
+
+    /// Whether this is an IPv6 network.
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self, IpCidr::V6(_))
+    }
+}
+
+impl From<Ipv4Cidr> for IpCidr {
+    fn from(c: Ipv4Cidr) -> IpCidr {
+        IpCidr::V4(c)
+    }
+}
+
+impl From<Ipv6Cidr> for IpCidr {
+    fn from(c: Ipv6Cidr) -> IpCidr {
+        IpCidr::V6(c)
+    }
+}
+
+/// Why a string is not a CIDR of either family.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IpCidrError {
+    /// It reads as IPv4 (no `:`) and is not a valid IPv4 CIDR.
+    #[error(transparent)]
+    V4(#[from] CidrError),
+    /// It reads as IPv6 and is not a valid IPv6 CIDR.
+    #[error(transparent)]
+    V6(#[from] Ipv6CidrError),
+}
+
+impl FromStr for IpCidr {
+    type Err = IpCidrError;
+
+    /// An IPv6 CIDR if the text has a `:`, an IPv4 one otherwise.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s.contains(':') {
+            IpCidr::V6(s.parse()?)
+        } else {
+            IpCidr::V4(s.parse()?)
+        })
+    }
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpCidr::V4(c) => c.fmt(f),
+            IpCidr::V6(c) => c.fmt(f),
+        }
     }
 }
 

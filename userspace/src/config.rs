@@ -25,7 +25,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{cidr::Ipv4Cidr, keys::Epoch};
+use crate::{
+    cidr::{Ipv4Cidr, Ipv6Cidr},
+    keys::Epoch,
+};
 
 /// The policy-routing table used when the config names none.
 pub const DEFAULT_ROUTE_TABLE: u32 = 200;
@@ -52,6 +55,9 @@ pub struct Config {
     /// `nodes_dir`, a node whose config leaves out `node.id` and `node.pod_cidr` is given free
     /// ones from the first, in /24s; with Kubernetes, node IDs are counted in the first.
     pub cluster_cidrs: Vec<Ipv4Cidr>,
+    /// The cluster's IPv6 pod address space (`cluster_cidr_v6`), in a dual-stack cluster: the
+    /// guards drop IPv6 to and from it that is not ESP. Empty: IPv6 is not pod traffic here.
+    pub cluster_cidrs_v6: Vec<Ipv6Cidr>,
 }
 
 /// Where node records come from: the `node_source` and `nodes_dir` keys.
@@ -92,6 +98,8 @@ pub struct NodeConfig {
     pub uplink: String,
     /// The CIDR of this node's pods; `None` when allocated (see `id`).
     pub pod_cidr: Option<Ipv4Cidr>,
+    /// The IPv6 CIDR of this node's pods, in a dual-stack cluster.
+    pub pod_cidr_v6: Option<Ipv6Cidr>,
     /// The epoch the node starts from, an input of every SA key it shares. Optional when peers
     /// learn it from this node's record (`nodes_dir`, `node_source = "kubernetes"`): the agent
     /// then draws one at its first start and keeps it in its state directory.
@@ -116,6 +124,8 @@ pub struct PeerConfig {
     pub id: u16,
     /// The CIDRs of the peer's pods; at least one.
     pub pod_cidrs: Vec<Ipv4Cidr>,
+    /// The IPv6 CIDRs of the peer's pods (given in `pod_cidrs` too), in a dual-stack cluster.
+    pub pod_cidrs_v6: Vec<Ipv6Cidr>,
     /// The peer's epoch.
     pub epoch: Epoch,
 }
@@ -280,6 +290,16 @@ impl Config {
             if node.pod_cidr.is_some() {
                 p.push("node.pod_cidr", FROM_NODE);
             }
+            // Until the Node's IPv6 podCIDR is read, an IPv6 pod space would have the guards
+            // drop every IPv6 pod packet between nodes: refused rather than an outage.
+            const NO_V6: &str = "is not supported with node_source = \"kubernetes\" yet (the \
+                 Node's IPv6 podCIDR is not read): leave it out";
+            if node.pod_cidr_v6.is_some() {
+                p.push("node.pod_cidr_v6", NO_V6);
+            }
+            if !self.cluster_cidrs_v6.is_empty() {
+                p.push("cluster_cidr_v6", NO_V6);
+            }
         } else {
             // Both given, or both left out to be allocated (which needs somewhere to allocate
             // in).
@@ -314,7 +334,7 @@ impl Config {
             if peer.pod_cidrs.is_empty() {
                 p.push(
                     format!("peers[{i}].pod_cidrs"),
-                    "must list at least one CIDR",
+                    "must list at least one IPv4 CIDR",
                 );
             }
         }
@@ -387,7 +407,61 @@ impl Config {
             }
         }
         self.cluster_problems(&mut p, &cidrs);
+        self.v6_problems(&mut p);
         p.0
+    }
+
+    /// IPv6 pod CIDRs: no two overlap, and all are inside `cluster_cidr_v6`, which must then be
+    /// given.
+    fn v6_problems(&self, p: &mut Problems) {
+        let cidrs: Vec<(String, Ipv6Cidr)> = self
+            .node
+            .pod_cidr_v6
+            .map(|c| ("node.pod_cidr_v6".to_owned(), c))
+            .into_iter()
+            .chain(self.peers.iter().enumerate().flat_map(|(i, peer)| {
+                peer.pod_cidrs_v6
+                    .iter()
+                    .map(move |c| (format!("peers[{i}].pod_cidrs"), *c))
+            }))
+            .collect();
+        for (k, (at, cidr)) in cidrs.iter().enumerate() {
+            for (first_at, first) in &cidrs[..k] {
+                if cidr.overlaps(first) {
+                    p.push(at.clone(), format!("{cidr} overlaps {first_at} {first}"));
+                }
+            }
+        }
+        let clusters = &self.cluster_cidrs_v6;
+        if clusters.is_empty() {
+            if let Some((at, cidr)) = cidrs.first() {
+                p.push(
+                    "cluster_cidr_v6",
+                    format!(
+                        "missing: {at} gives IPv6 pod CIDR {cidr}; give the IPv6 CIDR, or list, \
+                         that holds every IPv6 pod of the cluster (e.g. \"fd00:10:244::/48\")"
+                    ),
+                );
+            }
+            return;
+        }
+        for (k, cluster) in clusters.iter().enumerate() {
+            if let Some(first) = clusters[..k].iter().find(|c| c.overlaps(cluster)) {
+                p.push(
+                    format!("cluster_cidr_v6[{k}]"),
+                    format!("{cluster} overlaps {first}"),
+                );
+            }
+        }
+        for (at, cidr) in &cidrs {
+            if !clusters.iter().any(|c| c.covers(cidr)) {
+                let shown: Vec<String> = clusters.iter().map(Ipv6Cidr::to_string).collect();
+                p.push(
+                    at.clone(),
+                    format!("{cidr} is not inside cluster_cidr_v6 {}", shown.join(", ")),
+                );
+            }
+        }
     }
 
     /// The cluster's pod space: there is one, its CIDRs do not overlap, every pod CIDR is
@@ -523,6 +597,24 @@ impl Problems {
             .ok()
     }
 
+    /// Parses a key that takes one CIDR or a list, recording each that does not parse under
+    /// `key` or `key[i]`.
+    fn parse_list<T>(&mut self, key: &str, value: Option<&OneOrMany>) -> Vec<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match value {
+            None => Vec::new(),
+            Some(OneOrMany::One(c)) => self.parse(key, c).into_iter().collect(),
+            Some(OneOrMany::Many(list)) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| self.parse(format!("{key}[{i}]"), c))
+                .collect(),
+        }
+    }
+
     fn id(&mut self, path: impl Into<String>, id: i64) -> Option<u16> {
         match u16::try_from(id) {
             Ok(id) if id != 0 => Some(id),
@@ -631,6 +723,7 @@ struct RawConfig {
     node_source: Option<RawSource>,
     nodes_dir: Option<PathBuf>,
     cluster_cidr: Option<OneOrMany>,
+    cluster_cidr_v6: Option<OneOrMany>,
     node: RawNode,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -660,6 +753,7 @@ struct RawNode {
     id: Option<i64>,
     uplink: String,
     pod_cidr: Option<String>,
+    pod_cidr_v6: Option<String>,
     epoch: Option<String>,
 }
 
@@ -725,15 +819,9 @@ impl RawConfig {
                 })
                 .ok(),
         };
-        let cluster_cidrs: Vec<Ipv4Cidr> = match &self.cluster_cidr {
-            None => Vec::new(),
-            Some(OneOrMany::One(c)) => p.parse("cluster_cidr", c).into_iter().collect(),
-            Some(OneOrMany::Many(list)) => list
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| p.parse(format!("cluster_cidr[{i}]"), c))
-                .collect(),
-        };
+        let cluster_cidrs: Vec<Ipv4Cidr> = p.parse_list("cluster_cidr", self.cluster_cidr.as_ref());
+        let cluster_cidrs_v6: Vec<Ipv6Cidr> =
+            p.parse_list("cluster_cidr_v6", self.cluster_cidr_v6.as_ref());
         let n = self.node;
         // Every field is parsed, so that all problems are reported, before any is combined.
         let name = expand(&mut p, "node.name", &n.name, env);
@@ -745,6 +833,10 @@ impl RawConfig {
             .pod_cidr
             .as_deref()
             .map(|cidr| p.parse("node.pod_cidr", cidr).ok_or(()));
+        let pod_cidr_v6 = n
+            .pod_cidr_v6
+            .as_deref()
+            .map(|cidr| p.parse("node.pod_cidr_v6", cidr).ok_or(()));
         let epoch = n
             .epoch
             .as_deref()
@@ -754,37 +846,54 @@ impl RawConfig {
             ip,
             id.transpose(),
             pod_cidr.transpose(),
+            pod_cidr_v6.transpose(),
             epoch.transpose(),
         ) {
-            (Some(name), Some(ip), Ok(id), Ok(pod_cidr), Ok(epoch)) => Some(NodeConfig {
-                name,
-                ip,
-                id,
-                uplink: n.uplink,
-                pod_cidr,
-                epoch,
-            }),
+            (Some(name), Some(ip), Ok(id), Ok(pod_cidr), Ok(pod_cidr_v6), Ok(epoch)) => {
+                Some(NodeConfig {
+                    name,
+                    ip,
+                    id,
+                    uplink: n.uplink,
+                    pod_cidr,
+                    pod_cidr_v6,
+                    epoch,
+                })
+            }
             _ => None,
         };
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, peer) in self.peers.into_iter().enumerate() {
             let ip = parse_ip(&mut p, &format!("peers[{i}].ip"), &peer.ip);
             let id = p.id(format!("peers[{i}].id"), peer.id);
-            let cidrs: Vec<Option<Ipv4Cidr>> = peer
+            // Both families in one list, as Kubernetes lists a node's podCIDRs.
+            let (v6, v4): (Vec<_>, Vec<_>) = peer
                 .pod_cidrs
                 .iter()
                 .enumerate()
+                .partition(|(_, c)| c.contains(':'));
+            let cidrs: Vec<Option<Ipv4Cidr>> = v4
+                .into_iter()
+                .map(|(j, c)| p.parse(format!("peers[{i}].pod_cidrs[{j}]"), c))
+                .collect();
+            let cidrs_v6: Vec<Option<Ipv6Cidr>> = v6
+                .into_iter()
                 .map(|(j, c)| p.parse(format!("peers[{i}].pod_cidrs[{j}]"), c))
                 .collect();
             let epoch = p.parse(format!("peers[{i}].epoch"), &peer.epoch);
-            if let (Some(ip), Some(id), Some(pod_cidrs), Some(epoch)) =
-                (ip, id, cidrs.into_iter().collect(), epoch)
-            {
+            if let (Some(ip), Some(id), Some(pod_cidrs), Some(pod_cidrs_v6), Some(epoch)) = (
+                ip,
+                id,
+                cidrs.into_iter().collect(),
+                cidrs_v6.into_iter().collect(),
+                epoch,
+            ) {
                 peers.push(PeerConfig {
                     name: peer.name,
                     ip,
                     id,
                     pod_cidrs,
+                    pod_cidrs_v6,
                     epoch,
                 });
             }
@@ -797,6 +906,7 @@ impl RawConfig {
                 peers,
                 node_records,
                 cluster_cidrs,
+                cluster_cidrs_v6,
             }),
             _ => Err(p.0),
         }
@@ -1118,7 +1228,7 @@ epoch = "0123456789abcdef0123456789abcdef"
     fn rejects_empty_pod_cidrs_and_bad_values() {
         assert_eq!(
             error(&edited("node-b", "[\"10.244.2.0/24\"]", "[]")),
-            "peers[0].pod_cidrs: must list at least one CIDR"
+            "peers[0].pod_cidrs: must list at least one IPv4 CIDR"
         );
         assert_eq!(
             error(&edited("node-b", "10.244.2.0/24", "10.244.2.1/24")),
@@ -1448,5 +1558,62 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert_eq!(a.len(), 20);
         assert_ne!(a.as_bytes(), b.as_bytes());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dual_stack_pod_cidrs_are_checked_like_ipv4_ones() {
+        let dual = fixtures::TWO_NODES
+            .replace(
+                "cluster_cidr = \"10.244.0.0/16\"",
+                "cluster_cidr = \"10.244.0.0/16\"\ncluster_cidr_v6 = \"fd00:10:244::/48\"",
+            )
+            .replace(
+                "pod_cidr = \"10.244.1.0/24\"",
+                "pod_cidr = \"10.244.1.0/24\"\npod_cidr_v6 = \"fd00:10:244:1::/64\"",
+            )
+            .replace(
+                "[\"10.244.2.0/24\"]",
+                "[\"10.244.2.0/24\", \"fd00:10:244:2::/64\"]",
+            );
+        let config: Config = dual.parse().unwrap();
+        assert_eq!(
+            config.cluster_cidrs_v6,
+            ["fd00:10:244::/48".parse().unwrap()]
+        );
+        assert_eq!(
+            config.node.pod_cidr_v6,
+            Some("fd00:10:244:1::/64".parse().unwrap())
+        );
+        assert_eq!(
+            config.peers[0].pod_cidrs,
+            ["10.244.2.0/24".parse().unwrap()]
+        );
+        assert_eq!(
+            config.peers[0].pod_cidrs_v6,
+            ["fd00:10:244:2::/64".parse().unwrap()]
+        );
+
+        let without_space = dual.replace("cluster_cidr_v6 = \"fd00:10:244::/48\"", "");
+        assert!(
+            error(&without_space).starts_with("cluster_cidr_v6: missing: node.pod_cidr_v6 gives"),
+            "{}",
+            error(&without_space)
+        );
+        assert_eq!(
+            error(&dual.replace("fd00:10:244:2::/64", "fd00:99::/64")),
+            "peers[0].pod_cidrs: fd00:99::/64 is not inside cluster_cidr_v6 fd00:10:244::/48"
+        );
+        assert_eq!(
+            error(&dual.replace("fd00:10:244:2::/64", "fd00:10:244:1::/80")),
+            "peers[0].pod_cidrs: fd00:10:244:1::/80 overlaps node.pod_cidr_v6 fd00:10:244:1::/64"
+        );
+        assert!(
+            error(&dual.replace("fd00:10:244:2::/64", "fd00:10:244:2::1/64"))
+                .starts_with("peers[0].pod_cidrs[1]: \"fd00:10:244:2::1/64\" has host bits set"),
+        );
+        assert_eq!(
+            error(&dual.replace("[\"10.244.2.0/24\", ", "[")),
+            "peers[0].pod_cidrs: must list at least one IPv4 CIDR"
+        );
     }
 }

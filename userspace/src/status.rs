@@ -10,6 +10,7 @@ use serde::Serialize;
 use xsteer_common::counters::Counter;
 
 use crate::{
+    cidr::{Ipv4Cidr, Ipv6Cidr},
     dataplane::{Dataplane, DataplaneError},
     kernel::{
         Netlink,
@@ -132,8 +133,13 @@ pub struct Peer {
     pub ip: Ipv4Addr,
     /// Its node ID.
     pub id: u16,
+    /// Its pod CIDRs, IPv4 then IPv6.
+    pub pod_cidrs: Vec<String>,
     /// The generation its pod CIDRs are marked with (`remote_pod_cidrs`), if any.
     pub sending_generation: Option<Generation>,
+    /// The generation its IPv6 pod CIDRs are marked with (`remote6_cidrs`), if it has any
+    /// and they are marked.
+    pub sending_generation_v6: Option<Generation>,
     /// The generations it says it can receive (its node record); `None` for a peer from the
     /// config file, assumed to receive them all.
     pub receives: Option<Vec<Generation>>,
@@ -158,6 +164,10 @@ pub struct Status {
     pub epoch: String,
     /// The epoch it is re-keying to, if it is.
     pub next_epoch: Option<String>,
+    /// Its pod CIDRs, IPv4 then IPv6.
+    pub pod_cidrs: Vec<String>,
+    /// The cluster's pod space, IPv4 then IPv6: what the guards hold as pod traffic.
+    pub cluster_cidrs: Vec<String>,
     /// The key file's generations in service.
     pub generations: Vec<KeyGeneration>,
     /// Generations the key file still lists that this node has retired (SAs removed).
@@ -228,9 +238,10 @@ pub async fn collect(
         })
         .collect();
 
-    let (remote, esp_stats, counters) = match dataplane.as_mut() {
+    let (remote, remote_v6, esp_stats, counters) = match dataplane.as_mut() {
         Some(dp) => (
             dp.remote_pod_cidrs()?.entries()?,
+            dp.remote_pod_cidrs_v6()?.entries()?,
             dp.peer_spis()?.stats()?,
             dp.counters()?
                 .read()?
@@ -239,6 +250,7 @@ pub async fn collect(
                 .collect(),
         ),
         None => (
+            Vec::new(),
             Vec::new(),
             BTreeMap::new(),
             Counter::ALL
@@ -285,7 +297,12 @@ pub async fn collect(
             name: p.name.clone(),
             ip: p.ip,
             id: p.id,
+            pod_cidrs: cidr_strings(&p.pod_cidrs, &p.pod_cidrs_v6),
             sending_generation,
+            sending_generation_v6: remote_v6
+                .iter()
+                .find(|(cidr, _)| p.pod_cidrs_v6.contains(cidr))
+                .and_then(|(_, v)| Generation::new(v.generation)),
             receives: p.generations.clone(),
             rotation: Rotation::of(newest, sending_generation, p.generations.as_deref()),
             rekey: Rekey::of(local, p),
@@ -307,12 +324,22 @@ pub async fn collect(
         node: local.name.clone(),
         epoch: local.epoch.to_string(),
         next_epoch: local.next_epoch.map(|e| e.to_string()),
+        pod_cidrs: cidr_strings(&[local.pod_cidr], local.pod_cidr_v6.as_slice()),
+        cluster_cidrs: cidr_strings(&view.cluster_cidrs, &view.cluster_cidrs_v6),
         generations,
         retired_generations: retired.to_vec(),
         peers,
         counters,
         xfrm_errors: xfrm_errors()?,
     })
+}
+
+/// CIDRs of both families as text, IPv4 first.
+fn cidr_strings(v4: &[Ipv4Cidr], v6: &[Ipv6Cidr]) -> Vec<String> {
+    v4.iter()
+        .map(ToString::to_string)
+        .chain(v6.iter().map(ToString::to_string))
+        .collect()
 }
 
 impl Status {
@@ -324,6 +351,8 @@ impl Status {
             Some(next) => writeln!(out, "epoch {} (re-keying to {next})", self.epoch),
             None => writeln!(out, "epoch {}", self.epoch),
         };
+        let _ = writeln!(out, "pod CIDRs {}", self.pod_cidrs.join(" "));
+        let _ = writeln!(out, "cluster pod space {}", self.cluster_cidrs.join(" "));
         let _ = writeln!(out, "\nkey generations:");
         for g in &self.generations {
             let newest = if g.newest { "  (newest)" } else { "" };
@@ -391,6 +420,17 @@ impl Status {
                 in_b,
                 p.esp_accepted_packets
             );
+        }
+        let _ = writeln!(out, "\npeer pod CIDRs:");
+        for p in &self.peers {
+            let v6 = match p.sending_generation_v6 {
+                Some(g) => format!("  (IPv6 marked with generation {g})"),
+                None if p.pod_cidrs.iter().any(|c| c.contains(':')) => {
+                    "  (IPv6 not marked)".to_owned()
+                }
+                None => String::new(),
+            };
+            let _ = writeln!(out, "  {:<16} {}{v6}", p.name, p.pod_cidrs.join(" "));
         }
         let _ = writeln!(out, "\ncounters:");
         for (name, value) in &self.counters {

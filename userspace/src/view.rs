@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::{Ipv4Cidr, Ipv6Cidr},
     config::{Config, PeerConfig},
     keys::{Epoch, Generation},
 };
@@ -21,6 +21,8 @@ pub struct View {
     pub route_table: u32,
     /// The cluster's pod address space: every pod CIDR is inside it, no node IP is.
     pub cluster_cidrs: Vec<Ipv4Cidr>,
+    /// The cluster's IPv6 pod space, in a dual-stack cluster; empty otherwise.
+    pub cluster_cidrs_v6: Vec<Ipv6Cidr>,
     /// This node.
     pub node: LocalNode,
     /// The other nodes: the config's, then those learned from node records.
@@ -40,6 +42,8 @@ pub struct LocalNode {
     pub uplink: String,
     /// The CIDR of this node's pods.
     pub pod_cidr: Ipv4Cidr,
+    /// The IPv6 CIDR of this node's pods, in a dual-stack cluster.
+    pub pod_cidr_v6: Option<Ipv6Cidr>,
     /// The epoch in service, an input of every SA key the node shares.
     pub epoch: Epoch,
     /// The epoch the node is re-keying to, if it is: SAs under both exist until every peer has
@@ -58,6 +62,8 @@ pub struct Peer {
     pub id: u16,
     /// The CIDRs of the peer's pods; at least one.
     pub pod_cidrs: Vec<Ipv4Cidr>,
+    /// The IPv6 CIDRs of the peer's pods, in a dual-stack cluster.
+    pub pod_cidrs_v6: Vec<Ipv6Cidr>,
     /// The peer's epoch.
     pub epoch: Epoch,
     /// The epoch the peer is re-keying to, from its node record.
@@ -79,6 +85,7 @@ impl Peer {
             ip: peer.ip,
             id: peer.id,
             pod_cidrs: peer.pod_cidrs.clone(),
+            pod_cidrs_v6: peer.pod_cidrs_v6.clone(),
             epoch: peer.epoch,
             next_epoch: None,
             acked_epoch: None,
@@ -128,12 +135,14 @@ impl View {
         View {
             route_table: config.route_table,
             cluster_cidrs: config.cluster_cidrs.clone(),
+            cluster_cidrs_v6: config.cluster_cidrs_v6.clone(),
             node: LocalNode {
                 name: node.name.clone(),
                 ip: node.ip,
                 id: identity.0,
                 uplink: node.uplink.clone(),
                 pod_cidr: identity.1,
+                pod_cidr_v6: node.pod_cidr_v6,
                 epoch,
                 next_epoch,
             },
@@ -141,8 +150,13 @@ impl View {
         }
     }
 
-    /// Adds `peer`, unless it clashes with this node or a peer already in: then says why.
-    pub fn admit(&mut self, peer: Peer) -> Result<(), String> {
+    /// Adds `peer`, unless it clashes with this node or a peer already in: then says why. A
+    /// node with no IPv6 pod space leaves a dual-stack peer's IPv6 CIDRs out (IPv6 is not pod
+    /// traffic to it), so that nodes can turn dual-stack one by one.
+    pub fn admit(&mut self, mut peer: Peer) -> Result<(), String> {
+        if self.cluster_cidrs_v6.is_empty() {
+            peer.pod_cidrs_v6.clear();
+        }
         match self.clash(&peer) {
             Some(why) => Err(why),
             None => {
@@ -171,6 +185,18 @@ impl View {
                 "pod CIDR {outside} is outside the cluster's pod space"
             ));
         }
+        // An IPv6 pod CIDR outside the IPv6 pod space (or any, where there is none) would
+        // have the node encrypt and route what the guards do not hold as pod traffic.
+        if let Some(outside) = candidate.pod_cidrs_v6.iter().find(|c| {
+            !self
+                .cluster_cidrs_v6
+                .iter()
+                .any(|cluster| cluster.covers(c))
+        }) {
+            return Some(format!(
+                "IPv6 pod CIDR {outside} is outside the cluster's IPv6 pod space"
+            ));
+        }
         if let Some(cluster) = clusters.iter().find(|c| c.contains(candidate.ip)) {
             return Some(format!(
                 "node IP {} is inside the cluster's pod space {cluster}",
@@ -183,6 +209,7 @@ impl View {
             local.id,
             local.ip,
             std::slice::from_ref(&local.pod_cidr),
+            local.pod_cidr_v6.as_slice(),
         ))
         .chain(self.peers.iter().map(|p| {
             (
@@ -191,9 +218,10 @@ impl View {
                 p.id,
                 p.ip,
                 p.pod_cidrs.as_slice(),
+                p.pod_cidrs_v6.as_slice(),
             )
         }));
-        for (who, name, id, ip, cidrs) in others {
+        for (who, name, id, ip, cidrs, cidrs_v6) in others {
             if name == candidate.name {
                 return Some(format!("its name is already {who}'s"));
             }
@@ -208,6 +236,11 @@ impl View {
             for cidr in cidrs {
                 if let Some(mine) = candidate.pod_cidrs.iter().find(|c| c.overlaps(cidr)) {
                     return Some(format!("pod CIDR {mine} overlaps {cidr} of {who}"));
+                }
+            }
+            for cidr in cidrs_v6 {
+                if let Some(mine) = candidate.pod_cidrs_v6.iter().find(|c| c.overlaps(cidr)) {
+                    return Some(format!("IPv6 pod CIDR {mine} overlaps {cidr} of {who}"));
                 }
             }
         }
@@ -291,5 +324,40 @@ mod tests {
             with(&|p| p.pod_cidrs = vec!["10.9.0.0/24".parse().unwrap()]),
             "pod CIDR 10.9.0.0/24 is outside the cluster's pod space"
         );
+    }
+
+    #[test]
+    fn an_ipv6_pod_cidr_outside_the_space_or_overlapping_is_refused() {
+        let mut view = fixtures::two_nodes();
+        view.cluster_cidrs_v6 = vec!["fd00:10:244::/48".parse().unwrap()];
+        view.node.pod_cidr_v6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let fresh = Peer {
+            name: "c".into(),
+            ip: Ipv4Addr::new(192, 168, 0, 3),
+            id: 3,
+            pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
+            pod_cidrs_v6: vec!["fd00:10:244:3::/64".parse().unwrap()],
+            ..view.peers[0].clone()
+        };
+        assert_eq!(view.clash(&fresh), None);
+        let with = |cidr: &str| {
+            let peer = Peer {
+                pod_cidrs_v6: vec![cidr.parse().unwrap()],
+                ..fresh.clone()
+            };
+            view.clash(&peer).expect("a clash")
+        };
+        assert_eq!(
+            with("fd00:10:244:1::/80"),
+            "IPv6 pod CIDR fd00:10:244:1::/80 overlaps fd00:10:244:1::/64 of this node (a)"
+        );
+        assert_eq!(
+            with("fd00:99::/64"),
+            "IPv6 pod CIDR fd00:99::/64 is outside the cluster's IPv6 pod space"
+        );
+        // A node that is not dual-stack admits the peer without its IPv6 pods.
+        view.cluster_cidrs_v6.clear();
+        view.admit(fresh).unwrap();
+        assert!(view.peer("c").unwrap().pod_cidrs_v6.is_empty());
     }
 }

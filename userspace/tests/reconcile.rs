@@ -253,6 +253,121 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
     });
 }
 
+/// [`config_text`] in a dual-stack cluster: every node has an IPv6 /64 of pods too.
+fn dual_stack_config() -> String {
+    config_text("")
+        .replace(
+            "route_table = 200",
+            "route_table = 200\ncluster_cidr_v6 = \"fd00:10:244::/48\"",
+        )
+        .replace(
+            "pod_cidr = \"10.244.1.0/24\"",
+            "pod_cidr = \"10.244.1.0/24\"\npod_cidr_v6 = \"fd00:10:244:1::/64\"",
+        )
+        .replace(
+            "[\"10.244.2.0/24\"]",
+            "[\"10.244.2.0/24\", \"fd00:10:244:2::/64\"]",
+        )
+}
+
+#[test]
+fn a_dual_stack_node_converges_with_ipv6_rule_routes_policies_and_maps() {
+    if !require_root("a_dual_stack_node_converges_with_ipv6_rule_routes_policies_and_maps") {
+        return;
+    }
+    in_fresh_netns(|| async {
+        network();
+        let ipv6_state = || {
+            // Table 200 only: link-local routes come and go on their own schedule.
+            let routes = ip(&["-6", "route", "show", "table", "all"]);
+            let table: Vec<&str> = routes.lines().filter(|l| l.contains("table 200")).collect();
+            format!("{}\n---\n{}", ip(&["-6", "rule", "show"]), table.join("\n"))
+        };
+        let before = (kernel_state(), ipv6_state());
+        let view = view(&dual_stack_config());
+        let keys = KeyFile::parse(KEYS).unwrap();
+        let netlink = Netlink::connect().unwrap();
+        let uplink = routing::uplink(&netlink, "xs0").await.unwrap();
+        let mut next_hops = BTreeMap::new();
+        for peer in &view.peers {
+            next_hops.insert(peer.ip, routing::route_to(&netlink, peer.ip).await.unwrap());
+        }
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            cipher: Cipher::Gcm,
+            esn: true,
+        };
+        let mut want = reconcile::desired::desired(&view, &keys, &around).unwrap();
+        want.states.clear(); // no ESP on the host kernel
+        let mut dataplane = Dataplane::load().unwrap();
+        let state_dir =
+            std::env::temp_dir().join(format!("xsteer-reconcile6-{}", std::process::id()));
+        let mut ledger = KeyLedger::open(&state_dir).unwrap();
+        let have = reconcile::read(&netlink, &mut dataplane, 200)
+            .await
+            .unwrap();
+        let changes = plan(&have, &want);
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut outbound(&mut ledger),
+            200,
+            &changes,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let after = reconcile::read(&netlink, &mut dataplane, 200)
+            .await
+            .unwrap();
+        assert_eq!(after, want, "both families, exactly as desired");
+        let shown = ipv6_state();
+        assert!(
+            shown.contains("from all fwmark 0xe00/0xf00 lookup 200"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("fd00:10:244:2::/64 dev xs0 table 200 proto 120 metric 1024 mtu 1446"),
+            "{shown}"
+        );
+        let policies = ip(&["xfrm", "policy", "show"]);
+        assert!(
+            policies.contains("src fd00:10:244:2::/64 dst fd00:10:244:1::/64"),
+            "{policies}"
+        );
+        let ipv6_cidrs = dataplane.remote_pod_cidrs_v6().unwrap().entries().unwrap();
+        assert_eq!(ipv6_cidrs.len(), 1, "{ipv6_cidrs:?}");
+        assert_eq!(
+            dataplane.cluster_pod_cidrs_v6().unwrap().get().unwrap(),
+            ["fd00:10:244::/48".parse().unwrap()]
+        );
+
+        let again = plan(
+            &reconcile::read(&netlink, &mut dataplane, 200)
+                .await
+                .unwrap(),
+            &want,
+        );
+        assert!(again.is_empty(), "{again:#?}");
+
+        let teardown = plan(&after, &reconcile::Snapshot::default());
+        reconcile::execute(
+            &netlink,
+            &mut dataplane,
+            &mut outbound(&mut ledger),
+            200,
+            &teardown,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!((kernel_state(), ipv6_state()), before);
+        let _ = fs::remove_dir_all(state_dir);
+    });
+}
+
 /// A scratch directory with a config and a key file, for the CLI.
 struct Scratch(PathBuf);
 

@@ -13,6 +13,7 @@ mod support;
 use std::net::Ipv4Addr;
 
 use support::{in_fresh_netns, ip, require_root};
+use xsteer::cidr::IpFamily;
 use xsteer::kernel::{
     Netlink,
     xfrm::{
@@ -20,7 +21,7 @@ use xsteer::kernel::{
     },
 };
 
-fn cidr(s: &str) -> xsteer::cidr::Ipv4Cidr {
+fn cidr(s: &str) -> xsteer::cidr::IpCidr {
     s.parse().unwrap()
 }
 
@@ -71,6 +72,21 @@ fn fwd_policy() -> Policy {
     }
 }
 
+/// `policy` for the IPv6 pods of the same peer, in the same IPv4 tunnel.
+fn ipv6(policy: Policy) -> Policy {
+    let v6 = |c: xsteer::cidr::IpCidr| match c.to_string().as_str() {
+        "0.0.0.0/0" => cidr("::/0"),
+        "10.244.1.0/24" => cidr("fd00:10:244:1::/64"),
+        "10.244.2.0/24" => cidr("fd00:10:244:2::/64"),
+        other => panic!("no IPv6 twin for {other}"),
+    };
+    Policy {
+        src: v6(policy.src),
+        dst: v6(policy.dst),
+        ..policy
+    }
+}
+
 /// Foreign policies, as another IPsec user would have them.
 const FOREIGN: &[&str] = &[
     "policy add dir out src 10.9.0.0/16 dst 10.8.0.0/16 priority 5 tmpl src 192.0.2.1 dst 192.0.2.2 proto esp mode tunnel reqid 1",
@@ -93,7 +109,15 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
         let foreign_before = ip(&["xfrm", "policy", "show"]);
         let netlink = Netlink::connect().unwrap();
 
-        let mine = [block(), out_policy(3), fwd_policy()];
+        // IPv6 selectors with IPv4 tunnel templates: the dual-stack shape.
+        let mine = [
+            block(),
+            out_policy(3),
+            fwd_policy(),
+            ipv6(block()),
+            ipv6(out_policy(3)),
+            ipv6(fwd_policy()),
+        ];
         for p in &mine {
             xfrm::put_policy(&netlink, p, false).await.unwrap();
         }
@@ -143,7 +167,14 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
             "{err}"
         );
 
-        for p in [block(), moved, fwd_policy()] {
+        for p in [
+            block(),
+            moved,
+            fwd_policy(),
+            ipv6(block()),
+            ipv6(out_policy(3)),
+            ipv6(fwd_policy()),
+        ] {
             xfrm::delete_policy(&netlink, &p).await.unwrap();
         }
         assert!(xfrm::policies(&netlink).await.unwrap().is_empty());
@@ -152,8 +183,8 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
             foreign_before,
             "foreign policies untouched"
         );
-        // 3 adds, 2 replaces, 1 failed add, 3 deletes.
-        assert_eq!(netlink.writes(), 9);
+        // 6 adds, 2 replaces, 1 failed add, 6 deletes.
+        assert_eq!(netlink.writes(), 15);
     });
 }
 
@@ -206,12 +237,28 @@ fn removals_behind_xsteers_back_are_reported() {
         };
 
         let rule = EncryptRule {
+            family: IpFamily::V4,
             priority: 100,
             table: 200,
         };
         routing::add_rule(&netlink, &rule).await.unwrap();
         ip(&["rule", "del", "fwmark", "0xe00/0xf00", "lookup", "200"]);
         assert_eq!(next(&mut events).await, Removed::Rule(rule));
+        let rule6 = EncryptRule {
+            family: IpFamily::V6,
+            ..rule
+        };
+        routing::add_rule(&netlink, &rule6).await.unwrap();
+        ip(&[
+            "-6",
+            "rule",
+            "del",
+            "fwmark",
+            "0xe00/0xf00",
+            "lookup",
+            "200",
+        ]);
+        assert_eq!(next(&mut events).await, Removed::Rule(rule6));
 
         let route = PodRoute {
             dst: cidr("10.244.2.0/24"),

@@ -143,6 +143,7 @@ mod tests {
             ip: "192.168.0.2".parse().unwrap(),
             id: 2,
             pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
+            pod_cidrs_v6: Vec::new(),
             epoch: Epoch::from_bytes([2; 16]),
             next_epoch: None,
             acked_epoch: None,

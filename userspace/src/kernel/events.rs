@@ -70,7 +70,8 @@ pub struct Events {
     _handles: (xfrmnetlink::Handle, rtnetlink::Handle),
 }
 
-/// Subscribes to SA, policy and expiry notifications, and to IPv4 rule and route ones; the
+/// Subscribes to SA, policy and expiry notifications, and to rule and route ones of both
+/// families; the
 /// connections run on the current tokio runtime.
 pub fn subscribe() -> io::Result<Events> {
     let (mut xfrm_conn, xfrm_handle, xfrm) = xfrmnetlink::new_connection()?;
@@ -86,6 +87,8 @@ pub fn subscribe() -> io::Result<Events> {
     let (route_conn, route_handle, route) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Ipv4Rule,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Rule,
+        MulticastGroup::Ipv6Route,
     ])?;
     tokio::spawn(route_conn);
     Ok(Events {

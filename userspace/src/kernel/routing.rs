@@ -9,7 +9,10 @@
 //! Also here: the lookups that tell the reconcile what the node's network looks like (the
 //! uplink, the next hop to each peer).
 
-use std::{fmt, io, net::Ipv4Addr};
+use std::{
+    fmt, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use futures::TryStreamExt;
 use netlink_packet_route::{
@@ -25,7 +28,7 @@ use rtnetlink::{IpVersion, RouteMessageBuilder};
 use xsteer_common::mark;
 
 use super::Netlink;
-use crate::cidr::Ipv4Cidr;
+use crate::cidr::{IpCidr, IpFamily};
 
 /// Protocol number of xsteer's routes ("x"), as `ip route` shows it: `proto 0x78`.
 pub const ROUTE_PROTOCOL: u8 = 0x78;
@@ -33,9 +36,12 @@ pub const ROUTE_PROTOCOL: u8 = 0x78;
 /// in the hundreds and thousands.
 pub const DEFAULT_RULE_PRIORITY: u32 = 100;
 
-/// `ip rule add fwmark 0xe00/0xf00 priority P lookup T`.
+/// `ip [-6] rule add fwmark 0xe00/0xf00 priority P lookup T`: one per family, since marked
+/// packets of both families are routed by xsteer's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EncryptRule {
+    /// The family of the packets it routes.
+    pub family: IpFamily,
     /// Rule priority (lower first).
     pub priority: u32,
     /// The table looked up.
@@ -46,7 +52,8 @@ impl fmt::Display for EncryptRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rule fwmark {:#x}/{:#x} priority {} lookup {}",
+            "{} rule fwmark {:#x}/{:#x} priority {} lookup {}",
+            self.family,
             mark::MAGIC_ENCRYPT,
             mark::MAGIC_MASK,
             self.priority,
@@ -58,9 +65,11 @@ impl fmt::Display for EncryptRule {
 /// A route to a remote pod CIDR in xsteer's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodRoute {
-    /// The remote pod CIDR.
-    pub dst: Ipv4Cidr,
-    /// The gateway: the peer node itself on a shared link, or the router towards it.
+    /// The remote pod CIDR, of either family.
+    pub dst: IpCidr,
+    /// The gateway of an IPv4 route: the peer node itself on a shared link, or the router
+    /// towards it. IPv6 routes have none: they only steer marked packets to their xfrm policy,
+    /// and the tunnel's IPv4 route picks the next hop.
     pub via: Option<Ipv4Addr>,
     /// Output interface index.
     pub oif: u32,
@@ -268,15 +277,19 @@ fn table_of_rule(rule: &RuleMessage) -> u32 {
 
 /// The encrypt rules present (normally one).
 pub async fn encrypt_rules(netlink: &Netlink) -> Result<Vec<EncryptRule>, RoutingError> {
-    let rules: Vec<RuleMessage> = netlink
-        .route
-        .rule()
-        .get(IpVersion::V4)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(kernel("listing", "rules"))?;
-    Ok(rules.iter().filter_map(encrypt_rule).collect())
+    let mut found = Vec::new();
+    for version in [IpVersion::V4, IpVersion::V6] {
+        let rules: Vec<RuleMessage> = netlink
+            .route
+            .rule()
+            .get(version)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(kernel("listing", "rules"))?;
+        found.extend(rules.iter().filter_map(encrypt_rule));
+    }
+    Ok(found)
 }
 
 /// The encrypt rule `rule` is, if it is one (it matches `fwmark 0xe00/0xf00`).
@@ -287,7 +300,13 @@ pub fn encrypt_rule(rule: &RuleMessage) -> Option<EncryptRule> {
     {
         return None;
     }
+    let family = match rule.header.family {
+        AddressFamily::Inet => IpFamily::V4,
+        AddressFamily::Inet6 => IpFamily::V6,
+        _ => return None,
+    };
     Some(EncryptRule {
+        family,
         priority: rule
             .attributes
             .iter()
@@ -302,7 +321,10 @@ pub fn encrypt_rule(rule: &RuleMessage) -> Option<EncryptRule> {
 
 fn rule_message(rule: &EncryptRule) -> RuleMessage {
     let mut message = RuleMessage::default();
-    message.header.family = AddressFamily::Inet;
+    message.header.family = match rule.family {
+        IpFamily::V4 => AddressFamily::Inet,
+        IpFamily::V6 => AddressFamily::Inet6,
+    };
     message.header.action = RuleAction::ToTable;
     message.header.table = u8::try_from(rule.table).unwrap_or(0);
     message.attributes = vec![
@@ -316,10 +338,20 @@ fn rule_message(rule: &EncryptRule) -> RuleMessage {
 
 /// Adds the encrypt rule.
 pub async fn add_rule(netlink: &Netlink, rule: &EncryptRule) -> Result<(), RoutingError> {
-    let mut request = netlink.route.rule().add().v4();
-    *request.message_mut() = rule_message(rule);
     netlink.count_write();
-    request.execute().await.map_err(kernel("adding", rule))
+    let result = match rule.family {
+        IpFamily::V4 => {
+            let mut request = netlink.route.rule().add().v4();
+            *request.message_mut() = rule_message(rule);
+            request.execute().await
+        }
+        IpFamily::V6 => {
+            let mut request = netlink.route.rule().add().v6();
+            *request.message_mut() = rule_message(rule);
+            request.execute().await
+        }
+    };
+    result.map_err(kernel("adding", rule))
 }
 
 /// Removes an encrypt rule.
@@ -353,7 +385,8 @@ fn pod_route(route: &RouteMessage) -> Option<PodRoute> {
     let mut mtu = None;
     for attribute in &route.attributes {
         match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => via = Some(*a),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Metrics(metrics) => {
@@ -366,7 +399,7 @@ fn pod_route(route: &RouteMessage) -> Option<PodRoute> {
         }
     }
     Some(PodRoute {
-        dst: Ipv4Cidr::new(dst?, route.header.destination_prefix_length).ok()?,
+        dst: IpCidr::new(dst?, route.header.destination_prefix_length)?,
         via,
         oif: oif?,
         mtu: mtu.unwrap_or(0),
@@ -375,17 +408,26 @@ fn pod_route(route: &RouteMessage) -> Option<PodRoute> {
 
 /// xsteer's routes in `table`.
 pub async fn pod_routes(netlink: &Netlink, table: u32) -> Result<Vec<PodRoute>, RoutingError> {
-    let dump = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(table)
-        .build();
-    let routes: Vec<RouteMessage> = netlink
-        .route
-        .route()
-        .get(dump)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(kernel("listing", format!("routes in table {table}")))?;
+    let dumps = [
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .build(),
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .table_id(table)
+            .build(),
+    ];
+    let mut routes: Vec<RouteMessage> = Vec::new();
+    for dump in dumps {
+        let found: Vec<RouteMessage> = netlink
+            .route
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(kernel("listing", format!("routes in table {table}")))?;
+        routes.extend(found);
+    }
     Ok(routes
         .iter()
         .filter_map(owned_route)
@@ -403,17 +445,29 @@ pub fn owned_route(route: &RouteMessage) -> Option<(u32, PodRoute)> {
 }
 
 fn route_message(table: u32, route: &PodRoute) -> RouteMessage {
-    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(route.dst.addr(), route.dst.prefix_len())
-        .output_interface(route.oif)
-        .table_id(table)
-        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-        .scope(RouteScope::Universe)
-        .kind(RouteType::Unicast);
-    if let Some(via) = route.via {
-        builder = builder.gateway(via);
-    }
-    let mut message = builder.build();
+    let mut message = match route.dst {
+        IpCidr::V4(dst) => {
+            let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.addr(), dst.prefix_len())
+                .output_interface(route.oif)
+                .table_id(table)
+                .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+                .scope(RouteScope::Universe)
+                .kind(RouteType::Unicast);
+            if let Some(via) = route.via {
+                builder = builder.gateway(via);
+            }
+            builder.build()
+        }
+        IpCidr::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .output_interface(route.oif)
+            .table_id(table)
+            .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+            .scope(RouteScope::Universe)
+            .kind(RouteType::Unicast)
+            .build(),
+    };
     message
         .attributes
         .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(route.mtu)]));
@@ -506,13 +560,30 @@ mod tests {
 
     #[test]
     fn rules_carry_the_encrypt_magic_and_big_tables() {
-        let rule = EncryptRule {
-            priority: 100,
-            table: 1000,
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let rule = EncryptRule {
+                family,
+                priority: 100,
+                table: 1000,
+            };
+            let m = rule_message(&rule);
+            assert!(m.attributes.contains(&RuleAttribute::FwMark(0xE00)));
+            assert!(m.attributes.contains(&RuleAttribute::FwMask(0xF00)));
+            assert_eq!(table_of_rule(&m), 1000);
+            assert_eq!(encrypt_rule(&m), Some(rule));
+        }
+    }
+
+    #[test]
+    fn ipv6_routes_have_no_gateway_and_read_back() {
+        let route = PodRoute {
+            dst: "fd00:10:244:2::/64".parse().unwrap(),
+            via: None,
+            oif: 3,
+            mtu: 1446,
         };
-        let m = rule_message(&rule);
-        assert!(m.attributes.contains(&RuleAttribute::FwMark(0xE00)));
-        assert!(m.attributes.contains(&RuleAttribute::FwMask(0xF00)));
-        assert_eq!(table_of_rule(&m), 1000);
+        let m = route_message(1000, &route);
+        assert_eq!(m.header.address_family, AddressFamily::Inet6);
+        assert_eq!(pod_route(&m), Some(route));
     }
 }

@@ -14,14 +14,15 @@ use std::{fmt, io, net::Ipv4Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_xfrm::{
-    Address, IPPROTO_ESP, UserTemplate, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK,
-    XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_ESN, XfrmAttrs,
+    AF_INET, AF_INET6, Address, IPPROTO_ESP, UserTemplate, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW,
+    XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_AF_UNSPEC,
+    XFRM_STATE_ESN, XfrmAttrs,
 };
 use zeroize::Zeroizing;
 
 use super::Netlink;
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     keys::{self, CBC_AES as CBC, Fingerprint, GCM, HMAC_SHA256},
 };
 
@@ -110,10 +111,10 @@ pub enum PolicyAction {
 pub struct Policy {
     /// Which path the policy sits on.
     pub direction: Direction,
-    /// Selector source.
-    pub src: Ipv4Cidr,
-    /// Selector destination.
-    pub dst: Ipv4Cidr,
+    /// Selector source: the inner family's.
+    pub src: IpCidr,
+    /// Selector destination, of the same family.
+    pub dst: IpCidr,
     /// The mark the packet must carry, if any.
     pub mark: Option<Mark>,
     /// Kernel priority; lower wins.
@@ -127,10 +128,10 @@ pub struct Policy {
 pub struct PolicyKey {
     /// Direction.
     pub direction: Direction,
-    /// Selector source.
-    pub src: Ipv4Cidr,
-    /// Selector destination.
-    pub dst: Ipv4Cidr,
+    /// Selector source: the inner family's.
+    pub src: IpCidr,
+    /// Selector destination, of the same family.
+    pub dst: IpCidr,
     /// Mark, if any.
     pub mark: Option<Mark>,
 }
@@ -320,8 +321,12 @@ fn ipv4(addr: &Address) -> Ipv4Addr {
     addr.to_ipv4()
 }
 
-fn cidr(addr: &Address, prefix_len: u8) -> Option<Ipv4Cidr> {
-    Ipv4Cidr::new(addr.to_ipv4(), prefix_len).ok()
+fn cidr(family: u16, addr: &Address, prefix_len: u8) -> Option<IpCidr> {
+    match family {
+        AF_INET => IpCidr::new(addr.to_ipv4().into(), prefix_len),
+        AF_INET6 => IpCidr::new(addr.to_ipv6().into(), prefix_len),
+        _ => None,
+    }
 }
 
 fn mark_of(nlas: &[XfrmAttrs]) -> Option<Mark> {
@@ -443,10 +448,12 @@ pub async fn add_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError
         .spi(state.spi)
         .mode(XFRM_MODE_TUNNEL)
         .reqid(REQID);
-    // ESN first: the replay window then travels as XFRMA_REPLAY_ESN_VAL, which ESN requires.
-    if state.esn {
-        request = request.flags(XFRM_STATE_ESN);
-    }
+    // One SA carries pods' traffic of both families: without AF_UNSPEC the kernel gives the
+    // SA a selector of its outer family, and IPv6 inside an IPv4 tunnel finds no SA (dropped,
+    // never in clear). ESN first: the replay window then travels as XFRMA_REPLAY_ESN_VAL,
+    // which ESN requires.
+    let esn = if state.esn { XFRM_STATE_ESN } else { 0 };
+    request = request.flags(XFRM_STATE_AF_UNSPEC | esn);
     request = request.replay_window(REPLAY_WINDOW, 0, 0, 0, 0);
     if let Some(mark) = state.mark {
         request = request.mark(mark.value, mark.mask);
@@ -528,7 +535,7 @@ pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
 }
 
 /// The identity of a policy as the kernel describes it (in a dump or a notification); `None`
-/// for one xsteer never writes (not IPv4, an odd direction).
+/// for one xsteer never writes (another family, an odd direction).
 pub fn policy_key(
     selector: &netlink_packet_xfrm::Selector,
     direction: u8,
@@ -536,8 +543,8 @@ pub fn policy_key(
 ) -> Option<PolicyKey> {
     Some(PolicyKey {
         direction: Direction::from_raw(direction)?,
-        src: cidr(&selector.saddr, selector.prefixlen_s)?,
-        dst: cidr(&selector.daddr, selector.prefixlen_d)?,
+        src: cidr(selector.family, &selector.saddr, selector.prefixlen_s)?,
+        dst: cidr(selector.family, &selector.daddr, selector.prefixlen_d)?,
         mark: mark_of(nlas),
     })
 }
@@ -551,9 +558,9 @@ pub async fn put_policy(
     let (src, dst) = (policy.src, policy.dst);
     let handle = netlink.xfrm.policy();
     let (s, sl, d, dl) = (
-        src.addr().into(),
+        src.addr(),
         src.prefix_len(),
-        dst.addr().into(),
+        dst.addr(),
         dst.prefix_len(),
     );
     let mut request = if replace {
@@ -591,9 +598,9 @@ pub async fn delete_policy(netlink: &Netlink, policy: &Policy) -> Result<(), Xfr
         .xfrm
         .policy()
         .delete(
-            src.addr().into(),
+            src.addr(),
             src.prefix_len(),
-            dst.addr().into(),
+            dst.addr(),
             dst.prefix_len(),
         )
         .direction(policy.direction.raw());

@@ -220,6 +220,7 @@ impl Peers {
             ip: node.ip,
             id: node.id,
             pod_cidr: node.pod_cidr,
+            pod_cidr_v6: node.pod_cidr_v6,
             epoch: node.epoch,
             next_epoch: node.next_epoch,
             acks: view

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, io, net::Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::{Ipv4Cidr, Ipv6Cidr},
     config::node_name_problem,
     keys::{Epoch, Generation},
     view::Peer,
@@ -29,6 +29,9 @@ pub struct NodeRecord {
     pub id: u16,
     /// The CIDR of its pods.
     pub pod_cidr: Ipv4Cidr,
+    /// The IPv6 CIDR of its pods, in a dual-stack cluster. Written only when there is one, so
+    /// that the records of IPv4-only nodes read as before.
+    pub pod_cidr_v6: Option<Ipv6Cidr>,
     /// Its current epoch (an input of every SA key shared with it).
     pub epoch: Epoch,
     /// The epoch it is re-keying to, if it is; it has IN SAs for it from every peer it knows.
@@ -48,6 +51,7 @@ impl NodeRecord {
             ip: self.ip,
             id: self.id,
             pod_cidrs: vec![self.pod_cidr],
+            pod_cidrs_v6: self.pod_cidr_v6.into_iter().collect(),
             epoch: self.epoch,
             next_epoch: self.next_epoch,
             acked_epoch: self.acks.get(reader).copied(),
@@ -65,6 +69,8 @@ struct RawRecord {
     ip: String,
     id: i64,
     pod_cidr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod_cidr_v6: Option<String>,
     epoch: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_epoch: Option<String>,
@@ -154,6 +160,11 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
         .pod_cidr
         .parse()
         .map_err(|e| field("pod_cidr", format!("{e}")))?;
+    let pod_cidr_v6 = raw
+        .pod_cidr_v6
+        .map(|c| c.parse())
+        .transpose()
+        .map_err(|e| field("pod_cidr_v6", format!("{e}")))?;
     let epoch = raw
         .epoch
         .parse()
@@ -188,6 +199,7 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
         ip,
         id,
         pod_cidr,
+        pod_cidr_v6,
         epoch,
         next_epoch,
         acks,
@@ -202,6 +214,7 @@ fn raw(record: &NodeRecord) -> RawRecord {
         ip: record.ip.to_string(),
         id: i64::from(record.id),
         pod_cidr: record.pod_cidr.to_string(),
+        pod_cidr_v6: record.pod_cidr_v6.map(|c| c.to_string()),
         epoch: record.epoch.to_string(),
         next_epoch: record.next_epoch.map(|e| e.to_string()),
         acks: record
@@ -227,6 +240,7 @@ pub(super) fn test_record(name: &str, id: u16) -> NodeRecord {
         ip: Ipv4Addr::new(192, 168, 0, id as u8),
         id,
         pod_cidr: format!("10.244.{id}.0/24").parse().expect("a CIDR"),
+        pod_cidr_v6: None,
         epoch: Epoch::from_bytes([id as u8; 16]),
         next_epoch: None,
         acks: BTreeMap::new(),
@@ -253,6 +267,26 @@ mod tests {
         assert!(
             !line.contains('\n') && line.starts_with("{\"version\":2,"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_pod_cidr_is_written_only_when_there_is_one() {
+        let mut record = test_record("b", 2);
+        let v4_only = record.render();
+        assert!(!v4_only.contains("pod_cidr_v6"), "{v4_only}");
+        record.pod_cidr_v6 = Some("fd00:10:244:2::/64".parse().unwrap());
+        let dual = record.render();
+        assert_eq!(NodeRecord::parse("b", &dual).unwrap(), record);
+        let peer = record.peer("a");
+        assert_eq!(peer.pod_cidrs_v6, ["fd00:10:244:2::/64".parse().unwrap()]);
+        let bad = dual.replace("fd00:10:244:2::/64", "fd00:10:244:2::1/64");
+        let e = NodeRecord::parse("node record b", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("node record b: pod_cidr_v6: \"fd00:10:244:2::1/64\" has host bits"),
+            "{e}"
         );
     }
 }

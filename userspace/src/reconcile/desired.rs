@@ -21,6 +21,11 @@
 //!
 //! Once per node: the catch-all block policy, the encrypt rule, the local pod CIDR, and the
 //! cluster's pod space for the guards.
+//!
+//! In a dual-stack cluster the peer's IPv6 pod CIDRs get the same policies, routes and map
+//! entries, in the same IPv4 tunnels: an SA carries both families (see
+//! [`crate::kernel::xfrm::add_state`]), so IPv6 needs no SA, SPI or key of its own, and no two
+//! SAs ever share a key. The block policy and the encrypt rule then exist for IPv6 too.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -34,7 +39,7 @@ use super::{
     plan::Snapshot,
 };
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::{IpCidr, IpFamily},
     kernel::{
         routing::{EncryptRule, NextHop, PodRoute, Uplink},
         xfrm::{
@@ -136,33 +141,54 @@ pub fn desired(
         })
         .min()
         .unwrap_or(around.uplink.mtu);
-    let any = Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
     let mut s = Snapshot::default();
 
-    let block = Policy {
-        direction: Direction::Out,
-        src: any,
-        dst: any,
-        mark: Some(Mark {
-            value: mark::MAGIC_ENCRYPT,
-            mask: mark::MAGIC_MASK,
-        }),
-        priority: BLOCK_POLICY_PRIORITY,
-        action: PolicyAction::Block,
+    let dual_stack = !view.cluster_cidrs_v6.is_empty();
+    let families: &[(IpFamily, IpCidr)] = if dual_stack {
+        &[
+            (IpFamily::V4, IpCidr::ANY_V4),
+            (IpFamily::V6, IpCidr::ANY_V6),
+        ]
+    } else {
+        &[(IpFamily::V4, IpCidr::ANY_V4)]
     };
-    s.policies.insert(block.key(), block);
-    s.rules.insert(EncryptRule {
-        priority: around.rule_priority,
-        table: view.route_table,
-    });
-    s.maps.cluster_pod_cidrs = view.cluster_cidrs.clone();
-    s.maps.local_pod_cidrs.insert(
-        local.pod_cidr,
-        LocalPodCidr {
-            node_id: local.id,
-            flags: 0,
-        },
-    );
+    for &(family, any) in families {
+        let block = Policy {
+            direction: Direction::Out,
+            src: any,
+            dst: any,
+            mark: Some(Mark {
+                value: mark::MAGIC_ENCRYPT,
+                mask: mark::MAGIC_MASK,
+            }),
+            priority: BLOCK_POLICY_PRIORITY,
+            action: PolicyAction::Block,
+        };
+        s.policies.insert(block.key(), block);
+        s.rules.insert(EncryptRule {
+            family,
+            priority: around.rule_priority,
+            table: view.route_table,
+        });
+    }
+    s.maps.cluster_pod_cidrs = view
+        .cluster_cidrs
+        .iter()
+        .map(|&c| c.into())
+        .chain(view.cluster_cidrs_v6.iter().map(|&c| c.into()))
+        .collect();
+    let local_pods: Vec<IpCidr> = std::iter::once(local.pod_cidr.into())
+        .chain(local.pod_cidr_v6.map(IpCidr::from))
+        .collect();
+    for &cidr in &local_pods {
+        s.maps.local_pod_cidrs.insert(
+            cidr,
+            LocalPodCidr {
+                node_id: local.id,
+                flags: 0,
+            },
+        );
+    }
 
     for peer in &view.peers {
         let hop = around
@@ -180,6 +206,12 @@ pub fn desired(
             },
         );
         let sending = sending_generation(keys, peer.generations.as_deref())?;
+        let peer_pods: Vec<IpCidr> = peer
+            .pod_cidrs
+            .iter()
+            .map(|&c| c.into())
+            .chain(peer.pod_cidrs_v6.iter().map(|&c| c.into()))
+            .collect();
         let from_peer = PolicyAction::Tunnel {
             src: peer.ip,
             dst: local.ip,
@@ -200,19 +232,31 @@ pub fn desired(
         // arrives in the tunnel with its node IP inside.
         let peer_host = host(peer.ip);
         for direction in [Direction::In, Direction::Fwd] {
-            require(direction, peer_host, local.pod_cidr);
+            require(direction, peer_host, local.pod_cidr.into());
         }
         for &cidr in &peer.pod_cidrs {
             for direction in [Direction::In, Direction::Fwd] {
-                require(direction, cidr, local.pod_cidr);
+                require(direction, cidr.into(), local.pod_cidr.into());
             }
             // The peer's pods to this node's own address (replies to its host, hostNetwork).
-            require(Direction::In, cidr, host(local.ip));
+            require(Direction::In, cidr.into(), host(local.ip));
         }
-        for &cidr in &peer.pod_cidrs {
+        if let Some(local_v6) = local.pod_cidr_v6 {
+            for &cidr in &peer.pod_cidrs_v6 {
+                for direction in [Direction::In, Direction::Fwd] {
+                    require(direction, cidr.into(), local_v6.into());
+                }
+            }
+        }
+        for &cidr in &peer_pods {
+            // IPv6 routes name no gateway: the IPv4 tunnel's own route picks the next hop.
+            let via = match cidr {
+                IpCidr::V4(_) => Some(hop.gateway.unwrap_or(peer.ip)),
+                IpCidr::V6(_) => None,
+            };
             s.routes.insert(PodRoute {
                 dst: cidr,
-                via: Some(hop.gateway.unwrap_or(peer.ip)),
+                via,
                 oif: hop.oif,
                 mtu: route_mtu,
             });
@@ -282,10 +326,10 @@ pub fn desired(
                 dst: peer.ip,
                 spi: Some(wire_spi(local.id, g, &send_local, &send_peer)),
             };
-            for &cidr in &peer.pod_cidrs {
+            for &cidr in &peer_pods {
                 let p = Policy {
                     direction: Direction::Out,
-                    src: any,
+                    src: any_of(cidr),
                     dst: cidr,
                     mark: Some(encrypt_mark(g, peer.id)),
                     priority: PEER_POLICY_PRIORITY,
@@ -305,11 +349,10 @@ pub fn desired(
                 dst: peer.ip,
                 spi: Some(wire_spi(local.id, g, &send_local, &send_peer)),
             };
-            let selectors = peer
-                .pod_cidrs
+            let selectors = peer_pods
                 .iter()
-                .map(|&cidr| (any, cidr))
-                .chain(std::iter::once((local.pod_cidr, host(peer.ip))));
+                .map(|&cidr| (any_of(cidr), cidr))
+                .chain(std::iter::once((local.pod_cidr.into(), host(peer.ip))));
             for (src, dst) in selectors {
                 let p = Policy {
                     direction: Direction::Out,
@@ -327,8 +370,16 @@ pub fn desired(
 }
 
 /// The /32 of one address.
-fn host(ip: Ipv4Addr) -> Ipv4Cidr {
-    Ipv4Cidr::new(ip, 32).expect("a /32 has no host bits")
+fn host(ip: Ipv4Addr) -> IpCidr {
+    IpCidr::host(ip.into())
+}
+
+/// Every address of the family of `cidr`.
+fn any_of(cidr: IpCidr) -> IpCidr {
+    match cidr {
+        IpCidr::V4(_) => IpCidr::ANY_V4,
+        IpCidr::V6(_) => IpCidr::ANY_V6,
+    }
 }
 
 #[cfg(test)]
@@ -515,8 +566,8 @@ mod tests {
                 .unwrap();
         let want = desired_for(&view, &keys, Cipher::Gcm);
         let in_use = wire_spi(1, g(3), &view.node.epoch, &view.peers[0].epoch);
-        let cidr = |c: &str| c.parse::<Ipv4Cidr>().unwrap();
-        let unmarked: Vec<(Ipv4Cidr, Ipv4Cidr)> = want
+        let cidr = |c: &str| c.parse::<IpCidr>().unwrap();
+        let unmarked: Vec<(IpCidr, IpCidr)> = want
             .policies
             .values()
             .filter(|p| p.priority == UNMARKED_POLICY_PRIORITY)
@@ -541,7 +592,7 @@ mod tests {
             ],
             "to b's pods from anywhere, to b's node from a's pods"
         );
-        let required: Vec<(Direction, Ipv4Cidr, Ipv4Cidr)> = want
+        let required: Vec<(Direction, IpCidr, IpCidr)> = want
             .policies
             .values()
             .filter(|p| p.direction != Direction::Out)
@@ -570,5 +621,79 @@ mod tests {
                 .values()
                 .all(|p| p.priority != UNMARKED_POLICY_PRIORITY)
         );
+    }
+
+    #[test]
+    fn ipv6_pods_ride_the_ipv4_tunnels_with_their_own_rule_routes_and_maps() {
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let v4_only = desired_for(&two_nodes(), &keys, Cipher::Gcm);
+        let mut view = two_nodes();
+        let cidr = |c: &str| c.parse::<IpCidr>().unwrap();
+        view.cluster_cidrs_v6 = vec!["fd00:10:244::/48".parse().unwrap()];
+        view.node.pod_cidr_v6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        view.peers[0].pod_cidrs_v6 = vec!["fd00:10:244:2::/64".parse().unwrap()];
+        let dual = desired_for(&view, &keys, Cipher::Gcm);
+
+        // The same SAs: one SA carries both families, so no key is used twice.
+        assert_eq!(dual.states, v4_only.states);
+        // A rule and a block policy per family.
+        let families: Vec<IpFamily> = dual.rules.iter().map(|r| r.family).collect();
+        assert_eq!(families, [IpFamily::V4, IpFamily::V6]);
+        let blocks: Vec<IpCidr> = dual
+            .policies
+            .values()
+            .filter(|p| p.action == PolicyAction::Block)
+            .map(|p| p.dst)
+            .collect();
+        assert_eq!(blocks, [IpCidr::ANY_V4, IpCidr::ANY_V6]);
+        // The IPv6 pod CIDR gets a route with no gateway and the IPv4 route's MTU.
+        let route6 = dual
+            .routes
+            .iter()
+            .find(|r| r.dst == cidr("fd00:10:244:2::/64"))
+            .expect("a route to b's IPv6 pods");
+        assert_eq!((route6.via, route6.mtu), (None, 1446));
+        // Its policies name the IPv4 tunnel, exactly as the IPv4 CIDR's do.
+        let tunnel_of = |dst: IpCidr, priority: u32| {
+            dual.policies
+                .values()
+                .find(|p| p.direction == Direction::Out && p.dst == dst && p.priority == priority)
+                .map(|p| p.action)
+        };
+        for priority in [PEER_POLICY_PRIORITY, UNMARKED_POLICY_PRIORITY] {
+            let v6 = tunnel_of(cidr("fd00:10:244:2::/64"), priority);
+            assert!(v6.is_some(), "an OUT policy at {priority:#x}");
+            assert_eq!(v6, tunnel_of(cidr("10.244.2.0/24"), priority));
+        }
+        for direction in [Direction::In, Direction::Fwd] {
+            let required = dual.policies.values().any(|p| {
+                (p.direction, p.src, p.dst)
+                    == (
+                        direction,
+                        cidr("fd00:10:244:2::/64"),
+                        cidr("fd00:10:244:1::/64"),
+                    )
+            });
+            assert!(required, "{direction:?} from b's IPv6 pods to a's");
+        }
+        // The maps: both families of the pod space, of the local and of the remote CIDRs.
+        assert_eq!(
+            dual.maps.cluster_pod_cidrs,
+            [cidr("10.244.0.0/16"), cidr("fd00:10:244::/48")]
+        );
+        assert!(
+            dual.maps
+                .local_pod_cidrs
+                .contains_key(&cidr("fd00:10:244:1::/64"))
+        );
+        assert_eq!(
+            dual.maps.remote_pod_cidrs.get(&cidr("fd00:10:244:2::/64")),
+            v4_only.maps.remote_pod_cidrs.get(&cidr("10.244.2.0/24"))
+        );
+        // An IPv4-only node's state is what it was before IPv6 existed.
+        assert_eq!(v4_only.rules.len(), 1);
+        assert!(v4_only.policies.values().all(|p| !p.dst.is_ipv6()));
     }
 }

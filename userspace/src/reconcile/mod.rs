@@ -15,6 +15,7 @@ pub mod plan;
 use std::net::Ipv4Addr;
 
 use crate::{
+    cidr::{IpCidr, Ipv4Cidr, Ipv6Cidr},
     dataplane::{Dataplane, DataplaneError},
     kernel::{
         Netlink,
@@ -72,16 +73,17 @@ pub async fn read(
         .into_iter()
         .collect();
     snapshot.maps = MapSnapshot {
-        cluster_pod_cidrs: dataplane.cluster_pod_cidrs()?.get()?,
-        remote_pod_cidrs: dataplane
-            .remote_pod_cidrs()?
-            .entries()?
-            .into_iter()
+        cluster_pod_cidrs: (dataplane.cluster_pod_cidrs()?.get()?.into_iter())
+            .map(IpCidr::from)
+            .chain((dataplane.cluster_pod_cidrs_v6()?.get()?.into_iter()).map(IpCidr::from))
             .collect(),
-        local_pod_cidrs: dataplane
-            .local_pod_cidrs()?
-            .entries()?
-            .into_iter()
+        remote_pod_cidrs: (dataplane.remote_pod_cidrs()?.entries()?.into_iter())
+            .map(either)
+            .chain((dataplane.remote_pod_cidrs_v6()?.entries()?.into_iter()).map(either))
+            .collect(),
+        local_pod_cidrs: (dataplane.local_pod_cidrs()?.entries()?.into_iter())
+            .map(either)
+            .chain((dataplane.local_pod_cidrs_v6()?.entries()?.into_iter()).map(either))
             .collect(),
         peer_nodes: dataplane.peer_nodes()?.entries()?.into_iter().collect(),
         peer_spis: dataplane.peer_spis()?.keys()?.into_iter().collect(),
@@ -155,17 +157,57 @@ pub async fn execute(
             Change::AddRoute(r) => routing::add_route(netlink, table, r).await?,
             Change::ReplaceRoute(r) => routing::replace_route(netlink, table, r).await?,
             Change::DeleteRoute(r) => routing::delete_route(netlink, table, r).await?,
-            Change::SetClusterPodCidrs(cidrs) => dataplane.cluster_pod_cidrs()?.set(cidrs)?,
-            Change::SetLocalPodCidr(c, v) => dataplane.local_pod_cidrs()?.insert(*c, *v)?,
-            Change::DeleteLocalPodCidr(c) => dataplane.local_pod_cidrs()?.remove(*c)?,
+            Change::SetClusterPodCidrs(cidrs) => {
+                let (v4, v6) = split(cidrs);
+                dataplane.cluster_pod_cidrs()?.set(&v4)?;
+                dataplane.cluster_pod_cidrs_v6()?.set(&v6)?;
+            }
+            Change::SetLocalPodCidr(IpCidr::V4(c), v) => {
+                dataplane.local_pod_cidrs()?.insert(*c, *v)?
+            }
+            Change::SetLocalPodCidr(IpCidr::V6(c), v) => {
+                dataplane.local_pod_cidrs_v6()?.insert(*c, *v)?
+            }
+            Change::DeleteLocalPodCidr(IpCidr::V4(c)) => dataplane.local_pod_cidrs()?.remove(*c)?,
+            Change::DeleteLocalPodCidr(IpCidr::V6(c)) => {
+                dataplane.local_pod_cidrs_v6()?.remove(*c)?
+            }
             Change::SetPeerNode(ip, n) => dataplane.peer_nodes()?.insert(*ip, *n)?,
             Change::DeletePeerNode(ip) => dataplane.peer_nodes()?.remove(*ip)?,
             Change::AddPeerSpi(ip, spi) => dataplane.peer_spis()?.insert(*ip, *spi)?,
             Change::DeletePeerSpi(ip, spi) => dataplane.peer_spis()?.remove(*ip, *spi)?,
-            Change::SetRemotePodCidr(c, v) => dataplane.remote_pod_cidrs()?.insert(*c, *v)?,
-            Change::DeleteRemotePodCidr(c) => dataplane.remote_pod_cidrs()?.remove(*c)?,
+            Change::SetRemotePodCidr(IpCidr::V4(c), v) => {
+                dataplane.remote_pod_cidrs()?.insert(*c, *v)?
+            }
+            Change::SetRemotePodCidr(IpCidr::V6(c), v) => {
+                dataplane.remote_pod_cidrs_v6()?.insert(*c, *v)?
+            }
+            Change::DeleteRemotePodCidr(IpCidr::V4(c)) => {
+                dataplane.remote_pod_cidrs()?.remove(*c)?
+            }
+            Change::DeleteRemotePodCidr(IpCidr::V6(c)) => {
+                dataplane.remote_pod_cidrs_v6()?.remove(*c)?
+            }
         }
         on_change(change);
     }
     Ok(())
+}
+
+/// The CIDRs of each family in `cidrs`, in order.
+fn split(cidrs: &[IpCidr]) -> (Vec<Ipv4Cidr>, Vec<Ipv6Cidr>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for &cidr in cidrs {
+        match cidr {
+            IpCidr::V4(c) => v4.push(c),
+            IpCidr::V6(c) => v6.push(c),
+        }
+    }
+    (v4, v6)
+}
+
+/// A map entry keyed by a CIDR of one family, keyed by [`IpCidr`].
+fn either<C: Into<IpCidr>, V>((cidr, value): (C, V)) -> (IpCidr, V) {
+    (cidr.into(), value)
 }

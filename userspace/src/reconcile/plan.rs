@@ -22,7 +22,7 @@ use std::{
 use xsteer_common::maps::{LocalPodCidr, PeerNode, RemotePodCidr};
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     kernel::{
         routing::{EncryptRule, PodRoute},
         xfrm::{Policy, PolicyAction, PolicyKey, State, StateKey},
@@ -36,7 +36,7 @@ pub struct Snapshot {
     pub states: BTreeMap<StateKey, State>,
     /// Policies by kernel identity.
     pub policies: BTreeMap<PolicyKey, Policy>,
-    /// `fwmark 0xe00/0xf00` rules.
+    /// `fwmark 0xe00/0xf00` rules, one per family.
     pub rules: BTreeSet<EncryptRule>,
     /// Routes in xsteer's table.
     pub routes: BTreeSet<PodRoute>,
@@ -44,15 +44,18 @@ pub struct Snapshot {
     pub maps: MapSnapshot,
 }
 
-/// The content of the maps the programs read.
+/// The content of the maps the programs read. CIDR maps come in one map per family in the
+/// kernel (`remote_pod_cidrs` and `remote6_cidrs`, ...); here each holds both, and writing an
+/// entry picks the map of its family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapSnapshot {
-    /// `cluster_pod_cidrs`: the cluster's pod space, which the guards check.
-    pub cluster_pod_cidrs: Vec<Ipv4Cidr>,
-    /// `remote_pod_cidrs`.
-    pub remote_pod_cidrs: BTreeMap<Ipv4Cidr, RemotePodCidr>,
-    /// `local_pod_cidrs`.
-    pub local_pod_cidrs: BTreeMap<Ipv4Cidr, LocalPodCidr>,
+    /// `cluster_pod_cidrs` and `cluster6_cidrs`: the cluster's pod space, which the guards
+    /// check.
+    pub cluster_pod_cidrs: Vec<IpCidr>,
+    /// `remote_pod_cidrs` and `remote6_cidrs`.
+    pub remote_pod_cidrs: BTreeMap<IpCidr, RemotePodCidr>,
+    /// `local_pod_cidrs` and `local6_cidrs`.
+    pub local_pod_cidrs: BTreeMap<IpCidr, LocalPodCidr>,
     /// `peer_nodes`.
     pub peer_nodes: BTreeMap<Ipv4Addr, PeerNode>,
     /// Keys of `peer_spis`: (peer node IP, wire SPI).
@@ -82,12 +85,12 @@ pub enum Change {
     ReplaceRoute(PodRoute),
     /// Remove a route.
     DeleteRoute(PodRoute),
-    /// Write the cluster's pod space, whole, in one map write.
-    SetClusterPodCidrs(Vec<Ipv4Cidr>),
+    /// Write the cluster's pod space, whole, in one map write per family.
+    SetClusterPodCidrs(Vec<IpCidr>),
     /// Write a `local_pod_cidrs` entry.
-    SetLocalPodCidr(Ipv4Cidr, LocalPodCidr),
+    SetLocalPodCidr(IpCidr, LocalPodCidr),
     /// Remove a `local_pod_cidrs` entry.
-    DeleteLocalPodCidr(Ipv4Cidr),
+    DeleteLocalPodCidr(IpCidr),
     /// Write a `peer_nodes` entry.
     SetPeerNode(Ipv4Addr, PeerNode),
     /// Remove a `peer_nodes` entry.
@@ -97,9 +100,9 @@ pub enum Change {
     /// Withdraw an SPI from a peer.
     DeletePeerSpi(Ipv4Addr, u32),
     /// Write a `remote_pod_cidrs` entry: one atomic update as the programs see it.
-    SetRemotePodCidr(Ipv4Cidr, RemotePodCidr),
+    SetRemotePodCidr(IpCidr, RemotePodCidr),
     /// Remove a `remote_pod_cidrs` entry.
-    DeleteRemotePodCidr(Ipv4Cidr),
+    DeleteRemotePodCidr(IpCidr),
 }
 
 impl fmt::Display for Change {
@@ -116,7 +119,7 @@ impl fmt::Display for Change {
             Change::ReplaceRoute(r) => write!(f, "replace {r}"),
             Change::DeleteRoute(r) => write!(f, "delete {r}"),
             Change::SetClusterPodCidrs(cidrs) => {
-                let shown: Vec<String> = cidrs.iter().map(Ipv4Cidr::to_string).collect();
+                let shown: Vec<String> = cidrs.iter().map(IpCidr::to_string).collect();
                 write!(f, "set cluster_pod_cidrs [{}]", shown.join(", "))
             }
             Change::SetLocalPodCidr(c, _) => write!(f, "set local_pod_cidrs {c}"),
@@ -305,7 +308,7 @@ mod tests {
         BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY,
     };
 
-    fn cidr(s: &str) -> Ipv4Cidr {
+    fn cidr(s: &str) -> IpCidr {
         s.parse().unwrap()
     }
 
