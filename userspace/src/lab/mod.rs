@@ -447,19 +447,26 @@ pub fn test(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Up, test, a bpftool dump of node1's `remote_pod_cidrs`, down; fails if the test did.
+/// Up, test, a bpftool dump of node1's `remote_pod_cidrs` (and, dual-stack, `remote6_cidrs`),
+/// down; fails if the test did.
 pub fn run(size: Size, stack: Stack, dir: &Path) -> Result<()> {
     let result = up(size, stack, dir).and_then(|()| test(dir));
     if result.is_ok() {
-        let map = agents::pin_dir("node1").join("remote_pod_cidrs");
-        println!("\n$ bpftool map dump pinned {}", map.display());
-        match Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(&map)
-            .status()
-        {
-            Ok(_) => {}
-            Err(e) => println!("(bpftool not available: {e})"),
+        let mut maps = vec![xsteer_common::maps::REMOTE_POD_CIDRS];
+        if stack.is_dual() {
+            maps.push(xsteer_common::maps::REMOTE_POD_CIDRS_V6);
+        }
+        for name in maps {
+            let map = agents::pin_dir("node1").join(name);
+            println!("\n$ bpftool map dump pinned {}", map.display());
+            match Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(&map)
+                .status()
+            {
+                Ok(_) => {}
+                Err(e) => println!("(bpftool not available: {e})"),
+            }
         }
     }
     let down = down(dir);
