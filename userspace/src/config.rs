@@ -290,15 +290,8 @@ impl Config {
             if node.pod_cidr.is_some() {
                 p.push("node.pod_cidr", FROM_NODE);
             }
-            // Until the Node's IPv6 podCIDR is read, an IPv6 pod space would have the guards
-            // drop every IPv6 pod packet between nodes: refused rather than an outage.
-            const NO_V6: &str = "is not supported with node_source = \"kubernetes\" yet (the \
-                 Node's IPv6 podCIDR is not read): leave it out";
             if node.pod_cidr_v6.is_some() {
-                p.push("node.pod_cidr_v6", NO_V6);
-            }
-            if !self.cluster_cidrs_v6.is_empty() {
-                p.push("cluster_cidr_v6", NO_V6);
+                p.push("node.pod_cidr_v6", FROM_NODE);
             }
         } else {
             // Both given, or both left out to be allocated (which needs somewhere to allocate

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::{Ipv4Cidr, Ipv6Cidr},
     config::{Config, ConfigError, NodeRecords},
     keys::{Generation, GenerationError, KeyFile, LoadError},
     nodes::{
@@ -65,6 +65,12 @@ pub enum InputsError {
         /// The node records directory.
         dir: PathBuf,
     },
+    /// This node's IPv6 pod CIDR (its Kubernetes Node's) is outside `cluster_cidr_v6`.
+    #[error(
+        "this node's IPv6 pod CIDR {0} is outside cluster_cidr_v6: it must be the cluster's \
+         IPv6 --cluster-cidr"
+    )]
+    OutsideV6(Ipv6Cidr),
     /// The Kubernetes source has not listed the Nodes yet.
     #[error("the Node of {0} has not been read from the Kubernetes API server yet")]
     NodeNotRead(String),
@@ -94,6 +100,8 @@ pub struct Files {
     pub keys: KeyFile,
     /// The node ID and pod CIDR, configured or allocated.
     pub identity: (u16, Ipv4Cidr),
+    /// The IPv6 pod CIDR, configured or the Kubernetes Node's, in a dual-stack cluster.
+    pub pod_cidr_v6: Option<Ipv6Cidr>,
     /// The epochs in service.
     pub epochs: NodeEpochs,
     /// The generations this node retired.
@@ -135,6 +143,17 @@ impl Files {
     ) -> Result<Files, InputsError> {
         let keys = KeyFile::load(&config.key_file)?;
         let identity = identity(&config, access, source)?;
+        let pod_cidr_v6 = match config.node.pod_cidr_v6 {
+            Some(configured) => Some(configured),
+            // Only in a dual-stack cluster: elsewhere IPv6 is not pod traffic.
+            None if !config.cluster_cidrs_v6.is_empty() => source.pod_cidr_v6(),
+            None => None,
+        };
+        if let Some(cidr) = pod_cidr_v6
+            && !config.cluster_cidrs_v6.iter().any(|c| c.covers(&cidr))
+        {
+            return Err(InputsError::OutsideV6(cidr));
+        }
         let epochs = match access {
             Access::ReadOnly => NodeEpochs::read(state_dir, config.node.epoch)?,
             Access::Write => NodeEpochs::open(state_dir, config.node.epoch)?,
@@ -144,6 +163,7 @@ impl Files {
             config,
             keys,
             identity,
+            pod_cidr_v6,
             epochs,
             retired,
         })
@@ -191,12 +211,14 @@ impl Files {
     /// The view and keys in service: this node with its identity and epochs, the config's
     /// peers, and the peers `peers` admits from node records.
     pub fn assemble(&self, peers: &mut Peers) -> Result<Inputs, InputsError> {
-        let base = View::from_config(
+        let mut base = View::from_config(
             &self.config,
             self.identity,
             self.epochs.current(),
             self.epochs.next(),
         )?;
+        // With Kubernetes, the Node's (the config gives none there).
+        base.node.pod_cidr_v6 = self.pod_cidr_v6;
         let (view, refused) = peers.view(&base);
         let keys = self
             .retired

@@ -557,12 +557,7 @@ pub async fn put_policy(
 ) -> Result<(), XfrmError> {
     let (src, dst) = (policy.src, policy.dst);
     let handle = netlink.xfrm.policy();
-    let (s, sl, d, dl) = (
-        src.addr(),
-        src.prefix_len(),
-        dst.addr(),
-        dst.prefix_len(),
-    );
+    let (s, sl, d, dl) = (src.addr(), src.prefix_len(), dst.addr(), dst.prefix_len());
     let mut request = if replace {
         handle.update(s, sl, d, dl)
     } else {
@@ -597,12 +592,7 @@ pub async fn delete_policy(netlink: &Netlink, policy: &Policy) -> Result<(), Xfr
     let mut request = netlink
         .xfrm
         .policy()
-        .delete(
-            src.addr(),
-            src.prefix_len(),
-            dst.addr(),
-            dst.prefix_len(),
-        )
+        .delete(src.addr(), src.prefix_len(), dst.addr(), dst.prefix_len())
         .direction(policy.direction.raw());
     if let Some(mark) = policy.mark {
         request = request.mark(mark.value, mark.mask);

@@ -24,7 +24,7 @@ use std::{
 use futures::Stream;
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::{Ipv4Cidr, Ipv6Cidr},
     config::{Config, NodeRecords},
 };
 
@@ -117,6 +117,11 @@ pub trait NodeSource {
     /// This node's ID and pod CIDR when the source assigns them (a Kubernetes Node's pod CIDR),
     /// or why they cannot be used; `None` when it does not, or has not read them yet.
     fn identity(&self) -> Option<Result<(u16, Ipv4Cidr), RecordError>> {
+        None
+    }
+    /// This node's IPv6 pod CIDR when the source assigns it (a dual-stack Kubernetes Node's),
+    /// read together with [`NodeSource::identity`]; `None` when it does not.
+    fn pod_cidr_v6(&self) -> Option<Ipv6Cidr> {
         None
     }
     /// How an operator removes node `name` on purpose from this source, for log lines.

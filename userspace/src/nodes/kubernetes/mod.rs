@@ -56,7 +56,10 @@ use tracing::{info, warn};
 
 use self::node::NodeFacts;
 use super::{Changes, NodeRecord, NodeSource, RecordError, Snapshot, SourceError};
-use crate::{cidr::Ipv4Cidr, config::Config};
+use crate::{
+    cidr::{Ipv4Cidr, Ipv6Cidr},
+    config::Config,
+};
 
 /// The annotation on a Node that holds its agent's record, as the JSON of
 /// [`NodeRecord::render_compact`].
@@ -358,6 +361,15 @@ impl NodeSource for KubeSource {
             own.check_ip(self.settings.ip)
                 .and_then(|()| own.identity(self.settings.cluster)),
         )
+    }
+
+    fn pod_cidr_v6(&self) -> Option<Ipv6Cidr> {
+        let seen = self.seen.borrow();
+        // A podCIDR that does not parse was named by `identity` through the record checks;
+        // here it is no IPv6 pod CIDR.
+        seen.nodes
+            .get(&self.settings.node)
+            .and_then(|own| own.pod_cidr_v6().ok().flatten())
     }
 
     fn removal(&self, name: &str) -> String {

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::RECORD_ANNOTATION;
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::{Ipv4Cidr, Ipv6Cidr},
     config::node_name_problem,
     nodes::{NodeRecord, RecordError, dir::MAX_RECORD_BYTES},
 };
@@ -69,8 +69,7 @@ impl NodeFacts {
         }
     }
 
-    /// The node's IPv4 pod CIDR: the first of `spec.podCIDRs` that is IPv4 (the other family's
-    /// is for IPv6, which xsteer does not encrypt yet).
+    /// The node's IPv4 pod CIDR: the first of `spec.podCIDRs` that is IPv4.
     fn pod_cidr(&self) -> Result<Ipv4Cidr, RecordError> {
         let Some(first) = self.pod_cidrs.iter().find(|c| !c.contains(':')) else {
             return Err(self.field(
@@ -84,6 +83,17 @@ impl NodeFacts {
         };
         first
             .parse()
+            .map_err(|e| self.field("spec.podCIDRs", format!("{e}")))
+    }
+
+    /// The node's IPv6 pod CIDR in a dual-stack cluster: the first of `spec.podCIDRs` that is
+    /// IPv6, if there is one.
+    pub(super) fn pod_cidr_v6(&self) -> Result<Option<Ipv6Cidr>, RecordError> {
+        self.pod_cidrs
+            .iter()
+            .find(|c| c.contains(':'))
+            .map(|c| c.parse())
+            .transpose()
             .map_err(|e| self.field("spec.podCIDRs", format!("{e}")))
     }
 
@@ -154,6 +164,18 @@ impl NodeFacts {
                 "pod_cidr",
                 format!("{} is not the Node's pod CIDR {pod_cidr}", record.pod_cidr),
             ));
+        }
+        // An IPv6 pod CIDR, if the record gives one, is the Node's: the controller manager
+        // hands them out, not the record's writer. A record without one is an IPv4-only peer.
+        if let Some(claimed) = record.pod_cidr_v6 {
+            let node_v6 = self.pod_cidr_v6()?;
+            if node_v6 != Some(claimed) {
+                let shown = node_v6.map_or("none".to_owned(), |c| c.to_string());
+                return Err(field(
+                    "pod_cidr_v6",
+                    format!("{claimed} is not the Node's IPv6 pod CIDR ({shown})"),
+                ));
+            }
         }
         if record.id != id {
             return Err(field(
@@ -230,5 +252,45 @@ mod tests {
             "10.9.0.0/24 is not inside cluster_cidr 10.244.0.0/16, where node IDs are counted"
         );
         assert_eq!(node_id(cidr("0.0.0.0/0"), cidr("0.0.0.0/0")), Ok(1));
+    }
+
+    #[test]
+    fn a_records_ipv6_pod_cidr_must_be_the_nodes() {
+        let cluster: Ipv4Cidr = "10.244.0.0/16".parse().unwrap();
+        let mut record = crate::nodes::record::test_record("b", 3);
+        record.pod_cidr = "10.244.2.0/24".parse().unwrap();
+        let facts = |pod_cidrs: &[&str], record: &NodeRecord| NodeFacts {
+            name: "b".into(),
+            pod_cidrs: pod_cidrs.iter().map(|c| (*c).to_owned()).collect(),
+            internal_ips: vec!["192.168.0.3".into()],
+            record: Some(record.render_compact()),
+        };
+        let dual = ["10.244.2.0/24", "fd00:10:244:2::/64"];
+        assert_eq!(
+            facts(&dual, &record).pod_cidr_v6().unwrap(),
+            Some("fd00:10:244:2::/64".parse().unwrap())
+        );
+        // An IPv4-only record on a dual-stack Node: an IPv4-only peer.
+        assert!(facts(&dual, &record).record(cluster).unwrap().is_ok());
+        record.pod_cidr_v6 = Some("fd00:10:244:2::/64".parse().unwrap());
+        assert_eq!(
+            facts(&dual, &record).record(cluster).unwrap().unwrap(),
+            record
+        );
+        // Another node's /64, or one on a Node without any: refused, naming the field.
+        record.pod_cidr_v6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let e = facts(&dual, &record).record(cluster).unwrap().unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "pod_cidr_v6: fd00:10:244:1::/64 is not the Node's IPv6 pod CIDR \
+                 (fd00:10:244:2::/64)"
+            ),
+            "{e}"
+        );
+        let e = facts(&dual[..1], &record)
+            .record(cluster)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().ends_with("IPv6 pod CIDR (none)"), "{e}");
     }
 }

@@ -547,6 +547,25 @@ async fn this_nodes_identity_comes_from_its_node() {
 }
 
 #[tokio::test]
+async fn a_dual_stack_nodes_ipv6_pod_cidr_comes_from_its_node() {
+    // spec.podCIDRs as a dual-stack kind cluster has them: IPv4 first, then IPv6.
+    let mut a = bare("a", 1);
+    a["spec"]["podCIDRs"] = json!(["10.244.1.0/24", "fd00:10:244:1::/64"]);
+    let api = FakeApi::new([a, bare("b", 2)]);
+    let (mut source, mut changes) = start(&api);
+    assert_eq!(source.pod_cidr_v6(), None, "nothing listed yet");
+    until(&mut source, &mut changes, "the list", |_| true).await;
+    assert_eq!(
+        source.identity().unwrap().unwrap(),
+        (2, "10.244.1.0/24".parse().unwrap())
+    );
+    assert_eq!(
+        source.pod_cidr_v6(),
+        Some("fd00:10:244:1::/64".parse().unwrap())
+    );
+}
+
+#[tokio::test]
 async fn a_source_listed_once_reads_and_publishes_nothing() {
     let b = record("b", 2);
     let api = FakeApi::new([bare("a", 1), node_of(&b)]);
