@@ -239,16 +239,23 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Lab(command) => {
-            let size = |s: LabSize| lab::topology::Size {
+            let size = |s: &LabSize| lab::topology::Size {
                 nodes: s.nodes,
                 pods: s.pods,
             };
+            let stack = |s: &LabSize| {
+                if s.dual_stack {
+                    lab::topology::Stack::Dual
+                } else {
+                    lab::topology::Stack::V4
+                }
+            };
             match command {
-                LabCommand::Up { size: s, dir } => lab::up(size(s), &dir.dir),
+                LabCommand::Up { size: s, dir } => lab::up(size(&s), stack(&s), &dir.dir),
                 LabCommand::Test { dir } => lab::test(&dir.dir),
                 LabCommand::Down { dir } => lab::down(&dir.dir),
                 LabCommand::Status { dir } => lab::status(&dir.dir),
-                LabCommand::Run { size: s, dir } => lab::run(size(s), &dir.dir),
+                LabCommand::Run { size: s, dir } => lab::run(size(&s), stack(&s), &dir.dir),
                 LabCommand::Pod(LabPodCommand::Add { name, dir }) => lab::pod_add(&dir.dir, &name),
                 LabCommand::Pod(LabPodCommand::Del { name, dir }) => lab::pod_del(&dir.dir, &name),
                 LabCommand::Exec { name, command } => {
@@ -423,6 +430,10 @@ struct LabSize {
     /// Pods per node.
     #[arg(long, default_value_t = 2)]
     pods: u8,
+    /// IPv4 and IPv6: each node also gets an IPv6 pod CIDR (fd00:10:244:K::/64) in the pod
+    /// space fd00:10:244::/48, each pod an IPv6 address, and `lab test` checks both families.
+    #[arg(long)]
+    dual_stack: bool,
 }
 
 /// Where a lab keeps its files.

@@ -25,7 +25,7 @@ use nix::{
 use super::{
     netns::command_in,
     pods::{self, CniDirs},
-    topology::LabNode,
+    topology::{self, LabNode},
 };
 use crate::{
     dataplane::Dataplane,
@@ -51,11 +51,19 @@ fn pid_path(dir: &Path, node: &LabNode) -> PathBuf {
 }
 
 /// The config of `node`: itself, the shared key file and node records, the cluster CIDR (whose
-/// /24 grid the classifier looks pods up in); no peers.
+/// /24 grid the classifier looks pods up in); no peers. In a dual-stack lab also the cluster's
+/// IPv6 pod space and the node's IPv6 pod CIDR.
 pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
+    let (cluster_v6, pod_v6) = match node.pod_cidr_v6() {
+        Some(cidr) => (
+            format!("cluster_cidr_v6 = \"{}\"\n", topology::CLUSTER_CIDR_V6),
+            format!("pod_cidr_v6 = \"{cidr}\"\n"),
+        ),
+        None => Default::default(),
+    };
     format!(
-        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
-         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\nepoch = \"{epoch}\"\n",
+        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n{cluster_v6}\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
+         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\n",
         keys = dir.join("keys").display(),
         nodes = dir.join("nodes").display(),
         name = node.name,
@@ -216,5 +224,31 @@ pub fn stop(dir: &Path, nodes: &[LabNode]) {
             let _ = kill(pid, Signal::SIGKILL);
         }
         let _ = fs::remove_file(pid_path(dir, node));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::topology::{Size, Stack, plan_stack};
+
+    #[test]
+    fn a_dual_stack_nodes_config_names_both_pod_spaces_and_both_pod_cidrs() {
+        let epoch = Epoch::random().unwrap();
+        let dir = Path::new("/run/xsteer-lab");
+        let v4 = plan_stack(Size { nodes: 3, pods: 1 }, Stack::V4);
+        let text = config_text(dir, &v4[2], &epoch);
+        assert!(!text.contains("v6"), "{text}");
+        let dual = plan_stack(Size { nodes: 3, pods: 1 }, Stack::Dual);
+        let text = config_text(dir, &dual[2], &epoch);
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["cluster_cidr"].as_str(), Some("10.244.0.0/16"));
+        assert_eq!(value["cluster_cidr_v6"].as_str(), Some("fd00:10:244::/48"));
+        assert_eq!(value["node"]["pod_cidr"].as_str(), Some("10.244.3.0/24"));
+        assert_eq!(
+            value["node"]["pod_cidr_v6"].as_str(),
+            Some("fd00:10:244:3::/64")
+        );
+        assert_eq!(value["node"]["ip"].as_str(), Some("192.168.100.3"));
     }
 }

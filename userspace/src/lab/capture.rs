@@ -1,10 +1,13 @@
 //! What the nodes put on the wire: an AF_PACKET socket on each node's uplink keeps the frames
 //! the node SENDS. Received frames are left out on purpose: the kernel shows ESP it has
 //! decrypted to packet sockets a second time, in the clear, on ingress.
+//!
+//! [`Capture::take`] gives the IPv4 packets; [`Capture::take_all`] IPv4 and IPv6, each IPv6
+//! packet with its extension-header chain walked to the upper-layer protocol.
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -16,6 +19,22 @@ use super::netns::run_in;
 pub const IPPROTO_ESP: u8 = 50;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 neighbour solicitation.
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+/// ICMPv6 neighbour advertisement.
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+
+/// IPv6 extension headers, as they appear in a chain.
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const AUTH: u8 = 51;
+const DEST_OPTS: u8 = 60;
+/// Longer chains than this are not walked to the end ([`Packet6::proto`] is then the
+/// extension header the walk stopped at).
+const EXT_HEADERS_MAX: usize = 16;
 
 /// An IPv4 packet seen leaving a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +61,49 @@ impl Packet {
     }
 }
 
+/// An IPv6 packet seen leaving a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet6 {
+    /// The upper-layer protocol: the next header after the extension headers (ESP counts as
+    /// upper-layer here), or the extension header where a too-long or cut chain stopped.
+    pub proto: u8,
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+    /// The extension headers in order (hop-by-hop 0, routing 43, fragment 44, AH 51,
+    /// destination options 60).
+    pub ext: Vec<u8>,
+    /// The SPI, for ESP (host order).
+    pub spi: Option<u32>,
+    /// The ICMPv6 type, for ICMPv6 (of a first fragment or an unfragmented packet).
+    pub icmp_type: Option<u8>,
+}
+
+impl Packet6 {
+    /// Whether this is ESP.
+    pub fn is_esp(&self) -> bool {
+        self.proto == IPPROTO_ESP
+    }
+
+    /// Whether this is a neighbour solicitation or advertisement.
+    pub fn is_nd(&self) -> bool {
+        matches!(
+            self.icmp_type,
+            Some(ND_NEIGHBOR_SOLICIT | ND_NEIGHBOR_ADVERT)
+        )
+    }
+}
+
+/// An IP packet seen leaving a node, of either family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpPacket {
+    /// IPv4.
+    V4(Packet),
+    /// IPv6.
+    V6(Packet6),
+}
+
 /// A running capture of what one interface sends.
 pub struct Capture {
     socket: OwnedFd,
@@ -65,6 +127,18 @@ impl Capture {
 
     /// Every IPv4 packet sent since the last call.
     pub fn take(&self) -> Result<Vec<Packet>> {
+        Ok(self
+            .take_all()?
+            .into_iter()
+            .filter_map(|p| match p {
+                IpPacket::V4(p) => Some(p),
+                IpPacket::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// Every IPv4 and IPv6 packet sent since the last call.
+    pub fn take_all(&self) -> Result<Vec<IpPacket>> {
         let mut packets = Vec::new();
         let mut frame = [0u8; 2048];
         loop {
@@ -90,7 +164,12 @@ impl Capture {
                 return Err(err).context("reading the capture");
             }
             if from.sll_pkttype == libc::PACKET_OUTGOING {
-                packets.extend(parse(&frame[..n as usize]));
+                let frame = &frame[..n as usize];
+                packets.extend(
+                    parse(frame)
+                        .map(IpPacket::V4)
+                        .or_else(|| parse6(frame).map(IpPacket::V6)),
+                );
             }
         }
     }
@@ -164,4 +243,134 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
         dst: addr(16)?,
         spi,
     })
+}
+
+/// The IPv6 header of an Ethernet frame, its extension-header chain walked (and the SPI of ESP,
+/// the type of ICMPv6), if it carries IPv6.
+pub fn parse6(frame: &[u8]) -> Option<Packet6> {
+    if frame.get(12..14)? != [0x86, 0xdd] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    if ip.first()? >> 4 != 6 {
+        return None;
+    }
+    let addr = |at: usize| -> Option<Ipv6Addr> {
+        Some(Ipv6Addr::from(
+            <[u8; 16]>::try_from(ip.get(at..at + 16)?).ok()?,
+        ))
+    };
+    let (src, dst) = (addr(8)?, addr(24)?);
+    let mut next = *ip.get(6)?;
+    let mut at = 40;
+    let mut ext = Vec::new();
+    // Whether the upper-layer header is in this packet (not in a non-first fragment).
+    let mut first = true;
+    while matches!(next, HOP_BY_HOP | ROUTING | FRAGMENT | AUTH | DEST_OPTS)
+        && ext.len() < EXT_HEADERS_MAX
+    {
+        let Some(header) = ip.get(at..at + 8) else {
+            break;
+        };
+        let len = match next {
+            FRAGMENT => {
+                first &= u16::from_be_bytes([header[2], header[3]]) & 0xFFF8 == 0;
+                8
+            }
+            AUTH => (usize::from(header[1]) + 2) * 4,
+            _ => (usize::from(header[1]) + 1) * 8,
+        };
+        ext.push(next);
+        next = header[0];
+        at += len;
+    }
+    let upper = ip.get(at..).unwrap_or_default();
+    let spi = (next == IPPROTO_ESP && first)
+        .then(|| Some(u32::from_be_bytes(upper.get(..4)?.try_into().ok()?)))
+        .flatten();
+    let icmp_type = (next == IPPROTO_ICMPV6 && first)
+        .then(|| upper.first().copied())
+        .flatten();
+    Some(Packet6 {
+        proto: next,
+        src,
+        dst,
+        ext,
+        spi,
+        icmp_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame with an IPv6 header (`next` its next header) and `rest` after it.
+    fn frame6(next: u8, src: &str, dst: &str, rest: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[next, 64]);
+        f.extend_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
+        f.extend_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+        f.extend_from_slice(rest);
+        f
+    }
+
+    #[test]
+    fn ipv6_frames_are_parsed_through_their_extension_headers() {
+        let udp = frame6(17, "fd00:10:244:1::2", "fd00:10:244:2::2", &[0; 8]);
+        let p = parse6(&udp).unwrap();
+        assert_eq!((p.proto, p.ext.clone(), p.spi), (17, vec![], None));
+        assert_eq!(p.dst, "fd00:10:244:2::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(parse(&udp), None, "not IPv4");
+
+        // Hop-by-hop (8 bytes), destination options (16 bytes), then ICMPv6 echo.
+        let mut rest = vec![DEST_OPTS, 0, 1, 4, 0, 0, 0, 0];
+        rest.extend_from_slice(&[58, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        rest.extend_from_slice(&[128, 0, 0, 0]);
+        let p = parse6(&frame6(HOP_BY_HOP, "fd00::1", "fd00::2", &rest)).unwrap();
+        assert_eq!(p.ext, [HOP_BY_HOP, DEST_OPTS]);
+        assert_eq!((p.proto, p.icmp_type), (IPPROTO_ICMPV6, Some(128)));
+
+        // A first fragment of UDP, and a later one (no UDP header in it).
+        let first = parse6(&frame6(
+            FRAGMENT,
+            "fd00::1",
+            "fd00::2",
+            &[17, 0, 0, 1, 0, 0, 0, 9],
+        ))
+        .unwrap();
+        assert_eq!((first.proto, first.ext.clone()), (17, vec![FRAGMENT]));
+        let later = parse6(&frame6(
+            FRAGMENT,
+            "fd00::1",
+            "fd00::2",
+            &[58, 0, 0x05, 0x10, 0, 0, 0, 9],
+        ))
+        .unwrap();
+        assert_eq!((later.proto, later.icmp_type), (58, None));
+
+        // ESP: its SPI; an NS: neighbour discovery.
+        let esp = parse6(&frame6(
+            50,
+            "fd00::1",
+            "fd00::2",
+            &[0, 0, 0x10, 0x24, 0, 0, 0, 1],
+        ))
+        .unwrap();
+        assert!(esp.is_esp());
+        assert_eq!(esp.spi, Some(0x1024));
+        let ns = parse6(&frame6(58, "fe80::1", "ff02::1:ff00:2", &[135, 0, 0, 0])).unwrap();
+        assert!(ns.is_nd());
+
+        // A chain cut short stops at the header that is not there.
+        let cut = parse6(&frame6(DEST_OPTS, "fd00::1", "fd00::2", &[17, 0, 0])).unwrap();
+        assert_eq!((cut.proto, cut.ext.clone()), (DEST_OPTS, vec![]));
+        // Not IPv6 inside an IPv6 EtherType, and a frame cut in the fixed header.
+        let mut bad = udp.clone();
+        bad[14] = 0x45;
+        assert_eq!(parse6(&bad), None);
+        assert_eq!(parse6(&udp[..40]), None);
+    }
 }

@@ -25,8 +25,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::kernel::{Netlink, xfrm};
-use capture::{Capture, IPPROTO_ESP, Packet};
-use topology::{LabNode, Size};
+use capture::{Capture, IPPROTO_ESP, IpPacket, Packet};
+use topology::{LabNode, Size, Stack};
 
 /// Where the lab keeps its files by default.
 pub const DEFAULT_DIR: &str = "/run/xsteer-lab";
@@ -35,19 +35,48 @@ fn size_path(dir: &Path) -> PathBuf {
     dir.join("size")
 }
 
-/// The lab set up in `dir`.
-fn existing(dir: &Path) -> Result<Vec<LabNode>> {
-    let text = fs::read_to_string(size_path(dir))
-        .with_context(|| format!("no lab in {} (run `xsteer lab up` first)", dir.display()))?;
-    let mut numbers = text.split_whitespace().map(str::parse::<u8>);
-    match (numbers.next(), numbers.next()) {
-        (Some(Ok(nodes)), Some(Ok(pods))) => Ok(topology::plan(Size { nodes, pods })),
-        _ => bail!("{} is damaged: {text:?}", size_path(dir).display()),
+/// The word in the `size` file that marks a dual-stack lab.
+const DUAL_STACK: &str = "dual-stack";
+
+/// The `size` file's text: `NODES PODS`, and `dual-stack` for a dual-stack lab.
+fn size_text(size: Size, stack: Stack) -> String {
+    match stack {
+        Stack::V4 => format!("{} {}\n", size.nodes, size.pods),
+        Stack::Dual => format!("{} {} {DUAL_STACK}\n", size.nodes, size.pods),
     }
 }
 
+/// What a `size` file says (one written before dual-stack labs says `NODES PODS` only).
+fn parse_size(text: &str) -> Option<(Size, Stack)> {
+    let mut words = text.split_whitespace();
+    let nodes = words.next()?.parse().ok()?;
+    let pods = words.next()?.parse().ok()?;
+    let stack = match words.next() {
+        None => Stack::V4,
+        Some(DUAL_STACK) => Stack::Dual,
+        Some(_) => return None,
+    };
+    words
+        .next()
+        .is_none()
+        .then_some((Size { nodes, pods }, stack))
+}
+
+/// The size and address families of the lab set up in `dir`.
+pub fn existing_plan(dir: &Path) -> Result<(Size, Stack)> {
+    let text = fs::read_to_string(size_path(dir))
+        .with_context(|| format!("no lab in {} (run `xsteer lab up` first)", dir.display()))?;
+    parse_size(&text).with_context(|| format!("{} is damaged: {text:?}", size_path(dir).display()))
+}
+
+/// The lab set up in `dir`.
+pub fn existing(dir: &Path) -> Result<Vec<LabNode>> {
+    let (size, stack) = existing_plan(dir)?;
+    Ok(topology::plan_stack(size, stack))
+}
+
 /// Builds the lab and starts its agents; when they all know each other, it is up.
-pub fn up(size: Size, dir: &Path) -> Result<()> {
+pub fn up(size: Size, stack: Stack, dir: &Path) -> Result<()> {
     if !(2..=250).contains(&size.nodes) || !(1..=250).contains(&size.pods) {
         bail!("a lab has 2..=250 nodes and 1..=250 pods per node");
     }
@@ -57,9 +86,9 @@ pub fn up(size: Size, dir: &Path) -> Result<()> {
             dir.display()
         );
     }
-    let nodes = topology::plan(size);
+    let nodes = topology::plan_stack(size, stack);
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::write(size_path(dir), format!("{} {}\n", size.nodes, size.pods))?;
+    fs::write(size_path(dir), size_text(size, stack))?;
     topology::wire_up(&nodes)?;
     agents::write_files(dir, &nodes)?;
     for node in &nodes {
@@ -73,9 +102,10 @@ pub fn up(size: Size, dir: &Path) -> Result<()> {
     agents::wait_for_plugin(dir, &nodes, Duration::from_secs(30))?;
     pods::add_all(dir, &nodes)?;
     println!(
-        "lab up: {} nodes x {} pods, agents running (logs in {}/node*/agent.log)",
+        "lab up: {} nodes x {} pods{}, agents running (logs in {}/node*/agent.log)",
         size.nodes,
         size.pods,
+        if stack.is_dual() { ", dual-stack" } else { "" },
         dir.display()
     );
     Ok(())
@@ -104,20 +134,33 @@ pub fn down(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Prints the namespaces, their addresses and whether each agent runs.
+/// Prints the namespaces, their addresses and whether each agent runs; in a dual-stack lab
+/// their IPv6 addresses too.
 pub fn status(dir: &Path) -> Result<()> {
     let nodes = existing(dir)?;
-    println!("{:<20} {:<16} agent", "namespace", "address");
-    println!("{:<20} {:<16} -", topology::WIRE, "bridge br0");
+    let v6 = |ip: Option<std::net::Ipv6Addr>| ip.map(|ip| format!(" {ip:<22}")).unwrap_or_default();
+    let dual = nodes.iter().any(|n| n.ip6.is_some());
+    let v6_head = if dual {
+        format!(" {:<22}", "IPv6")
+    } else {
+        String::new()
+    };
+    let wire_v6 = if dual {
+        format!(" {:<22}", "")
+    } else {
+        String::new()
+    };
+    println!("{:<20} {:<16}{v6_head} agent", "namespace", "address");
+    println!("{:<20} {:<16}{wire_v6} -", topology::WIRE, "bridge br0");
     for node in &nodes {
         let agent = if agents::is_running(dir, node) {
             "running"
         } else {
             "NOT running"
         };
-        println!("{:<20} {:<16} {agent}", node.netns, node.ip);
+        println!("{:<20} {:<16}{} {agent}", node.netns, node.ip, v6(node.ip6));
         for pod in &node.pods {
-            println!("{:<20} {:<16} -", pod.netns, pod.ip);
+            println!("{:<20} {:<16}{} -", pod.netns, pod.ip, v6(pod.ip6));
         }
     }
     Ok(())
@@ -138,9 +181,10 @@ fn planned_pod(dir: &Path, netns: &str) -> Result<(LabNode, topology::LabPod)> {
 pub fn pod_add(dir: &Path, netns: &str) -> Result<()> {
     let (node, pod) = planned_pod(dir, netns)?;
     let result = pods::add(dir, &node, &pod)?;
+    let ips: Vec<String> = pod.ips().iter().map(ToString::to_string).collect();
     println!(
         "pod {netns} added at {} by {} (host side {})",
-        pod.ip,
+        ips.join(" and "),
         pods::runtime(dir, &node).conflist()?.types().join(" + "),
         runtime::host_interfaces(&result).join(", ")
     );
@@ -181,26 +225,58 @@ fn pod_node(ip: std::net::Ipv4Addr) -> Option<u8> {
 /// Counts of what the nodes sent on the wire.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Census {
-    /// ESP packets.
+    /// ESP packets (over IPv4 or IPv6; each carries pod packets of either family).
     pub esp: usize,
-    /// Pod-to-pod packets between different nodes, not in ESP: must be 0.
+    /// IPv4 pod-to-pod packets between different nodes, not in ESP: must be 0.
     pub plaintext: usize,
-    /// Everything else (ARP is not IPv4 and not counted; this is e.g. node-to-node traffic).
+    /// Every other IPv4 packet (ARP is not IPv4 and not counted; this is e.g. node-to-node
+    /// traffic).
     pub other: usize,
+    /// IPv6 packets from or to an address of the IPv6 pod space (fd00:10:244::/48), not in ESP:
+    /// must be 0.
+    pub plaintext6: usize,
+    /// Every other IPv6 packet (neighbour discovery, node-to-node between the uplinks' ULAs).
+    pub other6: usize,
 }
 
-/// Sorts captured packets into ESP, cross-node pod plaintext and the rest.
+impl Census {
+    /// Pod packets in plaintext, of either family.
+    pub fn plaintext_total(&self) -> usize {
+        self.plaintext + self.plaintext6
+    }
+
+    fn count(&mut self, packet: &IpPacket) {
+        match packet {
+            IpPacket::V4(p) if p.proto == IPPROTO_ESP => self.esp += 1,
+            IpPacket::V4(p) => match (pod_node(p.src), pod_node(p.dst)) {
+                (Some(a), Some(b)) if a != b => self.plaintext += 1,
+                _ => self.other += 1,
+            },
+            IpPacket::V6(p) if p.is_esp() => self.esp += 1,
+            IpPacket::V6(p)
+                if topology::in_pod_space_v6(p.src) || topology::in_pod_space_v6(p.dst) =>
+            {
+                self.plaintext6 += 1
+            }
+            IpPacket::V6(_) => self.other6 += 1,
+        }
+    }
+}
+
+/// Sorts captured IPv4 packets into ESP, cross-node pod plaintext and the rest.
 pub fn census(packets: &[Packet]) -> Census {
     let mut c = Census::default();
     for p in packets {
-        if p.proto == IPPROTO_ESP {
-            c.esp += 1;
-        } else {
-            match (pod_node(p.src), pod_node(p.dst)) {
-                (Some(a), Some(b)) if a != b => c.plaintext += 1,
-                _ => c.other += 1,
-            }
-        }
+        c.count(&IpPacket::V4(*p));
+    }
+    c
+}
+
+/// Sorts captured packets of both families into ESP, pod plaintext of each family and the rest.
+pub fn census_all(packets: &[IpPacket]) -> Census {
+    let mut c = Census::default();
+    for p in packets {
+        c.count(p);
     }
     c
 }
@@ -237,10 +313,12 @@ fn sa_counters(nodes: &[LabNode]) -> Result<String> {
     Ok(out)
 }
 
-/// Checks every cross-node pod pair over ICMP, TCP and UDP and same-node pairs over UDP,
-/// captures the wire, prints the report; fails if any pair failed or any plaintext was seen.
+/// Checks every cross-node pod pair over ICMP, TCP and UDP and same-node pairs over UDP (in a
+/// dual-stack lab over IPv4 and over IPv6), captures the wire, prints the report; fails if any
+/// pair failed or any plaintext was seen.
 pub fn test(dir: &Path) -> Result<()> {
     let nodes = existing(dir)?;
+    let dual = nodes.iter().any(|n| n.ip6.is_some());
     let pods: Vec<_> = nodes.iter().flat_map(|n| n.pods.clone()).collect();
     let _servers = probe::serve(&pods)?;
     let captures = nodes
@@ -248,96 +326,147 @@ pub fn test(dir: &Path) -> Result<()> {
         .map(|n| Capture::start(&n.netns, "eth0"))
         .collect::<Result<Vec<_>>>()?;
 
+    let families: &[&str] = if dual { &["IPv4", "IPv6"] } else { &["IPv4"] };
     let mut failures = Vec::new();
-    let mut ok = [0usize; 3];
+    // Per family, per protocol.
+    let mut ok = [[0usize; 3]; 2];
     let mut pairs = 0;
-    for from in &pods {
-        for to in pods.iter().filter(|to| to.node != from.node) {
-            pairs += 1;
-            for (i, proto) in probe::Proto::ALL.into_iter().enumerate() {
-                match probe::check(from, to, proto) {
-                    Ok(()) => ok[i] += 1,
-                    Err(e) => {
-                        failures.push(format!("{} {} -> {}: {e:#}", proto.name(), from.ip, to.ip))
+    let mut same_node = [(0, 0); 2];
+    for (f, family) in families.iter().enumerate() {
+        let dst_of = |pod: &topology::LabPod| -> std::net::IpAddr {
+            match f {
+                0 => pod.ip.into(),
+                _ => pod.ip6.expect("a dual-stack lab's pods have IPv6").into(),
+            }
+        };
+        pairs = 0;
+        for from in &pods {
+            for to in pods.iter().filter(|to| to.node != from.node) {
+                pairs += 1;
+                for (i, proto) in probe::Proto::ALL.into_iter().enumerate() {
+                    let dst = dst_of(to);
+                    match probe::check_to(from, dst, proto) {
+                        Ok(()) => ok[f][i] += 1,
+                        Err(e) => failures.push(format!(
+                            "{family} {} {} -> {dst}: {e:#}",
+                            proto.name(),
+                            from.netns
+                        )),
                     }
                 }
             }
         }
-    }
-    let mut same_node = (0, 0);
-    for node in &nodes {
-        for (from, to) in node.pods.iter().zip(node.pods.iter().skip(1)) {
-            same_node.0 += 1;
-            match probe::check(from, to, probe::Proto::Udp) {
-                Ok(()) => same_node.1 += 1,
-                Err(e) => failures.push(format!("udp {} -> {} (same node): {e:#}", from.ip, to.ip)),
+        for node in &nodes {
+            for (from, to) in node.pods.iter().zip(node.pods.iter().skip(1)) {
+                same_node[f].0 += 1;
+                let dst = dst_of(to);
+                match probe::check_to(from, dst, probe::Proto::Udp) {
+                    Ok(()) => same_node[f].1 += 1,
+                    Err(e) => failures.push(format!(
+                        "{family} udp {} -> {dst} (same node): {e:#}",
+                        from.netns
+                    )),
+                }
             }
         }
     }
     let mut packets = Vec::new();
     for capture in &captures {
-        packets.extend(capture.take()?);
+        packets.extend(capture.take_all()?);
     }
-    let seen = census(&packets);
+    let seen = census_all(&packets);
     let same_node_on_wire = packets
         .iter()
-        .filter(|p| matches!((pod_node(p.src), pod_node(p.dst)), (Some(a), Some(b)) if a == b))
+        .filter(|p| match p {
+            IpPacket::V4(p) => {
+                matches!((pod_node(p.src), pod_node(p.dst)), (Some(a), Some(b)) if a == b)
+            }
+            // Every IPv6 pod packet on the wire is plaintext in the census already.
+            IpPacket::V6(_) => false,
+        })
         .count();
 
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "xsteer lab test: {} nodes, {} pods",
+        "xsteer lab test: {} nodes, {} pods{}",
         nodes.len(),
-        pods.len()
+        pods.len(),
+        if dual { ", dual-stack" } else { "" }
     );
-    for (i, proto) in probe::Proto::ALL.into_iter().enumerate() {
+    for (f, family) in families.iter().enumerate() {
+        // The IPv4 lines keep the form they had before dual-stack labs.
+        let over = if f == 0 {
+            String::new()
+        } else {
+            format!("{family} ")
+        };
+        for (i, proto) in probe::Proto::ALL.into_iter().enumerate() {
+            let _ = writeln!(
+                report,
+                "  cross-node pod pairs over {over}{:<4}: {}/{pairs} ok",
+                proto.name(),
+                ok[f][i]
+            );
+        }
         let _ = writeln!(
             report,
-            "  cross-node pod pairs over {:<4}: {}/{pairs} ok",
-            proto.name(),
-            ok[i]
+            "  same-node pod pairs over {over}udp : {}/{} ok",
+            same_node[f].1, same_node[f].0
         );
     }
     let _ = writeln!(
         report,
-        "  same-node pod pairs over udp : {}/{} ok, {same_node_on_wire} of their packets on the wire",
-        same_node.1, same_node.0
+        "  same-node pod packets on the wire: {same_node_on_wire}"
     );
     let _ = writeln!(
         report,
         "  packets the nodes sent on the wire: {} ESP, {} other IPv4, {} cross-node pod packets in plaintext",
         seen.esp, seen.other, seen.plaintext
     );
+    if dual {
+        let _ = writeln!(
+            report,
+            "  IPv6 packets the nodes sent on the wire: {} other IPv6 (neighbour discovery, node to node), {} pod packets in plaintext",
+            seen.other6, seen.plaintext6
+        );
+    }
     report.push_str(&sa_counters(&nodes)?);
     for failure in &failures {
         let _ = writeln!(report, "  FAILED {failure}");
     }
-    let _ = writeln!(report, "plaintext packets: {}", seen.plaintext);
+    let _ = writeln!(report, "plaintext packets: {}", seen.plaintext_total());
     print!("{report}");
-    if seen.plaintext > 0 || !failures.is_empty() || same_node_on_wire > 0 {
+    if seen.plaintext_total() > 0 || !failures.is_empty() || same_node_on_wire > 0 {
         bail!(
             "lab test failed: {} plaintext packets, {} failed checks, {same_node_on_wire} same-node packets on the wire",
-            seen.plaintext,
+            seen.plaintext_total(),
             failures.len()
         );
     }
     Ok(())
 }
 
-/// Up, test, a bpftool dump of node1's `remote_pod_cidrs`, down; fails if the test did.
-pub fn run(size: Size, dir: &Path) -> Result<()> {
-    let result = up(size, dir).and_then(|()| test(dir));
+/// Up, test, a bpftool dump of node1's `remote_pod_cidrs` (and, dual-stack, `remote6_cidrs`),
+/// down; fails if the test did.
+pub fn run(size: Size, stack: Stack, dir: &Path) -> Result<()> {
+    let result = up(size, stack, dir).and_then(|()| test(dir));
     if result.is_ok() {
-        let map = agents::pin_dir("node1").join("remote_pod_cidrs");
-        println!("\n$ bpftool map dump pinned {}", map.display());
-        match Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(&map)
-            .status()
-        {
-            Ok(_) => {}
-            Err(e) => println!("(bpftool not available: {e})"),
+        let mut maps = vec![xsteer_common::maps::REMOTE_POD_CIDRS];
+        if stack.is_dual() {
+            maps.push(xsteer_common::maps::REMOTE_POD_CIDRS_V6);
+        }
+        for name in maps {
+            let map = agents::pin_dir("node1").join(name);
+            println!("\n$ bpftool map dump pinned {}", map.display());
+            match Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(&map)
+                .status()
+            {
+                Ok(_) => {}
+                Err(e) => println!("(bpftool not available: {e})"),
+            }
         }
     }
     let down = down(dir);
@@ -349,6 +478,60 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    fn packet6(proto: u8, src: &str, dst: &str) -> IpPacket {
+        IpPacket::V6(capture::Packet6 {
+            proto,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            ext: vec![],
+            spi: None,
+            icmp_type: None,
+        })
+    }
+
+    #[test]
+    fn the_census_counts_ipv6_pod_packets_outside_esp_as_plaintext() {
+        let packets = [
+            IpPacket::V4(packet(50, [192, 168, 100, 1], [192, 168, 100, 2])),
+            IpPacket::V4(packet(17, [10, 244, 1, 2], [10, 244, 2, 2])),
+            packet6(17, "fd00:10:244:1::2", "fd00:10:244:2::2"),
+            // From a node to a pod, and a pod to outside: pod packets in plaintext too.
+            packet6(58, "fd00:192:168:100::1", "fd00:10:244:2::3"),
+            packet6(6, "fd00:10:244:3::2", "2001:db8::1"),
+            // ESP over IPv6, neighbour discovery, node to node.
+            packet6(50, "fd00:192:168:100::1", "fd00:192:168:100::2"),
+            packet6(58, "fe80::1", "ff02::1:ff00:2"),
+            packet6(58, "fd00:192:168:100::1", "fd00:192:168:100::2"),
+            // Just outside the pod space.
+            packet6(17, "fd00:10:245::2", "fd00:10:243::2"),
+        ];
+        let seen = census_all(&packets);
+        assert_eq!(
+            seen,
+            Census {
+                esp: 2,
+                plaintext: 1,
+                other: 0,
+                plaintext6: 3,
+                other6: 3,
+            }
+        );
+        assert_eq!(seen.plaintext_total(), 4);
+    }
+
+    #[test]
+    fn the_size_file_remembers_a_dual_stack_lab() {
+        let size = Size { nodes: 3, pods: 2 };
+        for stack in [Stack::V4, Stack::Dual] {
+            assert_eq!(parse_size(&size_text(size, stack)), Some((size, stack)));
+        }
+        assert_eq!(size_text(size, Stack::Dual), "3 2 dual-stack\n");
+        assert_eq!(parse_size("3 2\n"), Some((size, Stack::V4)));
+        for bad in ["", "3", "3 x", "3 2 v6", "3 2 dual-stack more"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
 
     fn packet(proto: u8, src: [u8; 4], dst: [u8; 4]) -> Packet {
         Packet {
@@ -373,7 +556,8 @@ mod tests {
             Census {
                 esp: 1,
                 plaintext: 2,
-                other: 2
+                other: 2,
+                ..Census::default()
             }
         );
     }

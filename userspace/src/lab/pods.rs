@@ -57,18 +57,32 @@ impl CniDirs {
 
 /// The conflist of `node`, as kindnet writes it (tabs, cniVersion 0.3.1, ptp with host-local
 /// for the node's pod CIDR and a default route), less its portmap plugin, which the lab has no
-/// use for. host-local keeps its leases in the lab's directory.
+/// use for. host-local keeps its leases in the lab's directory. In a dual-stack lab, as kindnet
+/// in a dual-stack cluster: one range per family (IPv4 first, as the Node's `podCIDRs` list
+/// them) and a default route of each family.
 pub fn conflist_text(dirs: &CniDirs, node: &LabNode) -> String {
     let ipam = dirs.root.join("ipam");
+    let (routes, ranges) = match node.pod_cidr_v6() {
+        None => (
+            "{ \"dst\": \"0.0.0.0/0\" }".to_owned(),
+            format!("[ {{ \"subnet\": \"{}\" }} ]", node.pod_cidr()),
+        ),
+        Some(v6) => (
+            "{ \"dst\": \"0.0.0.0/0\" }, { \"dst\": \"::/0\" }".to_owned(),
+            format!(
+                "[ {{ \"subnet\": \"{}\" }} ], [ {{ \"subnet\": \"{v6}\" }} ]",
+                node.pod_cidr()
+            ),
+        ),
+    };
     format!(
         "{{\n\t\"cniVersion\": \"0.3.1\",\n\t\"name\": \"lab\",\n\t\"plugins\": [\n\t{{\n\
          \t\t\"type\": \"ptp\",\n\t\t\"ipMasq\": false,\n\t\t\"ipam\": {{\n\
          \t\t\t\"type\": \"host-local\",\n\t\t\t\"dataDir\": {ipam},\n\
-         \t\t\t\"routes\": [ {{ \"dst\": \"0.0.0.0/0\" }} ],\n\
-         \t\t\t\"ranges\": [ [ {{ \"subnet\": \"{cidr}\" }} ] ]\n\t\t}}\n\t\t,\n\
+         \t\t\t\"routes\": [ {routes} ],\n\
+         \t\t\t\"ranges\": [ {ranges} ]\n\t\t}}\n\t\t,\n\
          \t\t\"mtu\": 1500\n\t}}\n\t]\n}}\n",
         ipam = Value::String(ipam.display().to_string()),
-        cidr = node.pod_cidr(),
     )
 }
 
@@ -106,13 +120,22 @@ pub fn runtime(dir: &Path, node: &LabNode) -> Runtime {
 }
 
 /// What a pod's sandbox is to CNI: its namespace is its container ID, and host-local is asked
-/// for the plan's address (`IP=` in `CNI_ARGS`).
+/// for the plan's address: `IP=` in `CNI_ARGS`, or in a dual-stack lab one address of each
+/// family in `args.cni.ips` (Debian's host-local, 1.1.1, takes a single address in `IP=`).
 pub fn sandbox(pod: &LabPod) -> Sandbox {
+    let (args, ips) = match pod.ip6 {
+        None => (format!("IgnoreUnknown=1;IP={}", pod.ip), vec![]),
+        Some(_) => (
+            "IgnoreUnknown=1".to_owned(),
+            pod.ips().iter().map(ToString::to_string).collect(),
+        ),
+    };
     Sandbox {
         container_id: pod.netns.clone(),
         netns: Path::new("/run/netns").join(&pod.netns),
         ifname: POD_IFNAME.into(),
-        args: format!("IgnoreUnknown=1;IP={}", pod.ip),
+        args,
+        ips,
     }
 }
 
@@ -125,8 +148,9 @@ pub fn add(dir: &Path, node: &LabNode, pod: &LabPod) -> Result<Value> {
     ip(&["netns", "add", &pod.netns])?;
     let result = runtime.add(&sandbox).and_then(|result| {
         let addresses = runtime::addresses(&result);
-        if addresses != [pod.ip.to_string()] {
-            bail!("{} was given {addresses:?}, not {}", pod.netns, pod.ip);
+        let planned: Vec<String> = pod.ips().iter().map(ToString::to_string).collect();
+        if addresses != planned {
+            bail!("{} was given {addresses:?}, not {planned:?}", pod.netns);
         }
         ip(&["-n", &pod.netns, "link", "set", "lo", "up"])?;
         Ok(result)
@@ -161,7 +185,7 @@ pub fn add_all(dir: &Path, nodes: &[LabNode]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::topology::{Size, plan};
+    use crate::lab::topology::{Size, Stack, plan, plan_stack};
 
     #[test]
     fn the_conflist_is_kindnets_shape_for_the_nodes_pod_cidr() {
@@ -185,5 +209,41 @@ mod tests {
             sandbox(&nodes[1].pods[0]).args,
             "IgnoreUnknown=1;IP=10.244.2.2"
         );
+        assert_eq!(
+            value["plugins"][0]["ipam"]["ranges"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            value["plugins"][0]["ipam"]["routes"],
+            serde_json::json!([{ "dst": "0.0.0.0/0" }])
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_conflist_has_a_range_and_a_default_route_of_each_family() {
+        let nodes = plan_stack(Size { nodes: 2, pods: 1 }, Stack::Dual);
+        let dirs = CniDirs::of(Path::new("/run/xsteer-lab"), &nodes[1]);
+        let text = conflist_text(&dirs, &nodes[1]);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let ipam = &value["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            serde_json::json!([
+                [{ "subnet": "10.244.2.0/24" }],
+                [{ "subnet": "fd00:10:244:2::/64" }]
+            ])
+        );
+        assert_eq!(
+            ipam["routes"],
+            serde_json::json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }])
+        );
+        assert_eq!(value["plugins"][0]["type"], "ptp");
+        assert!(text.contains("\n\t\t,\n\t\t\"mtu\": 1500"), "{text}");
+        let sandbox = sandbox(&nodes[1].pods[0]);
+        assert_eq!(sandbox.args, "IgnoreUnknown=1");
+        assert_eq!(sandbox.ips, ["10.244.2.2", "fd00:10:244:2::2"]);
     }
 }

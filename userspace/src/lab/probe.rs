@@ -1,6 +1,7 @@
 //! Reachability checks between lab pods: ICMP echo, a TCP line echoed back, a UDP datagram
-//! echoed back. Each pod runs a small echo server (threads inside its namespace) while the
-//! checks run.
+//! echoed back, over IPv4 and, in a dual-stack lab, IPv6 (ICMPv6 echo for ICMP). Each pod runs a
+//! small echo server (threads inside its namespace, on each of its addresses) while the checks
+//! run.
 //!
 //! The same probes run outside the lab, from the xsteer image in a Kubernetes pod (`xsteer
 //! probe`, for `cargo xtask kind test`): [`serve_here`], [`reach`] and [`stream`] work in the
@@ -9,7 +10,7 @@
 use std::{
     collections::HashSet,
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -62,13 +63,14 @@ impl Drop for EchoServers {
     }
 }
 
-/// Starts a TCP and a UDP echo server in each of `pods`.
+/// Starts a TCP and a UDP echo server in each of `pods`, on each of its addresses.
 pub fn serve(pods: &[LabPod]) -> Result<EchoServers> {
     let stop = Arc::new(AtomicBool::new(false));
     for pod in pods {
-        let ip = pod.ip;
-        let (udp, tcp) = run_in(&pod.netns, move || bind(ip, ECHO_PORT))?;
-        spawn_echo(udp, tcp, &stop)?;
+        for ip in pod.ips() {
+            let (udp, tcp) = run_in(&pod.netns, move || bind(ip, ECHO_PORT))?;
+            spawn_echo(udp, tcp, &stop)?;
+        }
     }
     Ok(EchoServers { stop })
 }
@@ -76,12 +78,12 @@ pub fn serve(pods: &[LabPod]) -> Result<EchoServers> {
 /// Starts a TCP and a UDP echo server on every address of this network namespace, at `port`.
 pub fn serve_here(port: u16) -> Result<EchoServers> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (udp, tcp) = bind(Ipv4Addr::UNSPECIFIED, port)?;
+    let (udp, tcp) = bind(Ipv4Addr::UNSPECIFIED.into(), port)?;
     spawn_echo(udp, tcp, &stop)?;
     Ok(EchoServers { stop })
 }
 
-fn bind(ip: Ipv4Addr, port: u16) -> Result<(UdpSocket, TcpListener)> {
+fn bind(ip: IpAddr, port: u16) -> Result<(UdpSocket, TcpListener)> {
     let udp = UdpSocket::bind((ip, port)).context("binding the UDP echo server")?;
     let tcp = TcpListener::bind((ip, port)).context("binding the TCP echo server")?;
     Ok((udp, tcp))
@@ -123,32 +125,62 @@ fn echo_line(stream: TcpStream) {
     }
 }
 
-/// Checks that `from` reaches `to` over `proto`.
+/// Checks that `from` reaches `to` over `proto`, over IPv4.
 pub fn check(from: &LabPod, to: &LabPod, proto: Proto) -> Result<()> {
-    let (src, dst) = (from.ip, to.ip);
+    check_to(from, to.ip.into(), proto)
+}
+
+/// Checks that `from` reaches `to` over `proto`, over IPv6 (a dual-stack lab's pods).
+pub fn check6(from: &LabPod, to: &LabPod, proto: Proto) -> Result<()> {
+    let dst = to
+        .ip6
+        .with_context(|| format!("{} has no IPv6 address", to.netns))?;
+    check_to(from, dst.into(), proto)
+}
+
+/// Checks that `from` reaches `dst` (its echo server, or for ICMP its kernel) over `proto`, from
+/// its own address of `dst`'s family.
+pub fn check_to(from: &LabPod, dst: IpAddr, proto: Proto) -> Result<()> {
+    let src = match dst {
+        IpAddr::V4(_) => from.ip.into(),
+        IpAddr::V6(_) => from
+            .ip6
+            .with_context(|| format!("{} has no IPv6 address", from.netns))?
+            .into(),
+    };
     run_in(&from.netns, move || probe(src, dst, ECHO_PORT, proto))
 }
 
 /// Checks from this network namespace that `dst`'s echo server (or, for ICMP, its kernel)
 /// answers over `proto`.
-pub fn reach(dst: Ipv4Addr, port: u16, proto: Proto) -> Result<()> {
-    probe(Ipv4Addr::UNSPECIFIED, dst, port, proto)
+pub fn reach(dst: impl Into<IpAddr>, port: u16, proto: Proto) -> Result<()> {
+    let dst = dst.into();
+    probe(unspecified(dst), dst, port, proto)
 }
 
-fn probe(src: Ipv4Addr, dst: Ipv4Addr, port: u16, proto: Proto) -> Result<()> {
-    match proto {
-        Proto::Udp => udp(src, dst, port),
-        Proto::Tcp => tcp(dst, port),
-        Proto::Icmp => icmp(dst),
+/// The unspecified address of `ip`'s family.
+fn unspecified(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 
-fn udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> {
+fn probe(src: IpAddr, dst: IpAddr, port: u16, proto: Proto) -> Result<()> {
+    match (proto, dst) {
+        (Proto::Udp, _) => udp(src, dst, port),
+        (Proto::Tcp, _) => tcp(dst, port),
+        (Proto::Icmp, IpAddr::V4(dst)) => icmp(dst),
+        (Proto::Icmp, IpAddr::V6(dst)) => icmp6(dst),
+    }
+}
+
+fn udp(src: IpAddr, dst: IpAddr, port: u16) -> Result<()> {
     let socket = UdpSocket::bind((src, 0))?;
     socket.set_read_timeout(Some(Duration::from_millis(700)))?;
     let message = format!("xsteer lab {src} -> {dst}");
     let mut buf = [0u8; 512];
-    // A few tries: the first datagram may wait for ARP on a fresh wire.
+    // A few tries: the first datagram may wait for ARP (or ND) on a fresh wire.
     for _ in 0..4 {
         socket.send_to(message.as_bytes(), (dst, port))?;
         if let Ok(n) = socket.recv(&mut buf)
@@ -160,7 +192,7 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Result<()> {
     bail!("no UDP echo from {dst}")
 }
 
-fn tcp(dst: Ipv4Addr, port: u16) -> Result<()> {
+fn tcp(dst: IpAddr, port: u16) -> Result<()> {
     let addr = SocketAddr::from((dst, port));
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
@@ -254,6 +286,87 @@ fn icmp(dst: Ipv4Addr) -> Result<()> {
     result
 }
 
+/// ICMPv6 echo. The kernel fills in the checksum of a raw ICMPv6 socket's messages (RFC 3542);
+/// what comes back is the ICMPv6 message alone, its source in the address.
+fn icmp6(dst: Ipv6Addr) -> Result<()> {
+    // SAFETY: plain socket(2), owned at once below.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    if fd < 0 {
+        bail!("raw ICMPv6 socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let id = (std::process::id() as u16) ^ dst.segments()[7];
+    let mut request = vec![128, 0, 0, 0];
+    request.extend_from_slice(&id.to_be_bytes());
+    request.extend_from_slice(&1u16.to_be_bytes());
+    request.extend_from_slice(b"xsteer lab ping6");
+    // SAFETY: zeroed sockaddr_in6 is valid.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as u16;
+    addr.sin6_addr.s6_addr = dst.octets();
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 300_000,
+    };
+    // SAFETY: valid fd and option value of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        // SAFETY: valid fd, buffer and address of the lengths passed.
+        unsafe {
+            libc::sendto(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            );
+        }
+        // Other ICMPv6 (neighbour discovery) arrives on this socket too.
+        for _ in 0..8 {
+            let mut buf = [0u8; 1500];
+            // SAFETY: zeroed sockaddr_in6 is valid.
+            let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            let mut from_len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // SAFETY: valid fd, buffer and address of the lengths passed.
+            let n = unsafe {
+                libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut from_len,
+                )
+            };
+            if n < 0 {
+                break;
+            }
+            let reply = &buf[..n as usize];
+            if Ipv6Addr::from(from.sin6_addr.s6_addr) == dst
+                && reply.len() >= 8
+                && reply[0] == 129
+                && reply[4..6] == id.to_be_bytes()
+            {
+                drop(socket);
+                return Ok(());
+            }
+        }
+    }
+    drop(socket);
+    bail!("no ICMPv6 echo reply from {dst}")
+}
+
 /// What a [`stream`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StreamReport {
@@ -272,8 +385,14 @@ impl StreamReport {
 
 /// Sends `rate` sequence-numbered UDP datagrams a second to `dst`'s echo server for
 /// `duration`, and counts the distinct ones echoed back (waiting a second for late ones).
-pub fn stream(dst: Ipv4Addr, port: u16, rate: u32, duration: Duration) -> Result<StreamReport> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding the stream")?;
+pub fn stream(
+    dst: impl Into<IpAddr>,
+    port: u16,
+    rate: u32,
+    duration: Duration,
+) -> Result<StreamReport> {
+    let dst = dst.into();
+    let socket = UdpSocket::bind((unspecified(dst), 0)).context("binding the stream")?;
     socket.connect((dst, port))?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let receiver = socket.try_clone()?;
@@ -333,9 +452,28 @@ mod tests {
 
     const TEST_PORT: u16 = 47_731;
 
+    #[test]
+    fn probes_and_streams_work_over_ipv6_loopback() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (udp, tcp) = bind(Ipv6Addr::LOCALHOST.into(), TEST_PORT + 1).unwrap();
+        spawn_echo(udp, tcp, &stop).unwrap();
+        let _servers = EchoServers { stop };
+        reach(Ipv6Addr::LOCALHOST, TEST_PORT + 1, Proto::Udp).unwrap();
+        reach(Ipv6Addr::LOCALHOST, TEST_PORT + 1, Proto::Tcp).unwrap();
+        let report = stream(
+            Ipv6Addr::LOCALHOST,
+            TEST_PORT + 1,
+            500,
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert!(report.sent >= 100, "{report:?}");
+        assert_eq!(report.lost(), 0, "{report:?}");
+    }
+
     fn serve_here_on_loopback() -> EchoServers {
         let stop = Arc::new(AtomicBool::new(false));
-        let (udp, tcp) = bind(Ipv4Addr::LOCALHOST, TEST_PORT).unwrap();
+        let (udp, tcp) = bind(Ipv4Addr::LOCALHOST.into(), TEST_PORT).unwrap();
         spawn_echo(udp, tcp, &stop).unwrap();
         EchoServers { stop }
     }

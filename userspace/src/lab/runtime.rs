@@ -57,6 +57,10 @@ pub struct Sandbox {
     pub ifname: String,
     /// `CNI_ARGS` (`K=V;K=V`), e.g. `IP=` for host-local.
     pub args: String,
+    /// Addresses asked of IPAM as `"args": {"cni": {"ips": [...]}}` in the config of each plugin
+    /// with an `ipam` section (CNI's conventions); empty: none. host-local takes one address of
+    /// each family there, but only one address in all in `IP=`.
+    pub ips: Vec<String>,
 }
 
 /// A node's CNI setup: where its configuration and plugins are, and its namespace.
@@ -206,6 +210,12 @@ impl Runtime {
         if let Some(prev) = prev {
             conf.insert("prevResult".into(), prev.clone());
         }
+        if !sandbox.ips.is_empty() && conf.contains_key("ipam") {
+            conf.insert(
+                "args".into(),
+                serde_json::json!({ "cni": { "ips": sandbox.ips } }),
+            );
+        }
         let path = std::env::join_paths(&self.path).context("joining CNI_PATH")?;
         let mut child = Command::new(&binary);
         child
@@ -309,7 +319,8 @@ pub fn host_interfaces(result: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The IPv4 addresses of a result, without their prefix length.
+/// The addresses of a result (both families, in the result's order), without their prefix
+/// length.
 pub fn addresses(result: &Value) -> Vec<String> {
     result
         .get("ips")

@@ -7,8 +7,15 @@
 //!   CIDR via that node, forwarding on;
 //! - pod j of node k: namespace `xsl-node{k}-pod{j}` at 10.244.k.(j+1), wired by CNI plugins
 //!   (see [`super::pods`]), not here.
+//!
+//! A dual-stack lab ([`Stack::Dual`]) adds IPv6 beside it, as kindnet does in a dual-stack kind
+//! cluster: node k's uplink also has fd00:192:168:100::k/64 (a ULA: the node IPs xsteer uses stay
+//! IPv4), its pod CIDR fd00:10:244:k::/64 (k in hex, as an address segment), routed to from every
+//! other node via that ULA, IPv6 forwarding on; pod j of node k also has fd00:10:244:k::(j+1).
+//! Those routes make plaintext IPv6 between pods of different nodes routable without xsteer, so
+//! a capture of the wire shows whether xsteer is what encrypts it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 
@@ -18,6 +25,32 @@ use super::netns::{ip, ip_in, run_in};
 pub const PREFIX: &str = "xsl-";
 /// The namespace of the bridge.
 pub const WIRE: &str = "xsl-wire";
+
+/// The address families of a lab.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stack {
+    /// IPv4 only.
+    #[default]
+    V4,
+    /// IPv4 and IPv6: pods get an address of each family, as kindnet gives them in a dual-stack
+    /// kind cluster.
+    Dual,
+}
+
+impl Stack {
+    /// Whether pods get IPv6 addresses too.
+    pub fn is_dual(self) -> bool {
+        self == Stack::Dual
+    }
+}
+
+/// The cluster's IPv6 pod space in a dual-stack lab (`cluster_cidr_v6` in the agents' configs).
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
+
+/// Whether `ip` lies in the dual-stack lab's IPv6 pod space, fd00:10:244::/48.
+pub fn in_pod_space_v6(ip: Ipv6Addr) -> bool {
+    ip.segments()[..3] == [0xfd00, 0x10, 0x244]
+}
 
 /// How big the lab is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +72,8 @@ pub struct LabNode {
     pub netns: String,
     /// Its address on the wire.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on the wire (a ULA), in a dual-stack lab; not a node IP to xsteer.
+    pub ip6: Option<Ipv6Addr>,
     /// Its pods.
     pub pods: Vec<LabPod>,
 }
@@ -50,6 +85,8 @@ pub struct LabPod {
     pub netns: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack lab.
+    pub ip6: Option<Ipv6Addr>,
     /// The index of its node.
     pub node: u8,
 }
@@ -59,10 +96,35 @@ impl LabNode {
     pub fn pod_cidr(&self) -> String {
         format!("10.244.{}.0/24", self.index)
     }
+
+    /// Its IPv6 pod CIDR, fd00:10:244:k::/64, in a dual-stack lab.
+    pub fn pod_cidr_v6(&self) -> Option<String> {
+        self.ip6.map(|_| format!("{}/64", pod_ip6(self.index, 0)))
+    }
 }
 
-/// The nodes and pods of a lab of `size`.
+impl LabPod {
+    /// Its addresses: IPv4, then IPv6 in a dual-stack lab.
+    pub fn ips(&self) -> Vec<std::net::IpAddr> {
+        std::iter::once(self.ip.into())
+            .chain(self.ip6.map(Into::into))
+            .collect()
+    }
+}
+
+/// fd00:10:244:k::h: host h of node k's IPv6 pod CIDR (h 0: the CIDR's own address).
+fn pod_ip6(k: u8, h: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, k.into(), 0, 0, 0, h.into())
+}
+
+/// The nodes and pods of an IPv4 lab of `size`.
 pub fn plan(size: Size) -> Vec<LabNode> {
+    plan_stack(size, Stack::V4)
+}
+
+/// The nodes and pods of a lab of `size` with the address families of `stack`.
+pub fn plan_stack(size: Size, stack: Stack) -> Vec<LabNode> {
+    let dual = stack.is_dual();
     (1..=size.nodes)
         .map(|k| {
             let name = format!("node{k}");
@@ -70,10 +132,12 @@ pub fn plan(size: Size) -> Vec<LabNode> {
                 index: k,
                 netns: format!("{PREFIX}{name}"),
                 ip: Ipv4Addr::new(192, 168, 100, k),
+                ip6: dual.then(|| Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, k.into())),
                 pods: (1..=size.pods)
                     .map(|j| LabPod {
                         netns: format!("{PREFIX}{name}-pod{j}"),
                         ip: Ipv4Addr::new(10, 244, k, j + 1),
+                        ip6: dual.then(|| pod_ip6(k, j + 1)),
                         node: k,
                     })
                     .collect(),
@@ -111,8 +175,26 @@ pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
             ns,
             &["addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
         )?;
+        if let Some(ip6) = node.ip6 {
+            // nodad: usable at once, not tentative for the second DAD takes.
+            ip_in(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+        }
         ip_in(ns, &["link", "set", "eth0", "up"])?;
         sysctl(ns, "/proc/sys/net/ipv4/ip_forward".into())?;
+        if node.ip6.is_some() {
+            sysctl(ns, "/proc/sys/net/ipv6/conf/all/forwarding".into())?;
+        }
         for other in nodes.iter().filter(|o| o.index != node.index) {
             ip_in(
                 ns,
@@ -124,6 +206,11 @@ pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
                     &other.ip.to_string(),
                 ],
             )?;
+            // As kindnet routes a dual-stack cluster: each family's pod CIDR via the node's
+            // address of that family.
+            if let (Some(cidr), Some(via)) = (other.pod_cidr_v6(), other.ip6) {
+                ip_in(ns, &["-6", "route", "add", &cidr, "via", &via.to_string()])?;
+            }
         }
     }
     Ok(())
@@ -160,5 +247,29 @@ mod tests {
                 ("xsl-node3-pod2", Ipv4Addr::new(10, 244, 3, 3))
             ]
         );
+        assert_eq!(nodes[2].ip6, None);
+        assert_eq!(nodes[2].pod_cidr_v6(), None);
+        assert_eq!(nodes[2].pods[0].ips().len(), 1);
+    }
+
+    #[test]
+    fn a_dual_stack_plan_gives_each_node_a_64_and_each_pod_an_address_in_it() {
+        let nodes = plan_stack(Size { nodes: 12, pods: 2 }, Stack::Dual);
+        assert_eq!(nodes[2].ip6, Some("fd00:192:168:100::3".parse().unwrap()));
+        assert_eq!(nodes[2].pod_cidr_v6().unwrap(), "fd00:10:244:3::/64");
+        assert_eq!(nodes[11].pod_cidr_v6().unwrap(), "fd00:10:244:c::/64");
+        assert_eq!(nodes[2].pod_cidr(), "10.244.3.0/24");
+        let pod = &nodes[2].pods[1];
+        assert_eq!(pod.ip6, Some("fd00:10:244:3::3".parse().unwrap()));
+        assert_eq!(
+            pod.ips(),
+            [
+                std::net::IpAddr::from(Ipv4Addr::new(10, 244, 3, 3)),
+                "fd00:10:244:3::3".parse::<std::net::IpAddr>().unwrap()
+            ]
+        );
+        assert!(in_pod_space_v6(pod.ip6.unwrap()));
+        assert!(!in_pod_space_v6(nodes[2].ip6.unwrap()));
+        assert!(!in_pod_space_v6("fd00:10:245::1".parse().unwrap()));
     }
 }

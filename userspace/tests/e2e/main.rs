@@ -18,6 +18,7 @@ mod cni;
 mod esp_smoke;
 mod fail_closed;
 mod guards;
+mod ipv6;
 mod lab;
 mod podman;
 mod records;
