@@ -243,12 +243,10 @@ fn run(command: Command) -> Result<()> {
                 nodes: s.nodes,
                 pods: s.pods,
             };
-            let stack = |s: &LabSize| {
-                if s.dual_stack {
-                    lab::topology::Stack::Dual
-                } else {
-                    lab::topology::Stack::V4
-                }
+            let stack = |s: &LabSize| match (s.dual_stack, s.ipv6_node_ips) {
+                (_, true) => lab::topology::Stack::Ipv6Nodes,
+                (true, false) => lab::topology::Stack::Dual,
+                (false, false) => lab::topology::Stack::V4,
             };
             match command {
                 LabCommand::Up { size: s, dir } => lab::up(size(&s), stack(&s), &dir.dir),
@@ -434,6 +432,10 @@ struct LabSize {
     /// space fd00:10:244::/48, each pod an IPv6 address, and `lab test` checks both families.
     #[arg(long)]
     dual_stack: bool,
+    /// As --dual-stack, and the nodes' tunnels join their IPv6 addresses (fd00:192:168:100::K):
+    /// IPv6 node IPs, every tunnel ESP over IPv6.
+    #[arg(long)]
+    ipv6_node_ips: bool,
 }
 
 /// Where a lab keeps its files.

@@ -67,7 +67,7 @@ pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
         keys = dir.join("keys").display(),
         nodes = dir.join("nodes").display(),
         name = node.name,
-        ip = node.ip,
+        ip = node.tunnel_ip,
         id = node.index,
         cidr = node.pod_cidr(),
     )

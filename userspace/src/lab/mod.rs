@@ -37,12 +37,24 @@ fn size_path(dir: &Path) -> PathBuf {
 
 /// The word in the `size` file that marks a dual-stack lab.
 const DUAL_STACK: &str = "dual-stack";
+/// The word in the `size` file that marks a lab of IPv6 node IPs.
+const IPV6_NODES: &str = "ipv6-nodes";
 
-/// The `size` file's text: `NODES PODS`, and `dual-stack` for a dual-stack lab.
+/// The `size` file's text: `NODES PODS`, then `dual-stack` or `ipv6-nodes` for those labs.
 fn size_text(size: Size, stack: Stack) -> String {
     match stack {
         Stack::V4 => format!("{} {}\n", size.nodes, size.pods),
         Stack::Dual => format!("{} {} {DUAL_STACK}\n", size.nodes, size.pods),
+        Stack::Ipv6Nodes => format!("{} {} {IPV6_NODES}\n", size.nodes, size.pods),
+    }
+}
+
+/// How a report names the lab's families.
+fn stack_note(stack: Stack) -> &'static str {
+    match stack {
+        Stack::V4 => "",
+        Stack::Dual => ", dual-stack",
+        Stack::Ipv6Nodes => ", dual-stack, IPv6 node IPs",
     }
 }
 
@@ -54,6 +66,7 @@ fn parse_size(text: &str) -> Option<(Size, Stack)> {
     let stack = match words.next() {
         None => Stack::V4,
         Some(DUAL_STACK) => Stack::Dual,
+        Some(IPV6_NODES) => Stack::Ipv6Nodes,
         Some(_) => return None,
     };
     words
@@ -105,7 +118,7 @@ pub fn up(size: Size, stack: Stack, dir: &Path) -> Result<()> {
         "lab up: {} nodes x {} pods{}, agents running (logs in {}/node*/agent.log)",
         size.nodes,
         size.pods,
-        if stack.is_dual() { ", dual-stack" } else { "" },
+        stack_note(stack),
         dir.display()
     );
     Ok(())
@@ -298,7 +311,7 @@ fn sa_counters(nodes: &[LabNode]) -> Result<String> {
         for peer in nodes.iter().filter(|p| p.index != node.index) {
             let packets: u64 = counters
                 .iter()
-                .filter(|(key, _)| key.dst == peer.ip)
+                .filter(|(key, _)| key.dst == peer.tunnel_ip)
                 .map(|(_, c)| c.packets)
                 .sum();
             parts.push(format!("{} {packets}", peer.name));
@@ -317,8 +330,9 @@ fn sa_counters(nodes: &[LabNode]) -> Result<String> {
 /// dual-stack lab over IPv4 and over IPv6), captures the wire, prints the report; fails if any
 /// pair failed or any plaintext was seen.
 pub fn test(dir: &Path) -> Result<()> {
-    let nodes = existing(dir)?;
-    let dual = nodes.iter().any(|n| n.ip6.is_some());
+    let (size, stack) = existing_plan(dir)?;
+    let nodes = topology::plan_stack(size, stack);
+    let dual = stack.is_dual();
     let pods: Vec<_> = nodes.iter().flat_map(|n| n.pods.clone()).collect();
     let _servers = probe::serve(&pods)?;
     let captures = nodes
@@ -392,7 +406,7 @@ pub fn test(dir: &Path) -> Result<()> {
         "xsteer lab test: {} nodes, {} pods{}",
         nodes.len(),
         pods.len(),
-        if dual { ", dual-stack" } else { "" }
+        stack_note(stack)
     );
     for (f, family) in families.iter().enumerate() {
         // The IPv4 lines keep the form they had before dual-stack labs.

@@ -13,9 +13,11 @@
 //! IPv4), its pod CIDR fd00:10:244:k::/64 (k in hex, as an address segment), routed to from every
 //! other node via that ULA, IPv6 forwarding on; pod j of node k also has fd00:10:244:k::(j+1).
 //! Those routes make plaintext IPv6 between pods of different nodes routable without xsteer, so
-//! a capture of the wire shows whether xsteer is what encrypts it.
+//! a capture of the wire shows whether xsteer is what encrypts it. A lab of IPv6 node IPs
+//! ([`Stack::Ipv6Nodes`]) is wired the same, and its agents take the ULAs as their node IPs:
+//! every tunnel is ESP over IPv6.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 
@@ -35,12 +37,15 @@ pub enum Stack {
     /// IPv4 and IPv6: pods get an address of each family, as kindnet gives them in a dual-stack
     /// kind cluster.
     Dual,
+    /// Dual-stack pods, and the uplinks' IPv6 addresses as the node IPs xsteer's tunnels join:
+    /// an IPv6-only node network.
+    Ipv6Nodes,
 }
 
 impl Stack {
     /// Whether pods get IPv6 addresses too.
     pub fn is_dual(self) -> bool {
-        self == Stack::Dual
+        self != Stack::V4
     }
 }
 
@@ -72,8 +77,10 @@ pub struct LabNode {
     pub netns: String,
     /// Its address on the wire.
     pub ip: Ipv4Addr,
-    /// Its IPv6 address on the wire (a ULA), in a dual-stack lab; not a node IP to xsteer.
+    /// Its IPv6 address on the wire (a ULA), in a dual-stack lab.
     pub ip6: Option<Ipv6Addr>,
+    /// The node IP xsteer's tunnels start and end at: `ip`, or `ip6` in a lab of IPv6 node IPs.
+    pub tunnel_ip: IpAddr,
     /// Its pods.
     pub pods: Vec<LabPod>,
 }
@@ -128,11 +135,17 @@ pub fn plan_stack(size: Size, stack: Stack) -> Vec<LabNode> {
     (1..=size.nodes)
         .map(|k| {
             let name = format!("node{k}");
+            let ip = Ipv4Addr::new(192, 168, 100, k);
+            let ip6 = dual.then(|| Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, k.into()));
             LabNode {
                 index: k,
                 netns: format!("{PREFIX}{name}"),
-                ip: Ipv4Addr::new(192, 168, 100, k),
-                ip6: dual.then(|| Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x100, 0, 0, 0, k.into())),
+                ip,
+                ip6,
+                tunnel_ip: match (stack, ip6) {
+                    (Stack::Ipv6Nodes, Some(ip6)) => ip6.into(),
+                    _ => ip.into(),
+                },
                 pods: (1..=size.pods)
                     .map(|j| LabPod {
                         netns: format!("{PREFIX}{name}-pod{j}"),
