@@ -15,6 +15,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, ops::Range};
 
 use xsteer_common::maps::{PodCidrGrid, RemotePodCidr, SLOT_CONSULT_TRIE};
 
+use super::family::SlotGrid;
 use crate::cidr::Ipv4Cidr;
 
 /// The cluster CIDR cut into slots.
@@ -72,20 +73,25 @@ impl Grid {
     pub fn cidr(&self) -> Ipv4Cidr {
         self.cidr
     }
+}
+
+impl SlotGrid for Grid {
+    type Cidr = Ipv4Cidr;
+    type Raw = PodCidrGrid;
 
     /// The number of slots.
-    pub fn slots(&self) -> u32 {
+    fn slots(&self) -> u32 {
         1 << (self.slot_prefix_len - self.cidr.prefix_len())
     }
 
     /// The CIDR slot `index` covers.
-    pub fn slot(&self, index: u32) -> Ipv4Cidr {
+    fn slot(&self, index: u32) -> Ipv4Cidr {
         let addr = u32::from(self.cidr.addr()) + (index << (32 - u32::from(self.slot_prefix_len)));
         Ipv4Cidr::new(Ipv4Addr::from(addr), self.slot_prefix_len).expect("aligned by construction")
     }
 
     /// The slots that `cidr` overlaps.
-    pub fn slots_of(&self, cidr: Ipv4Cidr) -> Range<u32> {
+    fn slots_of(&self, cidr: Ipv4Cidr) -> Range<u32> {
         if !cidr.overlaps(&self.cidr) {
             return 0..0;
         }
@@ -104,7 +110,7 @@ impl Grid {
     }
 
     /// The map value of this grid.
-    pub fn raw(&self, enabled: bool) -> PodCidrGrid {
+    fn raw(&self, enabled: bool) -> PodCidrGrid {
         PodCidrGrid {
             base: self.cidr.addr().octets(),
             prefix_len: self.cidr.prefix_len(),
@@ -115,38 +121,37 @@ impl Grid {
     }
 
     /// The grid a map value describes, if it is enabled and well formed.
-    pub fn from_raw(raw: &PodCidrGrid) -> Option<Grid> {
+    fn from_raw(raw: &PodCidrGrid) -> Option<Grid> {
         if raw.enabled == 0 {
             return None;
         }
         let cidr = Ipv4Cidr::new(Ipv4Addr::from(raw.base), raw.prefix_len).ok()?;
         Grid::new(cidr, raw.slot_prefix_len).ok()
     }
-}
 
-/// What `slot` must hold, given every entry of the trie: the longest entry covering the whole
-/// slot; "ask the trie" if an entry finer than the slot lies in it; empty otherwise.
-pub fn slot_value(entries: &BTreeMap<Ipv4Cidr, RemotePodCidr>, slot: Ipv4Cidr) -> RemotePodCidr {
-    let start = u32::from(slot.addr());
-    let end = start | !mask(u32::MAX, slot.prefix_len());
-    let lo = Ipv4Cidr::new(Ipv4Addr::from(start), slot.prefix_len()).expect("a slot is aligned");
-    let hi = Ipv4Cidr::new(Ipv4Addr::from(end), 32).expect("a /32 is aligned");
-    if entries
-        .range(lo..=hi)
-        .any(|(c, _)| c.prefix_len() > slot.prefix_len())
-    {
-        return RemotePodCidr {
-            flags: SLOT_CONSULT_TRIE,
-            ..RemotePodCidr::default()
-        };
+    fn slot_value(entries: &BTreeMap<Ipv4Cidr, RemotePodCidr>, slot: Ipv4Cidr) -> RemotePodCidr {
+        let start = u32::from(slot.addr());
+        let end = start | !mask(u32::MAX, slot.prefix_len());
+        let lo =
+            Ipv4Cidr::new(Ipv4Addr::from(start), slot.prefix_len()).expect("a slot is aligned");
+        let hi = Ipv4Cidr::new(Ipv4Addr::from(end), 32).expect("a /32 is aligned");
+        if entries
+            .range(lo..=hi)
+            .any(|(c, _)| c.prefix_len() > slot.prefix_len())
+        {
+            return RemotePodCidr {
+                flags: SLOT_CONSULT_TRIE,
+                ..RemotePodCidr::default()
+            };
+        }
+        (0..=slot.prefix_len())
+            .rev()
+            .find_map(|len| {
+                let cover = Ipv4Cidr::new(Ipv4Addr::from(mask(start, len)), len).ok()?;
+                entries.get(&cover).copied()
+            })
+            .unwrap_or_default()
     }
-    (0..=slot.prefix_len())
-        .rev()
-        .find_map(|len| {
-            let cover = Ipv4Cidr::new(Ipv4Addr::from(mask(start, len)), len).ok()?;
-            entries.get(&cover).copied()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -181,7 +186,7 @@ mod tests {
         entries.insert(cidr("10.244.5.0/25"), value(5));
         entries.insert(cidr("10.244.64.0/18"), value(64));
         entries.insert(cidr("10.244.70.0/24"), value(70));
-        let at = |i: u32| slot_value(&entries, grid.slot(i));
+        let at = |i: u32| Grid::slot_value(&entries, grid.slot(i));
         assert_eq!(at(1), value(1), "an exact /24");
         assert_eq!(
             (at(2), at(3)),
@@ -194,7 +199,7 @@ mod tests {
         assert_eq!(at(4), RemotePodCidr::default(), "nothing there");
         // Removing the /24 inside the /18 brings the /18 back in that slot.
         entries.remove(&cidr("10.244.70.0/24"));
-        assert_eq!(slot_value(&entries, grid.slot(70)), value(64));
+        assert_eq!(Grid::slot_value(&entries, grid.slot(70)), value(64));
     }
 
     #[test]

@@ -3,23 +3,23 @@
 //! Each view borrows its map from the [`super::Dataplane`] and converts between the agent's
 //! types (`Ipv4Cidr`, `Ipv4Addr`) and the `#[repr(C)]` layouts of `xsteer_common::maps`.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, ops::Range};
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
 };
 use xsteer_common::{
     counters::Counter,
     maps::{
         self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace, Ipv4, LocalPodCidr,
-        PeerNode, PodCidrGrid, RemotePodCidr,
+        PeerNode, RemotePodCidr,
     },
 };
 
 use super::{
     DataplaneError,
-    grid::{Grid, slot_value},
+    family::{MapCidr, SlotGrid},
 };
 use crate::cidr::Ipv4Cidr;
 
@@ -27,36 +27,32 @@ pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError
     move |error| DataplaneError::Map { name, error }
 }
 
-/// An LPM trie keyed by IPv4 CIDR.
-pub struct CidrMap<'a, V: Pod> {
+/// An LPM trie keyed by CIDRs of one family.
+pub struct CidrMap<'a, C: MapCidr, V: Pod> {
     name: &'static str,
-    trie: LpmTrie<&'a mut MapData, Ipv4, V>,
+    trie: LpmTrie<&'a mut MapData, C::Addr, V>,
 }
 
 /// This node's pod CIDRs.
-pub type LocalPodCidrs<'a> = CidrMap<'a, LocalPodCidr>;
+pub type LocalPodCidrs<'a> = CidrMap<'a, Ipv4Cidr, LocalPodCidr>;
 
-impl<'a, V: Pod> CidrMap<'a, V> {
+impl<'a, C: MapCidr, V: Pod> CidrMap<'a, C, V> {
     pub(super) fn new(map: &'a mut Map, name: &'static str) -> Result<Self, DataplaneError> {
         let trie = LpmTrie::try_from(map).map_err(map_err(name))?;
         Ok(CidrMap { name, trie })
     }
 
-    fn key(cidr: Ipv4Cidr) -> Key<Ipv4> {
-        Key::new(u32::from(cidr.prefix_len()), cidr.addr().octets())
-    }
-
     /// Adds or replaces the entry for `cidr`: one atomic update as the programs see it.
-    pub fn insert(&mut self, cidr: Ipv4Cidr, value: V) -> Result<(), DataplaneError> {
+    pub fn insert(&mut self, cidr: C, value: V) -> Result<(), DataplaneError> {
         self.trie
-            .insert(&Self::key(cidr), value, 0)
+            .insert(&cidr.lpm_key(), value, 0)
             .map_err(map_err(self.name))
     }
 
     /// Removes the entry for `cidr`.
-    pub fn remove(&mut self, cidr: Ipv4Cidr) -> Result<(), DataplaneError> {
+    pub fn remove(&mut self, cidr: C) -> Result<(), DataplaneError> {
         self.trie
-            .remove(&Self::key(cidr))
+            .remove(&cidr.lpm_key())
             .map_err(map_err(self.name))
     }
 
@@ -64,20 +60,16 @@ impl<'a, V: Pod> CidrMap<'a, V> {
     ///
     /// The kernel stores an LPM key as written, so a key with bits set past its prefix (which
     /// xsteer never writes, but bpftool can) is an error naming the map and the key.
-    pub fn entries(&self) -> Result<Vec<(Ipv4Cidr, V)>, DataplaneError> {
+    pub fn entries(&self) -> Result<Vec<(C, V)>, DataplaneError> {
         self.trie
             .iter()
             .map(|entry| {
                 let (key, value) = entry.map_err(map_err(self.name))?;
-                let (addr, prefix_len) = (Ipv4Addr::from(key.data()), key.prefix_len());
-                let cidr = u8::try_from(prefix_len)
-                    .ok()
-                    .and_then(|len| Ipv4Cidr::new(addr, len).ok())
-                    .ok_or_else(|| DataplaneError::BadEntry {
-                        name: self.name,
-                        entry: format!("{addr}/{prefix_len}"),
-                        problem: "bits are set past its prefix length",
-                    })?;
+                let cidr = C::from_lpm_key(&key).ok_or_else(|| DataplaneError::BadEntry {
+                    name: self.name,
+                    entry: C::show_lpm_key(&key),
+                    problem: "bits are set past its prefix length",
+                })?;
                 Ok((cidr, value))
             })
             .collect()
@@ -226,60 +218,54 @@ fn space_cidrs(space: &ClusterPodSpace) -> Result<Vec<Ipv4Cidr>, DataplaneError>
 }
 
 /// Remote pod CIDR → where and with which key to send: the trie, and the grid of slots in
-/// front of it (see [`super::grid`]), kept in step.
-pub struct RemotePodCidrs<'a> {
-    trie: CidrMap<'a, RemotePodCidr>,
-    grid: Array<&'a mut MapData, PodCidrGrid>,
+/// front of it (see [`super::grid`]), kept in step. One family's: `remote_pod_cidrs` with a
+/// grid of /24s, or `remote6_cidrs` with a grid of /64s.
+pub struct RemoteCidrs<'a, C: MapCidr> {
+    trie: CidrMap<'a, C, RemotePodCidr>,
+    grid: Array<&'a mut MapData, <C::Grid as SlotGrid>::Raw>,
     slots: Array<&'a mut MapData, RemotePodCidr>,
     /// The trie's entries, as this process last wrote or read them.
-    mirror: &'a mut BTreeMap<Ipv4Cidr, RemotePodCidr>,
+    mirror: &'a mut BTreeMap<C, RemotePodCidr>,
 }
 
-impl<'a> RemotePodCidrs<'a> {
+/// Remote IPv4 pod CIDRs.
+pub type RemotePodCidrs<'a> = RemoteCidrs<'a, Ipv4Cidr>;
+
+impl<'a, C: MapCidr> RemoteCidrs<'a, C> {
     pub(super) fn new(
         trie: &'a mut Map,
         grid: &'a mut Map,
         slots: &'a mut Map,
-        mirror: &'a mut Option<BTreeMap<Ipv4Cidr, RemotePodCidr>>,
+        mirror: &'a mut Option<BTreeMap<C, RemotePodCidr>>,
     ) -> Result<Self, DataplaneError> {
-        let trie = CidrMap::new(trie, names::REMOTE_POD_CIDRS)?;
+        let names = C::REMOTE_MAPS;
+        let trie = CidrMap::new(trie, names.trie)?;
         let mirror = match mirror {
             Some(m) => m,
             None => mirror.insert(trie.entries()?.into_iter().collect()),
         };
-        Ok(RemotePodCidrs {
+        Ok(RemoteCidrs {
             trie,
-            grid: Array::try_from(grid).map_err(map_err(names::POD_CIDR_GRID))?,
-            slots: Array::try_from(slots).map_err(map_err(names::REMOTE_POD_SLOTS))?,
+            grid: Array::try_from(grid).map_err(map_err(names.grid))?,
+            slots: Array::try_from(slots).map_err(map_err(names.slots))?,
             mirror,
         })
     }
 
     /// The grid in use, if any.
-    pub fn grid(&self) -> Result<Option<Grid>, DataplaneError> {
-        let raw = self
-            .grid
-            .get(&0, 0)
-            .map_err(map_err(names::POD_CIDR_GRID))?;
-        Ok(Grid::from_raw(&raw))
+    pub fn grid(&self) -> Result<Option<C::Grid>, DataplaneError> {
+        let raw = self.grid.get(&0, 0).map_err(map_err(C::REMOTE_MAPS.grid))?;
+        Ok(C::Grid::from_raw(&raw))
     }
 
     /// Writes the slots `range` of `grid` where they differ from what the trie's entries say.
-    fn write_slots(
-        &mut self,
-        grid: &Grid,
-        range: std::ops::Range<u32>,
-    ) -> Result<(), DataplaneError> {
+    fn write_slots(&mut self, grid: &C::Grid, range: Range<u32>) -> Result<(), DataplaneError> {
+        let name = C::REMOTE_MAPS.slots;
         for index in range {
-            let want = slot_value(self.mirror, grid.slot(index));
-            let have = self
-                .slots
-                .get(&index, 0)
-                .map_err(map_err(names::REMOTE_POD_SLOTS))?;
+            let want = C::Grid::slot_value(self.mirror, grid.slot(index));
+            let have = self.slots.get(&index, 0).map_err(map_err(name))?;
             if have != want {
-                self.slots
-                    .set(index, want, 0)
-                    .map_err(map_err(names::REMOTE_POD_SLOTS))?;
+                self.slots.set(index, want, 0).map_err(map_err(name))?;
             }
         }
         Ok(())
@@ -287,25 +273,24 @@ impl<'a> RemotePodCidrs<'a> {
 
     /// Puts `grid` in front of the trie (filling its slots before enabling it), or takes the
     /// grid away (`None`: every lookup goes to the trie).
-    pub fn set_grid(&mut self, grid: Option<Grid>) -> Result<(), DataplaneError> {
+    pub fn set_grid(&mut self, grid: Option<C::Grid>) -> Result<(), DataplaneError> {
         if self.grid()? == grid {
             return Ok(());
         }
+        let name = C::REMOTE_MAPS.grid;
         // Off first: the slots are about to change under a different shape.
         self.grid
-            .set(0, PodCidrGrid::default(), 0)
-            .map_err(map_err(names::POD_CIDR_GRID))?;
+            .set(0, <C::Grid as SlotGrid>::Raw::default(), 0)
+            .map_err(map_err(name))?;
         if let Some(grid) = grid {
             self.write_slots(&grid, 0..grid.slots())?;
-            self.grid
-                .set(0, grid.raw(true), 0)
-                .map_err(map_err(names::POD_CIDR_GRID))?;
+            self.grid.set(0, grid.raw(true), 0).map_err(map_err(name))?;
         }
         Ok(())
     }
 
     /// Adds or replaces the entry for `cidr`: the trie first, then the slots it covers.
-    pub fn insert(&mut self, cidr: Ipv4Cidr, value: RemotePodCidr) -> Result<(), DataplaneError> {
+    pub fn insert(&mut self, cidr: C, value: RemotePodCidr) -> Result<(), DataplaneError> {
         self.trie.insert(cidr, value)?;
         self.mirror.insert(cidr, value);
         if let Some(grid) = self.grid()? {
@@ -316,7 +301,7 @@ impl<'a> RemotePodCidrs<'a> {
 
     /// Removes the entry for `cidr`: the slots first (to what the trie will answer without
     /// it), then the trie.
-    pub fn remove(&mut self, cidr: Ipv4Cidr) -> Result<(), DataplaneError> {
+    pub fn remove(&mut self, cidr: C) -> Result<(), DataplaneError> {
         self.mirror.remove(&cidr);
         if let Some(grid) = self.grid()? {
             self.write_slots(&grid, grid.slots_of(cidr))?;
@@ -325,7 +310,7 @@ impl<'a> RemotePodCidrs<'a> {
     }
 
     /// Every entry of the trie (the authority).
-    pub fn entries(&self) -> Result<Vec<(Ipv4Cidr, RemotePodCidr)>, DataplaneError> {
+    pub fn entries(&self) -> Result<Vec<(C, RemotePodCidr)>, DataplaneError> {
         self.trie.entries()
     }
 }

@@ -5,6 +5,7 @@
 //! `debug!` costs about 30 ns per packet even when nobody reads the log.
 
 pub mod bpffs;
+pub mod family;
 pub mod grid;
 pub mod links;
 mod maps;
@@ -12,7 +13,10 @@ mod pinned;
 mod spis;
 mod v6;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -21,14 +25,20 @@ use aya::{
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 pub use maps::{
-    CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemotePodCidrs,
+    CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemoteCidrs,
+    RemotePodCidrs,
 };
 pub use spis::{PeerSpis, spi_owner};
 pub use v6::{
-    CidrMapV6, ClusterPodCidrsV6, GridV6, GridV6Error, LocalPodCidrsV6, PeerNodesV6,
-    RemotePodCidrsV6,
+    ClusterPodCidrsV6, GridV6, GridV6Error, LocalPodCidrsV6, PeerNodesV6, RemotePodCidrsV6,
 };
-use xsteer_common::{maps as map_names, programs};
+use xsteer_common::{
+    maps::{self as map_names, RemotePodCidr},
+    programs,
+};
+
+use crate::cidr::{Ipv4Cidr, Ipv6Cidr};
+use family::MapCidr;
 
 /// The eBPF object, as built by `cargo xtask build-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xsteer.bpf.o"));
@@ -168,17 +178,39 @@ pub enum DataplaneError {
     },
 }
 
+/// One family's remote pod maps of `ebpf` (trie, grid, slots), with this process's mirror of
+/// the trie.
+fn remote_cidrs<'a, C: MapCidr>(
+    ebpf: &'a mut Ebpf,
+    mirror: &'a mut Option<BTreeMap<C, RemotePodCidr>>,
+) -> Result<RemoteCidrs<'a, C>, DataplaneError> {
+    let names = C::REMOTE_MAPS;
+    let (mut trie, mut grid, mut slots) = (None, None, None);
+    for (name, map) in ebpf.maps_mut() {
+        if name == names.trie {
+            trie = Some(map);
+        } else if name == names.grid {
+            grid = Some(map);
+        } else if name == names.slots {
+            slots = Some(map);
+        }
+    }
+    let missing = |name| DataplaneError::Missing { kind: "map", name };
+    RemoteCidrs::new(
+        trie.ok_or_else(|| missing(names.trie))?,
+        grid.ok_or_else(|| missing(names.grid))?,
+        slots.ok_or_else(|| missing(names.slots))?,
+        mirror,
+    )
+}
+
 /// The loaded object: maps created in the kernel, programs ready to be loaded and attached.
 pub struct Dataplane {
     ebpf: Ebpf,
     /// `remote_pod_cidrs` as this process knows it, read once, then kept by its writes.
-    remote_mirror: Option<
-        std::collections::BTreeMap<crate::cidr::Ipv4Cidr, xsteer_common::maps::RemotePodCidr>,
-    >,
+    remote_mirror: Option<BTreeMap<Ipv4Cidr, RemotePodCidr>>,
     /// `remote6_cidrs` as this process knows it, read once, then kept by its writes.
-    remote6_mirror: Option<
-        std::collections::BTreeMap<crate::cidr::Ipv6Cidr, xsteer_common::maps::RemotePodCidr>,
-    >,
+    remote6_mirror: Option<BTreeMap<Ipv6Cidr, RemotePodCidr>>,
     /// `peer_spis`' keys as this process knows them, read once, then kept by its writes and
     /// refreshed by every full read.
     spis_mirror: Option<std::collections::BTreeSet<(u32, std::net::Ipv4Addr)>>,
@@ -239,22 +271,7 @@ impl Dataplane {
 
     /// Remote pod CIDR → node and key generation.
     pub fn remote_pod_cidrs(&mut self) -> Result<RemotePodCidrs<'_>, DataplaneError> {
-        let (mut trie, mut grid, mut slots) = (None, None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                map_names::REMOTE_POD_CIDRS => trie = Some(map),
-                map_names::POD_CIDR_GRID => grid = Some(map),
-                map_names::REMOTE_POD_SLOTS => slots = Some(map),
-                _ => {}
-            }
-        }
-        let missing = |name| DataplaneError::Missing { kind: "map", name };
-        RemotePodCidrs::new(
-            trie.ok_or_else(|| missing(map_names::REMOTE_POD_CIDRS))?,
-            grid.ok_or_else(|| missing(map_names::POD_CIDR_GRID))?,
-            slots.ok_or_else(|| missing(map_names::REMOTE_POD_SLOTS))?,
-            &mut self.remote_mirror,
-        )
+        remote_cidrs(&mut self.ebpf, &mut self.remote_mirror)
     }
 
     /// The cluster's pod space, which the guards decide "pod address" by. Fill it before
@@ -298,22 +315,7 @@ impl Dataplane {
 
     /// Remote IPv6 pod CIDR → node and key generation.
     pub fn remote_pod_cidrs_v6(&mut self) -> Result<RemotePodCidrsV6<'_>, DataplaneError> {
-        let (mut trie, mut grid, mut slots) = (None, None, None);
-        for (name, map) in self.ebpf.maps_mut() {
-            match name {
-                map_names::REMOTE_POD_CIDRS_V6 => trie = Some(map),
-                map_names::POD_CIDR_GRID_V6 => grid = Some(map),
-                map_names::REMOTE_POD_SLOTS_V6 => slots = Some(map),
-                _ => {}
-            }
-        }
-        let missing = |name| DataplaneError::Missing { kind: "map", name };
-        RemotePodCidrsV6::new(
-            trie.ok_or_else(|| missing(map_names::REMOTE_POD_CIDRS_V6))?,
-            grid.ok_or_else(|| missing(map_names::POD_CIDR_GRID_V6))?,
-            slots.ok_or_else(|| missing(map_names::REMOTE_POD_SLOTS_V6))?,
-            &mut self.remote6_mirror,
-        )
+        remote_cidrs(&mut self.ebpf, &mut self.remote6_mirror)
     }
 
     /// The cluster's IPv6 pod space; empty, the guards leave IPv6 alone.
@@ -323,7 +325,7 @@ impl Dataplane {
 
     /// This node's IPv6 pod CIDRs.
     pub fn local_pod_cidrs_v6(&mut self) -> Result<LocalPodCidrsV6<'_>, DataplaneError> {
-        CidrMapV6::new(
+        CidrMap::new(
             self.map(map_names::LOCAL_POD_CIDRS_V6)?,
             map_names::LOCAL_POD_CIDRS_V6,
         )

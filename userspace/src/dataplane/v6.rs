@@ -6,72 +6,24 @@
 
 use std::{collections::BTreeMap, net::Ipv6Addr, ops::Range};
 
-use aya::{
-    Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key},
-};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use xsteer_common::maps::{
     self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidrV6, ClusterPodSpaceV6, Ipv6, LocalPodCidr,
     PeerNode, PodCidrGridV6, RemotePodCidr, SLOT_CONSULT_TRIE,
 };
 
-use super::{DataplaneError, maps::keep_slots, maps::map_err};
+use super::{
+    DataplaneError,
+    family::SlotGrid,
+    maps::{CidrMap, RemoteCidrs, keep_slots, map_err},
+};
 use crate::cidr::{Ipv6Cidr, NODE_POD_PREFIX_LEN_V6};
 
-/// An LPM trie keyed by IPv6 CIDR.
-pub struct CidrMapV6<'a, V: Pod> {
-    name: &'static str,
-    trie: LpmTrie<&'a mut MapData, Ipv6, V>,
-}
-
 /// This node's IPv6 pod CIDRs.
-pub type LocalPodCidrsV6<'a> = CidrMapV6<'a, LocalPodCidr>;
+pub type LocalPodCidrsV6<'a> = CidrMap<'a, Ipv6Cidr, LocalPodCidr>;
 
-impl<'a, V: Pod> CidrMapV6<'a, V> {
-    pub(super) fn new(map: &'a mut Map, name: &'static str) -> Result<Self, DataplaneError> {
-        let trie = LpmTrie::try_from(map).map_err(map_err(name))?;
-        Ok(CidrMapV6 { name, trie })
-    }
-
-    fn key(cidr: Ipv6Cidr) -> Key<Ipv6> {
-        Key::new(u32::from(cidr.prefix_len()), cidr.addr().octets())
-    }
-
-    /// Adds or replaces the entry for `cidr`: one atomic update as the programs see it.
-    pub fn insert(&mut self, cidr: Ipv6Cidr, value: V) -> Result<(), DataplaneError> {
-        self.trie
-            .insert(&Self::key(cidr), value, 0)
-            .map_err(map_err(self.name))
-    }
-
-    /// Removes the entry for `cidr`.
-    pub fn remove(&mut self, cidr: Ipv6Cidr) -> Result<(), DataplaneError> {
-        self.trie
-            .remove(&Self::key(cidr))
-            .map_err(map_err(self.name))
-    }
-
-    /// Every entry; a key with bits set past its prefix (written by hand) is an error naming
-    /// the map and the key.
-    pub fn entries(&self) -> Result<Vec<(Ipv6Cidr, V)>, DataplaneError> {
-        self.trie
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(map_err(self.name))?;
-                let (addr, prefix_len) = (Ipv6Addr::from(key.data()), key.prefix_len());
-                let cidr = u8::try_from(prefix_len)
-                    .ok()
-                    .and_then(|len| Ipv6Cidr::new(addr, len).ok())
-                    .ok_or_else(|| DataplaneError::BadEntry {
-                        name: self.name,
-                        entry: format!("{addr}/{prefix_len}"),
-                        problem: "bits are set past its prefix length",
-                    })?;
-                Ok((cidr, value))
-            })
-            .collect()
-    }
-}
+/// Remote IPv6 pod CIDRs, with the grid of /64 slots in front.
+pub type RemotePodCidrsV6<'a> = RemoteCidrs<'a, Ipv6Cidr>;
 
 /// The cluster's IPv6 pod space, which the guards decide "IPv6 pod address" by. Empty, the
 /// guards leave IPv6 alone.
@@ -178,21 +130,26 @@ impl GridV6 {
     pub fn cidr(&self) -> Ipv6Cidr {
         self.cidr
     }
+}
+
+impl SlotGrid for GridV6 {
+    type Cidr = Ipv6Cidr;
+    type Raw = PodCidrGridV6;
 
     /// The number of slots.
-    pub fn slots(&self) -> u32 {
+    fn slots(&self) -> u32 {
         1 << (NODE_POD_PREFIX_LEN_V6 - self.cidr.prefix_len())
     }
 
     /// The /64 slot `index` covers.
-    pub fn slot(&self, index: u32) -> Ipv6Cidr {
+    fn slot(&self, index: u32) -> Ipv6Cidr {
         let addr = u128::from(self.cidr.addr()) + (u128::from(index) << 64);
         Ipv6Cidr::new(Ipv6Addr::from(addr), NODE_POD_PREFIX_LEN_V6)
             .expect("aligned by construction")
     }
 
     /// The slots that `cidr` overlaps.
-    pub fn slots_of(&self, cidr: Ipv6Cidr) -> Range<u32> {
+    fn slots_of(&self, cidr: Ipv6Cidr) -> Range<u32> {
         if !cidr.overlaps(&self.cidr) {
             return 0..0;
         }
@@ -205,7 +162,7 @@ impl GridV6 {
     }
 
     /// The map value of this grid.
-    pub fn raw(&self, enabled: bool) -> PodCidrGridV6 {
+    fn raw(&self, enabled: bool) -> PodCidrGridV6 {
         let mut base = [0u8; 8];
         base.copy_from_slice(&self.cidr.addr().octets()[..8]);
         PodCidrGridV6 {
@@ -217,7 +174,7 @@ impl GridV6 {
     }
 
     /// The grid a map value describes, if it is enabled and well formed.
-    pub fn from_raw(raw: &PodCidrGridV6) -> Option<GridV6> {
+    fn from_raw(raw: &PodCidrGridV6) -> Option<GridV6> {
         if raw.enabled == 0 {
             return None;
         }
@@ -226,130 +183,29 @@ impl GridV6 {
         let cidr = Ipv6Cidr::new(Ipv6Addr::from(addr), raw.prefix_len).ok()?;
         GridV6::new(cidr).ok()
     }
-}
 
-/// What `slot` must hold, given every entry of the trie: the longest entry covering the whole
-/// slot; "ask the trie" if an entry finer than the slot (a /80, say) lies in it; empty
-/// otherwise.
-pub fn slot_value_v6(entries: &BTreeMap<Ipv6Cidr, RemotePodCidr>, slot: Ipv6Cidr) -> RemotePodCidr {
-    let start = u128::from(slot.addr());
-    let end = start | !Ipv6Cidr::mask(slot.prefix_len());
-    let lo = slot;
-    let hi = Ipv6Cidr::new(Ipv6Addr::from(end), 128).expect("a /128 is aligned");
-    if entries
-        .range(lo..=hi)
-        .any(|(c, _)| c.prefix_len() > slot.prefix_len())
-    {
-        return RemotePodCidr {
-            flags: SLOT_CONSULT_TRIE,
-            ..RemotePodCidr::default()
-        };
-    }
-    (0..=slot.prefix_len())
-        .rev()
-        .find_map(|len| {
-            let addr = Ipv6Addr::from(start & Ipv6Cidr::mask(len));
-            entries.get(&Ipv6Cidr::new(addr, len).ok()?).copied()
-        })
-        .unwrap_or_default()
-}
-
-/// Remote IPv6 pod CIDR → where and with which key to send: the trie, and the grid of /64
-/// slots in front of it, kept in step as the IPv4 ones are (trie first on an insert, slots
-/// first on a removal).
-pub struct RemotePodCidrsV6<'a> {
-    trie: CidrMapV6<'a, RemotePodCidr>,
-    grid: Array<&'a mut MapData, PodCidrGridV6>,
-    slots: Array<&'a mut MapData, RemotePodCidr>,
-    /// The trie's entries, as this process last wrote or read them.
-    mirror: &'a mut BTreeMap<Ipv6Cidr, RemotePodCidr>,
-}
-
-impl<'a> RemotePodCidrsV6<'a> {
-    pub(super) fn new(
-        trie: &'a mut Map,
-        grid: &'a mut Map,
-        slots: &'a mut Map,
-        mirror: &'a mut Option<BTreeMap<Ipv6Cidr, RemotePodCidr>>,
-    ) -> Result<Self, DataplaneError> {
-        let trie = CidrMapV6::new(trie, names::REMOTE_POD_CIDRS_V6)?;
-        let mirror = match mirror {
-            Some(m) => m,
-            None => mirror.insert(trie.entries()?.into_iter().collect()),
-        };
-        Ok(RemotePodCidrsV6 {
-            trie,
-            grid: Array::try_from(grid).map_err(map_err(names::POD_CIDR_GRID_V6))?,
-            slots: Array::try_from(slots).map_err(map_err(names::REMOTE_POD_SLOTS_V6))?,
-            mirror,
-        })
-    }
-
-    /// The grid in use, if any.
-    pub fn grid(&self) -> Result<Option<GridV6>, DataplaneError> {
-        let raw = self
-            .grid
-            .get(&0, 0)
-            .map_err(map_err(names::POD_CIDR_GRID_V6))?;
-        Ok(GridV6::from_raw(&raw))
-    }
-
-    fn write_slots(&mut self, grid: &GridV6, range: Range<u32>) -> Result<(), DataplaneError> {
-        for index in range {
-            let want = slot_value_v6(self.mirror, grid.slot(index));
-            let have = self
-                .slots
-                .get(&index, 0)
-                .map_err(map_err(names::REMOTE_POD_SLOTS_V6))?;
-            if have != want {
-                self.slots
-                    .set(index, want, 0)
-                    .map_err(map_err(names::REMOTE_POD_SLOTS_V6))?;
-            }
+    /// An entry finer than a slot is a /80, say.
+    fn slot_value(entries: &BTreeMap<Ipv6Cidr, RemotePodCidr>, slot: Ipv6Cidr) -> RemotePodCidr {
+        let start = u128::from(slot.addr());
+        let end = start | !Ipv6Cidr::mask(slot.prefix_len());
+        let lo = slot;
+        let hi = Ipv6Cidr::new(Ipv6Addr::from(end), 128).expect("a /128 is aligned");
+        if entries
+            .range(lo..=hi)
+            .any(|(c, _)| c.prefix_len() > slot.prefix_len())
+        {
+            return RemotePodCidr {
+                flags: SLOT_CONSULT_TRIE,
+                ..RemotePodCidr::default()
+            };
         }
-        Ok(())
-    }
-
-    /// Puts `grid` in front of the trie (filling its slots before enabling it), or takes the
-    /// grid away (`None`: every lookup goes to the trie).
-    pub fn set_grid(&mut self, grid: Option<GridV6>) -> Result<(), DataplaneError> {
-        if self.grid()? == grid {
-            return Ok(());
-        }
-        self.grid
-            .set(0, PodCidrGridV6::default(), 0)
-            .map_err(map_err(names::POD_CIDR_GRID_V6))?;
-        if let Some(grid) = grid {
-            self.write_slots(&grid, 0..grid.slots())?;
-            self.grid
-                .set(0, grid.raw(true), 0)
-                .map_err(map_err(names::POD_CIDR_GRID_V6))?;
-        }
-        Ok(())
-    }
-
-    /// Adds or replaces the entry for `cidr`: the trie first, then the slots it covers.
-    pub fn insert(&mut self, cidr: Ipv6Cidr, value: RemotePodCidr) -> Result<(), DataplaneError> {
-        self.trie.insert(cidr, value)?;
-        self.mirror.insert(cidr, value);
-        if let Some(grid) = self.grid()? {
-            self.write_slots(&grid, grid.slots_of(cidr))?;
-        }
-        Ok(())
-    }
-
-    /// Removes the entry for `cidr`: the slots first, then the trie.
-    pub fn remove(&mut self, cidr: Ipv6Cidr) -> Result<(), DataplaneError> {
-        self.mirror.remove(&cidr);
-        if let Some(grid) = self.grid()? {
-            self.write_slots(&grid, grid.slots_of(cidr))?;
-        }
-        self.trie.remove(cidr)
-    }
-
-    /// Every entry of the trie (the authority).
-    pub fn entries(&self) -> Result<Vec<(Ipv6Cidr, RemotePodCidr)>, DataplaneError> {
-        self.trie.entries()
+        (0..=slot.prefix_len())
+            .rev()
+            .find_map(|len| {
+                let addr = Ipv6Addr::from(start & Ipv6Cidr::mask(len));
+                entries.get(&Ipv6Cidr::new(addr, len).ok()?).copied()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -467,7 +323,7 @@ mod tests {
         entries.insert(cidr("fd00:10:244:5::/80"), value(5));
         entries.insert(cidr("fd00:10:244:40::/58"), value(64));
         entries.insert(cidr("fd00:10:244:46::/64"), value(70));
-        let at = |i: u32| slot_value_v6(&entries, grid.slot(i));
+        let at = |i: u32| GridV6::slot_value(&entries, grid.slot(i));
         assert_eq!(at(1), value(1), "an exact /64");
         assert_eq!((at(2), at(3)), (value(2), value(2)), "a /63 spans two");
         assert_eq!(
