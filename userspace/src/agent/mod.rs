@@ -38,7 +38,7 @@ use crate::{
         links::{self, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
-    kernel::{events, xfrm},
+    kernel::{events, routing, xfrm},
     nodes::{self, CACHE_FILE, Cache, Changes, NodeSource, Peers, SourceError},
     state::{self, StateError},
     watch::{DirWatch, FileVersion},
@@ -510,16 +510,35 @@ impl Node {
         }
     }
 
-    fn pod_gone(&mut self, name: &str) {
-        if self.pods.remove(name)
-            || links::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER)
+    async fn pod_gone(&mut self, handle: &rtnetlink::Handle, name: &str) {
+        let ours = self.pods.remove(name);
+        if !ours
+            && !links::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER)
                 .iter()
                 .any(|p| p == name)
         {
-            match links::unpin(&self.opts.pin_dir, programs::POD_CLASSIFIER, name) {
-                Ok(()) => info!("pod veth {name} gone: its link unpinned"),
-                Err(e) => warn!("pod veth {name} gone, unpinning failed: {e}"),
+            return;
+        }
+        // Under the CNI plugin's lock, and only while no interface has the name: a new pod's
+        // veth may have taken it since, and the pin is then (or is about to be) that veth's
+        // live link, which unpinning would detach.
+        let unpinned = async {
+            let _held = links::lock(&self.opts.pin_dir).map_err(|e| e.to_string())?;
+            if routing::link_by_name(handle, name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Ok(false);
             }
+            links::unpin(&self.opts.pin_dir, programs::POD_CLASSIFIER, name)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(true)
+        };
+        match unpinned.await {
+            Ok(true) => info!("pod veth {name} gone: its link unpinned"),
+            Ok(false) => info!("pod veth {name} gone, and a new one took its name: pin kept"),
+            Err(e) => warn!("pod veth {name} gone, unpinning failed: {e}"),
         }
     }
 
@@ -531,7 +550,7 @@ impl Node {
         }
         for name in links::pinned_interfaces(&self.opts.pin_dir, programs::POD_CLASSIFIER) {
             if !present.contains(&name) {
-                self.pod_gone(&name);
+                self.pod_gone(handle, &name).await;
             }
         }
         Ok(())
@@ -702,7 +721,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
                 };
                 match node.opts.pod_veths.event(&message) {
                     Some(pods::PodEvent::Up(name)) => node.attach_pod(&name),
-                    Some(pods::PodEvent::Gone(name)) => node.pod_gone(&name),
+                    Some(pods::PodEvent::Gone(name)) => node.pod_gone(&handle, &name).await,
                     None => {}
                 }
             }
