@@ -9,11 +9,24 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
+use clap::Parser;
 
 use crate::{build_ebpf, install, vm};
 
+/// Options of `cargo xtask demo`.
+#[derive(Parser)]
+pub struct Args {
+    /// A dual-stack lab: every pair over IPv4 and IPv6, both encrypted (`lab run --dual-stack`).
+    #[arg(long)]
+    dual_stack: bool,
+    /// A dual-stack lab whose tunnels join the nodes' IPv6 addresses (`lab run
+    /// --ipv6-node-ips`).
+    #[arg(long, conflicts_with = "dual_stack")]
+    ipv6_node_ips: bool,
+}
+
 /// Runs the demo.
-pub fn run(root: &Path) -> Result<()> {
+pub fn run(root: &Path, args: Args) -> Result<()> {
     install::apt(crate::test::HOST_PACKAGES)?;
     build_ebpf::ensure_toolchain()?;
     eprintln!("xtask: building xsteer");
@@ -23,11 +36,17 @@ pub fn run(root: &Path) -> Result<()> {
             .args(["build", "--quiet", "--locked", "-p", "xsteer"]),
     )?;
     let xsteer = vm::target_dir(root).join("debug/xsteer");
-    let lab = [
+    let mut lab = vec![
         xsteer.to_string_lossy().into_owned(),
         "lab".into(),
         "run".into(),
     ];
+    if args.dual_stack {
+        lab.push("--dual-stack".into());
+    }
+    if args.ipv6_node_ips {
+        lab.push("--ipv6-node-ips".into());
+    }
     let code = if host_has_esp() {
         eprintln!("xtask: this kernel has ESP: running the lab here");
         Command::new(&lab[0])
@@ -37,7 +56,7 @@ pub fn run(root: &Path) -> Result<()> {
             .unwrap_or(1)
     } else {
         eprintln!("xtask: this kernel has no ESP (CONFIG_INET_ESP): running the lab in the VM bed");
-        vm::run_command(root, lab.to_vec())?
+        vm::run_command(root, lab)?
     };
     if code != 0 {
         bail!("the lab failed (exit code {code})");

@@ -29,7 +29,7 @@ enum Task {
     BuildEbpf,
     /// The main job: build, then a 3-node lab (in the VM where the kernel lacks ESP) that proves
     /// every cross-node pod packet on its wire is ESP.
-    Demo,
+    Demo(demo::Args),
     /// Run every test level: unit, bpf-tests and netlink (root), and end-to-end in the VM bed.
     Test(test::Args),
     /// Measure the dataplane and write docs/benchmarks.md.
@@ -56,7 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::BuildEbpf => build_ebpf::run(&root).map(drop),
-        Task::Demo => demo::run(&root),
+        Task::Demo(args) => demo::run(&root, args),
         Task::Test(args) => test::run(&root, args),
         Task::Bench(args) => bench::run(&root, args),
         Task::Image(args) => image::run(&root, args).map(drop),
