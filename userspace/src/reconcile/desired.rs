@@ -23,9 +23,11 @@
 //! cluster's pod space for the guards.
 //!
 //! In a dual-stack cluster the peer's IPv6 pod CIDRs get the same policies, routes and map
-//! entries, in the same IPv4 tunnels: an SA carries both families (see
+//! entries, in the same tunnels: an SA carries both families (see
 //! [`crate::kernel::xfrm::add_state`]), so IPv6 needs no SA, SPI or key of its own, and no two
-//! SAs ever share a key. The block policy and the encrypt rule then exist for IPv6 too.
+//! SAs ever share a key. The block policy and the encrypt rule then exist for IPv6 too. The
+//! tunnels join the node IPs, IPv4 or IPv6 (then with the IPv6 outer header's MTU, and routes
+//! by the tunnel's next hop only for pod CIDRs of its family).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
