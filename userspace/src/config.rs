@@ -395,13 +395,7 @@ impl Config {
         }
 
         // Node IPs are outside every pod CIDR: tunnel traffic must never look like pod traffic.
-        let ips = std::iter::once(("node.ip".to_owned(), node.ip)).chain(
-            self.peers
-                .iter()
-                .enumerate()
-                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
-        );
-        for (at, ip) in ips {
+        for (at, ip) in self.node_ips() {
             let IpAddr::V4(ip) = ip else { continue };
             for (cidr_at, cidr) in &cidrs {
                 if cidr.contains(ip) {
@@ -412,6 +406,16 @@ impl Config {
         self.cluster_problems(&mut p, &cidrs);
         self.v6_problems(&mut p);
         p.0
+    }
+
+    /// Every node IP of the file with where it is: `node.ip`, then `peers[i].ip`.
+    fn node_ips(&self) -> impl Iterator<Item = (String, IpAddr)> + '_ {
+        std::iter::once(("node.ip".to_owned(), self.node.ip)).chain(
+            self.peers
+                .iter()
+                .enumerate()
+                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
+        )
     }
 
     /// IPv6 pod CIDRs: no two overlap, and all are inside `cluster_cidr_v6`, which must then be
@@ -436,13 +440,7 @@ impl Config {
             }
         }
         // IPv6 node IPs are outside every IPv6 pod CIDR and the IPv6 pod space.
-        let ips = std::iter::once(("node.ip".to_owned(), self.node.ip)).chain(
-            self.peers
-                .iter()
-                .enumerate()
-                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
-        );
-        for (at, ip) in ips {
+        for (at, ip) in self.node_ips() {
             let IpAddr::V6(ip) = ip else { continue };
             let inside = (cidrs.iter().map(|(a, c)| (a.as_str(), c)))
                 .chain(self.cluster_cidrs_v6.iter().map(|c| ("cluster_cidr_v6", c)));
@@ -519,13 +517,7 @@ impl Config {
                 );
             }
         }
-        let ips = std::iter::once(("node.ip".to_owned(), self.node.ip)).chain(
-            self.peers
-                .iter()
-                .enumerate()
-                .map(|(i, peer)| (format!("peers[{i}].ip"), peer.ip)),
-        );
-        for (at, ip) in ips {
+        for (at, ip) in self.node_ips() {
             let IpAddr::V4(ip) = ip else { continue };
             if let Some(cluster) = clusters.iter().find(|c| c.contains(ip)) {
                 p.push(

@@ -260,6 +260,22 @@ fn reconcile_converges_is_idempotent_and_leaves_foreign_objects() {
     });
 }
 
+/// Changes what the kernel and the maps hold into `want`, in plan order, and reads back what
+/// they hold then.
+async fn converge(
+    netlink: &Netlink,
+    dataplane: &mut Dataplane,
+    outbound: &mut reconcile::Outbound<'_>,
+    want: &reconcile::Snapshot,
+) -> reconcile::Snapshot {
+    let have = reconcile::read(netlink, dataplane, 200).await.unwrap();
+    let changes = plan(&have, want);
+    reconcile::execute(netlink, dataplane, outbound, 200, &changes, |_| {})
+        .await
+        .unwrap();
+    reconcile::read(netlink, dataplane, 200).await.unwrap()
+}
+
 /// [`config_text`] in a dual-stack cluster: every node has an IPv6 /64 of pods too.
 fn dual_stack_config() -> String {
     config_text("")
@@ -298,23 +314,8 @@ fn a_dual_stack_node_converges_with_ipv6_rule_routes_policies_and_maps() {
         let state_dir =
             std::env::temp_dir().join(format!("xsteer-reconcile6-{}", std::process::id()));
         let mut ledger = KeyLedger::open(&state_dir).unwrap();
-        let have = reconcile::read(&netlink, &mut dataplane, 200)
-            .await
-            .unwrap();
-        let changes = plan(&have, &want);
-        reconcile::execute(
-            &netlink,
-            &mut dataplane,
-            &mut outbound(&mut ledger),
-            200,
-            &changes,
-            |_| {},
-        )
-        .await
-        .unwrap();
-        let after = reconcile::read(&netlink, &mut dataplane, 200)
-            .await
-            .unwrap();
+        let mut outbound = outbound(&mut ledger);
+        let after = converge(&netlink, &mut dataplane, &mut outbound, &want).await;
         assert_eq!(after, want, "both families, exactly as desired");
         let shown = ipv6_state();
         assert!(
@@ -345,17 +346,8 @@ fn a_dual_stack_node_converges_with_ipv6_rule_routes_policies_and_maps() {
         );
         assert!(again.is_empty(), "{again:#?}");
 
-        let teardown = plan(&after, &reconcile::Snapshot::default());
-        reconcile::execute(
-            &netlink,
-            &mut dataplane,
-            &mut outbound(&mut ledger),
-            200,
-            &teardown,
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let empty = reconcile::Snapshot::default();
+        converge(&netlink, &mut dataplane, &mut outbound, &empty).await;
         assert_eq!((kernel_state(), ipv6_state()), before);
         let _ = fs::remove_dir_all(state_dir);
     });
@@ -392,23 +384,7 @@ fn ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps() {
             ledger: &mut ledger,
             node_ip: view.node.ip,
         };
-        let have = reconcile::read(&netlink, &mut dataplane, 200)
-            .await
-            .unwrap();
-        let changes = plan(&have, &want);
-        reconcile::execute(
-            &netlink,
-            &mut dataplane,
-            &mut outbound,
-            200,
-            &changes,
-            |_| {},
-        )
-        .await
-        .unwrap();
-        let after = reconcile::read(&netlink, &mut dataplane, 200)
-            .await
-            .unwrap();
+        let after = converge(&netlink, &mut dataplane, &mut outbound, &want).await;
         assert_eq!(after, want, "IPv6 tunnels, exactly as desired");
         let policies = ip(&["xfrm", "policy", "show"]);
         assert!(
@@ -437,17 +413,8 @@ fn ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps() {
                 .is_empty()
         );
 
-        let teardown = plan(&after, &reconcile::Snapshot::default());
-        reconcile::execute(
-            &netlink,
-            &mut dataplane,
-            &mut outbound,
-            200,
-            &teardown,
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let empty = reconcile::Snapshot::default();
+        converge(&netlink, &mut dataplane, &mut outbound, &empty).await;
         assert!(
             dataplane
                 .peer_nodes_v6()

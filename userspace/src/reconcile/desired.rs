@@ -400,20 +400,18 @@ mod tests {
         Generation::new(n).unwrap()
     }
 
-    /// The desired state of `view` with `keys`, on a 1500-byte uplink with b on link.
+    /// The desired state of `view` with `keys`, on a 1500-byte uplink with every peer on link.
     fn desired_for(view: &View, keys: &KeyFile, cipher: Cipher) -> Snapshot {
         let uplink = Uplink {
             name: "eth0".into(),
             index: 2,
             mtu: 1500,
         };
-        let next_hops = BTreeMap::from([(
-            Ipv4Addr::new(192, 168, 0, 2).into(),
-            NextHop {
-                oif: 2,
-                gateway: None,
-            },
-        )]);
+        let on_link = NextHop {
+            oif: 2,
+            gateway: None,
+        };
+        let next_hops = view.peers.iter().map(|p| (p.ip, on_link)).collect();
         let around = Surroundings {
             uplink: &uplink,
             next_hops: &next_hops,
@@ -718,26 +716,7 @@ mod tests {
         view.cluster_cidrs_v6 = vec!["fd00:10:244::/48".parse().unwrap()];
         view.node.pod_cidr_v6 = Some("fd00:10:244:1::/64".parse().unwrap());
         view.peers[0].pod_cidrs_v6 = vec!["fd00:10:244:2::/64".parse().unwrap()];
-        let uplink = Uplink {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-        };
-        let next_hops = BTreeMap::from([(
-            b,
-            NextHop {
-                oif: 2,
-                gateway: None,
-            },
-        )]);
-        let around = Surroundings {
-            uplink: &uplink,
-            next_hops: &next_hops,
-            rule_priority: 100,
-            cipher: Cipher::Gcm,
-            esn: true,
-        };
-        let want = desired(&view, &keys, &around).unwrap();
+        let want = desired_for(&view, &keys, Cipher::Gcm);
         let cidr = |c: &str| c.parse::<IpCidr>().unwrap();
 
         // Two SAs between the IPv6 addresses, and the IPv4 view's SPIs.

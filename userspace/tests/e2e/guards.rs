@@ -9,7 +9,6 @@
 use std::{
     fs,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
@@ -80,50 +79,7 @@ fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
 
 /// Sends raw `frames` out of `ifname` in `netns`.
 fn inject(netns: &Netns, ifname: &'static str, frames: Vec<Vec<u8>>) {
-    netns.run(move || {
-        // SAFETY: plain socket(2); owned at once.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor nobody else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Straight to the device: b's own egress guard would drop the spoofed frame otherwise,
-        // and the point is a frame that is on the wire whatever b's guards say.
-        let one: libc::c_int = 1;
-        // SAFETY: valid fd, option value of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: zeroed sockaddr_ll is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-        for f in &frames {
-            // SAFETY: valid buffers of the lengths passed.
-            let n = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
-        }
-    });
+    netns.run(move || crate::support::send_frames(ifname, &frames));
 }
 
 fn wait_for_log(node: &Node, text: &str) {

@@ -314,35 +314,7 @@ fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, chain: usize, udp: &[u8]) -> Vec<u8
 /// Sends raw Ethernet `frames` out of `ifname` in `netns_name`, past its qdisc.
 fn inject(netns_name: &str, ifname: &'static str, frames: Vec<Vec<u8>>) {
     netns::run_in(netns_name, move || {
-        // SAFETY: plain socket(2); owned at once.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor nobody else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert_ne!(index, 0, "no {ifname}");
-        // SAFETY: zeroed sockaddr_ll is valid.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        addr.sll_protocol = (libc::ETH_P_IPV6 as u16).to_be();
-        for f in &frames {
-            // SAFETY: valid buffers of the lengths passed.
-            let n = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
-        }
+        crate::support::send_frames(ifname, &frames);
         Ok(())
     })
     .unwrap();

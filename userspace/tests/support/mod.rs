@@ -1,5 +1,5 @@
 //! Shared by the integration tests that touch the kernel: privilege checks, network namespaces,
-//! the `ip` tool, sockets with marks, and the kernel's xfrm counters.
+//! the `ip` tool, sockets with marks, raw frames onto a link, and the kernel's xfrm counters.
 //!
 //! Each test binary uses a different part of it.
 #![allow(dead_code)]
@@ -8,7 +8,7 @@ use std::{
     fs,
     future::Future,
     net::UdpSocket,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::Path,
     process::Command,
     thread,
@@ -212,4 +212,52 @@ pub fn kernel_has_esp() -> bool {
     let _ = Command::new("modprobe").arg("esp4").output();
     fs::read_to_string("/proc/modules").is_ok_and(|m| m.lines().any(|l| l.starts_with("esp4 ")))
         || fs::read_to_string("/proc/kallsyms").is_ok_and(|k| k.contains(" esp4_init"))
+}
+
+/// Sends raw Ethernet `frames` out of `ifname` in this thread's network namespace, straight to
+/// the device: past its qdisc, so that the namespace's own egress guard does not see them (the
+/// point is a frame that is on the wire whatever the sender's guards say).
+pub fn send_frames(ifname: &str, frames: &[Vec<u8>]) {
+    // SAFETY: plain socket(2); owned at once.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd, option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "no {ifname}");
+    for f in frames {
+        // SAFETY: zeroed sockaddr_ll is valid.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        // The frame's own EtherType, as it is on the wire.
+        addr.sll_protocol = u16::from_ne_bytes([f[12], f[13]]);
+        // SAFETY: valid buffers of the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+    }
 }
