@@ -61,7 +61,7 @@ fn pod6(index: u16, host: u64) -> Ipv6Addr {
 }
 
 /// The wire SPI of key generation `generation` from node `id`, under the epoch pairing whose
-/// tags are `tags` (bits 4..15).
+/// tags are `tags` (6 bits), in CPU slot 0.
 fn wire_spi(id: u16, tags: u32, generation: u32) -> u32 {
     u32::from(id) << 16 | tags << 4 | generation
 }
@@ -72,7 +72,7 @@ const MORE_PAIRINGS: [u32; SPI_PAIRINGS_MAX] = {
     let mut tags = [0; SPI_PAIRINGS_MAX];
     let mut i = 0;
     while i < SPI_PAIRINGS_MAX {
-        tags[i] = 0x101 * (i as u32 + 1);
+        tags[i] = 0x09 * (i as u32 + 1);
         i += 1;
     }
     tags

@@ -16,6 +16,7 @@ use xsteer_bpf_tests::{
 use xsteer_common::{
     counters::Counter,
     maps::{PeerNode, SPI_PAIRINGS_MAX},
+    spi,
 };
 
 /// Loads and populates the object, lets `setup` change the maps, and runs the guard on each
@@ -142,7 +143,7 @@ fn esp_from_a_peer_with_an_invalid_spi_is_dropped() {
         // Another generation of the right peer.
         Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI + 1).frame(),
         // Peer B's node ID and generation under other epoch tags.
-        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI | 0xA720).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI | 0x0120).frame(),
         // Peer C's SPI set is empty.
         Ipv4::esp(PEER_C_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
     ];
@@ -155,7 +156,7 @@ fn esp_from_a_peer_with_an_invalid_spi_is_dropped() {
 }
 
 /// Peer C's SPI carries node ID 0x1234 in its top bits; only C's node IP may send it.
-const PEER_C_WIRE_SPI: u32 = (PEER_C_ID as u32) << 16 | 0x0A7F;
+const PEER_C_WIRE_SPI: u32 = (PEER_C_ID as u32) << 16 | 0x027F;
 
 #[test]
 fn an_spi_that_names_another_peer_is_dropped() {
@@ -183,6 +184,69 @@ fn an_spi_that_names_another_peer_is_dropped() {
     assert_eq!(ingress_counters(&mut dp), [0, 1, 0, 2, 0, 0]);
 }
 
+/// Peer B's SA in CPU slot `slot` of the set [`PEER_B_WIRE_SPI`] is the shared SA of.
+fn b_cpu_spi(slot: u32) -> u32 {
+    PEER_B_WIRE_SPI | slot << spi::CPU_SLOT_SHIFT
+}
+
+/// The per-CPU SAs a peer sends on are accepted, in its set and through the hash, up to the
+/// number its set says; one past it is dropped like any SPI the peer does not have.
+#[test]
+fn per_cpu_sas_are_accepted_up_to_the_peers_count() {
+    let hashed = b_spi(SPI_PAIRINGS_MAX as u32 + 1);
+    let frames = [
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, b_cpu_spi(1)).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, b_cpu_spi(3)).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, hashed | 3 << spi::CPU_SLOT_SHIFT).frame(),
+        // One past the count: in the set and in the hash.
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, b_cpu_spi(4)).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, hashed | 4 << spi::CPU_SLOT_SHIFT).frame(),
+        Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, b_cpu_spi(63)).frame(),
+    ];
+    let three = |dp: &mut Dataplane| {
+        let mut spis = dp.peer_spis().unwrap();
+        // Fill the set's other pairings, so that `hashed` lives in the hash alone.
+        for tags in 1..=SPI_PAIRINGS_MAX as u32 + 1 {
+            spis.insert(PEER_B_IP, b_spi(tags)).unwrap();
+        }
+        spis.set_per_cpu_sas(PEER_B_ID, 3).unwrap();
+        assert_eq!(spis.per_cpu_sas().unwrap()[&PEER_B_ID], 3);
+    };
+    let Some((verdicts, mut dp)) = guard_with(
+        "per_cpu_sas_are_accepted_up_to_the_peers_count",
+        three,
+        &frames,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        verdicts,
+        [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP, XDP_DROP]
+    );
+    assert_eq!(ingress_counters(&mut dp), [0, 3, 0, 3, 0, 0]);
+    // Back to shared SAs only: per-CPU SPIs are dropped, the shared one still passes.
+    dp.peer_spis()
+        .unwrap()
+        .set_per_cpu_sas(PEER_B_ID, 0)
+        .unwrap();
+    let guard = dp.ingress_guard().unwrap();
+    assert_eq!(
+        run_xdp(
+            guard,
+            &Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, b_cpu_spi(1)).frame()
+        ),
+        XDP_DROP
+    );
+    let guard = dp.ingress_guard().unwrap();
+    assert_eq!(
+        run_xdp(
+            guard,
+            &Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame()
+        ),
+        XDP_PASS
+    );
+}
+
 #[test]
 fn esp_from_a_host_that_is_not_a_peer_passes_whatever_its_spi() {
     let frames = [
@@ -201,9 +265,9 @@ fn esp_from_a_host_that_is_not_a_peer_passes_whatever_its_spi() {
     assert!(dp.peer_spis().unwrap().stats().unwrap()[&PEER_B_ID].packets == 0);
 }
 
-/// Peer B's SPI under epoch tags `tags` (bits 4..15) and its generation.
+/// Peer B's SPI under epoch tags `tags` (the 6 bits of a pairing) and its generation.
 fn b_spi(tags: u32) -> u32 {
-    PEER_B_WIRE_SPI & !0xFFF0 | tags << 4
+    PEER_B_WIRE_SPI & !(spi::PAIRING_MASK << spi::PAIRING_SHIFT) | tags << spi::PAIRING_SHIFT
 }
 
 /// More epoch pairings than a set has room for: the SPIs that do not fit are looked up in
@@ -262,7 +326,7 @@ fn spis_the_set_has_no_room_for_are_accepted_through_the_hash() {
 #[test]
 fn a_node_id_at_a_new_node_ip_is_accepted_beside_the_old_one() {
     const NEW_B_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 20);
-    let new_spi = b_spi(0x5A5);
+    let new_spi = b_spi(0x25);
     let moved = |dp: &mut Dataplane| {
         let node = PeerNode {
             node_id: PEER_B_ID,

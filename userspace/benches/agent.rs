@@ -177,6 +177,7 @@ fn join_latency() -> Duration {
             next_epoch: None,
             acks: Default::default(),
             generations: vec![Generation::MIN],
+            per_cpu_sas: 0,
         };
         let started = Instant::now();
         source.publish(&record).unwrap();

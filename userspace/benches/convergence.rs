@@ -58,7 +58,7 @@ use xsteer::{
     kernel::{
         Netlink,
         routing::{self, DEFAULT_RULE_PRIORITY, EncryptRule, PodRoute, ROUTE_PROTOCOL, Uplink},
-        xfrm::{self, Cipher, Direction, Policy, PolicyAction, REQID},
+        xfrm::{self, Cipher, Direction, Policy, PolicyAction},
     },
     keys::{Epoch, KeyFile},
     reconcile::{
@@ -224,6 +224,7 @@ fn peer(i: u32) -> Peer {
         next_epoch: None,
         acked_epoch: None,
         generations: None,
+        per_cpu_sas: 0,
     }
 }
 
@@ -242,6 +243,7 @@ fn view(n: u32) -> View {
             pod_cidr_v6: None,
             epoch: Epoch::from_bytes([0x11; 16]),
             next_epoch: None,
+            per_cpu_sas: 0,
         },
         peers: Vec::new(),
     };
@@ -267,6 +269,7 @@ async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
         rule_priority: DEFAULT_RULE_PRIORITY,
         cipher: Cipher::Gcm,
         esn: true,
+        per_cpu: false,
     };
     let mut want = desired(&view, &keys, &around).unwrap();
     want.states.clear(); // no ESP on the host kernel
@@ -310,10 +313,9 @@ fn policy_add(p: &Policy) -> String {
     );
     match p.action {
         PolicyAction::Block => s.push_str(" action block"),
-        PolicyAction::Tunnel { src, dst, spi } => write!(
+        PolicyAction::Tunnel { src, dst, reqid } => write!(
             s,
-            " tmpl src {src} dst {dst} proto esp spi {:#x} mode tunnel reqid {REQID:#x}",
-            spi.unwrap_or(0)
+            " tmpl src {src} dst {dst} proto esp mode tunnel reqid {reqid:#x}"
         )
         .unwrap(),
     }

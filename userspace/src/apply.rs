@@ -140,6 +140,15 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// How many per-CPU SAs an apply of `view` installs towards each peer: none until the
+    /// kernel was probed, and none if it cannot bind SAs to CPUs.
+    pub fn per_cpu_sas(&self, view: &View) -> u8 {
+        match self.support {
+            Some(EspSupport { per_cpu: true, .. }) => view.node.per_cpu_sas,
+            _ => 0,
+        }
+    }
+
     /// Opens netlink. The maps are opened by the first apply, once its inputs checked out.
     pub fn new(opts: ApplyOptions) -> Result<Applier, ApplyError> {
         let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;
@@ -205,10 +214,15 @@ impl Applier {
         let mut notices = Vec::new();
         // A dry run writes nothing, not even the probe's throwaway SA: it plans with the key
         // file's own cipher.
-        let EspSupport { cipher, esn } = match (self.opts.dry_run, self.support) {
+        let EspSupport {
+            cipher,
+            esn,
+            per_cpu,
+        } = match (self.opts.dry_run, self.support) {
             (true, _) => EspSupport {
                 cipher: Cipher::Gcm,
                 esn: true,
+                per_cpu: true,
             },
             (false, Some(support)) => support,
             (false, None) => *self.support.insert(xfrm::probe(netlink).await?),
@@ -233,12 +247,20 @@ impl Applier {
                     .to_owned(),
             );
         }
+        if !per_cpu && view.node.per_cpu_sas > 0 {
+            notices.push(
+                "this kernel cannot bind SAs to CPUs (XFRMA_SA_PCPU, Linux 6.13): per_cpu_sas \
+                 is ignored, ESP to each peer goes on one SA per direction"
+                    .to_owned(),
+            );
+        }
         let around = Surroundings {
             uplink: &uplink,
             next_hops: &self.next_hops,
             rule_priority: DEFAULT_RULE_PRIORITY,
             cipher,
             esn,
+            per_cpu,
         };
         let want = desired(view, keys, &around)?;
         // Everything is checked: from here on, bpffs may be written (maps created and pinned).

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
     keys::Epoch,
+    protocol::PER_CPU_SAS_MAX,
 };
 
 /// The policy-routing table used when the config names none.
@@ -104,6 +105,9 @@ pub struct NodeConfig {
     /// learn it from this node's record (`nodes_dir`, `node_source = "kubernetes"`): the agent
     /// then draws one at its first start and keeps it in its state directory.
     pub epoch: Option<Epoch>,
+    /// Whether the node sends on one SA per CPU (`per_cpu_sas = true`), so that ESP to a peer
+    /// is encrypted on every core rather than one; each is announced in the node's record.
+    pub per_cpu_sas: bool,
 }
 
 impl NodeConfig {
@@ -128,6 +132,9 @@ pub struct PeerConfig {
     pub pod_cidrs_v6: Vec<Ipv6Cidr>,
     /// The peer's epoch.
     pub epoch: Epoch,
+    /// How many per-CPU SAs the peer sends on besides its shared one, 0..=63: this node
+    /// installs an IN SA for each.
+    pub per_cpu_sas: u8,
 }
 
 /// One thing wrong with a config, at one field.
@@ -773,6 +780,8 @@ struct RawNode {
     pod_cidr: Option<String>,
     pod_cidr_v6: Option<String>,
     epoch: Option<String>,
+    #[serde(default)]
+    per_cpu_sas: bool,
 }
 
 #[derive(Deserialize)]
@@ -783,6 +792,7 @@ struct RawPeer {
     id: i64,
     pod_cidrs: Vec<String>,
     epoch: String,
+    per_cpu_sas: Option<i64>,
 }
 
 fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<IpAddr> {
@@ -876,6 +886,7 @@ impl RawConfig {
                     pod_cidr,
                     pod_cidr_v6,
                     epoch,
+                    per_cpu_sas: n.per_cpu_sas,
                 })
             }
             _ => None,
@@ -899,12 +910,33 @@ impl RawConfig {
                 .map(|(j, c)| p.parse(format!("peers[{i}].pod_cidrs[{j}]"), c))
                 .collect();
             let epoch = p.parse(format!("peers[{i}].epoch"), &peer.epoch);
-            if let (Some(ip), Some(id), Some(pod_cidrs), Some(pod_cidrs_v6), Some(epoch)) = (
+            let per_cpu_sas = match peer.per_cpu_sas.unwrap_or(0) {
+                n if (0..=i64::from(PER_CPU_SAS_MAX)).contains(&n) => Some(n as u8),
+                n => {
+                    p.push(
+                        format!("peers[{i}].per_cpu_sas"),
+                        format!(
+                            "must be 0..={PER_CPU_SAS_MAX} (the per-CPU SAs the peer sends on), \
+                             found {n}"
+                        ),
+                    );
+                    None
+                }
+            };
+            if let (
+                Some(ip),
+                Some(id),
+                Some(pod_cidrs),
+                Some(pod_cidrs_v6),
+                Some(epoch),
+                Some(per_cpu_sas),
+            ) = (
                 ip,
                 id,
                 cidrs.into_iter().collect(),
                 cidrs_v6.into_iter().collect(),
                 epoch,
+                per_cpu_sas,
             ) {
                 peers.push(PeerConfig {
                     name: peer.name,
@@ -913,6 +945,7 @@ impl RawConfig {
                     pod_cidrs,
                     pod_cidrs_v6,
                     epoch,
+                    per_cpu_sas,
                 });
             }
         }
@@ -1568,6 +1601,7 @@ epoch = "0123456789abcdef0123456789abcdef"
             generation: newest.generation(),
             src_epoch: config.node.epoch.expect("the example gives node.epoch"),
             dst_epoch: peer.epoch,
+            cpu_slot: 0,
         };
         let (SaKey::Gcm { key: a, .. }, SaKey::Gcm { key: b, .. }) = (
             keys.derive(&out).unwrap(),

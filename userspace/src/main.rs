@@ -249,11 +249,15 @@ fn run(command: Command) -> Result<()> {
                 (false, false) => lab::topology::Stack::V4,
             };
             match command {
-                LabCommand::Up { size: s, dir } => lab::up(size(&s), stack(&s), &dir.dir),
+                LabCommand::Up { size: s, dir } => {
+                    lab::up(size(&s), stack(&s), &dir.dir, s.per_cpu_sas)
+                }
                 LabCommand::Test { dir } => lab::test(&dir.dir),
                 LabCommand::Down { dir } => lab::down(&dir.dir),
                 LabCommand::Status { dir } => lab::status(&dir.dir),
-                LabCommand::Run { size: s, dir } => lab::run(size(&s), stack(&s), &dir.dir),
+                LabCommand::Run { size: s, dir } => {
+                    lab::run(size(&s), stack(&s), &dir.dir, s.per_cpu_sas)
+                }
                 LabCommand::Pod(LabPodCommand::Add { name, dir }) => lab::pod_add(&dir.dir, &name),
                 LabCommand::Pod(LabPodCommand::Del { name, dir }) => lab::pod_del(&dir.dir, &name),
                 LabCommand::Exec { name, command } => {
@@ -436,6 +440,10 @@ struct LabSize {
     /// IPv6 node IPs, every tunnel ESP over IPv6.
     #[arg(long)]
     ipv6_node_ips: bool,
+    /// Every agent sends on per-CPU SAs (`per_cpu_sas = true`): one SA per CPU towards each
+    /// peer, so ESP is encrypted on every core.
+    #[arg(long)]
+    per_cpu_sas: bool,
 }
 
 /// Where a lab keeps its files.

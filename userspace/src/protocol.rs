@@ -4,25 +4,42 @@
 //! the agent's rotation and re-key steps decide by them; docs/keys.md and docs/marks.md describe
 //! them for people.
 
+use xsteer_common::spi;
+
 use crate::{
     keys::{Epoch, Generation, GenerationError, KeyFile},
     view::{LocalNode, Peer},
 };
 
-/// The wire SPI of the SA from node `node_id` under `generation`, keyed with the sender's epoch
-/// `src_epoch` and the receiver's `dst_epoch`.
+/// The wire SPI of the SA set from node `node_id` under `generation`, keyed with the sender's
+/// epoch `src_epoch` and the receiver's `dst_epoch`: the SPI of its slot-0 SA, the one any CPU
+/// of the sender may use ([`cpu_spi`] gives the others).
 ///
-/// `node_id << 16 | tag(src_epoch) << 10 | tag(dst_epoch) << 4 | generation`, where a tag is
-/// [`Epoch::spi_tag`]. The node ID makes the SPI unique at every receiver; the tags give an SA
-/// re-keyed on either side a new SPI (a node re-keys to an epoch with another tag), so old and
-/// new SAs coexist while traffic moves over. Read in hex it names its sender: `0x0002_a7c3` is
-/// node 2, generation 3. Never below 65,536, so never in the range RFC 4303 reserves.
+/// The layout is [`xsteer_common::spi`]'s: node ID, CPU slot, the two epochs' tags
+/// ([`Epoch::spi_tag`]) and the generation. The node ID makes the SPI unique at every
+/// receiver; the tags give an SA re-keyed on either side a new SPI (a node re-keys to an epoch
+/// with another tag), so old and new SAs coexist while traffic moves over. Read in hex it names
+/// its sender: `0x0002_00b3` is node 2, generation 3. Never below 65,536, so never in the
+/// range RFC 4303 reserves.
 pub fn wire_spi(node_id: u16, generation: Generation, src_epoch: &Epoch, dst_epoch: &Epoch) -> u32 {
-    (u32::from(node_id) << 16)
-        | (src_epoch.spi_tag() << 10)
-        | (dst_epoch.spi_tag() << 4)
-        | u32::from(generation.get() & 0x0F)
+    spi::compose(
+        node_id,
+        0,
+        src_epoch.spi_tag(),
+        dst_epoch.spi_tag(),
+        generation.get(),
+    )
 }
+
+/// The SPI of the SA in CPU slot `slot` of the set whose slot-0 SPI is `set_spi`: slot `c + 1`
+/// is the per-CPU SA of the sender's CPU `c`.
+pub fn cpu_spi(set_spi: u32, slot: u8) -> u32 {
+    spi::shared(set_spi) | (u32::from(slot) << spi::CPU_SLOT_SHIFT & spi::CPU_SLOT_MASK)
+}
+
+/// The most per-CPU SAs a node sends on: one per CPU slot of the wire SPI after the shared SA's.
+/// CPUs past them use the shared SA.
+pub const PER_CPU_SAS_MAX: u8 = (spi::CPU_SLOTS_MAX - 1) as u8;
 
 /// The epochs of a node: the current one, then the one it is re-keying to.
 pub fn epochs(epoch: Epoch, next: Option<Epoch>) -> impl Iterator<Item = Epoch> + Clone {
@@ -99,11 +116,15 @@ mod tests {
             bytes[0] = first;
             Epoch::from_bytes(bytes)
         };
-        // Tags 0b101001 and 0b110010: 0xA7 >> 2 and 0xC9 >> 2.
+        // Tags 0b101 and 0b110: 0xA7 >> 5 and 0xC9 >> 5.
         let (src, dst) = (epoch(0xA7), epoch(0xC9));
-        assert_eq!(wire_spi(2, g(3), &src, &dst), 0x0002_A723);
-        assert_eq!(wire_spi(2, g(3), &dst, &src), 0x0002_CA93);
-        assert_eq!(wire_spi(65535, g(15), &src, &dst), 0xFFFF_A72F);
+        assert_eq!(wire_spi(2, g(3), &src, &dst), 0x0002_02E3);
+        assert_eq!(wire_spi(2, g(3), &dst, &src), 0x0002_0353);
+        assert_eq!(wire_spi(65535, g(15), &src, &dst), 0xFFFF_02EF);
         assert!(wire_spi(1, g(1), &epoch(0), &epoch(0)) >= 65_536);
+        let set = wire_spi(2, g(3), &src, &dst);
+        assert_eq!(cpu_spi(set, 1), 0x0002_06E3, "CPU 0's SA");
+        assert_eq!(cpu_spi(set, 63), 0x0002_FEE3, "CPU 62's SA");
+        assert_eq!(cpu_spi(cpu_spi(set, 5), 0), set);
     }
 }

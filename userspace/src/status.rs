@@ -17,7 +17,7 @@ use crate::{
         xfrm::{self, XfrmError},
     },
     keys::{Generation, KeyFile},
-    protocol::{epochs, sending_epochs, wire_spi},
+    protocol::{cpu_spi, epochs, sending_epochs, wire_spi},
     view::{self, View},
 };
 
@@ -39,6 +39,9 @@ pub struct KeyGeneration {
 pub struct Sa {
     /// The wire SPI.
     pub spi: u32,
+    /// The sender's CPU whose packets it carries, for a per-CPU SA; `None` for the set's
+    /// shared SA.
+    pub cpu: Option<u8>,
     /// The key generation.
     pub generation: Generation,
     /// Present in the kernel.
@@ -261,17 +264,25 @@ pub async fn collect(
     };
 
     let local = &view.node;
-    let sa = |spi: u32, generation: Generation, dst: IpAddr, in_use: bool| {
-        let counters = sa_counters.get(&xfrm::StateKey { dst, spi });
-        Sa {
-            spi,
-            generation,
-            installed: counters.is_some(),
-            in_use,
-            bytes: counters.map_or(0, |c| c.bytes),
-            packets: counters.map_or(0, |c| c.packets),
-        }
-    };
+    // A set's shared SA, listed installed or not, and those of its per-CPU SAs the kernel has
+    // (up to `per_cpu`: the count configured or advertised, which a kernel may not honour).
+    let sa_counters = &sa_counters;
+    let set =
+        move |set_spi: u32, generation: Generation, dst: IpAddr, in_use: bool, per_cpu: u8| {
+            (0..=per_cpu).filter_map(move |slot| {
+                let spi = cpu_spi(set_spi, slot);
+                let counters = sa_counters.get(&xfrm::StateKey { dst, spi });
+                (slot == 0 || counters.is_some()).then(|| Sa {
+                    spi,
+                    cpu: slot.checked_sub(1),
+                    generation,
+                    installed: counters.is_some(),
+                    in_use,
+                    bytes: counters.map_or(0, |c| c.bytes),
+                    packets: counters.map_or(0, |c| c.packets),
+                })
+            })
+        };
     // Every generation under every pairing of the two nodes' epochs.
     let pairings = |p: &view::Peer| {
         keys.generations()
@@ -308,14 +319,18 @@ pub async fn collect(
             rekey: Rekey::of(local, p),
             outbound: pairings(p)
                 .into_iter()
-                .map(|(g, ours, theirs)| {
+                .flat_map(|(g, ours, theirs)| {
                     let in_use = sending_epochs(local, p) == (ours, theirs);
-                    sa(wire_spi(local.id, g, &ours, &theirs), g, p.ip, in_use)
+                    let spi = wire_spi(local.id, g, &ours, &theirs);
+                    set(spi, g, p.ip, in_use, local.per_cpu_sas)
                 })
                 .collect(),
             inbound: pairings(p)
                 .into_iter()
-                .map(|(g, ours, theirs)| sa(wire_spi(p.id, g, &theirs, &ours), g, local.ip, false))
+                .flat_map(|(g, ours, theirs)| {
+                    let spi = wire_spi(p.id, g, &theirs, &ours);
+                    set(spi, g, local.ip, false, p.per_cpu_sas)
+                })
                 .collect(),
             esp_accepted_packets: esp_stats.get(&p.id).map_or(0, |s| s.packets),
         })
@@ -474,8 +489,9 @@ impl Status {
         for p in &self.peers {
             for (direction, sas) in [("out", &p.outbound), ("in", &p.inbound)] {
                 for sa in sas.iter().filter(|s| s.installed) {
+                    let cpu = sa.cpu.map_or("any".to_owned(), |c| c.to_string());
                     let labels = format!(
-                        "peer=\"{}\",direction=\"{direction}\",spi=\"{:#010x}\",generation=\"{}\"",
+                        "peer=\"{}\",direction=\"{direction}\",spi=\"{:#010x}\",generation=\"{}\",cpu=\"{cpu}\"",
                         label(&p.name),
                         sa.spi,
                         sa.generation

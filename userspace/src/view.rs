@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
     config::{Config, PeerConfig},
+    kernel::xfrm,
     keys::{Epoch, Generation},
 };
 
@@ -49,6 +50,9 @@ pub struct LocalNode {
     /// The epoch the node is re-keying to, if it is: SAs under both exist until every peer has
     /// moved over.
     pub next_epoch: Option<Epoch>,
+    /// How many per-CPU SAs the node sends on besides each set's shared SA, if the kernel can
+    /// bind SAs to CPUs: one per CPU with `per_cpu_sas = true`, else 0.
+    pub per_cpu_sas: u8,
 }
 
 /// Another node that pod traffic is encrypted to and from.
@@ -75,6 +79,9 @@ pub struct Peer {
     /// The key generations the peer says it can receive (it has their IN SAs), from its node
     /// record; `None` for a peer from the config file, which is assumed to receive them all.
     pub generations: Option<Vec<Generation>>,
+    /// How many per-CPU SAs the peer sends on besides each set's shared SA, from its record or
+    /// the config: this node installs an IN SA for each.
+    pub per_cpu_sas: u8,
 }
 
 impl Peer {
@@ -90,6 +97,7 @@ impl Peer {
             next_epoch: None,
             acked_epoch: None,
             generations: None,
+            per_cpu_sas: peer.per_cpu_sas,
         }
     }
 }
@@ -145,6 +153,11 @@ impl View {
                 pod_cidr_v6: node.pod_cidr_v6,
                 epoch,
                 next_epoch,
+                per_cpu_sas: if node.per_cpu_sas {
+                    xfrm::per_cpu_sa_count()
+                } else {
+                    0
+                },
             },
             peers: Vec::new(),
         }

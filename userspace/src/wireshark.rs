@@ -159,6 +159,7 @@ mod tests {
             }),
             crypto,
             esn: true,
+            cpu: None,
         }
     }
 

@@ -106,6 +106,7 @@ async fn desired_without_sas(netlink: &Netlink, view: &View) -> reconcile::Snaps
         rule_priority: DEFAULT_RULE_PRIORITY,
         cipher: Cipher::Gcm,
         esn: true,
+        per_cpu: true,
     };
     let mut want = reconcile::desired::desired(view, &keys, &around).unwrap();
     want.states.clear();

@@ -38,7 +38,7 @@ fn out_policy(generation: u32) -> Policy {
         action: PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 1).into(),
             dst: Ipv4Addr::new(192, 168, 77, 2).into(),
-            spi: Some(0x0001_0000 | generation),
+            reqid: xfrm::set_reqid(0x0001_0000 | generation),
         },
     }
 }
@@ -67,7 +67,7 @@ fn fwd_policy() -> Policy {
         action: PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 2).into(),
             dst: Ipv4Addr::new(192, 168, 77, 1).into(),
-            spi: None,
+            reqid: 0,
         },
     }
 }
@@ -131,12 +131,12 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
         );
 
         // Replacing keeps the key and swaps the template in one step: the SA it names by
-        // SPI (a re-key), then its endpoint.
+        // reqid (a re-key), then its endpoint.
         let mut rekeyed = out_policy(3);
         rekeyed.action = PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 1).into(),
             dst: Ipv4Addr::new(192, 168, 77, 2).into(),
-            spi: Some(0x0001_5673),
+            reqid: xfrm::set_reqid(0x0001_5673),
         };
         xfrm::put_policy(&netlink, &rekeyed, true).await.unwrap();
         let listed = xfrm::policies(&netlink).await.unwrap();
@@ -148,7 +148,7 @@ fn policies_round_trip_replace_and_leave_foreign_ones_alone() {
         moved.action = PolicyAction::Tunnel {
             src: Ipv4Addr::new(192, 168, 77, 1).into(),
             dst: Ipv4Addr::new(192, 168, 77, 9).into(),
-            spi: Some(0x0001_5673),
+            reqid: xfrm::set_reqid(0x0001_5673),
         };
         xfrm::put_policy(&netlink, &moved, true).await.unwrap();
         let listed = xfrm::policies(&netlink).await.unwrap();

@@ -10,3 +10,4 @@ pub mod counters;
 pub mod maps;
 pub mod mark;
 pub mod programs;
+pub mod spi;

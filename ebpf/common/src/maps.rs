@@ -7,6 +7,8 @@
 //! IPv6 has maps of its own, beside the IPv4 ones (whose layouts pinned maps of earlier builds
 //! still have): their names fit the kernel's 15 bytes without clashing with the IPv4 names'.
 
+use crate::spi;
+
 /// LPM trie: remote pod CIDR → [`RemotePodCidr`]. Read by the pod classifier.
 pub const REMOTE_POD_CIDRS: &str = "remote_pod_cidrs";
 /// Array of one [`ClusterPodSpace`]: every address a pod of the cluster can have. Read by both
@@ -16,8 +18,9 @@ pub const CLUSTER_POD_CIDRS: &str = "cluster_pod_cidrs";
 pub const LOCAL_POD_CIDRS: &str = "local_pod_cidrs";
 /// Hash: peer node IP → [`PeerNode`]. Tells the ingress guard which ESP senders are peers.
 pub const PEER_NODES: &str = "peer_nodes";
-/// Per-CPU hash: [`PeerSpi`] → [`EspStats`]. Every SPI currently valid per peer: the authority
-/// the sets in [`PEER_SPI_SETS`] are written from. The ingress guard reads it only for a node ID
+/// Per-CPU hash: [`PeerSpi`] → [`EspStats`]. Every SA set currently valid per peer, by the SPI
+/// of its slot-0 SA ([`spi::shared`]): the authority the sets in [`PEER_SPI_SETS`] are written
+/// from. The ingress guard reads it only for a node ID
 /// whose set is flagged [`SPI_SET_CONSULT_HASH`], and counts there what it accepts there.
 pub const PEER_SPIS: &str = "peer_spis";
 /// Array: node ID → [`PeerSpiSet`], the valid SPIs that carry that node ID (wire SPI `>> 16`)
@@ -272,31 +275,30 @@ pub struct PeerNode {
     pub flags: u16,
 }
 
-/// An ESP SPI a peer may currently send with.
+/// An SA set a peer may currently send with, by the SPI of its slot-0 SA.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PeerSpi {
     /// The peer's node IP: the outer source of its ESP packets.
     pub node_ip: Ipv4,
-    /// The 32-bit wire SPI, in host byte order.
+    /// The 32-bit wire SPI of the set's slot-0 SA ([`spi::shared`]), in host byte order.
     pub spi: u32,
 }
 
-/// The SPIs of one epoch pairing, bits 4..15 of the wire SPI: the sender's epoch tag, then the
-/// receiver's.
+/// The SPIs of one epoch pairing: the two tags of the wire SPI ([`spi::pairing`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpochPairing {
-    /// Bits 4..15 of the wire SPIs this slot holds (`spi >> 4 & 0xFFF`).
+    /// The epoch tags of the wire SPIs this slot holds ([`spi::pairing`]).
     pub tags: u16,
-    /// Bit `g` set: the SPI with these tags and generation `g` (bits 0..3) is valid. Zero: the
+    /// Bit `g` set: the SPIs with these tags and generation `g` (bits 0..3) are valid. Zero: the
     /// slot is free, whatever `tags` says.
     pub generations: u16,
 }
 
-/// The valid wire SPIs that carry one node ID, and the node IP they may come from: an SPI is
-/// `node ID << 16 | tags << 4 | generation`, so a few pairings with a bitmap of generations
-/// each hold every SPI a peer needs, even during a rotation and a re-key at once.
+/// The valid wire SPIs that carry one node ID, and the node IP they may come from: a few
+/// pairings with a bitmap of generations each hold every SA set a peer needs, even during a
+/// rotation and a re-key at once, and `per_cpu_sas` says which SAs of each set exist.
 // Aligned to 4 so that the guard compares the node IP in one load.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -308,19 +310,24 @@ pub struct PeerSpiSet {
     pub node_ip: Ipv4,
     /// [`SPI_SET_CONSULT_HASH`] or zero.
     pub flags: u16,
-    /// Reserved, zero.
-    pub reserved: u16,
+    /// How many per-CPU SAs the peer sends on besides each set's shared one: SPIs with CPU slot
+    /// ([`spi::cpu_slot`]) 0 up to this are valid. Zero, as in maps of earlier builds: the
+    /// shared SAs only.
+    pub per_cpu_sas: u16,
     /// The pairings; free ones have no generation set.
     pub pairings: [EpochPairing; SPI_PAIRINGS_MAX],
 }
 
 impl PeerSpiSet {
-    /// The slot that holds `spi`'s tags with `spi`'s generation set, if any. The node ID and the
-    /// node IP are the caller's to check.
+    /// The slot that holds `spi`'s tags with `spi`'s generation set, if `spi`'s CPU slot is
+    /// valid too. The node ID and the node IP are the caller's to check.
     #[inline(always)]
     pub fn slot_of(&self, spi: u32) -> Option<usize> {
-        let tags = (spi >> 4 & 0xFFF) as u16;
-        let generation = 1u16 << (spi & 0xF);
+        if !self.has_cpu_slot(spi) {
+            return None;
+        }
+        let tags = spi::pairing(spi);
+        let generation = 1u16 << (spi & spi::GENERATION_MASK);
         let mut i = 0;
         while i < SPI_PAIRINGS_MAX {
             let pairing = &self.pairings[i];
@@ -330,6 +337,12 @@ impl PeerSpiSet {
             i += 1;
         }
         None
+    }
+
+    /// Whether the peer sends with `spi`'s CPU slot.
+    #[inline(always)]
+    pub fn has_cpu_slot(&self, spi: u32) -> bool {
+        spi::cpu_slot(spi) <= u32::from(self.per_cpu_sas)
     }
 
     /// Whether ESP from `node_ip` under `spi` is accepted by this set alone (the set of node ID
@@ -409,6 +422,30 @@ mod tests {
         assert_eq!(size_of::<ClusterPodSpaceV6>(), 264);
     }
 
+    #[test]
+    fn a_set_accepts_its_pairings_generations_and_cpu_slots_only() {
+        let mut set = PeerSpiSet {
+            node_ip: [10, 0, 0, 2],
+            per_cpu_sas: 2,
+            ..Default::default()
+        };
+        set.pairings[1] = EpochPairing {
+            tags: 0b101_011,
+            generations: 1 << 4,
+        };
+        let spi = |slot, generation| spi::compose(2, slot, 0b101, 0b011, generation);
+        assert_eq!(set.slot_of(spi(0, 4)), Some(1));
+        assert_eq!(set.slot_of(spi(2, 4)), Some(1), "the last valid CPU slot");
+        assert_eq!(set.slot_of(spi(3, 4)), None, "past the peer's CPU slots");
+        assert_eq!(set.slot_of(spi(0, 5)), None, "another generation");
+        assert_eq!(set.slot_of(spi::compose(2, 0, 0b101, 0b010, 4)), None);
+        assert!(set.accepts([10, 0, 0, 2], spi(1, 4)));
+        assert!(!set.accepts([10, 0, 0, 3], spi(1, 4)));
+        set.per_cpu_sas = 0;
+        assert_eq!(set.slot_of(spi(0, 4)), Some(1), "the shared SA's slot");
+        assert_eq!(set.slot_of(spi(1, 4)), None, "no per-CPU SA");
+    }
+
     fn v6(s: &str) -> Ipv6 {
         s.parse::<core::net::Ipv6Addr>().unwrap().octets()
     }
@@ -464,26 +501,30 @@ mod tests {
 
     #[test]
     fn a_set_accepts_its_generations_under_its_tags_from_its_node_ip() {
-        // Node 2; tags 0xA72 with generations 3 and 4; tags 0xCA9 with generation 3.
-        let s = set(&[(0xA72, 1 << 3 | 1 << 4), (0xCA9, 1 << 3)]);
-        assert!(s.accepts(PEER, 0x0002_A723));
-        assert!(s.accepts(PEER, 0x0002_A724));
-        assert!(s.accepts(PEER, 0x0002_CA93));
-        assert_eq!(s.slot_of(0x0002_CA93), Some(1));
+        // Node 2; tags 0b101_110 with generations 3 and 4; tags 0b110_101 with generation 3.
+        let s = set(&[(0b101_110, 1 << 3 | 1 << 4), (0b110_101, 1 << 3)]);
+        assert!(s.accepts(PEER, 0x0002_02E3));
+        assert!(s.accepts(PEER, 0x0002_02E4));
+        assert!(s.accepts(PEER, 0x0002_0353));
+        assert_eq!(s.slot_of(0x0002_0353), Some(1));
         assert!(
-            !s.accepts(PEER, 0x0002_CA94),
+            !s.accepts(PEER, 0x0002_0354),
             "generation 4 only under the first tags"
         );
-        assert!(!s.accepts(PEER, 0x0002_A725));
-        assert!(!s.accepts(PEER, 0x0002_BBB3), "tags in no slot");
-        assert!(!s.accepts([192, 168, 0, 3], 0x0002_A723), "another node IP");
+        assert!(!s.accepts(PEER, 0x0002_02E5));
+        assert!(!s.accepts(PEER, 0x0002_03B3), "tags in no slot");
+        assert!(
+            !s.accepts(PEER, 0x0002_06E3),
+            "a CPU slot the peer does not send on"
+        );
+        assert!(!s.accepts([192, 168, 0, 3], 0x0002_02E3), "another node IP");
         assert!(!s.consults_hash());
     }
 
     #[test]
     fn a_free_slot_accepts_nothing_whatever_its_tags() {
         // Slots 2 and 3 are zero: tags 0, no generation. SPIs with tags 0 are not accepted.
-        let s = set(&[(0x000, 0), (0xA72, 1 << 3)]);
+        let s = set(&[(0, 0), (0b101_110, 1 << 3)]);
         for generation in 0..16 {
             assert!(!s.accepts(PEER, 0x0002_0000 | generation));
         }

@@ -17,6 +17,7 @@ use xsteer_common::{
         REMOTE_POD_CIDRS_MAX, REMOTE_POD_CIDRS_V6_MAX, REMOTE_POD_SLOTS_MAX,
         REMOTE_POD_SLOTS_V6_MAX, RemotePodCidr, SLOT_CONSULT_TRIE, ipv6_from_words, ipv6_words,
     },
+    spi,
 };
 
 #[btf_map(name = "remote_pod_cidrs")]
@@ -189,7 +190,7 @@ pub fn is_peer_v6(node_addr: [u64; 2]) -> bool {
 /// the (node IP, SPI) hash under the set's IPv4 node IP field.
 #[inline(always)]
 pub fn count_valid_esp_v6(node_addr: [u64; 2], spi: u32, len: u64) -> bool {
-    let node_id = spi >> 16;
+    let node_id = spi::node_id(spi);
     let Some(addr) = PEER_ADDRS_V6.get(node_id) else {
         return false;
     };
@@ -206,12 +207,12 @@ pub fn count_valid_esp_v6(node_addr: [u64; 2], spi: u32, len: u64) -> bool {
         add(PEER_ESP_STATS.get_ptr_mut(node_id), len);
         return true;
     }
-    if !set.consults_hash() {
+    if !set.consults_hash() || !set.has_cpu_slot(spi) {
         return false;
     }
     match PEER_SPIS.get_ptr_mut(PeerSpi {
         node_ip: set.node_ip,
-        spi,
+        spi: spi::shared(spi),
     }) {
         Some(stats) => {
             add(Some(stats), len);
@@ -234,7 +235,7 @@ pub fn is_peer(node_ip: Ipv4) -> bool {
 /// on to the (peer, SPI) hash.
 #[inline(always)]
 pub fn count_valid_esp(node_ip: Ipv4, spi: u32, len: u64) -> bool {
-    let node_id = spi >> 16;
+    let node_id = spi::node_id(spi);
     let Some(set) = PEER_SPI_SETS.get(node_id) else {
         return false;
     };
@@ -242,10 +243,13 @@ pub fn count_valid_esp(node_ip: Ipv4, spi: u32, len: u64) -> bool {
         add(PEER_ESP_STATS.get_ptr_mut(node_id), len);
         return true;
     }
-    if !set.consults_hash() {
+    if !set.consults_hash() || !set.has_cpu_slot(spi) {
         return false;
     }
-    match PEER_SPIS.get_ptr_mut(PeerSpi { node_ip, spi }) {
+    match PEER_SPIS.get_ptr_mut(PeerSpi {
+        node_ip,
+        spi: spi::shared(spi),
+    }) {
         Some(stats) => {
             add(Some(stats), len);
             true

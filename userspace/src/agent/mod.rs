@@ -268,7 +268,11 @@ impl Node {
             warn!("{notice}");
         }
         // Only now, with the IN SAs for every generation installed, may peers send to us.
-        match self.peers.publish(&self.inputs.view, &self.inputs.keys) {
+        let per_cpu_sas = self.applier.per_cpu_sas(&self.inputs.view);
+        match self
+            .peers
+            .publish(&self.inputs.view, &self.inputs.keys, per_cpu_sas)
+        {
             Ok(true) => info!("published this node's record"),
             Ok(false) => {}
             Err(e) => warn!("publishing this node's record failed, will retry: {e}"),

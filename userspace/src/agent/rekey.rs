@@ -21,7 +21,7 @@ use std::{
 use crate::{
     kernel::xfrm::{SaCounters, StateKey},
     keys::{Epoch, KeyFile},
-    protocol::{sending_epochs, wire_spi},
+    protocol::{cpu_spi, sending_epochs, wire_spi},
     view::View,
 };
 
@@ -57,13 +57,17 @@ pub fn worn_out(
         .iter()
         .flat_map(|peer| {
             let (ours, theirs) = sending_epochs(local, peer);
-            keys.generations().iter().filter_map(move |g| {
-                let spi = wire_spi(local.id, g.generation(), &ours, &theirs);
-                let packets = counters.get(&StateKey { dst: peer.ip, spi })?.packets;
-                Some(WornOut {
-                    peer: peer.name.clone(),
-                    spi,
-                    packets,
+            // Each SA of the set in use counts: a per-CPU SA's counter is its own.
+            keys.generations().iter().flat_map(move |g| {
+                let set = wire_spi(local.id, g.generation(), &ours, &theirs);
+                (0..=local.per_cpu_sas).filter_map(move |slot| {
+                    let spi = cpu_spi(set, slot);
+                    let packets = counters.get(&StateKey { dst: peer.ip, spi })?.packets;
+                    Some(WornOut {
+                        peer: peer.name.clone(),
+                        spi,
+                        packets,
+                    })
                 })
             })
         })

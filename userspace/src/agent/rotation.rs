@@ -148,6 +148,7 @@ mod tests {
             next_epoch: None,
             acked_epoch: None,
             generations: generations.map(gens),
+            per_cpu_sas: 0,
         }
     }
 

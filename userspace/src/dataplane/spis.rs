@@ -43,8 +43,11 @@ use aya::{
 };
 #[cfg(doc)]
 use xsteer_common::maps::SPI_PAIRINGS_MAX;
-use xsteer_common::maps::{
-    self as names, EpochPairing, EspStats, Ipv4, PeerSpi, PeerSpiSet, SPI_SET_CONSULT_HASH,
+use xsteer_common::{
+    maps::{
+        self as names, EpochPairing, EspStats, Ipv4, PeerSpi, PeerSpiSet, SPI_SET_CONSULT_HASH,
+    },
+    spi,
 };
 
 use super::{DataplaneError, maps::map_err};
@@ -62,12 +65,12 @@ pub fn spi_owner(node_ip: IpAddr) -> Ipv4Addr {
 
 /// The node ID a wire SPI carries: its top 16 bits, the index of its set.
 fn node_id(spi: u32) -> u32 {
-    spi >> 16
+    spi::node_id(spi)
 }
 
-/// The tags of a wire SPI (bits 4..15) and the bit of its generation (bits 0..3).
+/// The tags of a wire SPI and the bit of its generation.
 fn pairing_of(spi: u32) -> (u16, u16) {
-    ((spi >> 4 & 0xFFF) as u16, 1 << (spi & 0xF))
+    (spi::pairing(spi), 1 << (spi & spi::GENERATION_MASK))
 }
 
 /// One write of an update, in order.
@@ -153,7 +156,10 @@ fn set_spis(id: u32, set: &PeerSpiSet) -> impl Iterator<Item = (Ipv4, u32)> + '_
         .flat_map(move |&EpochPairing { tags, generations }| {
             (0..16)
                 .filter(move |g| generations & (1 << g) != 0)
-                .map(move |g| (set.node_ip, id << 16 | u32::from(tags) << 4 | g))
+                .map(move |g| {
+                    let spi = id << spi::NODE_ID_SHIFT | u32::from(tags) << spi::PAIRING_SHIFT | g;
+                    (set.node_ip, spi)
+                })
         })
 }
 
@@ -299,6 +305,32 @@ impl<'a> PeerSpis<'a> {
             }
         }
         Ok(keys.into_iter().collect())
+    }
+
+    /// How many per-CPU SAs the set of each node ID with an SPI in `peer_spis` accepts, where
+    /// not 0.
+    pub fn per_cpu_sas(&mut self) -> Result<BTreeMap<u16, u16>, DataplaneError> {
+        let ids: BTreeSet<u32> = self.read_hash()?.iter().map(|&(s, _)| node_id(s)).collect();
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let n = self.set(id)?.per_cpu_sas;
+            if n > 0 {
+                out.insert(id as u16, n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the set of node `id` accept `n` per-CPU SAs besides each SA set's shared one: one
+    /// write of one field below 256, which the guard reads old or new, never anything else.
+    pub fn set_per_cpu_sas(&mut self, id: u16, n: u16) -> Result<(), DataplaneError> {
+        let id = u32::from(id);
+        let mut set = self.set(id)?;
+        if set.per_cpu_sas != n {
+            set.per_cpu_sas = n;
+            self.write(id, &[Step::Set(set)])?;
+        }
+        Ok(())
     }
 
     /// ESP accepted per peer node ID, summed over CPUs: what the sets accepted (counted per

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// The fixed start of every HKDF info string; bump the version to change the derivation.
-const INFO_PREFIX: &[u8] = b"xsteer/esp/v1";
+const INFO_PREFIX: &[u8] = b"xsteer/esp/v2";
 
 /// A node's random 16-byte nonce, changed whenever that node's SAs are recreated with fresh
 /// sequence counters, so a recreated SA never reuses a key. Not secret.
@@ -49,9 +49,9 @@ impl Epoch {
         self.0
     }
 
-    /// The 6 bits of the epoch that go into wire SPIs: the top of its first byte.
-    pub fn spi_tag(&self) -> u32 {
-        u32::from(self.0[0] >> 2)
+    /// The 3 bits of the epoch that go into wire SPIs: the top of its first byte.
+    pub fn spi_tag(&self) -> u8 {
+        self.0[0] >> 5
     }
 }
 
@@ -125,6 +125,9 @@ pub struct SaKeyId {
     pub src_epoch: Epoch,
     /// The receiving node's epoch.
     pub dst_epoch: Epoch,
+    /// The SA's CPU slot in its set (docs/marks.md): 0 for the SA any CPU of the sender may
+    /// use, `c + 1` for CPU `c`'s. Each has a key of its own, for each has its own counter.
+    pub cpu_slot: u8,
 }
 
 impl SaKeyId {
@@ -136,6 +139,7 @@ impl SaKeyId {
             generation: self.generation,
             src_epoch: self.dst_epoch,
             dst_epoch: self.src_epoch,
+            cpu_slot: self.cpu_slot,
         }
     }
 }
@@ -300,7 +304,7 @@ fn expand_to(
             family,
             &src,
             &dst,
-            &[id.generation.get()],
+            &[id.generation.get(), id.cpu_slot],
             &id.src_epoch.0,
             &id.dst_epoch.0,
         ],
@@ -340,6 +344,7 @@ mod tests {
             generation: g(3),
             src_epoch: epoch("00112233445566778899aabbccddeeff"),
             dst_epoch: epoch("ffeeddccbbaa99887766554433221100"),
+            cpu_slot: 0,
         }
     }
 
@@ -371,7 +376,7 @@ mod tests {
         };
         assert_eq!(
             gcm_key(&file, &v6),
-            "1e215aa5863b23fb5ffef577c74d285849ca6ea7"
+            "0040ea97ac1f7dd24f45fa06e643322e6389bf29"
         );
         // An IPv4-mapped IPv6 address is another input than the IPv4 address it maps.
         let mapped = SaKeyId {
@@ -393,7 +398,16 @@ mod tests {
         assert_eq!(key.algorithm(), GCM);
         assert_eq!(
             hex(key.as_bytes()),
-            "23f829fd2e38b8b4d25aa605753b268622800c1e"
+            "025ca4f7a89e215723761fe4c68747f36676f64b"
+        );
+        let cpu0 = SaKeyId {
+            cpu_slot: 1,
+            ..id()
+        };
+        assert_eq!(
+            gcm_key(&file, &cpu0),
+            "d3501c31fe823be1675871d200af9195e4cf090b",
+            "CPU 0's SA has a key of its own"
         );
 
         let SaKey::CbcHmacSha256 { enc, auth } = file
@@ -406,10 +420,10 @@ mod tests {
             panic!("CBC expected")
         };
         assert_eq!((enc.algorithm(), auth.algorithm()), (CBC_AES, HMAC_SHA256));
-        assert_eq!(hex(enc.as_bytes()), "4caa62eeb9b63895f502ed9328a03aff");
+        assert_eq!(hex(enc.as_bytes()), "ca9943b39734a829551398aa208cef5f");
         assert_eq!(
             hex(auth.as_bytes()),
-            "f0f6cd13eea11e09858508e221b768652769493e105ed0958973c34599620e15"
+            "1b6735ff5ae76c8bedc0a066b0231dbe45959a85902760ea48c26f4282040300"
         );
 
         let SaKey::Gcm { key, icv_bits } = file
@@ -424,11 +438,11 @@ mod tests {
         assert_eq!(icv_bits, 64);
         assert_eq!(
             hex(key.as_bytes()),
-            "def1437e7207ca16af8050020ae3221941f3c4c5f1660e0070830fce29c3080a4a5dfc04"
+            "111d2305c1aa6569b9c7603145e8c156eb86b991f4d534489ab834e7a239f75e234ff38c"
         );
         assert_eq!(
             hex(&key.into_secret()),
-            "def1437e7207ca16af8050020ae3221941f3c4c5f1660e0070830fce29c3080a4a5dfc04"
+            "111d2305c1aa6569b9c7603145e8c156eb86b991f4d534489ab834e7a239f75e234ff38c"
         );
     }
 
@@ -463,6 +477,14 @@ mod tests {
             },
             SaKeyId {
                 dst_epoch: other,
+                ..id()
+            },
+            SaKeyId {
+                cpu_slot: 1,
+                ..id()
+            },
+            SaKeyId {
+                cpu_slot: 63,
                 ..id()
             },
         ];
@@ -535,10 +557,10 @@ mod tests {
             panic!("CBC expected")
         };
         assert_eq!((enc.algorithm(), auth.algorithm()), (CBC_AES, HMAC_SHA256));
-        assert_eq!(hex(enc.as_bytes()), "32d50d4a27b4381fc4cc0b9f8a4c79e8");
+        assert_eq!(hex(enc.as_bytes()), "3bb2e0c32d90c58ae23a17e1a2c8eead");
         assert_eq!(
             hex(auth.as_bytes()),
-            "8a31693f4c97337b91022e3be2d25bb1944d2e5ed037a1b1c4474b33ff77bf72"
+            "81fd444ca4644bef326df69276d0b16bfca22ed966d59d30991f3dafbe4c963f"
         );
         // A generation that is CBC already derives as it always does.
         let cbc = file

@@ -53,7 +53,7 @@ fn pid_path(dir: &Path, node: &LabNode) -> PathBuf {
 /// The config of `node`: itself, the shared key file and node records, the cluster CIDR (whose
 /// /24 grid the classifier looks pods up in); no peers. In a dual-stack lab also the cluster's
 /// IPv6 pod space and the node's IPv6 pod CIDR.
-pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
+pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch, per_cpu_sas: bool) -> String {
     let (cluster_v6, pod_v6) = match node.pod_cidr_v6() {
         Some(cidr) => (
             format!("cluster_cidr_v6 = \"{}\"\n", topology::CLUSTER_CIDR_V6),
@@ -63,7 +63,7 @@ pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
     };
     format!(
         "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n{cluster_v6}\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
-         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\n",
+         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\nper_cpu_sas = {per_cpu_sas}\n",
         keys = dir.join("keys").display(),
         nodes = dir.join("nodes").display(),
         name = node.name,
@@ -73,8 +73,9 @@ pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch) -> String {
     )
 }
 
-/// Writes the key file (one fresh generation, mode 0600) and every node's config.
-pub fn write_files(dir: &Path, nodes: &[LabNode]) -> Result<()> {
+/// Writes the key file (one fresh generation, mode 0600) and every node's config, with per-CPU
+/// SAs if `per_cpu_sas`.
+pub fn write_files(dir: &Path, nodes: &[LabNode], per_cpu_sas: bool) -> Result<()> {
     let keys_path = dir.join("keys");
     let line = keys::generate_gcm_line(Generation::MIN)?;
     fs::write(&keys_path, format!("{}\n", line.as_str()))
@@ -85,7 +86,8 @@ pub fn write_files(dir: &Path, nodes: &[LabNode]) -> Result<()> {
         fs::create_dir_all(&node_dir)
             .with_context(|| format!("creating {}", node_dir.display()))?;
         let epoch = Epoch::random()?;
-        fs::write(node_dir.join("xsteer.toml"), config_text(dir, node, &epoch))?;
+        let config = config_text(dir, node, &epoch, per_cpu_sas);
+        fs::write(node_dir.join("xsteer.toml"), config)?;
     }
     Ok(())
 }
@@ -237,10 +239,15 @@ mod tests {
         let epoch = Epoch::random().unwrap();
         let dir = Path::new("/run/xsteer-lab");
         let v4 = plan_stack(Size { nodes: 3, pods: 1 }, Stack::V4);
-        let text = config_text(dir, &v4[2], &epoch);
+        let text = config_text(dir, &v4[2], &epoch, false);
         assert!(!text.contains("v6"), "{text}");
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["node"]["per_cpu_sas"].as_bool(), Some(false));
+        let text = config_text(dir, &v4[2], &epoch, true);
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["node"]["per_cpu_sas"].as_bool(), Some(true));
         let dual = plan_stack(Size { nodes: 3, pods: 1 }, Stack::Dual);
-        let text = config_text(dir, &dual[2], &epoch);
+        let text = config_text(dir, &dual[2], &epoch, false);
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["cluster_cidr"].as_str(), Some("10.244.0.0/16"));
         assert_eq!(value["cluster_cidr_v6"].as_str(), Some("fd00:10:244::/48"));

@@ -88,8 +88,9 @@ pub fn existing(dir: &Path) -> Result<Vec<LabNode>> {
     Ok(topology::plan_stack(size, stack))
 }
 
-/// Builds the lab and starts its agents; when they all know each other, it is up.
-pub fn up(size: Size, stack: Stack, dir: &Path) -> Result<()> {
+/// Builds the lab and starts its agents, on per-CPU SAs if `per_cpu_sas`; when they all know
+/// each other, it is up.
+pub fn up(size: Size, stack: Stack, dir: &Path, per_cpu_sas: bool) -> Result<()> {
     if !(2..=250).contains(&size.nodes) || !(1..=250).contains(&size.pods) {
         bail!("a lab has 2..=250 nodes and 1..=250 pods per node");
     }
@@ -103,7 +104,7 @@ pub fn up(size: Size, stack: Stack, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::write(size_path(dir), size_text(size, stack))?;
     topology::wire_up(&nodes)?;
-    agents::write_files(dir, &nodes)?;
+    agents::write_files(dir, &nodes, per_cpu_sas)?;
     for node in &nodes {
         pods::write_conflist(dir, node)?;
     }
@@ -463,8 +464,8 @@ pub fn test(dir: &Path) -> Result<()> {
 
 /// Up, test, a bpftool dump of node1's `remote_pod_cidrs` (and, dual-stack, `remote6_cidrs`),
 /// down; fails if the test did.
-pub fn run(size: Size, stack: Stack, dir: &Path) -> Result<()> {
-    let result = up(size, stack, dir).and_then(|()| test(dir));
+pub fn run(size: Size, stack: Stack, dir: &Path, per_cpu_sas: bool) -> Result<()> {
+    let result = up(size, stack, dir, per_cpu_sas).and_then(|()| test(dir));
     if result.is_ok() {
         let mut maps = vec![xsteer_common::maps::REMOTE_POD_CIDRS];
         if stack.is_dual() {

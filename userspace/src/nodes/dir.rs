@@ -363,8 +363,13 @@ mod tests {
             ),
             (
                 "h.json",
-                good.replace("\"version\": 2", "\"version\": 1"),
-                "h.json: version: 1 is not 2",
+                good.replace("\"version\": 3", "\"version\": 2"),
+                "h.json: version: 2 is not 3",
+            ),
+            (
+                "k.json",
+                good.replace("\"generations\"", "\"per_cpu_sas\": 64,\n  \"generations\""),
+                "k.json: per_cpu_sas: 64 is not in 0..=63",
             ),
             (
                 "i.json",

@@ -213,7 +213,13 @@ impl Peers {
 
     /// Publishes this node's record if it changed: called after a successful reconcile, so
     /// the generations and epochs it lists, and the re-keys it acks, have their SAs installed.
-    pub fn publish(&mut self, view: &View, keys: &KeyFile) -> Result<bool, SourceError> {
+    /// `per_cpu_sas` is how many per-CPU SAs that reconcile installed towards each peer.
+    pub fn publish(
+        &mut self,
+        view: &View,
+        keys: &KeyFile,
+        per_cpu_sas: u8,
+    ) -> Result<bool, SourceError> {
         let node = &view.node;
         let record = NodeRecord {
             name: node.name.clone(),
@@ -229,6 +235,7 @@ impl Peers {
                 .filter_map(|p: &Peer| Some((p.name.clone(), p.next_epoch?)))
                 .collect(),
             generations: keys.generations().iter().map(|g| g.generation()).collect(),
+            per_cpu_sas,
         };
         if self.published.as_ref() == Some(&record) {
             return Ok(false);

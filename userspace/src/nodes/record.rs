@@ -11,12 +11,15 @@ use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
     config::node_name_problem,
     keys::{Epoch, Generation},
+    protocol::PER_CPU_SAS_MAX,
     view::Peer,
 };
 
 /// The record format this build writes and reads. Version 2 added re-keying (`next_epoch`,
-/// `acks`) and the wire SPI that names both epochs; nodes of version 1 cannot talk to it.
-pub const RECORD_VERSION: u32 = 2;
+/// `acks`) and the wire SPI that names both epochs; version 3 per-CPU SAs (`per_cpu_sas`), the
+/// wire SPI with a CPU slot and the keys derived with it. Nodes of another version cannot talk
+/// to this one: their SPIs and keys differ.
+pub const RECORD_VERSION: u32 = 3;
 
 /// What a node tells the others about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +44,9 @@ pub struct NodeRecord {
     pub acks: BTreeMap<String, Epoch>,
     /// The key generations it can receive (it has IN SAs for them).
     pub generations: Vec<Generation>,
+    /// How many per-CPU SAs it sends on besides each set's shared SA, 0..=63: peers install an
+    /// IN SA for each. Written only when not 0.
+    pub per_cpu_sas: u8,
 }
 
 impl NodeRecord {
@@ -56,6 +62,7 @@ impl NodeRecord {
             next_epoch: self.next_epoch,
             acked_epoch: self.acks.get(reader).copied(),
             generations: Some(self.generations.clone()),
+            per_cpu_sas: self.per_cpu_sas,
         }
     }
 }
@@ -77,6 +84,8 @@ struct RawRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     acks: BTreeMap<String, String>,
     generations: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    per_cpu_sas: Option<i64>,
 }
 
 /// Why a record could not be used. `origin` says where it came from, e.g. `node record
@@ -194,6 +203,15 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
             None => return Err(field("generations", format!("{g} is not in 1..=15"))),
         }
     }
+    let per_cpu_sas = match raw.per_cpu_sas.unwrap_or(0) {
+        n if (0..=i64::from(PER_CPU_SAS_MAX)).contains(&n) => n as u8,
+        n => {
+            return Err(field(
+                "per_cpu_sas",
+                format!("{n} is not in 0..={PER_CPU_SAS_MAX}"),
+            ));
+        }
+    };
     Ok(NodeRecord {
         name: raw.name,
         ip,
@@ -204,6 +222,7 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
         next_epoch,
         acks,
         generations,
+        per_cpu_sas,
     })
 }
 
@@ -227,6 +246,7 @@ fn raw(record: &NodeRecord) -> RawRecord {
             .iter()
             .map(|g| i64::from(g.get()))
             .collect(),
+        per_cpu_sas: (record.per_cpu_sas > 0).then_some(i64::from(record.per_cpu_sas)),
     }
 }
 
@@ -245,6 +265,7 @@ pub(super) fn test_record(name: &str, id: u16) -> NodeRecord {
         next_epoch: None,
         acks: BTreeMap::new(),
         generations: generations.to_vec(),
+        per_cpu_sas: 0,
     }
 }
 
@@ -261,13 +282,24 @@ mod tests {
             .insert("a".into(), Epoch::from_bytes([0xA1; 16]));
         let text = record.render();
         assert_eq!(NodeRecord::parse("b", &text).unwrap(), record);
-        assert!(text.contains("\"version\": 2"), "{text}");
+        assert!(text.contains("\"version\": 3"), "{text}");
         let line = record.render_compact();
         assert_eq!(NodeRecord::parse("b", &line).unwrap(), record);
         assert!(
-            !line.contains('\n') && line.starts_with("{\"version\":2,"),
+            !line.contains('\n') && line.starts_with("{\"version\":3,"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn per_cpu_sas_are_written_only_when_there_are_some() {
+        let mut record = test_record("b", 2);
+        assert!(!record.render().contains("per_cpu_sas"));
+        record.per_cpu_sas = 7;
+        let text = record.render();
+        assert!(text.contains("\"per_cpu_sas\": 7"), "{text}");
+        assert_eq!(NodeRecord::parse("b", &text).unwrap(), record);
+        assert_eq!(record.peer("a").per_cpu_sas, 7);
     }
 
     #[test]

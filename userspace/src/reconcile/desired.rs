@@ -1,13 +1,15 @@
 //! The kernel state that a node's view, its keys and the local network call for.
 //!
 //! Per peer R, per key generation g in the key file, and per pairing of the two nodes' epochs
-//! (one each, two while a node re-keys):
-//! - an OUT SA local→R, named by SPI in the OUT policies' templates, and an IN SA R→local found
-//!   by its SPI alone (the wire SPI names the sender, so it is unique per receiver);
-//! - R's wire SPI in `peer_spis`, so the ingress guard accepts it.
+//! (one each, two while a node re-keys), an SA set each way (docs/marks.md):
+//! - OUT local→R: a shared SA that any CPU may use and, with per-CPU SAs, one per CPU, each
+//!   with its own SPI and key; the OUT policies' templates name the set in use by its reqid;
+//! - IN R→local: one SA for each SA R sends on (as many per-CPU ones as its record says),
+//!   found by SPI alone (the wire SPI names the sender, so it is unique per receiver);
+//! - the set's shared SPI in `peer_spis`, and R's CPU slots, so the ingress guard accepts them.
 //!
 //! Per peer and generation: an OUT policy per R pod CIDR with that mark and a tunnel template
-//! local→R that names the OUT SA in use by its SPI ([`sending_epochs`]).
+//! local→R that names the OUT set in use ([`sending_epochs`]).
 //!
 //! Per peer, whatever the generation:
 //! - IN and FWD policies that require ESP from R for traffic from R's pods and from R's node
@@ -47,11 +49,11 @@ use crate::{
         routing::{EncryptRule, NextHop, PodRoute, Uplink},
         xfrm::{
             BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
-            PolicyAction, State, UNMARKED_POLICY_PRIORITY,
+            PolicyAction, State, UNMARKED_POLICY_PRIORITY, set_reqid,
         },
     },
     keys::{Algorithm, DeriveError, Generation, GenerationError, KeyFile, SaKey, SaKeyId},
-    protocol::{epochs, sending_epochs, sending_generation, wire_spi},
+    protocol::{cpu_spi, epochs, sending_epochs, sending_generation, wire_spi},
     view::View,
 };
 
@@ -68,6 +70,9 @@ pub struct Surroundings<'a> {
     pub cipher: Cipher,
     /// Whether SAs get 64-bit extended sequence numbers.
     pub esn: bool,
+    /// Whether the kernel binds outbound SAs to CPUs: without, the node sends on one SA per
+    /// set whatever its config asks for.
+    pub per_cpu: bool,
 }
 
 /// Why the desired state cannot be computed.
@@ -145,6 +150,8 @@ pub fn desired(
         .min()
         .unwrap_or(around.uplink.mtu);
     let mut s = Snapshot::default();
+    // Per-CPU SAs towards every peer, if the config asks and the kernel can.
+    let local_cpus = if around.per_cpu { local.per_cpu_sas } else { 0 };
 
     let dual_stack = !view.cluster_cidrs_v6.is_empty();
     let families: &[(IpFamily, IpCidr)] = if dual_stack {
@@ -219,8 +226,14 @@ pub fn desired(
         let from_peer = PolicyAction::Tunnel {
             src: peer.ip,
             dst: local.ip,
-            spi: None,
+            reqid: 0,
         };
+        // The guard accepts the peer's shared SAs and its per-CPU ones.
+        if peer.per_cpu_sas > 0 {
+            s.maps
+                .peer_per_cpu_sas
+                .insert(peer.id, u16::from(peer.per_cpu_sas));
+        }
         let mut require = |direction, src, dst| {
             let p = Policy {
                 direction,
@@ -293,42 +306,53 @@ pub fn desired(
             // re-key while the other does too.
             for local_epoch in epochs(local.epoch, local.next_epoch) {
                 for peer_epoch in epochs(peer.epoch, peer.next_epoch) {
-                    let out_id = SaKeyId {
+                    let out_id = |cpu_slot| SaKeyId {
                         src: local.ip,
                         dst: peer.ip,
                         generation: g,
                         src_epoch: local_epoch,
                         dst_epoch: peer_epoch,
+                        cpu_slot,
                     };
-                    // No mark: the OUT policies name it by SPI, and the one that selects by
-                    // destination alone must be able to use it for unmarked packets too.
-                    let out = State {
-                        src: local.ip,
-                        dst: peer.ip,
-                        spi: wire_spi(local.id, g, &local_epoch, &peer_epoch),
-                        mark: None,
-                        crypto: crypto(derive(&out_id)?),
-                        esn: around.esn,
-                    };
-                    let inbound = State {
-                        src: peer.ip,
-                        dst: local.ip,
-                        spi: wire_spi(peer.id, g, &peer_epoch, &local_epoch),
-                        mark: None,
-                        crypto: crypto(derive(&out_id.reversed())?),
-                        esn: around.esn,
-                    };
-                    s.maps.peer_spis.insert((spi_owner(peer.ip), inbound.spi));
-                    s.states.insert(out.key(), out);
-                    s.states.insert(inbound.key(), inbound);
+                    // The set's shared SA, then one per CPU. No mark: the OUT policies name
+                    // the set by reqid, and the one that selects by destination alone must be
+                    // able to use it for unmarked packets too.
+                    let out_set = wire_spi(local.id, g, &local_epoch, &peer_epoch);
+                    for slot in 0..=local_cpus {
+                        let out = State {
+                            src: local.ip,
+                            dst: peer.ip,
+                            spi: cpu_spi(out_set, slot),
+                            mark: None,
+                            crypto: crypto(derive(&out_id(slot))?),
+                            esn: around.esn,
+                            cpu: slot.checked_sub(1).map(u32::from),
+                        };
+                        s.states.insert(out.key(), out);
+                    }
+                    // An IN SA for each SA the peer sends on, by SPI alone.
+                    let in_set = wire_spi(peer.id, g, &peer_epoch, &local_epoch);
+                    for slot in 0..=peer.per_cpu_sas {
+                        let inbound = State {
+                            src: peer.ip,
+                            dst: local.ip,
+                            spi: cpu_spi(in_set, slot),
+                            mark: None,
+                            crypto: crypto(derive(&out_id(slot).reversed())?),
+                            esn: around.esn,
+                            cpu: None,
+                        };
+                        s.states.insert(inbound.key(), inbound);
+                    }
+                    s.maps.peer_spis.insert((spi_owner(peer.ip), in_set));
                 }
             }
-            // The OUT SAs of all pairings share one mark: the policy's template names the one
-            // in use by SPI, so moving over to a re-keyed SA is one atomic policy update.
+            // The OUT SAs of all pairings share one mark: the policy's template names the set
+            // in use by reqid, so moving over to a re-keyed set is one atomic policy update.
             let to_peer = PolicyAction::Tunnel {
                 src: local.ip,
                 dst: peer.ip,
-                spi: Some(wire_spi(local.id, g, &send_local, &send_peer)),
+                reqid: set_reqid(wire_spi(local.id, g, &send_local, &send_peer)),
             };
             for &cidr in &peer_pods {
                 let p = Policy {
@@ -351,7 +375,7 @@ pub fn desired(
             let to_peer = PolicyAction::Tunnel {
                 src: local.ip,
                 dst: peer.ip,
-                spi: Some(wire_spi(local.id, g, &send_local, &send_peer)),
+                reqid: set_reqid(wire_spi(local.id, g, &send_local, &send_peer)),
             };
             let selectors = peer_pods
                 .iter()
@@ -418,6 +442,7 @@ mod tests {
             rule_priority: 100,
             cipher,
             esn: true,
+            per_cpu: true,
         };
         desired(view, keys, &around).unwrap()
     }
@@ -514,7 +539,7 @@ mod tests {
                 .values()
                 .filter(|p| p.direction == Direction::Out && p.mark.is_some())
                 .filter_map(|p| match p.action {
-                    PolicyAction::Tunnel { spi, .. } => spi,
+                    PolicyAction::Tunnel { reqid, .. } => Some(reqid),
                     PolicyAction::Block => None,
                 })
                 .collect();
@@ -523,7 +548,10 @@ mod tests {
         };
         let (a_old, b_old) = (view.node.epoch, view.peers[0].epoch);
         let before = desired_for(&view, &keys, Cipher::Gcm);
-        assert_eq!(out_spi(&before), wire_spi(1, g(3), &a_old, &b_old));
+        assert_eq!(
+            out_spi(&before),
+            set_reqid(wire_spi(1, g(3), &a_old, &b_old))
+        );
 
         // a re-keys: SAs of both a's epochs, still sent under the old one.
         let a_new = Epoch::random_after(&a_old).unwrap();
@@ -550,7 +578,7 @@ mod tests {
         view.peers[0].next_epoch = Some(b_new);
         let both = desired_for(&view, &keys, Cipher::Gcm);
         assert_eq!(both.states.len(), 8);
-        assert_eq!(out_spi(&both), wire_spi(1, g(3), &a_new, &b_new));
+        assert_eq!(out_spi(&both), set_reqid(wire_spi(1, g(3), &a_new, &b_new)));
         let spis: BTreeSet<u32> = both.states.keys().map(|k| k.spi).collect();
         assert_eq!(spis.len(), 8, "no two SAs share an SPI");
         // The new SAs' keys differ from the old ones'.
@@ -582,7 +610,7 @@ mod tests {
                     PolicyAction::Tunnel {
                         src: view.node.ip,
                         dst: view.peers[0].ip,
-                        spi: Some(in_use)
+                        reqid: set_reqid(in_use)
                     }
                 );
                 (p.src, p.dst)

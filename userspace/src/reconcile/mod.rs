@@ -93,6 +93,7 @@ pub async fn read(
             )
             .collect(),
         peer_spis: dataplane.peer_spis()?.keys()?.into_iter().collect(),
+        peer_per_cpu_sas: dataplane.peer_spis()?.per_cpu_sas()?,
     };
     Ok(snapshot)
 }
@@ -184,6 +185,7 @@ pub async fn execute(
             Change::DeletePeerNode(IpAddr::V6(ip)) => dataplane.peer_nodes_v6()?.remove(*ip)?,
             Change::AddPeerSpi(ip, spi) => dataplane.peer_spis()?.insert(*ip, *spi)?,
             Change::DeletePeerSpi(ip, spi) => dataplane.peer_spis()?.remove(*ip, *spi)?,
+            Change::SetPeerPerCpuSas(id, n) => dataplane.peer_spis()?.set_per_cpu_sas(*id, *n)?,
             Change::SetRemotePodCidr(IpCidr::V4(c), v) => {
                 dataplane.remote_pod_cidrs()?.insert(*c, *v)?
             }

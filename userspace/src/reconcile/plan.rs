@@ -58,9 +58,12 @@ pub struct MapSnapshot {
     pub local_pod_cidrs: BTreeMap<IpCidr, LocalPodCidr>,
     /// `peer_nodes` and `peer6_nodes` (with `peer6_addrs`), by the peer's node IP.
     pub peer_nodes: BTreeMap<IpAddr, PeerNode>,
-    /// Keys of `peer_spis`: (peer node IP, wire SPI), with `0.0.0.0` for peers with IPv6 node IPs
-    /// ([`crate::dataplane::spi_owner`]).
+    /// Keys of `peer_spis`: (peer node IP, shared SPI of an SA set), with `0.0.0.0` for peers
+    /// with IPv6 node IPs ([`crate::dataplane::spi_owner`]).
     pub peer_spis: BTreeSet<(Ipv4Addr, u32)>,
+    /// How many per-CPU SAs each peer node ID sends on besides its shared SAs, where not 0, as
+    /// its set in `peer_spi_sets` says.
+    pub peer_per_cpu_sas: BTreeMap<u16, u16>,
 }
 
 /// One write to the kernel.
@@ -100,6 +103,8 @@ pub enum Change {
     AddPeerSpi(Ipv4Addr, u32),
     /// Withdraw an SPI from a peer.
     DeletePeerSpi(Ipv4Addr, u32),
+    /// Set how many per-CPU SAs a peer node ID sends on.
+    SetPeerPerCpuSas(u16, u16),
     /// Write a `remote_pod_cidrs` entry: one atomic update as the programs see it.
     SetRemotePodCidr(IpCidr, RemotePodCidr),
     /// Remove a `remote_pod_cidrs` entry.
@@ -129,6 +134,9 @@ impl fmt::Display for Change {
             Change::DeletePeerNode(ip) => write!(f, "delete peer_nodes {ip}"),
             Change::AddPeerSpi(ip, spi) => write!(f, "add peer_spis {ip} spi {spi:#010x}"),
             Change::DeletePeerSpi(ip, spi) => write!(f, "delete peer_spis {ip} spi {spi:#010x}"),
+            Change::SetPeerPerCpuSas(id, n) => {
+                write!(f, "set peer_spi_sets {id} per-CPU SAs {n}")
+            }
             Change::SetRemotePodCidr(c, v) => write!(
                 f,
                 "set remote_pod_cidrs {c} -> node {} generation {}",
@@ -249,6 +257,10 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
             .iter()
             .map(|(ip, spi)| Change::AddPeerSpi(*ip, *spi)),
     );
+    let per_cpu = delta(&cm.peer_per_cpu_sas, &dm.peer_per_cpu_sas);
+    for (id, n) in per_cpu.added.iter().chain(&per_cpu.changed) {
+        changes.push(Change::SetPeerPerCpuSas(**id, **n));
+    }
     for (c, v) in remote.added.iter().chain(&remote.changed) {
         changes.push(Change::SetRemotePodCidr(**c, **v));
     }
@@ -264,6 +276,12 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
         spis_removed
             .iter()
             .map(|(ip, spi)| Change::DeletePeerSpi(*ip, *spi)),
+    );
+    changes.extend(
+        per_cpu
+            .removed
+            .iter()
+            .map(|(id, _)| Change::SetPeerPerCpuSas(**id, 0)),
     );
     changes.extend(
         peers
@@ -306,7 +324,7 @@ mod tests {
 
     use super::*;
     use crate::kernel::xfrm::{
-        BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY,
+        BLOCK_POLICY_PRIORITY, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, set_reqid,
     };
 
     fn cidr(s: &str) -> IpCidr {
@@ -343,7 +361,7 @@ mod tests {
             action: PolicyAction::Tunnel {
                 src: LOCAL,
                 dst: PEER,
-                spi: Some(0x0001_0000 | spi),
+                reqid: set_reqid(0x0001_0000 | spi),
             },
         }
     }
@@ -359,6 +377,7 @@ mod tests {
                 icv_bits: 128,
             },
             esn: true,
+            cpu: None,
         }
     }
 
@@ -486,7 +505,7 @@ mod tests {
         moved.action = PolicyAction::Tunnel {
             src: LOCAL,
             dst: Ipv4Addr::new(192, 168, 0, 9).into(),
-            spi: Some(0x0001_0003),
+            reqid: set_reqid(0x0001_0003),
         };
         let changes = plan(
             &snapshot(&[], &[out_policy(3)], None),

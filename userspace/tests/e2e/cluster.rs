@@ -266,7 +266,8 @@ impl Drop for Cluster {
 
 /// Nodes "a", "b" and "c" (IDs 1, 2, 3), each with a pod, on a bridge that plays the wire, pod
 /// CIDRs routed via each other's node IP, and configs with no peers: they learn each other from
-/// the node records in [`Cluster::records`].
+/// the node records in [`Cluster::records`]. They send on per-CPU SAs (`per_cpu_sas = true`),
+/// so that rotations and re-keys are tested with them.
 pub fn trio_with_records(prefix: &'static str) -> Cluster {
     let wire = Netns::new(&format!("xs-{prefix}-wire"));
     wire.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -305,7 +306,8 @@ pub fn trio_with_records(prefix: &'static str) -> Cluster {
             me.config(),
             format!(
                 "key_file = \"keys\"\ncluster_cidr = \"10.244.0.0/16\"\nnodes_dir = \"{}\"\n\n[node]\nname = \"{}\"\nip = \"{}\"\n\
-                 id = {}\nuplink = \"eth0\"\npod_cidr = \"10.244.{}.0/24\"\nepoch = \"{epoch}\"\n",
+                 id = {}\nuplink = \"eth0\"\npod_cidr = \"10.244.{}.0/24\"\nepoch = \"{epoch}\"\n\
+                 per_cpu_sas = true\n",
                 records.display(),
                 me.name,
                 me.wire_ip,

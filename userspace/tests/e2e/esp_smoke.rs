@@ -43,6 +43,7 @@ fn sa(src: Ipv4Addr, dst: Ipv4Addr, spi: u32, mark: Option<Mark>, key_byte: u8) 
             icv_bits: 128,
         },
         esn: false,
+        cpu: None,
     }
 }
 
@@ -62,7 +63,12 @@ fn policy(
         action: PolicyAction::Tunnel {
             src: tunnel.0.into(),
             dst: tunnel.1.into(),
-            spi: None,
+            // OUT picks the SA set both SPIs below name; IN and FWD take any SA.
+            reqid: if direction == Direction::Out {
+                xfrm::set_reqid(0x0031)
+            } else {
+                0
+            },
         },
     }
 }

@@ -424,7 +424,7 @@ fn host_traffic_and_service_dnat_to_remote_pods_are_encrypted() {
     stop(&mut agents);
 }
 
-/// The key fingerprint of `node`'s OUT SA towards `peer` that its OUT policy names.
+/// The key fingerprint of `node`'s shared OUT SA towards `peer` in the set its OUT policy names.
 fn out_key(node: &Node, peer: &Node) -> String {
     let (src, dst) = (node.wire_ip, peer.wire_ip);
     node.netns.block_on(move || async move {
@@ -434,7 +434,7 @@ fn out_key(node: &Node, peer: &Node) -> String {
             .unwrap()
             .into_iter()
             .filter_map(|p| match p.action {
-                xfrm::PolicyAction::Tunnel { dst: to, spi, .. } if to == dst => spi,
+                xfrm::PolicyAction::Tunnel { dst: to, reqid, .. } if to == dst => Some(reqid),
                 _ => None,
             })
             .collect();
@@ -442,7 +442,9 @@ fn out_key(node: &Node, peer: &Node) -> String {
             .await
             .unwrap()
             .into_iter()
-            .find(|s| s.src == src && s.dst == dst && in_use.contains(&s.spi))
+            .find(|s| {
+                s.src == src && s.dst == dst && s.cpu.is_none() && in_use.contains(&s.reqid())
+            })
             .map(|s| s.crypto.fingerprint().to_string())
             .expect("an OUT SA in use")
     })

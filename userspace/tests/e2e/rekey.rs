@@ -34,12 +34,17 @@ const LIMIT: usize = 3 * THRESHOLD;
 /// The shortened grace period the agents run with, in seconds.
 const GRACE: &str = "2";
 
-/// The SAs xsteer owns in `netns` (reqid [`REQID`]).
+/// The SAs xsteer owns in `netns` ([`REQID`] in the low half of their reqid).
 fn xsteer_sas(netns: &Netns) -> Vec<Sa> {
     streams::sas(netns)
         .into_iter()
-        .filter(|sa| sa.reqid == REQID)
+        .filter(|sa| sa.reqid & 0xFFFF == REQID)
         .collect()
+}
+
+/// The SPI of the shared SA of the set `spi`'s SA belongs to.
+fn shared_spi(spi: u32) -> u32 {
+    xsteer::protocol::cpu_spi(spi, 0)
 }
 
 /// `spis` with repeats folded into counts: `[(spi, packets), ...]` in wire order.
@@ -143,7 +148,8 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
             .iter()
             .max_by_key(|(_, n)| **n)
             .map_or((0, 0), |(spi, n)| (*spi, *n));
-        let distinct: BTreeSet<u32> = per_spi.keys().copied().collect();
+        // Per-CPU SAs of one set count once: a re-key makes a new set.
+        let distinct: BTreeSet<u32> = per_spi.keys().map(|&spi| shared_spi(spi)).collect();
         let dir = format!("{} -> {}", from.name, to.name);
         eprintln!(
             "{dir}: {} sent, {} received, {} lost, {} duplicated; {} ESP packets, {} SPIs on the \
@@ -207,8 +213,9 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
     }
 
     // The old epochs go once every peer has acked the newest and the grace period is over: two
-    // peers, IN and OUT, one generation.
-    let held = wait_for_sa_count(&nodes, 4, Duration::from_secs(20));
+    // peers, IN and OUT, one generation, each set a shared SA and one per CPU.
+    let per_set = 1 + usize::from(xsteer::kernel::xfrm::per_cpu_sa_count());
+    let held = wait_for_sa_count(&nodes, 4 * per_set, Duration::from_secs(20));
     let waited = ended.elapsed();
     for (node, sas) in nodes.iter().zip(&held) {
         for sa in sas {
@@ -225,10 +232,11 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
     eprintln!(
         "re-keyed under {} streams of {} datagrams at {RATE}/s with nothing lost or in plaintext; \
          SPIs per direction: {}; at most {most} packets on one SPI (threshold {THRESHOLD}, limit \
-         {LIMIT}); 4 SAs, all ESN, on every node {waited:?} after the streams ended",
+         {LIMIT}); {} SAs, all ESN, on every node {waited:?} after the streams ended",
         streams.len(),
         RATE * SECONDS,
-        summary.join(", ")
+        summary.join(", "),
+        4 * per_set
     );
     stop(&mut agents);
 }

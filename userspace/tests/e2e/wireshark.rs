@@ -7,10 +7,10 @@
 //! that. Without root the command refuses.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead, BufReader, Read},
-    net::UdpSocket,
+    net::{IpAddr, UdpSocket},
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Stdio},
@@ -19,6 +19,7 @@ use std::{
 };
 
 use xsteer::dataplane::Dataplane;
+use xsteer_common::spi;
 
 use crate::cluster::{self, Node};
 
@@ -110,9 +111,23 @@ fn pcap_records(path: &Path) -> usize {
     records
 }
 
-/// Sends one datagram per payload from `from`'s pod to `to`'s pod on `port`; asserts that every
-/// one arrives.
-fn send(from: &Node, to: &Node, port: u16, payloads: &[String]) {
+/// Pins the calling thread to `cpu`: what it sends is encrypted there.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}"
+        );
+    }
+}
+
+/// Sends one datagram per payload from `from`'s pod to `to`'s pod on `port`, the i-th from CPU
+/// `i % cpus`; asserts that every one arrives.
+fn send(from: &Node, to: &Node, port: u16, payloads: &[String], cpus: usize) {
     let dst = to.pod_ip;
     let src = from.pod_ip;
     let receiver = to.pod.run(move || UdpSocket::bind((dst, port)).unwrap());
@@ -120,9 +135,14 @@ fn send(from: &Node, to: &Node, port: u16, payloads: &[String]) {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let sender = from.pod.run(move || UdpSocket::bind((src, 0)).unwrap());
-    for payload in payloads {
-        sender.send_to(payload.as_bytes(), (dst, port)).unwrap();
-    }
+    thread::scope(|s| {
+        s.spawn(|| {
+            for (i, payload) in payloads.iter().enumerate() {
+                pin_to(i % cpus);
+                sender.send_to(payload.as_bytes(), (dst, port)).unwrap();
+            }
+        });
+    });
     let mut buf = [0u8; 64];
     for _ in payloads {
         let n = receiver
@@ -294,18 +314,34 @@ fn tshark(pcap: &Path, esp_sa: &[&str], home: &Path) -> Vec<Frame> {
 }
 
 /// One pair of nodes whose key file is `keys`, sending with its newest generation
-/// `generation`: the capture, the lines, and tshark with and without them. Returns how long
-/// the two tshark runs took.
+/// `generation`: the capture, the lines, and tshark with and without them. With `per_cpu`, the
+/// nodes send on per-CPU SAs, and the datagrams go out from every CPU in turn: each CPU's SA
+/// must carry some, by the kernel's counters and the SPIs tshark decrypts. Returns how long the
+/// two tshark runs took.
 fn decrypt_a_capture(
     prefix: &'static str,
     keys: &str,
     generation: u8,
     algorithms: (usize, usize),
+    per_cpu: bool,
 ) -> Duration {
     let (a, b, records) = cluster::pair_with_records(prefix);
+    let per_cpu_sas = if per_cpu {
+        usize::from(xsteer::kernel::xfrm::per_cpu_sa_count())
+    } else {
+        0
+    };
     for node in [&a, &b] {
         fs::write(node.dir.join("keys"), keys).unwrap();
+        if per_cpu {
+            let config = fs::read_to_string(node.config()).unwrap();
+            let on = config.replacen("[node]\n", "[node]\nper_cpu_sas = true\n", 1);
+            fs::write(node.config(), on).unwrap();
+        }
     }
+    // Every CPU sends (each its per-CPU SA's share), or all from CPU 0.
+    let cpus = per_cpu_sas.max(1);
+    let per_direction = PER_DIRECTION * cpus;
     let mut agents = [a.start_agent(), b.start_agent()];
     wait_until_peered(&a, &b);
     for node in [&a, &b] {
@@ -315,13 +351,13 @@ fn decrypt_a_capture(
     let dump = Tcpdump::start(&a);
     let mut sent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (from, to, port) in [(&a, &b, 7702), (&b, &a, 7703)] {
-        let payloads: Vec<String> = (0..PER_DIRECTION)
+        let payloads: Vec<String> = (0..per_direction)
             .map(|i| format!("xsteer {}->{} #{i}", from.name, to.name))
             .collect();
-        send(from, to, port, &payloads);
+        send(from, to, port, &payloads, cpus);
         sent.insert(from.name, payloads);
     }
-    let pcap = dump.stop_after(2 * PER_DIRECTION);
+    let pcap = dump.stop_after(2 * per_direction);
 
     // Without root: refused, saying why, and nothing on stdout.
     let (ok, stdout, stderr) = keys_wireshark(&a, true);
@@ -336,7 +372,7 @@ fn decrypt_a_capture(
         assert!(warning.contains("hold secret keys"), "{warning}");
     }
     print!("{prefix}: esp_sa lines of node a:\n{lines_a}");
-    // An OUT and an IN SA per generation.
+    // An OUT and an IN SA per generation, and as many again per CPU with per-CPU SAs.
     let lines: Vec<&str> = lines_a.lines().collect();
     let (mut gcm, mut cbc) = (0, 0);
     let nodes = [a.wire_ip.to_string(), b.wire_ip.to_string()];
@@ -360,7 +396,12 @@ fn decrypt_a_capture(
             _ => panic!("unexpected algorithms: {line}"),
         }
     }
-    assert_eq!((gcm, cbc), algorithms, "(GCM, CBC) lines:\n{lines_a}");
+    let per_set = 1 + per_cpu_sas;
+    assert_eq!(
+        (gcm, cbc),
+        (algorithms.0 * per_set, algorithms.1 * per_set),
+        "(GCM, CBC) lines:\n{lines_a}"
+    );
     // a's OUT SA is b's IN SA and the other way round: the two nodes print the same lines.
     let mut sorted_b: Vec<&str> = lines_b.lines().collect();
     sorted_b.sort();
@@ -375,7 +416,7 @@ fn decrypt_a_capture(
     let decrypted = tshark(&pcap, &lines, &home);
     let tshark_took = tshark_started.elapsed();
 
-    let total = 2 * PER_DIRECTION;
+    let total = 2 * per_direction;
     assert_eq!(encrypted.len(), total, "ESP frames captured: {encrypted:?}");
     for frame in &encrypted {
         assert_eq!(frame.src.len(), 1, "decrypted without keys: {frame:?}");
@@ -408,6 +449,51 @@ fn decrypt_a_capture(
         payloads.sort();
     }
     assert_eq!(seen, sent, "the payloads tshark decrypted, by sender");
+    if per_cpu {
+        // Every CPU's SA carried its datagrams, each way, and tshark decrypted them all.
+        let want: BTreeSet<u32> = (1..=per_cpu_sas as u32).collect();
+        for node in [&a, &b] {
+            let slots: BTreeSet<u32> = decrypted
+                .iter()
+                .filter(|f| f.src.first() == Some(&node.wire_ip.to_string()))
+                .map(|f| spi::cpu_slot(f.spi))
+                .collect();
+            assert_eq!(
+                slots, want,
+                "{}: CPU slots of the SPIs decrypted",
+                node.name
+            );
+        }
+        let counters = a.netns.block_on(|| async {
+            let netlink = xsteer::kernel::Netlink::connect().unwrap();
+            xsteer::kernel::xfrm::state_counters(&netlink)
+                .await
+                .unwrap()
+        });
+        let (src, dst) = (a.wire_ip, b.wire_ip);
+        let states = a.netns.block_on(move || async move {
+            let netlink = xsteer::kernel::Netlink::connect().unwrap();
+            xsteer::kernel::xfrm::states(&netlink).await.unwrap()
+        });
+        let mut per_cpu_packets = BTreeMap::new();
+        for state in states
+            .iter()
+            .filter(|s| s.src == IpAddr::from(src) && s.dst == IpAddr::from(dst))
+            .filter(|s| s.spi & 0xF == u32::from(generation))
+        {
+            let packets = counters.get(&state.key()).map_or(0, |c| c.packets);
+            per_cpu_packets.insert(state.cpu, packets);
+        }
+        for cpu in 0..per_cpu_sas as u32 {
+            assert!(
+                per_cpu_packets
+                    .get(&Some(cpu))
+                    .is_some_and(|&n| n >= PER_DIRECTION as u64),
+                "a's OUT SA of CPU {cpu} carried too little: {per_cpu_packets:?}"
+            );
+        }
+        eprintln!("{prefix}: a's OUT SAs by CPU, packets: {per_cpu_packets:?}");
+    }
     eprintln!(
         "{prefix}: tshark decrypted {total} of {total} ESP frames (generation {generation}, both \
          directions) with the esp_sa lines, 0 without"
@@ -426,14 +512,16 @@ fn decrypt_a_capture(
 fn keys_wireshark_lines_let_tshark_decrypt_the_wire() {
     let started = Instant::now();
     // Generations 3 (CBC) and 4 (GCM, the newest).
-    let gcm = decrypt_a_capture("wshark-gcm", cluster::KEYS, 4, (2, 2));
+    let gcm = decrypt_a_capture("wshark-gcm", cluster::KEYS, 4, (2, 2), false);
     // The same and 5 (CBC, the newest).
     let keys = format!("{}{CBC_LINE}", cluster::KEYS);
-    let cbc = decrypt_a_capture("wshark-cbc", &keys, 5, (2, 4));
+    let cbc = decrypt_a_capture("wshark-cbc", &keys, 5, (2, 4), false);
+    // GCM on per-CPU SAs: a line for each, and each CPU's SA decrypted.
+    let pcpu = decrypt_a_capture("wshark-pcpu", cluster::KEYS, 4, (2, 2), true);
     eprintln!(
-        "the test took {:.1} s, tshark {:.1} s of it (four runs)",
+        "the test took {:.1} s, tshark {:.1} s of it (six runs)",
         started.elapsed().as_secs_f64(),
-        (gcm + cbc).as_secs_f64()
+        (gcm + cbc + pcpu).as_secs_f64()
     );
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Reconciling compares "what the kernel holds" with "what it should hold"; both sides use the
 //! types here. xsteer recognises its own objects and never touches anything else:
-//! - SAs carry reqid [`REQID`];
+//! - SAs carry a reqid whose low 16 bits are [`REQID`] (the high ones name the SA's set);
 //! - policies sit at priority [`PEER_POLICY_PRIORITY`], [`UNMARKED_POLICY_PRIORITY`] or
 //!   [`BLOCK_POLICY_PRIORITY`].
 //!
@@ -15,21 +15,26 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_xfrm::{
     AF_INET, AF_INET6, Address, IPPROTO_ESP, UserTemplate, XFRM_MODE_TUNNEL, XFRM_POLICY_ALLOW,
-    XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_AF_UNSPEC,
-    XFRM_STATE_ESN, XfrmAttrs,
+    XFRM_POLICY_BLOCK, XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_STATE_ESN, XfrmAttrs,
+    XfrmMessage,
 };
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use zeroize::Zeroizing;
 
 use super::Netlink;
+
+mod new_sa;
 use crate::{
     cidr::IpCidr,
     keys::{self, CBC_AES as CBC, Fingerprint, GCM, HMAC_SHA256},
+    protocol::PER_CPU_SAS_MAX,
 };
 
-/// The reqid of every SA and policy template xsteer installs.
+/// The low 16 bits of the reqid of every SA xsteer installs; the high 16 name the SA's set
+/// ([`State::reqid`]), which the OUT policies' templates select by.
 pub const REQID: u32 = 0x7873;
 /// Priority of per-peer policies (lower wins in the kernel).
 pub const PEER_POLICY_PRIORITY: u32 = 0x7873_0010;
@@ -103,9 +108,10 @@ pub enum PolicyAction {
         src: IpAddr,
         /// Outer destination.
         dst: IpAddr,
-        /// The one SA an OUT policy may use, by SPI; `None` takes any SA that matches. Moving
-        /// traffic onto a re-keyed SA is one atomic update of this field.
-        spi: Option<u32>,
+        /// The SA set an OUT policy uses, by reqid ([`State::reqid`]): the kernel picks the SA
+        /// of the sending CPU from it, or the set's shared SA. Moving traffic onto a re-keyed
+        /// set is one atomic update of this field. Zero (IN, FWD) takes any SA that matches.
+        reqid: u32,
     },
 }
 
@@ -164,11 +170,11 @@ impl fmt::Display for Policy {
         }
         match self.action {
             PolicyAction::Block => write!(f, " block"),
-            PolicyAction::Tunnel { src, dst, spi } => {
+            PolicyAction::Tunnel { src, dst, reqid } => {
                 write!(f, " tunnel {src} -> {dst}")?;
-                match spi {
-                    Some(spi) => write!(f, " spi {spi:#010x}"),
-                    None => Ok(()),
+                match reqid {
+                    0 => Ok(()),
+                    reqid => write!(f, " reqid {reqid:#010x}"),
                 }
             }
         }
@@ -242,6 +248,9 @@ pub struct State {
     /// 64-bit extended sequence numbers (RFC 4304): the counter cannot run out after 2^32
     /// packets, should a re-key be late.
     pub esn: bool,
+    /// The CPU whose packets this outbound SA carries (a per-CPU SA, `XFRMA_SA_PCPU`); `None`
+    /// for an SA any CPU may use, and for inbound SAs.
+    pub cpu: Option<u32>,
 }
 
 /// What identifies an SA in the kernel.
@@ -254,6 +263,13 @@ pub struct StateKey {
 }
 
 impl State {
+    /// The reqid of this SA: [`REQID`], and above it the bits of the wire SPI that name its set
+    /// (pairing of epochs and generation, [`xsteer_common::spi::SET_MASK`]). The SAs of one
+    /// set, per-CPU and shared, share it; no two sets between two nodes do.
+    pub fn reqid(&self) -> u32 {
+        set_reqid(self.spi)
+    }
+
     /// The kernel identity of this SA.
     pub fn key(&self) -> StateKey {
         StateKey {
@@ -271,6 +287,9 @@ impl fmt::Display for State {
         }
         if self.esn {
             write!(f, " esn")?;
+        }
+        if let Some(cpu) = self.cpu {
+            write!(f, " cpu {cpu}")?;
         }
         write!(f, " key {}", self.crypto.fingerprint())
     }
@@ -348,7 +367,18 @@ fn mark_of(nlas: &[XfrmAttrs]) -> Option<Mark> {
     })
 }
 
-/// The kernel's messages for the SAs xsteer owns: ESP with reqid [`REQID`].
+/// The reqid of the SA set whose SAs have wire SPI `spi`.
+pub fn set_reqid(spi: u32) -> u32 {
+    (spi & xsteer_common::spi::SET_MASK) << 16 | REQID
+}
+
+/// Whether an SA with this reqid is xsteer's (of this build or an earlier one, whose SAs had
+/// reqid [`REQID`] itself).
+fn owned_reqid(reqid: u32) -> bool {
+    reqid & 0xFFFF == REQID
+}
+
+/// The kernel's messages for the SAs xsteer owns: ESP with an [`owned_reqid`].
 async fn owned_states(
     netlink: &Netlink,
 ) -> Result<Vec<netlink_packet_xfrm::state::ModifyMessage>, XfrmError> {
@@ -362,11 +392,11 @@ async fn owned_states(
         .map_err(kernel("listing", "SAs"))?;
     Ok(dump
         .into_iter()
-        .filter(|m| m.user_sa_info.reqid == REQID && m.user_sa_info.id.proto == IPPROTO_ESP)
+        .filter(|m| owned_reqid(m.user_sa_info.reqid) && m.user_sa_info.id.proto == IPPROTO_ESP)
         .collect())
 }
 
-/// The SAs xsteer owns (reqid [`REQID`]), keys included.
+/// The SAs xsteer owns ([`REQID`] in their reqid), keys included.
 pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
     Ok(owned_states(netlink)
         .await?
@@ -381,6 +411,7 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
                 mark: mark_of(&m.nlas),
                 crypto,
                 esn: info.flags & XFRM_STATE_ESN != 0,
+                cpu: new_sa::cpu_of(&m.nlas),
             })
         })
         .collect())
@@ -449,36 +480,19 @@ fn crypto_of(nlas: &[XfrmAttrs]) -> Option<Crypto> {
 
 /// Installs `state`.
 pub async fn add_state(netlink: &Netlink, state: &State) -> Result<(), XfrmError> {
-    let mut request = netlink
-        .xfrm
-        .state()
-        .add(state.src, state.dst)
-        .protocol(IPPROTO_ESP)
-        .spi(state.spi)
-        .mode(XFRM_MODE_TUNNEL)
-        .reqid(REQID);
-    // One SA carries pods' traffic of both families: without AF_UNSPEC the kernel gives the
-    // SA a selector of its outer family, and IPv6 inside an IPv4 tunnel finds no SA (dropped,
-    // never in clear). ESN first: the replay window then travels as XFRMA_REPLAY_ESN_VAL,
-    // which ESN requires.
-    let esn = if state.esn { XFRM_STATE_ESN } else { 0 };
-    request = request.flags(XFRM_STATE_AF_UNSPEC | esn);
-    request = request.replay_window(REPLAY_WINDOW, 0, 0, 0, 0);
-    if let Some(mark) = state.mark {
-        request = request.mark(mark.value, mark.mask);
-    }
-    let request = match &state.crypto {
-        Crypto::Gcm { key, icv_bits } => request
-            .encryption_aead(GCM, key, *icv_bits)
-            .map_err(kernel("adding", state))?,
-        Crypto::CbcHmacSha256 { enc_key, auth_key } => request
-            .encryption(CBC, enc_key)
-            .map_err(kernel("adding", state))?
-            .authentication_trunc(HMAC_SHA256, auth_key, HMAC_SHA256_ICV_BITS)
-            .map_err(kernel("adding", state))?,
-    };
+    let mut request = NetlinkMessage::from(XfrmMessage::AddSa(new_sa::message(state)));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     netlink.count_write();
-    request.execute().await.map_err(kernel("adding", state))
+    let mut handle = netlink.xfrm.clone();
+    let mut replies = handle.request(request).map_err(kernel("adding", state))?;
+    while let Some(reply) = replies.next().await {
+        if let NetlinkPayload::Error(e) = reply.payload
+            && e.code.is_some()
+        {
+            return Err(kernel("adding", state)(xfrmnetlink::Error::NetlinkError(e)));
+        }
+    }
+    Ok(())
 }
 
 /// Removes `state`.
@@ -524,10 +538,17 @@ pub async fn policies(netlink: &Netlink) -> Result<Vec<Policy>, XfrmError> {
                     XfrmAttrs::Template(t) => t.first().cloned(),
                     _ => None,
                 })?;
+                // A template of an earlier build names its SA by SPI: it reads as a reqid no
+                // desired policy has, so a reconcile replaces it.
+                let reqid = if template.id.spi != 0 {
+                    REQID
+                } else {
+                    template.reqid
+                };
                 PolicyAction::Tunnel {
                     src: outer_ip(template.family, &template.saddr)?,
                     dst: outer_ip(template.family, &template.id.daddr)?,
-                    spi: Some(template.id.spi).filter(|&spi| spi != 0),
+                    reqid,
                 }
             };
             let key = policy_key(sel, info.direction, &m.nlas)?;
@@ -579,14 +600,13 @@ pub async fn put_policy(
     }
     request = match policy.action {
         PolicyAction::Block => request.action(XFRM_POLICY_BLOCK),
-        PolicyAction::Tunnel { src, dst, spi } => {
+        PolicyAction::Tunnel { src, dst, reqid } => {
             let mut template = UserTemplate::default();
             template.source(&src);
             template.destination(&dst);
-            template.spi(spi.unwrap_or(0));
             template.protocol(IPPROTO_ESP);
             template.mode(XFRM_MODE_TUNNEL);
-            template.reqid(REQID);
+            template.reqid(reqid);
             request.action(XFRM_POLICY_ALLOW).add_template(template)
         }
     };
@@ -626,6 +646,8 @@ pub struct EspSupport {
     pub cipher: Cipher,
     /// Whether SAs with that cipher can have 64-bit sequence numbers.
     pub esn: bool,
+    /// Whether outbound SAs can be bound to a CPU (`XFRMA_SA_PCPU`, Linux 6.13 or a backport).
+    pub per_cpu: bool,
 }
 
 /// Finds out, by installing and removing throwaway SAs, whether this kernel can do ESP, with
@@ -656,6 +678,7 @@ pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
             },
         },
         esn: false,
+        cpu: None,
     };
     for cipher in [Cipher::Gcm, Cipher::CbcHmacSha256] {
         let mut state = probe(cipher);
@@ -683,7 +706,70 @@ pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
         if esn {
             delete_state(netlink, &state).await?;
         }
-        return Ok(EspSupport { cipher, esn });
+        state.esn = esn;
+        let per_cpu = probe_per_cpu(netlink, state).await?;
+        return Ok(EspSupport {
+            cipher,
+            esn,
+            per_cpu,
+        });
     }
     Err(XfrmError::NoCipher)
+}
+
+/// Whether the kernel binds `probe`, made a per-CPU SA, to its CPU. A kernel that does not
+/// know the attribute ignores it and installs an SA that any CPU uses, so the SA is read back.
+async fn probe_per_cpu(netlink: &Netlink, mut probe: State) -> Result<bool, XfrmError> {
+    probe.cpu = Some(0);
+    if add_state(netlink, &probe).await.is_err() {
+        return Ok(false);
+    }
+    let bound = states(netlink)
+        .await?
+        .iter()
+        .any(|s| s.key() == probe.key() && s.cpu == Some(0));
+    delete_state(netlink, &probe).await?;
+    Ok(bound)
+}
+
+/// How many per-CPU SAs this machine sends on: one per possible CPU (the kernel refuses a CPU
+/// beyond them), at most [`PER_CPU_SAS_MAX`]; CPUs past that use the shared SA. 0 when the
+/// CPU list cannot be read.
+pub fn per_cpu_sa_count() -> u8 {
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let cpus = cpu_list_len(possible.trim()).unwrap_or(0);
+    cpus.min(usize::from(PER_CPU_SAS_MAX)) as u8
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8`.
+fn cpu_list_len(list: &str) -> Option<usize> {
+    list.split(',').try_fold(0, |sum, part| {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
+        Some(sum + last.checked_sub(first)? + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_list_len("0"), Some(1));
+        assert_eq!(cpu_list_len("0-3"), Some(4));
+        assert_eq!(cpu_list_len("0-3,8,10-11"), Some(7));
+        assert_eq!(cpu_list_len(""), None);
+        assert_eq!(cpu_list_len("3-1"), None);
+    }
+
+    #[test]
+    fn sets_have_one_reqid_that_is_xsteers() {
+        let set = 0x0002_02E3;
+        assert_eq!(set_reqid(set), 0x02E3_7873);
+        assert_eq!(set_reqid(set | 5 << 10), set_reqid(set), "every CPU slot");
+        assert_ne!(set_reqid(set + 1), set_reqid(set));
+        assert!(owned_reqid(set_reqid(set)) && owned_reqid(REQID));
+        assert!(!owned_reqid(0) && !owned_reqid(1));
+    }
 }
