@@ -668,7 +668,7 @@ fn dry_runs_and_status_leave_the_node_records_and_the_state_untouched() {
         fs::write(nodes.join(".alloc/node-a"), "1 10.244.1.0/24\n").unwrap();
         fs::write(
             nodes.join("node-d.json"),
-            r#"{"version": 2, "name": "node-d", "ip": "192.168.77.4", "id": 4,
+            r#"{"version": 3, "name": "node-d", "ip": "192.168.77.4", "id": 4,
                 "pod_cidr": "10.244.4.0/24", "epoch": "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d",
                 "generations": [3]}"#,
         )

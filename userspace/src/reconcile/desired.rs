@@ -418,7 +418,10 @@ mod tests {
 
     use super::*;
 
-    use crate::{keys::Epoch, view::fixtures::two_nodes};
+    use crate::{
+        keys::Epoch,
+        view::{Peer, fixtures::two_nodes},
+    };
 
     fn g(n: u8) -> Generation {
         Generation::new(n).unwrap()
@@ -453,6 +456,140 @@ mod tests {
             KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
                 .unwrap();
         desired_for(&view, &keys, cipher)
+    }
+
+    /// A kernel that cannot bind SAs to CPUs gets the shared SAs only, whatever the config
+    /// asks; the peer's per-CPU SAs still get their IN SAs and their place in the guard.
+    #[test]
+    fn without_kernel_support_a_node_sends_on_shared_sas_only() {
+        let mut view = two_nodes();
+        view.node.per_cpu_sas = 4;
+        view.peers[0].per_cpu_sas = 2;
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let uplink = Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+        };
+        let next_hops = view
+            .peers
+            .iter()
+            .map(|p| {
+                let hop = NextHop {
+                    oif: 2,
+                    gateway: None,
+                };
+                (p.ip, hop)
+            })
+            .collect();
+        let around = Surroundings {
+            uplink: &uplink,
+            next_hops: &next_hops,
+            rule_priority: 100,
+            cipher: Cipher::Gcm,
+            esn: true,
+            per_cpu: false,
+        };
+        let want = desired(&view, &keys, &around).unwrap();
+        let out: Vec<&State> = want
+            .states
+            .values()
+            .filter(|s| s.src == view.node.ip)
+            .collect();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].cpu, None);
+        let inbound = want.states.values().filter(|s| s.dst == view.node.ip);
+        assert_eq!(
+            inbound.count(),
+            3,
+            "the peer's shared SA and its two per-CPU ones"
+        );
+        assert_eq!(want.maps.peer_per_cpu_sas, BTreeMap::from([(2, 2)]));
+    }
+
+    /// Every SA of a three-node cluster, each node re-keying and two generations in service,
+    /// with per-CPU SAs in different numbers: no receiver ever has two SAs under one SPI, every
+    /// OUT SA is its receiver's IN SA with the same SPI and key, and no key is on two SAs.
+    #[test]
+    fn no_two_sas_of_a_cluster_share_an_spi_or_a_key() {
+        let keys = KeyFile::parse(
+            "3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n\
+             4 rfc4106(gcm(aes)) 101112131415161718191a1b1c1d1e1f20212223 128\n",
+        )
+        .unwrap();
+        let template = two_nodes();
+        let ids: [u16; 3] = [1, 2, 3];
+        let cpus: [u8; 3] = [3, 0, 2];
+        let ip = |id: u16| IpAddr::from(Ipv4Addr::new(192, 168, 0, id as u8));
+        let cidr = |id: u16| format!("10.244.{id}.0/24").parse().unwrap();
+        let epochs: Vec<(Epoch, Epoch)> = ids
+            .iter()
+            .map(|_| {
+                let current = Epoch::random().unwrap();
+                (current, Epoch::random_after(&current).unwrap())
+            })
+            .collect();
+        // (receiver, SPI) -> (sender, key fingerprint), over every node's SAs.
+        let mut seen: BTreeMap<(IpAddr, u32), (IpAddr, String)> = BTreeMap::new();
+        let mut installed = 0;
+        for (i, &id) in ids.iter().enumerate() {
+            let mut view = template.clone();
+            view.node.id = id;
+            view.node.ip = ip(id);
+            view.node.pod_cidr = cidr(id);
+            (view.node.epoch, view.node.next_epoch) = (epochs[i].0, Some(epochs[i].1));
+            view.node.per_cpu_sas = cpus[i];
+            view.peers = (0..ids.len())
+                .filter(|&j| j != i)
+                .map(|j| Peer {
+                    name: format!("n{}", ids[j]),
+                    ip: ip(ids[j]),
+                    id: ids[j],
+                    pod_cidrs: vec![cidr(ids[j])],
+                    epoch: epochs[j].0,
+                    next_epoch: Some(epochs[j].1),
+                    per_cpu_sas: cpus[j],
+                    ..template.peers[0].clone()
+                })
+                .collect();
+            let want = desired_for(&view, &keys, Cipher::Gcm);
+            for (j, &peer) in ids.iter().enumerate().filter(|&(j, _)| j != i) {
+                // Two generations, four pairings, a shared SA and the sender's per-CPU ones.
+                let from_peer = want.states.values().filter(|s| s.src == ip(peer)).count();
+                assert_eq!(from_peer, 2 * 4 * (1 + usize::from(cpus[j])));
+                // And the same towards it from this node, each per-CPU SA bound to its CPU.
+                let to_peer: Vec<Option<u32>> = want
+                    .states
+                    .values()
+                    .filter(|s| s.dst == ip(peer))
+                    .map(|s| s.cpu)
+                    .collect();
+                assert_eq!(to_peer.len(), 2 * 4 * (1 + usize::from(cpus[i])));
+                let bound: BTreeSet<Option<u32>> = to_peer.into_iter().collect();
+                let want_cpus = std::iter::once(None).chain((0..u32::from(cpus[i])).map(Some));
+                assert_eq!(bound, want_cpus.collect());
+            }
+            for state in want.states.values() {
+                installed += 1;
+                let key = state.crypto.fingerprint().to_string();
+                match seen.get(&(state.dst, state.spi)) {
+                    // The other end of the same SA: same sender, same key.
+                    Some(other) => assert_eq!(other, &(state.src, key), "{state}"),
+                    None => {
+                        seen.insert((state.dst, state.spi), (state.src, key));
+                    }
+                }
+            }
+        }
+        // Every SA is installed at both ends, and each is one of its own.
+        assert_eq!(installed, 2 * seen.len());
+        let distinct_keys: BTreeSet<&String> = seen.values().map(|(_, key)| key).collect();
+        assert_eq!(distinct_keys.len(), seen.len(), "a key on two SAs");
+        let spis_per_receiver = |r: u16| seen.keys().filter(|(dst, _)| *dst == ip(r)).count();
+        // Receiver 1 hears from 2 (no per-CPU SAs) and 3 (two): 2 x 4 x (1 + 3).
+        assert_eq!(spis_per_receiver(1), 8 * (1 + 3));
     }
 
     #[test]
