@@ -44,8 +44,12 @@ pub const PEER_POLICY_PRIORITY: u32 = 0x7873_0010;
 pub const UNMARKED_POLICY_PRIORITY: u32 = 0x7873_0018;
 /// Priority of the catch-all block policy: below every per-peer policy.
 pub const BLOCK_POLICY_PRIORITY: u32 = 0x7873_0020;
-/// Replay window of inbound SAs, in packets.
-pub const REPLAY_WINDOW: u32 = 32;
+/// Replay window of inbound SAs, in packets. A packet older than the window is dropped, and with
+/// extended sequence numbers one far behind fails its ICV (the kernel guesses its high bits
+/// wrong): `XfrmInStateProtoError`. ESP between two nodes is reordered whenever several CPUs
+/// handle it, so the window covers what `cargo xtask bench esp` measured (docs/benchmarks.md):
+/// with 32, thousands of TCP segments per 10 s were lost that way. 128 bytes of bitmap per SA.
+pub const REPLAY_WINDOW: u32 = 1024;
 /// Truncated ICV length of hmac(sha256) in ESP (RFC 4868), in bits.
 pub const HMAC_SHA256_ICV_BITS: u32 = 128;
 

@@ -38,13 +38,15 @@ pub(super) fn message(state: &State) -> ModifyMessage {
     // never in clear).
     info.flags = XFRM_STATE_AF_UNSPEC | if state.esn { XFRM_STATE_ESN } else { 0 };
     // The kernel refuses a replay window on an SA marked outbound; the others are inbound ones,
-    // or outbound ones that never check theirs. ESN requires the window in its own attribute.
+    // or outbound ones that never check theirs. ESN requires the window in its own attribute,
+    // and so does a window wider than the legacy 32-bit bitmap (the kernel sizes the bitmap
+    // from `bmp_len` when the attribute carries none).
     let window = if state.cpu.is_some() {
         0
     } else {
         REPLAY_WINDOW
     };
-    if state.esn {
+    if state.esn || window > u32::BITS {
         m.nlas.push(XfrmAttrs::ReplayStateEsn(ReplayEsn {
             bmp_len: window.div_ceil(u32::BITS),
             oseq: 0,
@@ -55,8 +57,7 @@ pub(super) fn message(state: &State) -> ModifyMessage {
             bmp: Vec::new(),
         }));
     } else {
-        // At most 32, the width of the legacy bitmap.
-        info.replay_window = window.min(u32::BITS) as u8;
+        info.replay_window = window as u8;
     }
     if let Some(mark) = state.mark {
         m.nlas.push(XfrmAttrs::Mark(netlink_packet_xfrm::Mark {
