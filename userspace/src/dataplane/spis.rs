@@ -7,6 +7,10 @@
 //! of generations. An array read is inlined by the verifier; a hash lookup is a call into the
 //! kernel that costs several times the rest of the guard (docs/benchmarks.md).
 //!
+//! A set names SA sets, not SAs: the hash and the pairings hold the SPI of each SA set's shared
+//! SA, and the set's `per_cpu_sas` says how many per-CPU SAs (CPU slots 1 and up of the same
+//! SPI) the peer sends on besides, for all its SA sets at once.
+//!
 //! `peer_spis` still holds every valid (peer, SPI): it is what [`PeerSpis::keys`] reads and
 //! the sets are written from. An SPI the set of its node ID cannot hold — a fifth pairing, or
 //! an SPI of that node ID from a second node IP (a node ID handed on while its old owner's SPIs
