@@ -16,7 +16,8 @@ pub struct Args {
     /// Print the tables without touching docs/benchmarks.md.
     #[arg(long)]
     no_write: bool,
-    /// Run only these benchmarks (classifier, guards, convergence, agent, rotation); default: all.
+    /// Run only these benchmarks (classifier, guards, convergence, agent, rotation, esp);
+    /// default: all.
     names: Vec<String>,
 }
 
@@ -25,58 +26,131 @@ pub struct Args {
 enum Kernel {
     /// The host's kernel.
     Host,
-    /// The VM bed's stock kernel (it needs ESP).
-    Vm,
+    /// The VM bed's stock kernel (it needs ESP): one boot per entry of `cpus` (`None`: the
+    /// host's CPU count), each killed after `timeout_s` (`None`: the bed's default), their
+    /// outputs one after the other.
+    Vm {
+        cpus: &'static [Option<u32>],
+        timeout_s: Option<u64>,
+    },
 }
 
-/// The benchmarks: (marker name, cargo package, bench target, kernel).
-const BENCHES: &[(&str, &str, &str, Kernel)] = &[
-    ("classifier", "xsteer-bpf-tests", "classifier", Kernel::Host),
-    ("guards", "xsteer-bpf-tests", "guards", Kernel::Host),
-    ("convergence", "xsteer", "convergence", Kernel::Host),
-    ("agent", "xsteer", "agent", Kernel::Vm),
-    ("rotation", "xsteer", "rotation", Kernel::Vm),
+/// The default VM machine, booted once.
+const VM: Kernel = Kernel::Vm {
+    cpus: &[None],
+    timeout_s: None,
+};
+
+/// A benchmark: its marker name, cargo package and bench target, where it runs, and the Debian
+/// packages it runs besides [`crate::test::HOST_PACKAGES`] (the guest uses the host's root).
+struct Bench {
+    name: &'static str,
+    package: &'static str,
+    target: &'static str,
+    kernel: Kernel,
+    packages: &'static [install::Package],
+}
+
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "classifier",
+        package: "xsteer-bpf-tests",
+        target: "classifier",
+        kernel: Kernel::Host,
+        packages: &[],
+    },
+    Bench {
+        name: "guards",
+        package: "xsteer-bpf-tests",
+        target: "guards",
+        kernel: Kernel::Host,
+        packages: &[],
+    },
+    Bench {
+        name: "convergence",
+        package: "xsteer",
+        target: "convergence",
+        kernel: Kernel::Host,
+        packages: &[],
+    },
+    Bench {
+        name: "agent",
+        package: "xsteer",
+        target: "agent",
+        kernel: VM,
+        packages: &[],
+    },
+    Bench {
+        name: "rotation",
+        package: "xsteer",
+        target: "rotation",
+        kernel: VM,
+        packages: &[],
+    },
+    // Per-CPU SAs are about scaling with CPUs, so it boots twice; one boot alternates every
+    // configuration for about 10 minutes under TCG on 2 host cores.
+    Bench {
+        name: "esp",
+        package: "xsteer",
+        target: "esp",
+        kernel: Kernel::Vm {
+            cpus: &[Some(2), Some(4)],
+            timeout_s: Some(1800),
+        },
+        packages: &[install::Package {
+            name: "iperf3",
+            provides: "iperf3",
+        }],
+    },
 ];
 
 /// Runs one benchmark and returns what it printed on stdout.
-fn bench_output(root: &Path, package: &str, bench: &str, kernel: Kernel) -> Result<String> {
+fn bench_output(root: &Path, bench: &Bench) -> Result<String> {
+    let Bench {
+        package, target, ..
+    } = *bench;
     let cargo = |extra: &[&str]| {
         let mut c = Command::new("cargo");
         c.current_dir(root)
-            .args(["bench", "--locked", "-p", package, "--bench", bench])
+            .args(["bench", "--locked", "-p", package, "--bench", target])
             .args(extra)
             .stderr(std::process::Stdio::inherit());
         c
     };
-    if kernel == Kernel::Host {
+    let Kernel::Vm { cpus, timeout_s } = bench.kernel else {
         let out = cargo(&[]).output().context("running cargo bench")?;
         if !out.status.success() {
-            bail!("benchmark {bench} failed: {}", out.status);
+            bail!("benchmark {target} failed: {}", out.status);
         }
         return String::from_utf8(out.stdout).context("benchmark output is not UTF-8");
-    }
+    };
     // Built on the host, run in the guest: compiling under emulation would take far too long.
     let out = cargo(&["--no-run", "--message-format=json-render-diagnostics"])
         .output()
         .context("building the benchmark")?;
     if !out.status.success() {
-        bail!("building benchmark {bench} failed: {}", out.status);
+        bail!("building benchmark {target} failed: {}", out.status);
     }
     const KEY: &str = "\"executable\":\"";
     let exe = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&format!("\"name\":\"{bench}\"")))
+        .filter(|l| l.contains(&format!("\"name\":\"{target}\"")))
         .filter_map(|l| {
             let rest = &l[l.find(KEY)? + KEY.len()..];
             Some(rest[..rest.find('"')?].to_owned())
         })
         .next_back()
-        .with_context(|| format!("cargo reported no executable for benchmark {bench}"))?;
-    let (code, stdout) = vm::run_capture(root, vec![exe, "--bench".into()])?;
-    if code != 0 {
-        bail!("benchmark {bench} failed in the VM (exit code {code})");
+        .with_context(|| format!("cargo reported no executable for benchmark {target}"))?;
+    let mut output = String::new();
+    for &count in cpus {
+        let (code, stdout) =
+            vm::run_capture(root, count, timeout_s, vec![exe.clone(), "--bench".into()])?;
+        if code != 0 {
+            bail!("benchmark {target} failed in the VM (exit code {code})");
+        }
+        output.push_str(&stdout);
     }
-    Ok(stdout)
+    Ok(output)
 }
 
 /// Runs every benchmark and updates docs/benchmarks.md.
@@ -87,20 +161,23 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let mut doc =
         fs::read_to_string(&doc_path).with_context(|| format!("reading {}", doc_path.display()))?;
     for name in &args.names {
-        if !BENCHES.iter().any(|(n, ..)| n == name) {
+        if !BENCHES.iter().any(|b| b.name == name) {
+            let names: Vec<&str> = BENCHES.iter().map(|b| b.name).collect();
             bail!(
-                "no benchmark named {name:?}; there are: classifier, guards, convergence, agent, rotation"
+                "no benchmark named {name:?}; there are: {}",
+                names.join(", ")
             );
         }
     }
     let chosen = BENCHES
         .iter()
-        .filter(|(n, ..)| args.names.is_empty() || args.names.iter().any(|a| a == n));
-    for &(name, package, bench, kernel) in chosen {
-        eprintln!("xtask: bench {name}");
-        let table = bench_output(root, package, bench, kernel)?;
+        .filter(|b| args.names.is_empty() || args.names.iter().any(|a| a == b.name));
+    for bench in chosen {
+        eprintln!("xtask: bench {}", bench.name);
+        install::apt(bench.packages)?;
+        let table = bench_output(root, bench)?;
         print!("{table}");
-        doc = replace_section(&doc, name, &table)?;
+        doc = replace_section(&doc, bench.name, &table)?;
     }
     if !args.no_write {
         fs::write(&doc_path, doc).with_context(|| format!("writing {}", doc_path.display()))?;

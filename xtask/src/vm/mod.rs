@@ -116,16 +116,22 @@ pub fn run_command(root: &Path, command: Vec<String>) -> Result<i32> {
     )
 }
 
-/// Runs `command` in a guest with the default machine; returns its exit code and a copy of
-/// its stdout (which is streamed as well).
-pub fn run_capture(root: &Path, command: Vec<String>) -> Result<(i32, String)> {
+/// Runs `command` in a guest with `cpus` vCPUs (default: the host's count), killed after
+/// `timeout_s` seconds (default: 600), otherwise the default machine; returns its exit code and
+/// a copy of its stdout (which is streamed as well).
+pub fn run_capture(
+    root: &Path,
+    cpus: Option<u32>,
+    timeout_s: Option<u64>,
+    command: Vec<String>,
+) -> Result<(i32, String)> {
     let guest = boot(
         root,
         &Args {
             kernel: None,
-            cpus: None,
+            cpus,
             mem: DEFAULT_MEM_MB,
-            timeout: DEFAULT_TIMEOUT_S,
+            timeout: timeout_s.unwrap_or(DEFAULT_TIMEOUT_S),
             command,
             env: Vec::new(),
         },
