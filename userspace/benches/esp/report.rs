@@ -1,0 +1,192 @@
+//! The markdown a VM run prints: throughput medians, their ratios against the targets, the
+//! xfrm_stat deltas and how the receive work spread over the CPUs.
+
+use std::collections::BTreeSet;
+
+use crate::{
+    Config, ROUNDS, SECONDS, Samples,
+    iperf::Throughput,
+    setup::{Setup, Setup::Xsteer},
+};
+
+/// Counters always shown, zero or not: the ones the replay window is sized from.
+const ALWAYS: &[&str] = &[
+    "XfrmInStateProtoError",
+    "XfrmInStateSeqError",
+    "XfrmInNoStates",
+];
+/// Target for (a) / (b), with one SA per direction.
+const XSTEER_VS_TUNNEL: f64 = 0.97;
+/// Target for per-CPU SAs on / off, N streams, at 2 vCPUs.
+const PER_CPU_GAIN_AT_2: f64 = 1.6;
+
+fn median_mbits(runs: &[Throughput]) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(|t| t.bits_per_second / 1e6).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn range_mbits(runs: &[Throughput]) -> (f64, f64) {
+    let v = runs.iter().map(|t| t.bits_per_second / 1e6);
+    (v.clone().fold(f64::MAX, f64::min), v.fold(0.0, f64::max))
+}
+
+fn median_retransmits(runs: &[Throughput]) -> u64 {
+    let mut v: Vec<u64> = runs.iter().map(|t| t.retransmits).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn label(config: &Config) -> String {
+    let rps = if config.rps {
+        ", RPS on node2's uplink"
+    } else {
+        ""
+    };
+    format!("{}{rps}", config.setup.label())
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "**met**" } else { "**not met**" }
+}
+
+/// Prints the section of one VM run with `cpus` vCPUs.
+pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples]) {
+    let find = |setup: Setup, rps: bool| {
+        configs
+            .iter()
+            .position(|c| c.setup == setup && c.rps == rps)
+            .map(|i| &samples[i])
+    };
+    println!(
+        "**{cpus} vCPUs** (`--cpus {cpus}`), N = {streams}: pod-to-pod TCP throughput, Mbit/s, medians of {ROUNDS} runs of {SECONDS} s each"
+    );
+    println!();
+    println!(
+        "| configuration | 1 stream | min – max | {streams} streams | min – max | retransmits per run, 1 / {streams} streams |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (config, s) in configs.iter().zip(samples) {
+        let (lo1, hi1) = range_mbits(&s.one);
+        let (lo, hi) = range_mbits(&s.many);
+        println!(
+            "| {} | {:.1} | {lo1:.1} – {hi1:.1} | {:.1} | {lo:.1} – {hi:.1} | {} / {} |",
+            label(config),
+            median_mbits(&s.one),
+            median_mbits(&s.many),
+            median_retransmits(&s.one),
+            median_retransmits(&s.many),
+        );
+    }
+    println!();
+    let ratio = |a: &Samples, b: &Samples| {
+        (
+            median_mbits(&a.one) / median_mbits(&b.one),
+            median_mbits(&a.many) / median_mbits(&b.many),
+        )
+    };
+    let off = find(Xsteer { per_cpu_sas: false }, false);
+    let on = find(Xsteer { per_cpu_sas: true }, false);
+    let (tunnel, plain) = (find(Setup::HandTunnel, false), find(Setup::Plain, false));
+    if let (Some(a), Some(b)) = (off, tunnel) {
+        let (one, many) = ratio(a, b);
+        println!(
+            "- (a) / (b), one SA per direction: 1 stream {one:.2}, {streams} streams {many:.2}; target ≥ {XSTEER_VS_TUNNEL}: {}.",
+            met(one >= XSTEER_VS_TUNNEL && many >= XSTEER_VS_TUNNEL)
+        );
+    }
+    for (name, x) in [("(a)", off), ("(b)", tunnel)] {
+        if let (Some(x), Some(c)) = (x, plain) {
+            let (one, many) = ratio(x, c);
+            println!("- {name} / (c): 1 stream {one:.2}, {streams} streams {many:.2}.");
+        }
+    }
+    if let (Some(on), Some(off)) = (on, off) {
+        let (one, many) = ratio(on, off);
+        let target = if cpus == 2 {
+            format!(
+                "; target ≥ {PER_CPU_GAIN_AT_2} at 2 vCPUs: {}",
+                met(many >= PER_CPU_GAIN_AT_2)
+            )
+        } else {
+            String::new()
+        };
+        println!("- per-CPU SAs on / off: {streams} streams {many:.2}{target}; 1 stream {one:.2}.");
+    }
+    for per_cpu_sas in [false, true] {
+        let setup = Xsteer { per_cpu_sas };
+        if let (Some(rps), Some(plain)) = (find(setup, true), find(setup, false)) {
+            let (one, many) = ratio(rps, plain);
+            println!(
+                "- {}: RPS on / off on node2's uplink: 1 stream {one:.2}, {streams} streams {many:.2}.",
+                setup.label()
+            );
+        }
+    }
+    println!();
+    print_xfrm_stat(streams, configs, samples);
+    println!();
+    print_spread(streams, configs, samples);
+    println!();
+}
+
+/// The xfrm_stat deltas of both nodes, added up over each configuration's runs.
+fn print_xfrm_stat(streams: usize, configs: &[Config], samples: &[Samples]) {
+    let shown: BTreeSet<&str> = samples
+        .iter()
+        .flat_map(|s| s.xfrm_one.iter().chain(&s.xfrm_many))
+        .filter(|(_, v)| **v > 0)
+        .map(|(name, _)| name.as_str())
+        .chain(ALWAYS.iter().copied())
+        .collect();
+    println!(
+        "/proc/net/xfrm_stat deltas, both nodes added up, over the {ROUNDS} runs of each (counters that stayed 0 everywhere are left out, but for the first three):"
+    );
+    println!();
+    let names: Vec<&str> = ALWAYS
+        .iter()
+        .copied()
+        .chain(shown.iter().copied().filter(|n| !ALWAYS.contains(n)))
+        .collect();
+    println!("| configuration | streams | {} |", names.join(" | "));
+    println!("|---|---:|{}", "---:|".repeat(names.len()));
+    for (config, s) in configs.iter().zip(samples) {
+        for (n, counters) in [(1, &s.xfrm_one), (streams, &s.xfrm_many)] {
+            let values: Vec<String> = names
+                .iter()
+                .map(|name| counters.get(*name).copied().unwrap_or(0).to_string())
+                .collect();
+            println!("| {} | {n} | {} |", label(config), values.join(" | "));
+        }
+    }
+}
+
+/// How the VM's softirq work (where the receiving node decrypts) spread over the CPUs.
+fn print_spread(streams: usize, configs: &[Config], samples: &[Samples]) {
+    println!(
+        "Where the softirq work ran (the whole VM's /proc/stat, /proc/softirqs and /proc/net/softnet_stat, both nodes and the wire, over the {ROUNDS} runs of each):"
+    );
+    println!();
+    println!(
+        "| configuration | streams | softirq time per CPU | NET_RX softirqs per CPU | RPS wake-ups received per CPU |"
+    );
+    println!("|---|---:|---|---|---|");
+    let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
+    for (config, s) in configs.iter().zip(samples) {
+        for (n, cpu) in [(1, &s.cpu_one), (streams, &s.cpu_many)] {
+            let total: u64 = cpu.softirq_ticks.iter().sum::<u64>().max(1);
+            let shares: Vec<String> = cpu
+                .softirq_ticks
+                .iter()
+                .map(|t| format!("{:.0} %", *t as f64 * 100.0 / total as f64))
+                .collect();
+            println!(
+                "| {} | {n} | {} | {} | {} |",
+                label(config),
+                shares.join(" / "),
+                join(&cpu.net_rx),
+                join(&cpu.rps_received)
+            );
+        }
+    }
+}
