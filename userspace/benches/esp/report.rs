@@ -37,6 +37,37 @@ fn median_retransmits(runs: &[Throughput]) -> u64 {
     v[v.len() / 2]
 }
 
+/// A ratio of two configurations' medians, with the range of the ratios within each round
+/// (measured minutes apart at most, so the machine's slower drift cancels in them).
+struct Ratio {
+    of_medians: f64,
+    per_round: (f64, f64),
+}
+
+impl Ratio {
+    fn of(a: &[Throughput], b: &[Throughput]) -> Ratio {
+        // Runs are pushed round by round, so equal indices are the same round.
+        let rounds = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| a.bits_per_second / b.bits_per_second);
+        Ratio {
+            of_medians: median_mbits(a) / median_mbits(b),
+            per_round: (
+                rounds.clone().fold(f64::MAX, f64::min),
+                rounds.fold(0.0, f64::max),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (lo, hi) = self.per_round;
+        write!(f, "{:.2} (rounds {lo:.2} – {hi:.2})", self.of_medians)
+    }
+}
+
 fn label(config: &Config) -> String {
     let rps = if config.rps {
         ", RPS on node2's uplink"
@@ -79,26 +110,21 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
         );
     }
     println!();
-    let ratio = |a: &Samples, b: &Samples| {
-        (
-            median_mbits(&a.one) / median_mbits(&b.one),
-            median_mbits(&a.many) / median_mbits(&b.many),
-        )
-    };
+    let ratio = |a: &Samples, b: &Samples| (Ratio::of(&a.one, &b.one), Ratio::of(&a.many, &b.many));
     let off = find(Xsteer { per_cpu_sas: false }, false);
     let on = find(Xsteer { per_cpu_sas: true }, false);
     let (tunnel, plain) = (find(Setup::HandTunnel, false), find(Setup::Plain, false));
     if let (Some(a), Some(b)) = (off, tunnel) {
         let (one, many) = ratio(a, b);
         println!(
-            "- (a) / (b), one SA per direction: 1 stream {one:.2}, {streams} streams {many:.2}; target ≥ {XSTEER_VS_TUNNEL}: {}.",
-            met(one >= XSTEER_VS_TUNNEL && many >= XSTEER_VS_TUNNEL)
+            "- (a) / (b), one SA per direction: 1 stream {one}, {streams} streams {many}; target ≥ {XSTEER_VS_TUNNEL}: {}.",
+            met(one.of_medians >= XSTEER_VS_TUNNEL && many.of_medians >= XSTEER_VS_TUNNEL)
         );
     }
     for (name, x) in [("(a)", off), ("(b)", tunnel)] {
         if let (Some(x), Some(c)) = (x, plain) {
             let (one, many) = ratio(x, c);
-            println!("- {name} / (c): 1 stream {one:.2}, {streams} streams {many:.2}.");
+            println!("- {name} / (c): 1 stream {one}, {streams} streams {many}.");
         }
     }
     if let (Some(on), Some(off)) = (on, off) {
@@ -106,19 +132,19 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
         let target = if cpus == 2 {
             format!(
                 "; target ≥ {PER_CPU_GAIN_AT_2} at 2 vCPUs: {}",
-                met(many >= PER_CPU_GAIN_AT_2)
+                met(many.of_medians >= PER_CPU_GAIN_AT_2)
             )
         } else {
             String::new()
         };
-        println!("- per-CPU SAs on / off: {streams} streams {many:.2}{target}; 1 stream {one:.2}.");
+        println!("- per-CPU SAs on / off: {streams} streams {many}{target}; 1 stream {one}.");
     }
     for per_cpu_sas in [false, true] {
         let setup = Xsteer { per_cpu_sas };
         if let (Some(rps), Some(plain)) = (find(setup, true), find(setup, false)) {
             let (one, many) = ratio(rps, plain);
             println!(
-                "- {}: RPS on / off on node2's uplink: 1 stream {one:.2}, {streams} streams {many:.2}.",
+                "- {}: RPS on / off on node2's uplink: 1 stream {one}, {streams} streams {many}.",
                 setup.label()
             );
         }
