@@ -36,6 +36,7 @@ const WARM_UP_SECONDS: u32 = 1;
 /// the lab's `--per-cpu-sas`.
 const SETUPS: &[Setup] = &[
     Setup::Xsteer { per_cpu_sas: false },
+    Setup::Xsteer { per_cpu_sas: true },
     Setup::HandTunnel,
     Setup::Plain,
 ];
