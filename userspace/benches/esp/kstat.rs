@@ -1,26 +1,72 @@
-//! Kernel counters read around a measurement: a namespace's /proc/net/xfrm_stat, and how the
-//! VM's CPUs shared the softirq work (where ESP is decrypted).
+//! Kernel counters read around a measurement: the nodes' /proc/net/xfrm_stat, the drops of the
+//! lab's links, and how the VM's CPUs shared the softirq work (where ESP is decrypted).
 
 use std::{collections::BTreeMap, fs};
 
-use xsteer::lab::netns::run_in;
+use xsteer::lab::{
+    netns::run_in,
+    topology::{self, LabNode},
+};
 
 /// Counter name → value.
 pub type Counters = BTreeMap<String, u64>;
 
-/// The xfrm MIB counters of namespace `netns`.
-pub fn xfrm_stat(netns: &str) -> Counters {
+/// The name under which [`counters`] adds up the lab links' receive drops…
+pub const LINK_RX_DROPS: &str = "links: rx dropped";
+/// …and their transmit drops (a veth whose peer's NAPI ring is full counts its drop here).
+pub const LINK_TX_DROPS: &str = "links: tx dropped";
+
+/// The xfrm MIB counters of the lab's nodes, added up, and the drops of every interface of the
+/// nodes and the wire (their veths, the bridge) under [`LINK_RX_DROPS`] and [`LINK_TX_DROPS`].
+pub fn counters(nodes: &[LabNode]) -> Counters {
+    let mut sum = Counters::new();
+    for node in nodes {
+        for (name, value) in parse_xfrm_stat(&read_in(&node.netns, "xfrm_stat")) {
+            *sum.entry(name).or_default() += value;
+        }
+    }
+    let namespaces = nodes
+        .iter()
+        .map(|n| n.netns.as_str())
+        .chain([topology::WIRE]);
+    for netns in namespaces {
+        let (rx, tx) = parse_drops(&read_in(netns, "dev"));
+        *sum.entry(LINK_RX_DROPS.into()).or_default() += rx;
+        *sum.entry(LINK_TX_DROPS.into()).or_default() += tx;
+    }
+    sum
+}
+
+/// /proc/net/`file` as namespace `netns` sees it.
+fn read_in(netns: &str, file: &'static str) -> String {
     // /proc/net follows the reading thread's namespace only through thread-self.
-    let text = run_in(netns, || {
-        Ok(fs::read_to_string("/proc/thread-self/net/xfrm_stat")?)
+    run_in(netns, move || {
+        Ok(fs::read_to_string(format!("/proc/thread-self/net/{file}"))?)
     })
-    .unwrap();
-    text.lines()
-        .filter_map(|line| {
-            let (name, value) = line.split_once(char::is_whitespace)?;
-            Some((name.to_owned(), value.trim().parse().ok()?))
-        })
-        .collect()
+    .unwrap()
+}
+
+fn parse_xfrm_stat(text: &str) -> impl Iterator<Item = (String, u64)> + '_ {
+    text.lines().filter_map(|line| {
+        let (name, value) = line.split_once(char::is_whitespace)?;
+        Some((name.to_owned(), value.trim().parse().ok()?))
+    })
+}
+
+/// The receive and transmit drops of every interface in /proc/net/dev, added up.
+fn parse_drops(text: &str) -> (u64, u64) {
+    // Two header lines, then `name: rx bytes packets errs drop … (8 fields) tx bytes packets
+    // errs drop …`.
+    text.lines().skip(2).fold((0, 0), |(rx, tx), line| {
+        let Some((_, fields)) = line.split_once(':') else {
+            return (rx, tx);
+        };
+        let fields: Vec<u64> = fields
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        (rx + fields[3], tx + fields[11])
+    })
 }
 
 /// `after − before`, counter by counter, added into `into`.

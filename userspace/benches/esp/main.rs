@@ -5,8 +5,9 @@
 //! Each round brings every setup up in turn on a fresh two-node lab (same namespaces, pods and
 //! addresses), warms it up, runs iperf3 from node1's pod to node2's pod with one stream and with
 //! N = vCPUs streams, and tears it down; xsteer's setups are measured twice in place, with and
-//! without RPS on node2's uplink, in alternating order. Around each run both nodes'
-//! /proc/net/xfrm_stat and the VM's per-CPU softirq counters are read. Under TCG only the
+//! without RPS on node2's uplink, the hand-built tunnel with and without node2's uplink in the
+//! veth's NAPI mode, in alternating order. Around each run both nodes' /proc/net/xfrm_stat, the
+//! lab links' drop counters and the VM's per-CPU softirq counters are read. Under TCG only the
 //! medians' ratios mean anything, so nothing here asserts a figure: the report compares them with
 //! the targets.
 
@@ -22,7 +23,7 @@ use std::thread;
 
 use iperf::{Servers, Throughput};
 use kstat::{Counters, CpuWork};
-use setup::Setup;
+use setup::{Receive, Setup};
 use xsteer::lab::topology::plan;
 
 /// Rounds: each configuration is measured once per round.
@@ -41,21 +42,23 @@ const SETUPS: &[Setup] = &[
     Setup::Plain,
 ];
 
-/// One measured configuration: a setup, and whether RPS spreads node2's uplink.
+/// One measured configuration: a setup, and how node2's uplink receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// What carries the traffic.
     pub setup: Setup,
-    /// RPS over every CPU on the receiving node's uplink.
-    pub rps: bool,
+    /// How the receiving node's uplink hands packets to the stack.
+    pub receive: Receive,
 }
 
-/// The RPS states `setup` is measured in: xsteer's with and without (the question is whether
-/// spreading the receiver's decryption pays), the baselines without.
-fn rps_states(setup: Setup) -> &'static [bool] {
+/// The receive modes `setup` is measured in, in one bring-up: xsteer's also with RPS (does
+/// spreading the receiver's decryption pay?); the hand-built tunnel's also in the veth's NAPI
+/// mode, which xsteer's XDP guard puts the uplink in (is that what tells (a) from (b)?).
+fn receive_modes(setup: Setup) -> &'static [Receive] {
     match setup {
-        Setup::Xsteer { .. } => &[false, true],
-        Setup::HandTunnel | Setup::Plain => &[false],
+        Setup::Xsteer { .. } => &[Receive::AsSetUp, Receive::Rps],
+        Setup::HandTunnel => &[Receive::AsSetUp, Receive::Napi],
+        Setup::Plain => &[Receive::AsSetUp],
     }
 }
 
@@ -66,10 +69,10 @@ pub struct Samples {
     pub one: Vec<Throughput>,
     /// N-stream runs.
     pub many: Vec<Throughput>,
-    /// xfrm_stat deltas of both nodes over the one-stream runs.
-    pub xfrm_one: Counters,
+    /// Deltas of both nodes' xfrm_stat and the lab links' drops over the one-stream runs.
+    pub counters_one: Counters,
     /// …and over the N-stream runs.
-    pub xfrm_many: Counters,
+    pub counters_many: Counters,
     /// Per-CPU softirq work over the one-stream runs.
     pub cpu_one: CpuWork,
     /// …and over the N-stream runs.
@@ -89,9 +92,9 @@ fn main() {
     let configs: Vec<Config> = SETUPS
         .iter()
         .flat_map(|&setup| {
-            rps_states(setup)
+            receive_modes(setup)
                 .iter()
-                .map(move |&rps| Config { setup, rps })
+                .map(move |&receive| Config { setup, receive })
         })
         .collect();
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
@@ -100,43 +103,36 @@ fn main() {
             setup::up(setup, &dir, &nodes);
             let servers = Servers::start(to, streams);
             iperf::run(from, to, 1, WARM_UP_SECONDS);
-            let mut rps_order = rps_states(setup).to_vec();
+            let mut modes = receive_modes(setup).to_vec();
             if round % 2 == 0 {
-                rps_order.reverse();
+                modes.reverse();
             }
+            let gro = modes.contains(&Receive::Napi);
             let mut payload = 0;
-            for rps in rps_order {
-                setup::set_rps(receiver, cpus, rps);
-                let config = Config { setup, rps };
+            for receive in modes {
+                setup::set_receive(receiver, cpus, receive, gro);
+                let config = Config { setup, receive };
                 let i = configs.iter().position(|c| *c == config).unwrap();
                 let s = &mut samples[i];
                 for n in [1, streams] {
-                    let xfrm_before = [
-                        kstat::xfrm_stat(&sender.netns),
-                        kstat::xfrm_stat(&receiver.netns),
-                    ];
+                    let counters_before = kstat::counters(&nodes);
                     let cpu_before = CpuWork::now();
                     let t = iperf::run(from, to, n, SECONDS);
                     let cpu_after = CpuWork::now();
-                    let xfrm_after = [
-                        kstat::xfrm_stat(&sender.netns),
-                        kstat::xfrm_stat(&receiver.netns),
-                    ];
-                    let (runs, xfrm, cpu) = if n == 1 {
-                        (&mut s.one, &mut s.xfrm_one, &mut s.cpu_one)
+                    let counters_after = kstat::counters(&nodes);
+                    let (runs, counters, cpu) = if n == 1 {
+                        (&mut s.one, &mut s.counters_one, &mut s.cpu_one)
                     } else {
-                        (&mut s.many, &mut s.xfrm_many, &mut s.cpu_many)
+                        (&mut s.many, &mut s.counters_many, &mut s.cpu_many)
                     };
                     cpu.add_delta(&cpu_before, &cpu_after);
-                    for (before, after) in xfrm_before.iter().zip(&xfrm_after) {
-                        kstat::add_delta(xfrm, before, after);
-                    }
+                    kstat::add_delta(counters, &counters_before, &counters_after);
                     runs.push(t);
                     payload += t.bytes;
                     eprintln!(
                         "round {round}/{ROUNDS}, {}{}, {n} streams: {:.1} Mbit/s, {} retransmits",
                         setup.label(),
-                        if rps { ", RPS" } else { "" },
+                        receive.label(),
                         t.bits_per_second / 1e6,
                         t.retransmits
                     );

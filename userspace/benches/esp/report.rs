@@ -6,14 +6,18 @@ use std::collections::BTreeSet;
 use crate::{
     Config, ROUNDS, SECONDS, Samples,
     iperf::Throughput,
-    setup::{Setup, Setup::Xsteer},
+    kstat::{LINK_RX_DROPS, LINK_TX_DROPS},
+    setup::{Receive, Setup, Setup::Xsteer},
 };
 
-/// Counters always shown, zero or not: the ones the replay window is sized from.
+/// Counters always shown, zero or not: the ones the replay window is sized from, and the
+/// links' drops, the other place a segment can be lost.
 const ALWAYS: &[&str] = &[
     "XfrmInStateProtoError",
     "XfrmInStateSeqError",
     "XfrmInNoStates",
+    LINK_RX_DROPS,
+    LINK_TX_DROPS,
 ];
 /// Target for (a) / (b), with one SA per direction.
 const XSTEER_VS_TUNNEL: f64 = 0.97;
@@ -69,12 +73,7 @@ impl std::fmt::Display for Ratio {
 }
 
 fn label(config: &Config) -> String {
-    let rps = if config.rps {
-        ", RPS on node2's uplink"
-    } else {
-        ""
-    };
-    format!("{}{rps}", config.setup.label())
+    format!("{}{}", config.setup.label(), config.receive.label())
 }
 
 fn met(ok: bool) -> &'static str {
@@ -83,10 +82,10 @@ fn met(ok: bool) -> &'static str {
 
 /// Prints the section of one VM run with `cpus` vCPUs.
 pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples]) {
-    let find = |setup: Setup, rps: bool| {
+    let find = |setup: Setup, receive: Receive| {
         configs
             .iter()
-            .position(|c| c.setup == setup && c.rps == rps)
+            .position(|c| c.setup == setup && c.receive == receive)
             .map(|i| &samples[i])
     };
     println!(
@@ -111,14 +110,21 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
     }
     println!();
     let ratio = |a: &Samples, b: &Samples| (Ratio::of(&a.one, &b.one), Ratio::of(&a.many, &b.many));
-    let off = find(Xsteer { per_cpu_sas: false }, false);
-    let on = find(Xsteer { per_cpu_sas: true }, false);
-    let (tunnel, plain) = (find(Setup::HandTunnel, false), find(Setup::Plain, false));
+    let off = find(Xsteer { per_cpu_sas: false }, Receive::AsSetUp);
+    let on = find(Xsteer { per_cpu_sas: true }, Receive::AsSetUp);
+    let tunnel = find(Setup::HandTunnel, Receive::AsSetUp);
+    let plain = find(Setup::Plain, Receive::AsSetUp);
     if let (Some(a), Some(b)) = (off, tunnel) {
         let (one, many) = ratio(a, b);
         println!(
             "- (a) / (b), one SA per direction: 1 stream {one}, {streams} streams {many}; target ≥ {XSTEER_VS_TUNNEL}: {}.",
             met(one.of_medians >= XSTEER_VS_TUNNEL && many.of_medians >= XSTEER_VS_TUNNEL)
+        );
+    }
+    if let (Some(a), Some(b)) = (off, find(Setup::HandTunnel, Receive::Napi)) {
+        let (one, many) = ratio(a, b);
+        println!(
+            "- (a) / (b) with node2's uplink in NAPI mode (the receive path xsteer's XDP guard gives it): 1 stream {one}, {streams} streams {many}."
         );
     }
     for (name, x) in [("(a)", off), ("(b)", tunnel)] {
@@ -141,7 +147,8 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
     }
     for per_cpu_sas in [false, true] {
         let setup = Xsteer { per_cpu_sas };
-        if let (Some(rps), Some(plain)) = (find(setup, true), find(setup, false)) {
+        if let (Some(rps), Some(plain)) = (find(setup, Receive::Rps), find(setup, Receive::AsSetUp))
+        {
             let (one, many) = ratio(rps, plain);
             println!(
                 "- {}: RPS on / off on node2's uplink: 1 stream {one}, {streams} streams {many}.",
@@ -150,23 +157,23 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
         }
     }
     println!();
-    print_xfrm_stat(streams, configs, samples);
+    print_counters(streams, configs, samples);
     println!();
     print_spread(streams, configs, samples);
     println!();
 }
 
-/// The xfrm_stat deltas of both nodes, added up over each configuration's runs.
-fn print_xfrm_stat(streams: usize, configs: &[Config], samples: &[Samples]) {
+/// The xfrm_stat and link drop deltas, added up over each configuration's runs.
+fn print_counters(streams: usize, configs: &[Config], samples: &[Samples]) {
     let shown: BTreeSet<&str> = samples
         .iter()
-        .flat_map(|s| s.xfrm_one.iter().chain(&s.xfrm_many))
+        .flat_map(|s| s.counters_one.iter().chain(&s.counters_many))
         .filter(|(_, v)| **v > 0)
         .map(|(name, _)| name.as_str())
         .chain(ALWAYS.iter().copied())
         .collect();
     println!(
-        "/proc/net/xfrm_stat deltas, both nodes added up, over the {ROUNDS} runs of each (counters that stayed 0 everywhere are left out, but for the first three):"
+        "Deltas over the {ROUNDS} runs of each: /proc/net/xfrm_stat, both nodes added up (counters that stayed 0 everywhere are left out, but for the three the replay window is sized from), and the drops of every interface of both nodes and the wire:"
     );
     println!();
     let names: Vec<&str> = ALWAYS
@@ -177,7 +184,7 @@ fn print_xfrm_stat(streams: usize, configs: &[Config], samples: &[Samples]) {
     println!("| configuration | streams | {} |", names.join(" | "));
     println!("|---|---:|{}", "---:|".repeat(names.len()));
     for (config, s) in configs.iter().zip(samples) {
-        for (n, counters) in [(1, &s.xfrm_one), (streams, &s.xfrm_many)] {
+        for (n, counters) in [(1, &s.counters_one), (streams, &s.counters_many)] {
             let values: Vec<String> = names
                 .iter()
                 .map(|name| counters.get(*name).copied().unwrap_or(0).to_string())

@@ -180,17 +180,51 @@ fn ip_batch(netns: &str, commands: &str) {
     assert!(ip.wait().unwrap().success(), "ip -n {netns} -batch failed");
 }
 
-/// Spreads (or stops spreading) the receive processing of `node`'s uplink over `cpus` CPUs
-/// with RPS. The queue's sysfs file is that namespace's: `ip netns exec` mounts its sysfs.
-pub fn set_rps(node: &LabNode, cpus: usize, on: bool) {
-    let mask = if on { (1u64 << cpus) - 1 } else { 0 };
-    let file = "/sys/class/net/eth0/queues/rx-0/rps_cpus";
+/// How the receiving node's uplink hands packets to the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// As the setup leaves it: a veth without an XDP program passes each packet to the sending
+    /// CPU's backlog; one with an XDP program (xsteer's ingress guard) queues it to the veth's
+    /// one NAPI instance.
+    AsSetUp,
+    /// RPS over every CPU.
+    Rps,
+    /// The veth's NAPI mode without an XDP program (GRO on): receives as xsteer's uplink does,
+    /// so that (b) can be compared with (a) on the same receive path.
+    Napi,
+}
+
+impl Receive {
+    /// How the tables name it, after the setup's name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Receive::AsSetUp => "",
+            Receive::Rps => ", RPS on node2's uplink",
+            Receive::Napi => ", node2's uplink in NAPI mode (GRO on)",
+        }
+    }
+}
+
+/// Puts `node`'s uplink in `mode`: RPS over `cpus` CPUs or none, and GRO (the veth's NAPI
+/// mode) on for [`Receive::Napi`]; GRO is left alone unless `gro` (an uplink with an XDP
+/// program is in NAPI mode anyway). The queue's sysfs file is the namespace's own: `ip netns
+/// exec` mounts its sysfs.
+pub fn set_receive(node: &LabNode, cpus: usize, mode: Receive, gro: bool) {
+    let mask = if mode == Receive::Rps {
+        (1u64 << cpus) - 1
+    } else {
+        0
+    };
+    let mut script = format!("echo {mask:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus");
+    if gro {
+        let on = if mode == Receive::Napi { "on" } else { "off" };
+        script.push_str(&format!(" && ethtool -K eth0 gro {on}"));
+    }
     let status = Command::new("ip")
-        .args(["netns", "exec", &node.netns, "sh", "-c"])
-        .arg(format!("echo {mask:x} > {file}"))
+        .args(["netns", "exec", &node.netns, "sh", "-c", &script])
         .status()
         .unwrap();
-    assert!(status.success(), "writing {file} in {}", node.netns);
+    assert!(status.success(), "{script} in {}", node.netns);
 }
 
 /// Checks, after the measurements, that the traffic took the path `setup` says: through SAs
