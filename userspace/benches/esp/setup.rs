@@ -1,5 +1,5 @@
 //! The three ways the same two-node lab carries pod traffic, brought up and torn down whole for
-//! each measurement, and RPS on the receiving node's uplink.
+//! each measurement, and how the receiving node's uplink hands packets on (RPS, NAPI mode).
 
 use std::{
     io::Write as _,
