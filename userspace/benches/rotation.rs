@@ -15,9 +15,7 @@
 use std::{
     collections::BTreeMap,
     net::UdpSocket,
-    os::fd::AsFd,
     path::Path,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -36,6 +34,11 @@ use xsteer::{
     },
 };
 
+#[path = "support/lab_cli.rs"]
+mod lab_cli;
+
+use lab_cli::xsteer_lab;
+
 const ROTATIONS: usize = 3;
 const RATE: u32 = 1_000;
 
@@ -50,20 +53,6 @@ fn switched(nodes: &[LabNode], spi: u8) -> bool {
         };
         entries.len() == nodes.len() - 1 && entries.iter().all(|(_, v)| v.generation == spi)
     })
-}
-
-/// Runs `xsteer lab ARGS.. --dir DIR`, its report going to stderr (stdout holds the table).
-fn xsteer_lab(args: &[&str], dir: &Path) -> bool {
-    let stderr = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_xsteer"))
-        .arg("lab")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::from(stderr))
-        .status()
-        .unwrap()
-        .success()
 }
 
 /// The stream's counts: (sent, distinct received, duplicates).

@@ -16,6 +16,8 @@
 
 mod iperf;
 mod kstat;
+#[path = "../support/lab_cli.rs"]
+mod lab_cli;
 mod report;
 mod setup;
 

@@ -3,11 +3,11 @@
 
 use std::{
     io::Write as _,
-    os::fd::AsFd,
     path::Path,
     process::{Command, Stdio},
 };
 
+use crate::lab_cli::xsteer_lab;
 use xsteer::{
     cidr::IpFamily,
     kernel::xfrm::{REPLAY_WINDOW, REQID},
@@ -83,20 +83,6 @@ pub fn up(setup: Setup, dir: &Path, nodes: &[LabNode]) {
 /// Tears down whatever lab is at `dir` (agents, namespaces, pins, files).
 pub fn down(dir: &Path) {
     assert!(xsteer_lab(&["down"], dir), "xsteer lab down");
-}
-
-/// Runs `xsteer lab ARGS.. --dir DIR`, its report going to stderr (stdout holds the tables).
-fn xsteer_lab(args: &[&str], dir: &Path) -> bool {
-    let stderr = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_xsteer"))
-        .arg("lab")
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::from(stderr))
-        .status()
-        .unwrap()
-        .success()
 }
 
 /// The lab's namespaces, wire and pods as `xsteer lab up` makes them, without agents: the pods
