@@ -137,6 +137,7 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
 
     let mut summary = Vec::new();
     let mut most = 0;
+    let mut most_sets = 0;
     for (from, to, s) in &streams {
         let spis = spis_on_wire(&packets, from, to);
         // The moves from set to set; per-CPU SAs of one set alternate as the sender moves.
@@ -185,14 +186,17 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
             "{dir}: {} datagrams duplicated",
             s.duplicates
         );
+        // Per-CPU SAs share a direction's packets, so each SA reaches the threshold later: at
+        // least one re-key per direction here, and a second one somewhere (checked below).
         assert!(
-            distinct.len() >= 3,
-            "{dir}: {} SA sets on the wire, want at least 3 (two re-keys) with the threshold at \
+            distinct.len() >= 2,
+            "{dir}: {} SA sets on the wire, want at least 2 (a re-key) with the threshold at \
              {THRESHOLD} packets: {}\n{}",
             distinct.len(),
             describe(&runs),
             agent_logs(&nodes)
         );
+        most_sets = most_sets.max(distinct.len());
         let foreign: Vec<String> = distinct
             .iter()
             .filter(|spi| *spi >> 16 != u32::from(from.id))
@@ -213,6 +217,12 @@ fn sas_are_rekeyed_before_their_counter_limit_with_nothing_lost_or_in_plaintext(
         most = most.max(max);
         summary.push(format!("{dir} {}", distinct.len()));
     }
+    assert!(
+        most_sets >= 3,
+        "no direction re-keyed twice (SA sets per direction: {})\n{}",
+        summary.join(", "),
+        agent_logs(&nodes)
+    );
 
     // The old epochs go once every peer has acked the newest and the grace period is over: two
     // peers, IN and OUT, one generation, each set a shared SA and one per CPU.
