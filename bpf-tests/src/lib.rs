@@ -14,7 +14,7 @@ pub mod packet;
 pub mod topology;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use xsteer::dataplane::{Dataplane, DataplaneError};
+use xsteer::dataplane::{Dataplane, DataplaneError, links::IngressHook};
 
 /// Set to `1` to make a test fail instead of skipping when it lacks privileges.
 pub const REQUIRE_PRIVILEGED: &str = "XSTEER_REQUIRE_PRIVILEGED";
@@ -100,4 +100,21 @@ pub fn run_xdp(program: &Xdp, frame: &[u8]) -> u32 {
         })
         .expect("BPF_PROG_TEST_RUN of an XDP program")
         .return_value
+}
+
+/// Both hooks the ingress guard runs at; its tests run at each.
+pub const INGRESS_HOOKS: [IngressHook; 2] = [IngressHook::Xdp, IngressHook::Tc];
+
+/// Runs the ingress guard at `hook` once on `frame` and returns its verdict in XDP's terms
+/// ([`XDP_PASS`], [`XDP_DROP`]), so that one assertion covers both hooks; a tc verdict other
+/// than "next" or "shot" fails the test.
+pub fn run_ingress(dataplane: &mut Dataplane, hook: IngressHook, frame: &[u8]) -> u32 {
+    match hook {
+        IngressHook::Xdp => run_xdp(dataplane.ingress_guard().unwrap(), frame),
+        IngressHook::Tc => match run_tc(dataplane.ingress_guard_tc().unwrap(), frame, 0).verdict {
+            TC_NEXT => XDP_PASS,
+            TC_SHOT => XDP_DROP,
+            other => panic!("the ingress guard at tc returned {other}"),
+        },
+    }
 }

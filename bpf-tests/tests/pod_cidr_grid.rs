@@ -9,7 +9,9 @@
 use std::net::Ipv4Addr;
 
 use xsteer::dataplane::{Dataplane, grid::Grid};
-use xsteer_bpf_tests::{TC_SHOT, XDP_DROP, dataplane, packet::Ipv4, run_tc, run_xdp, topology::*};
+use xsteer_bpf_tests::{
+    INGRESS_HOOKS, TC_SHOT, XDP_DROP, dataplane, packet::Ipv4, run_ingress, run_tc, topology::*,
+};
 use xsteer_common::{maps::RemotePodCidr, mark};
 
 const FINE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 5, 9);
@@ -129,10 +131,12 @@ fn the_guards_decide_by_the_pod_space_whatever_the_slots_say() {
             "to {dst}"
         );
         let spoof = Ipv4::udp(dst, LOCAL_POD).frame();
-        assert_eq!(
-            run_xdp(dp.ingress_guard().unwrap(), &spoof),
-            XDP_DROP,
-            "from {dst}"
-        );
+        for hook in INGRESS_HOOKS {
+            assert_eq!(
+                run_ingress(&mut dp, hook, &spoof),
+                XDP_DROP,
+                "from {dst} at {hook}"
+            );
+        }
     }
 }

@@ -23,7 +23,8 @@ pub enum Counter {
     /// the link's IPv6 neighbour discovery); dropped. (With the IPv4 pod space not filled:
     /// IPv4 from one of this node's pods; with the IPv6 one not filled, no IPv6.)
     EgressLeakDropped = 5,
-    /// Ingress guard: passed (not IP, nothing from a pod address, not ESP from a peer).
+    /// Ingress guard: passed (not IP, nothing from a pod address, not ESP from a peer; at tc
+    /// ingress also what xfrm decrypted, which comes through the uplink's receive path again).
     IngressPassed = 6,
     /// Ingress guard: ESP from a peer with a currently valid SPI; passed to xfrm.
     IngressEspAccepted = 7,

@@ -11,6 +11,8 @@ pub const EGRESS_GUARD: &str = "egress_guard";
 /// XDP on the uplink: drops anything from a pod address of the cluster, and ESP from a peer with
 /// an SPI not valid for it.
 pub const INGRESS_GUARD: &str = "ingress_guard";
+/// The same guard at tc ingress of the uplink, attached instead of the XDP one on a veth.
+pub const INGRESS_GUARD_TC: &str = "ingress_tc";
 
 /// How many VLAN tags (802.1Q, 802.1ad) the guards look through; a frame still tagged behind
 /// that many is dropped, since the kernel would strip the tags and deliver what they hide.

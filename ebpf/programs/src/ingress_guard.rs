@@ -1,4 +1,8 @@
-//! The ingress guard: XDP on the uplink, before the stack and before any crypto.
+//! The ingress guard: on the uplink, before the stack and before any crypto.
+//!
+//! One guard, two hooks: XDP ([`ingress_guard`]) where the driver runs it natively, tc ingress
+//! ([`ingress_tc`]) on a veth, where XDP costs a copy of every packet. Userspace attaches one of
+//! them per uplink; both run [`verdict`] and count the same counters.
 //!
 //! Checks, in this order:
 //! - a frame that cannot be parsed as far as its IPv4 addresses (truncated, bad version or IHL,
@@ -24,7 +28,15 @@
 //! guard never checked. While the IPv6 pod space is empty nothing from a pod is dropped, and
 //! with no IPv6 peers nothing else is, as before the guard knew IPv6.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use core::mem::{MaybeUninit, size_of};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_xfrm_state, xdp_action},
+    helpers::generated::bpf_skb_get_xfrm_state,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use aya_log_ebpf::debug;
 use xsteer_common::{counters::Counter, maps::ipv6_from_words};
 
@@ -33,74 +45,159 @@ use crate::{
         cluster_pod_space, cluster_pod_space_v6, count, count_valid_esp, count_valid_esp_v6,
         is_local_pod, is_peer, is_peer_v6,
     },
-    parse::{Frame, IPPROTO_ESP, Ipv4, Ipv6, Vlan, frame},
+    parse::{Frame, IPPROTO_ESP, Ipv4, Ipv6, Vlan, frame, tc_frame},
 };
 
+/// The guard at XDP, for uplinks whose driver runs XDP natively (real NICs).
 #[xdp]
 pub fn ingress_guard(ctx: XdpContext) -> u32 {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let ip = match frame(data, data_end, Vlan::LookThrough) {
+    let frame = frame(data, data_end, Vlan::LookThrough);
+    // XDP runs before xfrm: nothing here has been decrypted.
+    let decrypted = || false;
+    match verdict(
+        &ctx,
+        frame,
+        data,
+        data_end,
+        (data_end - data) as u64,
+        decrypted,
+    ) {
+        Counter::IngressPassed | Counter::IngressEspAccepted => xdp_action::XDP_PASS,
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
+/// The same guard at tc ingress, for veth uplinks: XDP on a veth makes the kernel copy every
+/// GSO packet into an XDP buffer, which costs more than the guard (measured in
+/// docs/benchmarks.md), while tc sees the skb as it is.
+///
+/// tc ingress also sees what xfrm decrypted: a tunnel-mode SA hands the inner packet back to
+/// the uplink's receive path, pod address and all. Such a packet carries the secpath of the SA
+/// that decrypted it, which nothing from the wire can bring along (crossing a veth clears it),
+/// so it passes; the kernel's IN and FWD policies then check which SA that was.
+#[classifier]
+pub fn ingress_tc(ctx: TcContext) -> i32 {
+    let frame = tc_frame(&ctx, Vlan::LookThrough);
+    let decrypted = || decrypted_by_xfrm(&ctx);
+    match verdict(
+        &ctx,
+        frame,
+        ctx.data(),
+        ctx.data_end(),
+        ctx.len() as u64,
+        decrypted,
+    ) {
+        Counter::IngressPassed | Counter::IngressEspAccepted => TC_ACT_UNSPEC,
+        _ => TC_ACT_SHOT as i32,
+    }
+}
+
+/// Whether xfrm decrypted the packet in `ctx`: it carries a secpath.
+#[inline(always)]
+fn decrypted_by_xfrm(ctx: &TcContext) -> bool {
+    let mut state = MaybeUninit::<bpf_xfrm_state>::uninit();
+    // SAFETY: the helper writes at most `size` bytes into `state`, which holds that many.
+    let found = unsafe {
+        bpf_skb_get_xfrm_state(
+            ctx.skb.skb,
+            0,
+            state.as_mut_ptr(),
+            size_of::<bpf_xfrm_state>() as u32,
+            0,
+        )
+    };
+    found == 0
+}
+
+/// The checks above, for either hook: counts the verdict and returns its counter.
+/// `data`..`data_end` is what can be read of the frame, `len` the packet's whole length;
+/// `decrypted` says whether xfrm has already decrypted it (asked only of packets from a pod
+/// address; such a packet passes).
+#[inline(always)]
+fn verdict<C: EbpfContext>(
+    ctx: &C,
+    frame: Frame,
+    data: usize,
+    data_end: usize,
+    len: u64,
+    decrypted: impl FnOnce() -> bool,
+) -> Counter {
+    let ip = match frame {
         Frame::Ipv4(ip) => ip,
-        Frame::Ipv6(ip) => return ipv6(&ctx, &ip, data, data_end),
-        Frame::NotIp => return pass(),
-        Frame::MalformedIpv6 if cluster_pod_space_v6().is_none() => return pass(),
-        Frame::Malformed | Frame::MalformedIpv6 => {
-            return dropped(Counter::IngressMalformedDropped);
+        Frame::Ipv6(ip) => return counted(ipv6(ctx, &ip, data, data_end, len, decrypted)),
+        Frame::NotIp => return counted(Counter::IngressPassed),
+        Frame::MalformedIpv6 if cluster_pod_space_v6().is_none() => {
+            return counted(Counter::IngressPassed);
         }
-        Frame::TooManyTags => return dropped(Counter::IngressVlanDepthDropped),
+        Frame::Malformed | Frame::MalformedIpv6 => {
+            return counted(Counter::IngressMalformedDropped);
+        }
+        Frame::TooManyTags => return counted(Counter::IngressVlanDepthDropped),
     };
     if from_a_pod(&ip) {
+        if decrypted() {
+            return counted(Counter::IngressPassed);
+        }
         debug!(
-            &ctx,
+            ctx,
             "ingress guard: dropped plaintext {:i} -> {:i}", ip.src, ip.dst
         );
-        return dropped(Counter::IngressPlaintextDropped);
+        return counted(Counter::IngressPlaintextDropped);
     }
     // Later fragments carry no SPI; reassembly drops them if the first was dropped.
     if ip.protocol != IPPROTO_ESP || ip.later_fragment {
-        return pass();
+        return counted(Counter::IngressPassed);
     }
     let Some(spi) = ip.esp_spi(data, data_end) else {
-        return pass();
+        return counted(Counter::IngressPassed);
     };
-    if count_valid_esp(ip.src, spi, (data_end - data) as u64) {
-        count(Counter::IngressEspAccepted);
-        return xdp_action::XDP_PASS;
+    if count_valid_esp(ip.src, spi, len) {
+        return counted(Counter::IngressEspAccepted);
     }
     if is_peer(ip.src) {
         debug!(
-            &ctx,
+            ctx,
             "ingress guard: dropped ESP from {:i} with SPI {:x}", ip.src, spi
         );
-        return dropped(Counter::IngressBadSpiDropped);
+        return counted(Counter::IngressBadSpiDropped);
     }
-    pass()
+    counted(Counter::IngressPassed)
 }
 
-/// The checks above, for IPv6.
+/// The checks above, for IPv6; the verdict's counter, not yet counted.
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, ip: &Ipv6, data: usize, data_end: usize) -> u32 {
+fn ipv6<C: EbpfContext>(
+    ctx: &C,
+    ip: &Ipv6,
+    data: usize,
+    data_end: usize,
+    len: u64,
+    decrypted: impl FnOnce() -> bool,
+) -> Counter {
     if let Some(space) = cluster_pod_space_v6() {
         if space.contains(ip.src) && !ip.is_neighbour_discovery(data, data_end) {
+            if decrypted() {
+                return Counter::IngressPassed;
+            }
             debug!(
                 ctx,
                 "ingress guard: dropped plaintext {:i} -> {:i}",
                 ipv6_from_words(ip.src),
                 ipv6_from_words(ip.dst)
             );
-            return dropped(Counter::IngressPlaintextDropped);
+            return Counter::IngressPlaintextDropped;
         }
     }
     let spi = match ip.esp_spi(data, data_end) {
         Ok(Some(spi)) => spi,
         // Not ESP, or a later fragment: reassembly drops it if the first was dropped.
-        Ok(None) => return pass(),
-        Err(()) if is_peer_v6(ip.src) => return dropped(Counter::IngressMalformedDropped),
-        Err(()) => return pass(),
+        Ok(None) => return Counter::IngressPassed,
+        Err(()) if is_peer_v6(ip.src) => return Counter::IngressMalformedDropped,
+        Err(()) => return Counter::IngressPassed,
     };
-    if count_valid_esp_v6(ip.src, spi, (data_end - data) as u64) {
-        count(Counter::IngressEspAccepted);
-        return xdp_action::XDP_PASS;
+    if count_valid_esp_v6(ip.src, spi, len) {
+        return Counter::IngressEspAccepted;
     }
     if is_peer_v6(ip.src) {
         debug!(
@@ -109,9 +206,9 @@ fn ipv6(ctx: &XdpContext, ip: &Ipv6, data: usize, data_end: usize) -> u32 {
             ipv6_from_words(ip.src),
             spi
         );
-        return dropped(Counter::IngressBadSpiDropped);
+        return Counter::IngressBadSpiDropped;
     }
-    pass()
+    Counter::IngressPassed
 }
 
 /// Whether `ip` comes from a pod address of the cluster.
@@ -126,13 +223,7 @@ fn from_a_pod(ip: &Ipv4) -> bool {
 }
 
 #[inline(always)]
-fn pass() -> u32 {
-    count(Counter::IngressPassed);
-    xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn dropped(counter: Counter) -> u32 {
+fn counted(counter: Counter) -> Counter {
     count(counter);
-    xdp_action::XDP_DROP
+    counter
 }

@@ -3,7 +3,8 @@
 //! One file per program, named after it, as the packet travels:
 //! - [`pod_classifier`]: tc ingress of a pod's host-side veth; stamps the encrypt mark.
 //! - [`egress_guard`]: tc egress of the uplink; drops what would leave unencrypted.
-//! - [`ingress_guard`]: XDP on the uplink; drops plaintext from peers' pods and ESP with a bad SPI.
+//! - [`ingress_guard`]: XDP (`ingress_guard`) or tc ingress (`ingress_tc`) of the uplink; drops
+//!   plaintext from peers' pods and ESP with a bad SPI.
 //!
 //! Policy (which CIDRs, which SPIs, which peers) lives in userspace and reaches the programs
 //! only through the maps in [`maps`]. On the host the crate builds an empty binary so that a
