@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
+    dataplane::links::IngressHook,
     keys::Epoch,
     protocol::PER_CPU_SAS_MAX,
 };
@@ -108,6 +109,9 @@ pub struct NodeConfig {
     /// Whether the node sends on one SA per CPU (`per_cpu_sas = true`), so that ESP to a peer
     /// is encrypted on every core rather than one; each is announced in the node's record.
     pub per_cpu_sas: bool,
+    /// Where the ingress guard runs on the uplink (`ingress_hook = "xdp"` or `"tc"`); `None`
+    /// (`"auto"`, the default): tc on a veth, XDP otherwise. Read at the agent's start.
+    pub ingress_hook: Option<IngressHook>,
 }
 
 impl NodeConfig {
@@ -782,6 +786,7 @@ struct RawNode {
     epoch: Option<String>,
     #[serde(default)]
     per_cpu_sas: bool,
+    ingress_hook: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -869,6 +874,16 @@ impl RawConfig {
             .epoch
             .as_deref()
             .map(|epoch| p.parse("node.epoch", epoch).ok_or(()));
+        let ingress_hook = match n.ingress_hook.as_deref() {
+            None | Some("auto") => Ok(None),
+            Some(hook) => match hook.parse() {
+                Ok(hook) => Ok(Some(hook)),
+                Err(e) => {
+                    p.push("node.ingress_hook", e);
+                    Err(())
+                }
+            },
+        };
         let node = match (
             name,
             ip,
@@ -876,19 +891,27 @@ impl RawConfig {
             pod_cidr.transpose(),
             pod_cidr_v6.transpose(),
             epoch.transpose(),
+            ingress_hook,
         ) {
-            (Some(name), Some(ip), Ok(id), Ok(pod_cidr), Ok(pod_cidr_v6), Ok(epoch)) => {
-                Some(NodeConfig {
-                    name,
-                    ip,
-                    id,
-                    uplink: n.uplink,
-                    pod_cidr,
-                    pod_cidr_v6,
-                    epoch,
-                    per_cpu_sas: n.per_cpu_sas,
-                })
-            }
+            (
+                Some(name),
+                Some(ip),
+                Ok(id),
+                Ok(pod_cidr),
+                Ok(pod_cidr_v6),
+                Ok(epoch),
+                Ok(ingress_hook),
+            ) => Some(NodeConfig {
+                name,
+                ip,
+                id,
+                uplink: n.uplink,
+                pod_cidr,
+                pod_cidr_v6,
+                epoch,
+                per_cpu_sas: n.per_cpu_sas,
+                ingress_hook,
+            }),
             _ => None,
         };
         let mut peers = Vec::with_capacity(self.peers.len());
@@ -1278,6 +1301,34 @@ epoch = "0123456789abcdef0123456789abcdef"
     }
 
     #[test]
+    fn the_ingress_hook_is_auto_xdp_or_tc() {
+        let hook = |value: &str| {
+            edited(
+                "[node]",
+                "uplink = \"eth0\"\n",
+                &format!("uplink = \"eth0\"\n{value}"),
+            )
+            .parse::<Config>()
+            .map(|config| config.node.ingress_hook)
+        };
+        assert_eq!(hook("").unwrap(), None);
+        assert_eq!(hook("ingress_hook = \"auto\"\n").unwrap(), None);
+        assert_eq!(
+            hook("ingress_hook = \"xdp\"\n").unwrap(),
+            Some(IngressHook::Xdp)
+        );
+        assert_eq!(
+            hook("ingress_hook = \"tc\"\n").unwrap(),
+            Some(IngressHook::Tc)
+        );
+        let e = hook("ingress_hook = \"XDP\"\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "node.ingress_hook: \"XDP\" is not \"auto\", \"xdp\" or \"tc\""
+        );
+    }
+
+    #[test]
     fn rejects_empty_pod_cidrs_and_bad_values() {
         assert_eq!(
             error(&edited("node-b", "[\"10.244.2.0/24\"]", "[]")),
@@ -1574,6 +1625,7 @@ epoch = "0123456789abcdef0123456789abcdef"
         let config = Config::from_path(examples.join("xsteer.toml")).unwrap();
         assert_eq!(config.key_file, PathBuf::from("/etc/xsteer/keys"));
         assert_eq!(config.node.name, "node-a");
+        assert_eq!(config.node.ingress_hook, None);
         assert_eq!(config.peers.len(), 2);
 
         // git keeps no mode bits but the exec bit: load a 0600 copy, as an operator would.

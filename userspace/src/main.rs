@@ -248,15 +248,24 @@ fn run(command: Command) -> Result<()> {
                 (true, false) => lab::topology::Stack::Dual,
                 (false, false) => lab::topology::Stack::V4,
             };
+            let settings = |s: &LabSize| -> Result<lab::agents::AgentSettings> {
+                Ok(lab::agents::AgentSettings {
+                    per_cpu_sas: s.per_cpu_sas,
+                    ingress_hook: match s.ingress_hook.as_str() {
+                        "auto" => None,
+                        hook => Some(hook.parse().map_err(anyhow::Error::msg)?),
+                    },
+                })
+            };
             match command {
                 LabCommand::Up { size: s, dir } => {
-                    lab::up(size(&s), stack(&s), &dir.dir, s.per_cpu_sas)
+                    lab::up(size(&s), stack(&s), &dir.dir, settings(&s)?)
                 }
                 LabCommand::Test { dir } => lab::test(&dir.dir),
                 LabCommand::Down { dir } => lab::down(&dir.dir),
                 LabCommand::Status { dir } => lab::status(&dir.dir),
                 LabCommand::Run { size: s, dir } => {
-                    lab::run(size(&s), stack(&s), &dir.dir, s.per_cpu_sas)
+                    lab::run(size(&s), stack(&s), &dir.dir, settings(&s)?)
                 }
                 LabCommand::Pod(LabPodCommand::Add { name, dir }) => lab::pod_add(&dir.dir, &name),
                 LabCommand::Pod(LabPodCommand::Del { name, dir }) => lab::pod_del(&dir.dir, &name),
@@ -444,6 +453,10 @@ struct LabSize {
     /// peer, so ESP is encrypted on every core.
     #[arg(long)]
     per_cpu_sas: bool,
+    /// Where every agent runs the ingress guard (`ingress_hook`): `auto` (tc, on the lab's veth
+    /// uplinks), `xdp` or `tc`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "xdp", "tc"])]
+    ingress_hook: String,
 }
 
 /// Where a lab keeps its files.
@@ -699,7 +712,12 @@ fn check() -> Result<()> {
             "ingress of each pod's host-side veth",
         ),
         (programs::EGRESS_GUARD, "tc", "egress of the uplink"),
-        (programs::INGRESS_GUARD, "xdp", "the uplink"),
+        (programs::INGRESS_GUARD, "xdp", "the uplink (a NIC)"),
+        (
+            programs::INGRESS_GUARD_TC,
+            "tc",
+            "ingress of the uplink (a veth)",
+        ),
     ] {
         println!("{name:<16} {kind:<4} {point}");
     }

@@ -113,7 +113,11 @@ pub async fn uninstall(
     steps += changes.len();
     drop(dataplane);
 
-    for program in [programs::EGRESS_GUARD, programs::INGRESS_GUARD] {
+    for program in [
+        programs::EGRESS_GUARD,
+        programs::INGRESS_GUARD,
+        programs::INGRESS_GUARD_TC,
+    ] {
         for interface in unpin_all(pin_dir, program)? {
             report(&format!("detach {program} from {interface}"));
             steps += 1;

@@ -382,6 +382,50 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
         let (exit, stdout) = node.plugin("ADD", &conf);
         assert_eq!(exit, 0, "guards re-attached: {stdout}");
 
+        // The ingress guard at tc ingress, as the agent runs it on a veth uplink, counts as
+        // attached; its pin without the attachment does not.
+        links::unpin(&pin_dir, programs::INGRESS_GUARD, UPLINK).unwrap();
+        node.assert_error(
+            "ADD",
+            &conf,
+            11,
+            "the ingress guard is not attached to any uplink",
+        );
+        let mut at_tc = Dataplane::load_pinned(&pin_dir).unwrap();
+        at_tc.load_programs().unwrap();
+        links::tc(
+            at_tc.ingress_guard_tc().unwrap(),
+            programs::INGRESS_GUARD_TC,
+            UPLINK,
+            TcAttachType::Ingress,
+            &pin_dir,
+        )
+        .unwrap();
+        drop(at_tc);
+        let (exit, stdout) = node.plugin("ADD", &conf);
+        assert_eq!(exit, 0, "the ingress guard at tc ingress: {stdout}");
+        // The same program pinned as attached at tc egress instead: not the uplink's ingress.
+        links::unpin(&pin_dir, programs::INGRESS_GUARD_TC, UPLINK).unwrap();
+        let mut wrong_way = Dataplane::load_pinned(&pin_dir).unwrap();
+        wrong_way.load_programs().unwrap();
+        links::tc(
+            wrong_way.ingress_guard_tc().unwrap(),
+            programs::INGRESS_GUARD_TC,
+            UPLINK,
+            TcAttachType::Egress,
+            &pin_dir,
+        )
+        .unwrap();
+        drop(wrong_way);
+        node.assert_error(
+            "ADD",
+            &conf,
+            11,
+            &format!("no pinned ingress guard link of {UPLINK} attached at XDP or tc ingress"),
+        );
+        links::unpin(&pin_dir, programs::INGRESS_GUARD_TC, UPLINK).unwrap();
+        node.agent_start(&[]);
+
         // The ingress guard's pin holding another interface's XDP link (another agent's
         // program, on the uplink's peer): the uplink's own XDP program is not the pinned one.
         let mut other = Dataplane::load_pinned(&pin_dir).unwrap();

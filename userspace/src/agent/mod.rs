@@ -35,7 +35,7 @@ use crate::{
     config::{Config, NodeRecords},
     dataplane::{
         self, Dataplane, DataplaneError, bpffs,
-        links::{self, LinkError},
+        links::{self, IngressHook, LinkError},
     },
     inputs::{self, Access, Files, Inputs, InputsError},
     kernel::{events, routing, xfrm},
@@ -112,6 +112,14 @@ pub enum AgentError {
     /// A state file could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The uplink could not be looked up.
+    #[error("uplink {uplink}: {error}")]
+    Uplink {
+        /// The uplink's name.
+        uplink: String,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
     /// The pin dir cannot be named in the CNI config.
     #[error("pin dir {}: not UTF-8, which the CNI config (JSON) cannot name", .0.display())]
     PinDirNotUtf8(PathBuf),
@@ -164,6 +172,81 @@ async fn fresh_epoch_if_no_sas(files: &mut Files, applier: &Applier) -> Result<(
          lost state directory): taking the new epoch {fresh} instead of {old}, so no key is \
          used again with a restarted counter; peers follow once they read its record"
     );
+    Ok(())
+}
+
+/// Attaches the ingress guard to `uplink` at the hook the config names (`node.ingress_hook`) or
+/// the uplink's kind calls for, then detaches the one an earlier agent left at the other hook:
+/// the new guard runs before the old one goes, so the uplink is never unguarded.
+///
+/// Chosen by the uplink's kind, a veth gets tc and anything else native XDP, or tc when its
+/// driver has no native XDP.
+async fn attach_ingress_guard(
+    node: &mut Node,
+    uplink: &str,
+    handle: &rtnetlink::Handle,
+) -> Result<(), AgentError> {
+    let configured = node.files.config.node.ingress_hook;
+    let mut hook = match configured {
+        Some(hook) => hook,
+        None => {
+            let link = routing::link_by_name(handle, uplink)
+                .await
+                .and_then(|link| {
+                    link.ok_or_else(|| std::io::Error::other("no interface of that name"))
+                })
+                .map_err(|error| AgentError::Uplink {
+                    uplink: uplink.to_owned(),
+                    error,
+                })?;
+            IngressHook::for_uplink(routing::is_veth(&link))
+        }
+    };
+    let pin_dir = node.opts.pin_dir.clone();
+    let at_tc = |dataplane: &mut Dataplane| -> Result<links::Attached, AgentError> {
+        Ok(links::tc(
+            dataplane.ingress_guard_tc()?,
+            programs::INGRESS_GUARD_TC,
+            uplink,
+            TcAttachType::Ingress,
+            &pin_dir,
+        )?)
+    };
+    let how = match hook {
+        IngressHook::Tc => at_tc(&mut node.dataplane)?,
+        IngressHook::Xdp => {
+            let at_xdp = links::xdp(
+                node.dataplane.ingress_guard()?,
+                programs::INGRESS_GUARD,
+                uplink,
+                &pin_dir,
+            );
+            match at_xdp {
+                Ok(how) => how,
+                Err(e @ LinkError::Attach { .. }) if configured.is_none() => {
+                    warn!(
+                        "uplink {uplink}: {e}: its driver runs no native XDP, so the ingress \
+                         guard runs at tc ingress"
+                    );
+                    hook = IngressHook::Tc;
+                    at_tc(&mut node.dataplane)?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    info!("uplink {uplink}: ingress guard attached at {hook} ({how:?})");
+    let other = hook.other();
+    if links::pinned_program_id(&pin_dir, other.program(), uplink)?.is_some() {
+        links::unpin(&pin_dir, other.program(), uplink).map_err(|error| LinkError::Files {
+            what: "removing the pin of the ingress guard at the other hook",
+            path: links::pin_path(&pin_dir, other.program(), uplink),
+            error,
+        })?;
+        info!(
+            "uplink {uplink}: ingress guard detached from {other}, where an earlier agent ran it"
+        );
+    }
     Ok(())
 }
 
@@ -649,13 +732,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         &pin_dir,
     )?;
     info!("uplink {uplink}: egress guard attached ({how:?})");
-    let how = links::xdp(
-        node.dataplane.ingress_guard()?,
-        programs::INGRESS_GUARD,
-        &uplink,
-        &pin_dir,
-    )?;
-    info!("uplink {uplink}: ingress guard attached ({how:?})");
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(LinksError::Subscribe)?;
+    tokio::spawn(connection);
+    attach_ingress_guard(&mut node, &uplink, &handle).await?;
     // Only a guarded node may hand its classifier to the CNI plugin: pinned now, the plugin
     // classifies new pods itself, also while this agent is stopped or restarting.
     node.dataplane.pin_pod_classifier(&pin_dir)?;
@@ -678,8 +757,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
 
     let mut link_events = pods::watch()?;
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(LinksError::Subscribe)?;
-    tokio::spawn(connection);
     node.rescan(&handle).await?;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;

@@ -11,12 +11,14 @@ use futures::TryStreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+    link::{LinkAttribute, LinkMessage},
 };
 use rtnetlink::{
     Handle, MulticastGroup,
     packet_core::{NetlinkMessage, NetlinkPayload},
 };
+
+use crate::kernel::routing;
 
 /// Why pod veths could not be listed or followed.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +68,7 @@ impl PodVeths {
                 .any(|p| name.starts_with(p.as_str()))
                 .then_some(name);
         }
-        let is_veth = link.attributes.iter().any(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos
-                .iter()
-                .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
-            _ => false,
-        });
+        let is_veth = routing::is_veth(link);
         let peer_elsewhere = link
             .attributes
             .iter()

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
 use xsteer_common::programs;
 
 use super::spec::CniError;
@@ -87,10 +87,15 @@ impl Node {
 
     /// The uplink the guards run on: an interface with pinned links of both guards whose
     /// programs the kernel confirms are attached (the egress guard at tc egress, the ingress
-    /// guard as its XDP program). Otherwise [`CniError::NotReady`], naming what is missing.
+    /// guard as its XDP program or at tc ingress). Otherwise [`CniError::NotReady`], naming what
+    /// is missing.
     pub async fn guarded_uplink(&self, pin_dir: &Path) -> Result<String, CniError> {
         let egress = links::pinned_interfaces(pin_dir, programs::EGRESS_GUARD);
-        let ingress = links::pinned_interfaces(pin_dir, programs::INGRESS_GUARD);
+        let mut ingress = links::pinned_interfaces(pin_dir, programs::INGRESS_GUARD);
+        ingress.extend(links::pinned_interfaces(
+            pin_dir,
+            programs::INGRESS_GUARD_TC,
+        ));
         let dir = links::links_dir(pin_dir);
         let dir = dir.display();
         for (pinned, program) in [
@@ -147,9 +152,24 @@ impl Node {
             }
             Err(e) => return Ok(Some(e.to_string())),
         }
+        // A veth uplink runs the ingress guard at tc ingress, a NIC as its XDP program.
+        match tc_link_attached(
+            pin_dir,
+            programs::INGRESS_GUARD_TC,
+            uplink,
+            TcAttachType::Ingress,
+        ) {
+            Ok(true) => return Ok(None),
+            Ok(false) => {}
+            Err(e) => return Ok(Some(e.to_string())),
+        }
         let pinned = match links::pinned_program_id(pin_dir, programs::INGRESS_GUARD, uplink) {
             Ok(Some(id)) => id,
-            Ok(None) => return Ok(Some(format!("no pinned ingress guard link of {uplink}"))),
+            Ok(None) => {
+                return Ok(Some(format!(
+                    "no pinned ingress guard link of {uplink} attached at XDP or tc ingress"
+                )));
+            }
             Err(e) => return Ok(Some(e.to_string())),
         };
         let Some(link) = self.link(uplink).await? else {
@@ -163,16 +183,6 @@ impl Node {
             )))
         }
     }
-}
-
-/// Whether `link` is a veth.
-pub fn is_veth(link: &LinkMessage) -> bool {
-    link.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos
-            .iter()
-            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
-        _ => false,
-    })
 }
 
 /// The XDP programs attached to `link`: the kernel reports one id for a single mode, one per

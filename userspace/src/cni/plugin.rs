@@ -14,7 +14,10 @@ use super::{
     node::{self, Node},
     spec::{self, CURRENT_VERSION, CniError, Command, Env, NetConf},
 };
-use crate::dataplane::links::{self, Attached, LinkError};
+use crate::{
+    dataplane::links::{self, Attached, LinkError},
+    kernel::routing,
+};
 
 /// What an invocation prints on stdout, and its exit status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +120,7 @@ async fn pod_veths(
                 "xsteer-cni: container {container}: {name} is named by the previous result but \
                  does not exist on this node: skipped"
             ),
-            Some(link) if node::is_veth(&link) && name != uplink => veths.push(name.clone()),
+            Some(link) if routing::is_veth(&link) && name != uplink => veths.push(name.clone()),
             Some(_) => {}
         }
     }

@@ -22,6 +22,7 @@ use aya::{
     },
 };
 use nix::fcntl::{Flock, FlockArg};
+use xsteer_common::programs;
 
 /// Where the links are pinned, under the pin dir.
 const LINKS_DIR: &str = "links";
@@ -78,6 +79,65 @@ pub enum LinkError {
         /// What aya said.
         error: AyaLinkError,
     },
+}
+
+/// Where the ingress guard runs on an uplink. Both hooks run the same checks and count the same
+/// counters; one of them is attached per uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressHook {
+    /// XDP, before the kernel builds an skb: for a NIC whose driver runs XDP natively.
+    Xdp,
+    /// tc ingress (TCX): for a veth, where XDP would copy every GSO packet into an XDP buffer
+    /// (docs/benchmarks.md measures what that costs).
+    Tc,
+}
+
+impl IngressHook {
+    /// The hook for an uplink: tc on a veth, XDP on anything else.
+    pub fn for_uplink(is_veth: bool) -> IngressHook {
+        if is_veth {
+            IngressHook::Tc
+        } else {
+            IngressHook::Xdp
+        }
+    }
+
+    /// The name of the program that runs at this hook (and of its pin).
+    pub fn program(self) -> &'static str {
+        match self {
+            IngressHook::Xdp => programs::INGRESS_GUARD,
+            IngressHook::Tc => programs::INGRESS_GUARD_TC,
+        }
+    }
+
+    /// The other hook: the one whose pin a switch to this one leaves behind.
+    pub fn other(self) -> IngressHook {
+        match self {
+            IngressHook::Xdp => IngressHook::Tc,
+            IngressHook::Tc => IngressHook::Xdp,
+        }
+    }
+}
+
+impl std::fmt::Display for IngressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IngressHook::Xdp => "xdp",
+            IngressHook::Tc => "tc",
+        })
+    }
+}
+
+impl std::str::FromStr for IngressHook {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IngressHook, String> {
+        match s {
+            "xdp" => Ok(IngressHook::Xdp),
+            "tc" => Ok(IngressHook::Tc),
+            _ => Err(format!("{s:?} is not \"auto\", \"xdp\" or \"tc\"")),
+        }
+    }
 }
 
 /// How an attachment came about.
@@ -258,8 +318,13 @@ pub fn tc(
     )
 }
 
-/// Attaches the XDP `program` (named `name`) to `interface`, adopting a pinned link if there is
-/// one.
+/// Attaches the XDP `program` (named `name`) to `interface` in the driver's native mode,
+/// adopting a pinned link if there is one.
+///
+/// Never in generic mode: generic XDP runs on every skb the interface receives, and so on the
+/// inner packets that tunnel-mode xfrm decrypts and hands back to the uplink, which the
+/// ingress guard would take for plaintext from pods. A driver without native XDP makes this
+/// fail; the ingress guard then belongs at tc ingress ([`IngressHook::Tc`]).
 pub fn xdp(
     program: &mut Xdp,
     name: &'static str,
@@ -282,7 +347,7 @@ pub fn xdp(
                 error,
             };
             let id = program
-                .attach(interface, XdpMode::Default)
+                .attach(interface, XdpMode::Driver)
                 .map_err(attach_error)?;
             let link = program.take_link(id).map_err(attach_error)?;
             FdLink::try_from(link).map_err(|error| LinkError::NotALink {
@@ -292,4 +357,22 @@ pub fn xdp(
             })
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_veth_gets_tc_anything_else_xdp_and_each_names_its_program() {
+        assert_eq!(IngressHook::for_uplink(true), IngressHook::Tc);
+        assert_eq!(IngressHook::for_uplink(false), IngressHook::Xdp);
+        for hook in [IngressHook::Xdp, IngressHook::Tc] {
+            assert_eq!(hook.to_string().parse::<IngressHook>(), Ok(hook));
+            assert_ne!(hook.other(), hook);
+            assert_ne!(hook.other().program(), hook.program());
+        }
+        assert_eq!(IngressHook::Xdp.program(), programs::INGRESS_GUARD);
+        assert_eq!(IngressHook::Tc.program(), programs::INGRESS_GUARD_TC);
+    }
 }

@@ -231,14 +231,15 @@ impl Dataplane {
         })
     }
 
-    /// Loads all three programs into the kernel (the verifier runs here) without attaching.
+    /// Loads all four programs into the kernel (the verifier runs here) without attaching.
     pub fn load_programs(&mut self) -> Result<(), DataplaneError> {
         let load = |name, result: Result<(), ProgramError>| {
             result.map_err(|error| DataplaneError::Program { name, error })
         };
         load(programs::POD_CLASSIFIER, self.pod_classifier()?.load())?;
         load(programs::EGRESS_GUARD, self.egress_guard()?.load())?;
-        load(programs::INGRESS_GUARD, self.ingress_guard()?.load())
+        load(programs::INGRESS_GUARD, self.ingress_guard()?.load())?;
+        load(programs::INGRESS_GUARD_TC, self.ingress_guard_tc()?.load())
     }
 
     /// The pod classifier (tc ingress of pod veths).
@@ -254,6 +255,11 @@ impl Dataplane {
     /// The ingress guard (XDP on the uplink).
     pub fn ingress_guard(&mut self) -> Result<&mut Xdp, DataplaneError> {
         self.program(programs::INGRESS_GUARD)
+    }
+
+    /// The ingress guard at tc ingress of the uplink, for a veth.
+    pub fn ingress_guard_tc(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.program(programs::INGRESS_GUARD_TC)
     }
 
     fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, DataplaneError>

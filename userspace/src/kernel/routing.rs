@@ -17,7 +17,7 @@ use std::{
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
-    link::{LinkAttribute, LinkLayerType, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage},
     route::{
         RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
         RouteType,
@@ -166,6 +166,16 @@ fn kernel(
         what,
         error: errno(e),
     }
+}
+
+/// Whether `link` is a veth.
+pub fn is_veth(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
 }
 
 /// The link named `name`, or `None` if there is none (ENODEV).

@@ -28,7 +28,7 @@ use super::{
     topology::{self, LabNode},
 };
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, links::IngressHook},
     keys::{self, Epoch, Generation},
 };
 
@@ -50,10 +50,20 @@ fn pid_path(dir: &Path, node: &LabNode) -> PathBuf {
     node_dir(dir, node).join("agent.pid")
 }
 
+/// What every agent of a lab is configured with beyond its node's identity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// One OUT SA per CPU towards each peer (`per_cpu_sas = true`).
+    pub per_cpu_sas: bool,
+    /// Where the ingress guard runs (`ingress_hook`); `None` lets the agent choose (tc, since
+    /// the lab's uplinks are veths).
+    pub ingress_hook: Option<IngressHook>,
+}
+
 /// The config of `node`: itself, the shared key file and node records, the cluster CIDR (whose
-/// /24 grid the classifier looks pods up in); no peers. In a dual-stack lab also the cluster's
-/// IPv6 pod space and the node's IPv6 pod CIDR.
-pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch, per_cpu_sas: bool) -> String {
+/// /24 grid the classifier looks pods up in), `settings`; no peers. In a dual-stack lab also
+/// the cluster's IPv6 pod space and the node's IPv6 pod CIDR.
+pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch, settings: AgentSettings) -> String {
     let (cluster_v6, pod_v6) = match node.pod_cidr_v6() {
         Some(cidr) => (
             format!("cluster_cidr_v6 = \"{}\"\n", topology::CLUSTER_CIDR_V6),
@@ -61,21 +71,26 @@ pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch, per_cpu_sas: bool)
         ),
         None => Default::default(),
     };
+    let hook = match settings.ingress_hook {
+        Some(hook) => format!("ingress_hook = \"{hook}\"\n"),
+        None => String::new(),
+    };
     format!(
         "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n{cluster_v6}\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
-         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\nper_cpu_sas = {per_cpu_sas}\n",
+         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\nper_cpu_sas = {per_cpu_sas}\n{hook}",
         keys = dir.join("keys").display(),
         nodes = dir.join("nodes").display(),
         name = node.name,
         ip = node.tunnel_ip,
         id = node.index,
         cidr = node.pod_cidr(),
+        per_cpu_sas = settings.per_cpu_sas,
     )
 }
 
-/// Writes the key file (one fresh generation, mode 0600) and every node's config, with per-CPU
-/// SAs if `per_cpu_sas`.
-pub fn write_files(dir: &Path, nodes: &[LabNode], per_cpu_sas: bool) -> Result<()> {
+/// Writes the key file (one fresh generation, mode 0600) and every node's config, with
+/// `settings`.
+pub fn write_files(dir: &Path, nodes: &[LabNode], settings: AgentSettings) -> Result<()> {
     let keys_path = dir.join("keys");
     let line = keys::generate_gcm_line(Generation::MIN)?;
     fs::write(&keys_path, format!("{}\n", line.as_str()))
@@ -86,7 +101,7 @@ pub fn write_files(dir: &Path, nodes: &[LabNode], per_cpu_sas: bool) -> Result<(
         fs::create_dir_all(&node_dir)
             .with_context(|| format!("creating {}", node_dir.display()))?;
         let epoch = Epoch::random()?;
-        let config = config_text(dir, node, &epoch, per_cpu_sas);
+        let config = config_text(dir, node, &epoch, settings);
         fs::write(node_dir.join("xsteer.toml"), config)?;
     }
     Ok(())
@@ -239,15 +254,21 @@ mod tests {
         let epoch = Epoch::random().unwrap();
         let dir = Path::new("/run/xsteer-lab");
         let v4 = plan_stack(Size { nodes: 3, pods: 1 }, Stack::V4);
-        let text = config_text(dir, &v4[2], &epoch, false);
+        let text = config_text(dir, &v4[2], &epoch, AgentSettings::default());
         assert!(!text.contains("v6"), "{text}");
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["node"]["per_cpu_sas"].as_bool(), Some(false));
-        let text = config_text(dir, &v4[2], &epoch, true);
+        assert_eq!(value["node"].get("ingress_hook"), None);
+        let settings = AgentSettings {
+            per_cpu_sas: true,
+            ingress_hook: Some(IngressHook::Xdp),
+        };
+        let text = config_text(dir, &v4[2], &epoch, settings);
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["node"]["per_cpu_sas"].as_bool(), Some(true));
+        assert_eq!(value["node"]["ingress_hook"].as_str(), Some("xdp"));
         let dual = plan_stack(Size { nodes: 3, pods: 1 }, Stack::Dual);
-        let text = config_text(dir, &dual[2], &epoch, false);
+        let text = config_text(dir, &dual[2], &epoch, AgentSettings::default());
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["cluster_cidr"].as_str(), Some("10.244.0.0/16"));
         assert_eq!(value["cluster_cidr_v6"].as_str(), Some("fd00:10:244::/48"));

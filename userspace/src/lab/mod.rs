@@ -25,6 +25,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::kernel::{Netlink, xfrm};
+use agents::AgentSettings;
 use capture::{Capture, IPPROTO_ESP, IpPacket, Packet};
 use topology::{LabNode, Size, Stack};
 
@@ -88,9 +89,9 @@ pub fn existing(dir: &Path) -> Result<Vec<LabNode>> {
     Ok(topology::plan_stack(size, stack))
 }
 
-/// Builds the lab and starts its agents, on per-CPU SAs if `per_cpu_sas`; when they all know
-/// each other, it is up.
-pub fn up(size: Size, stack: Stack, dir: &Path, per_cpu_sas: bool) -> Result<()> {
+/// Builds the lab and starts its agents, configured with `settings`; when they all know each
+/// other, it is up.
+pub fn up(size: Size, stack: Stack, dir: &Path, settings: AgentSettings) -> Result<()> {
     if !(2..=250).contains(&size.nodes) || !(1..=250).contains(&size.pods) {
         bail!("a lab has 2..=250 nodes and 1..=250 pods per node");
     }
@@ -104,7 +105,7 @@ pub fn up(size: Size, stack: Stack, dir: &Path, per_cpu_sas: bool) -> Result<()>
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::write(size_path(dir), size_text(size, stack))?;
     topology::wire_up(&nodes)?;
-    agents::write_files(dir, &nodes, per_cpu_sas)?;
+    agents::write_files(dir, &nodes, settings)?;
     for node in &nodes {
         pods::write_conflist(dir, node)?;
     }
@@ -464,8 +465,8 @@ pub fn test(dir: &Path) -> Result<()> {
 
 /// Up, test, a bpftool dump of node1's `remote_pod_cidrs` (and, dual-stack, `remote6_cidrs`),
 /// down; fails if the test did.
-pub fn run(size: Size, stack: Stack, dir: &Path, per_cpu_sas: bool) -> Result<()> {
-    let result = up(size, stack, dir, per_cpu_sas).and_then(|()| test(dir));
+pub fn run(size: Size, stack: Stack, dir: &Path, settings: AgentSettings) -> Result<()> {
+    let result = up(size, stack, dir, settings).and_then(|()| test(dir));
     if result.is_ok() {
         let mut maps = vec![xsteer_common::maps::REMOTE_POD_CIDRS];
         if stack.is_dual() {

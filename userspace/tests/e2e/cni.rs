@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 use xsteer::lab::{
@@ -105,8 +106,19 @@ fn reboot(lab: &Lab, node: &LabNode) {
     let link = netns::ip_in(&node.netns, &["-d", "link", "show", "eth0"]).unwrap();
     assert!(
         !link.contains("xdp"),
-        "the ingress guard outlived the reboot: {link}"
+        "the ingress guard outlived the reboot at XDP: {link}"
     );
+    // On the lab's veth uplinks the guards run at tc, ingress and egress.
+    for direction in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let attached = netns::run_in(&node.netns, move || {
+            Ok(SchedClassifier::query_tcx("eth0", direction)?.1.len())
+        })
+        .unwrap();
+        assert_eq!(
+            attached, 0,
+            "a guard outlived the reboot at tc {direction:?}"
+        );
+    }
 }
 
 /// The CNI error a failed ADD returned.

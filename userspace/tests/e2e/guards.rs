@@ -1,10 +1,11 @@
 //! What arrives from the wire, and bad input while the agent runs.
 //!
 //! Frames injected onto node b's side of the wire, addressed to node a: plaintext with a remote
-//! pod source, and ESP from b with an SPI b never had. The ingress guard (XDP on a's uplink)
-//! drops both before any pod sees them and counts each. Then the key file and the config are
-//! broken in turn under a running agent: each is refused with a log line naming the problem,
-//! and traffic keeps flowing encrypted under the last good state.
+//! pod source, and ESP from b with an SPI b never had. The ingress guard (at tc ingress of a's
+//! veth uplink, where the agent puts it on a veth) drops both before any pod sees them and
+//! counts each. Then the key file and the config are broken in turn under a running agent: each
+//! is refused with a log line naming the problem, and traffic keeps flowing encrypted under the
+//! last good state.
 
 use std::{
     fs,
@@ -13,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xsteer_common::counters::Counter;
+use aya::programs::{SchedClassifier, TcAttachType};
+use xsteer_common::{counters::Counter, programs};
 
 use crate::{
     cluster::{self, Node},
@@ -117,6 +119,24 @@ fn still_encrypted(a: &Node, b: &Node, wire: &Capture, port: u16) -> (usize, usi
 fn the_wire_is_guarded_and_bad_input_keeps_the_last_good_state() {
     let (a, b) = cluster::pair("guards");
     let mut agents = [a.start_agent(), b.start_agent()];
+    // The uplink is a veth: the agent runs the ingress guard at tc ingress, not at XDP.
+    let at_tc = a.netns.run(|| {
+        let (_, programs) = SchedClassifier::query_tcx("eth0", TcAttachType::Ingress).unwrap();
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        at_tc,
+        [programs::INGRESS_GUARD_TC],
+        "tc ingress of a's uplink"
+    );
+    let link = a.netns.ip(&["-d", "link", "show", "eth0"]);
+    assert!(
+        !link.contains("xdp"),
+        "an XDP program on a veth uplink: {link}"
+    );
 
     // Injected from b's side of the wire to a: a plaintext datagram "from" a pod of b to a's
     // pod, and ESP from b under an SPI b never had.

@@ -2,6 +2,8 @@
 //! CIDR per node beside the IPv4 one, IPv4 node IPs), each test counting on a capture of what
 //! the nodes send on the wire:
 //!
+//! Its ingress guards run at XDP (`--ingress-hook xdp`), the rest of the suite's at tc ingress.
+//!
 //! 1. every cross-node pod pair over ICMPv6, TCP and UDP on IPv6, and over IPv4 as before, with
 //!    0 IPv6 (and IPv4) pod packets in plaintext on the wire;
 //! 2. plaintext IPv6 from a remote pod's address, injected on the wire towards a node, is dropped
@@ -17,7 +19,7 @@
 //!    from the old generation to the new, nothing in plaintext;
 //! 6. IPv6 node IPs (`--ipv6-node-ips`): every pair on both families through ESP over IPv6,
 //!    not one ESP packet over IPv4, 0 plaintext; ESP over IPv6 from a peer's address with an SPI
-//!    it may not use is dropped at XDP and counted.
+//!    it may not use is dropped by the guard (at tc ingress in this lab) and counted.
 
 use std::{
     collections::BTreeSet,
@@ -33,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use xsteer::{
     dataplane::Dataplane,
     lab::{
@@ -43,7 +46,7 @@ use xsteer::{
         topology::{self, LabNode, LabPod, Size, Stack},
     },
 };
-use xsteer_common::counters::Counter;
+use xsteer_common::{counters::Counter, programs};
 
 const DIR: &str = "/tmp/xsteer-e2e-ipv6";
 
@@ -54,18 +57,20 @@ struct Lab {
 }
 
 impl Lab {
+    /// The dual-stack lab, its ingress guards at XDP: the other labs of the suite run them at tc
+    /// ingress, as the agent chooses for a veth uplink, so both hooks are tested end to end.
     fn up() -> Lab {
-        Lab::up_with("--dual-stack", Stack::Dual)
+        Lab::up_with(&["--dual-stack", "--ingress-hook", "xdp"], Stack::Dual)
     }
 
-    /// A lab of `stack`, which `flag` of `xsteer lab up` asks for.
-    fn up_with(flag: &str, stack: Stack) -> Lab {
+    /// A lab of `stack`, which `flags` of `xsteer lab up` ask for.
+    fn up_with(flags: &[&str], stack: Stack) -> Lab {
         let dir = PathBuf::from(DIR);
         let _ = lab::down(&dir);
-        let (ok, text) = xsteer(&[
-            "lab", "up", flag, "--nodes", "3", "--pods", "2", "--dir", DIR,
-        ]);
-        assert!(ok, "lab up {flag}:\n{text}");
+        let mut args = vec!["lab", "up", "--nodes", "3", "--pods", "2", "--dir", DIR];
+        args.extend(flags);
+        let (ok, text) = xsteer(&args);
+        assert!(ok, "lab up {flags:?}:\n{text}");
         let nodes = topology::plan_stack(Size { nodes: 3, pods: 2 }, stack);
         assert_eq!(
             lab::existing(&dir).unwrap(),
@@ -819,7 +824,7 @@ fn esp6(src: Ipv6Addr, dst: Ipv6Addr, spi: u32) -> Vec<u8> {
 #[test]
 #[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
 fn ipv6_node_ips_carry_both_families_in_esp_over_ipv6() {
-    let lab = Lab::up_with("--ipv6-node-ips", Stack::Ipv6Nodes);
+    let lab = Lab::up_with(&["--ipv6-node-ips"], Stack::Ipv6Nodes);
     let captures = lab.capture();
     let (ok, text) = xsteer(&["lab", "test", "--dir", DIR]);
     eprintln!("{text}");
@@ -886,4 +891,104 @@ fn ipv6_node_ips_carry_both_families_in_esp_over_ipv6() {
     let dropped = lab.counter(0, Counter::IngressBadSpiDropped) - before;
     eprintln!("4 ESP packets over IPv6 from node2 with SPI 0x00020fff -> {dropped} dropped");
     assert_eq!(dropped, 4, "{}", lab.agent_logs());
+}
+
+/// The programs at tc `direction` of `node`'s uplink, by name.
+fn tcx_programs(node: &LabNode, direction: TcAttachType) -> Vec<String> {
+    netns::run_in(&node.netns, move || {
+        let (_, programs) = SchedClassifier::query_tcx("eth0", direction)?;
+        Ok(programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or_default().to_owned())
+            .collect())
+    })
+    .unwrap()
+}
+
+/// An agent that restarts with another `ingress_hook` attaches the guard at the new hook before
+/// it removes the pin of the old one, as an agent upgraded from XDP-only does on a veth: the
+/// uplink ends with one ingress guard, at tc, and pods of both families still reach the node's
+/// pods encrypted only, while plaintext from a pod address is still dropped there.
+#[test]
+#[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
+fn an_agent_restarted_with_another_ingress_hook_moves_the_guard() {
+    let lab = Lab::up();
+    let node1 = &lab.nodes[0];
+    let link = netns::ip_in(&node1.netns, &["-d", "link", "show", "eth0"]).unwrap();
+    assert!(link.contains("xdp"), "the lab starts at XDP: {link}");
+    assert!(tcx_programs(node1, TcAttachType::Ingress).is_empty());
+
+    agents::stop(&lab.dir, std::slice::from_ref(node1));
+    let config = agents::log_path(&lab.dir, node1).with_file_name("xsteer.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("ingress_hook = \"xdp\""), "{text}");
+    // Back to the default: the agent sees a veth and chooses tc.
+    std::fs::write(&config, text.replace("ingress_hook = \"xdp\"\n", "")).unwrap();
+    agents::start(
+        &lab.dir,
+        std::slice::from_ref(node1),
+        std::path::Path::new(env!("CARGO_BIN_EXE_xsteer")),
+    )
+    .unwrap();
+
+    let link = netns::ip_in(&node1.netns, &["-d", "link", "show", "eth0"]).unwrap();
+    assert!(!link.contains("xdp"), "XDP left behind: {link}");
+    assert_eq!(
+        tcx_programs(node1, TcAttachType::Ingress),
+        [programs::INGRESS_GUARD_TC]
+    );
+    let pin_dir = agents::pin_dir(&node1.name);
+    let pins: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with("@eth0"))
+        .collect();
+    assert!(
+        pins.contains(&format!("{}@eth0", programs::INGRESS_GUARD_TC))
+            && !pins.contains(&format!("{}@eth0", programs::INGRESS_GUARD)),
+        "{pins:?}"
+    );
+    let log = std::fs::read_to_string(agents::log_path(&lab.dir, node1)).unwrap();
+    assert!(
+        log.contains("ingress guard detached from xdp"),
+        "the agent says it moved the guard:\n{log}"
+    );
+
+    // Into node1's pods from the other nodes, both families: decrypted traffic passes the guard
+    // at tc, and nothing crosses the wire in clear.
+    let pods: Vec<LabPod> = lab.nodes.iter().flat_map(|n| n.pods.clone()).collect();
+    let _servers = probe::serve(&pods).unwrap();
+    let captures = lab.capture();
+    let dropped_before = lab.counter(0, Counter::IngressPlaintextDropped);
+    let mut failures = Vec::new();
+    for from in [lab.pod(1, 0), lab.pod(2, 1)] {
+        for to in &node1.pods {
+            for proto in Proto::ALL {
+                for result in [
+                    probe::check(from, to, proto),
+                    probe::check6(from, to, proto),
+                ] {
+                    if let Err(e) = result {
+                        failures.push(format!(
+                            "{} {} -> {}: {e:#}",
+                            proto.name(),
+                            from.netns,
+                            to.netns
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let census = lab::census_all(&take(&captures));
+    assert!(failures.is_empty(), "{failures:?}\n{}", lab.agent_logs());
+    assert_eq!((census.plaintext, census.plaintext6), (0, 0), "{census:?}");
+    assert!(census.esp > 0, "{census:?}");
+    assert_eq!(
+        lab.counter(0, Counter::IngressPlaintextDropped),
+        dropped_before,
+        "decrypted packets are not taken for plaintext"
+    );
+    // ESP from each peer reached node1's guard at tc and was accepted.
+    assert!(lab.counter(0, Counter::IngressEspAccepted) > 0);
 }
