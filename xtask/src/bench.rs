@@ -97,16 +97,10 @@ const BENCHES: &[Bench] = &[
             cpus: &[Some(2), Some(4)],
             timeout_s: Some(1800),
         },
-        packages: &[
-            install::Package {
-                name: "iperf3",
-                provides: "iperf3",
-            },
-            install::Package {
-                name: "ethtool",
-                provides: "ethtool",
-            },
-        ],
+        packages: &[install::Package {
+            name: "iperf3",
+            provides: "iperf3",
+        }],
     },
 ];
 

@@ -77,10 +77,14 @@ pub fn add_delta(into: &mut Counters, before: &Counters, after: &Counters) {
     }
 }
 
-/// Per CPU: softirq time (ticks of /proc/stat), NET_RX softirqs run (/proc/softirqs), and
-/// packets other CPUs' RPS handed it (/proc/net/softnet_stat).
+/// Per CPU: busy and softirq time (ticks of /proc/stat), NET_RX softirqs run (/proc/softirqs),
+/// and packets other CPUs' RPS handed it (/proc/net/softnet_stat).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CpuWork {
+    /// Ticks in all, per CPU.
+    pub ticks: Vec<u64>,
+    /// Ticks neither idle nor waiting for I/O, per CPU: whether a CPU was left free.
+    pub busy_ticks: Vec<u64>,
     /// Ticks spent in softirqs, per CPU.
     pub softirq_ticks: Vec<u64>,
     /// NET_RX softirqs run, per CPU.
@@ -99,12 +103,25 @@ impl CpuWork {
     }
 
     fn parse(stat: &str, softirqs: &str, softnet: &str) -> CpuWork {
-        // `cpuN user nice system idle iowait irq softirq ...`; the `cpu` line is the total.
-        let softirq_ticks = stat
+        // `cpuN user nice system idle iowait irq softirq steal ...`; the `cpu` line is the
+        // total. Guest time is counted in user already.
+        let per_cpu: Vec<Vec<u64>> = stat
             .lines()
             .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-            .map(|l| l.split_whitespace().nth(7).unwrap().parse().unwrap())
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .take(8)
+                    .map(|n| n.parse().unwrap())
+                    .collect()
+            })
             .collect();
+        let ticks = per_cpu.iter().map(|f| f.iter().sum()).collect();
+        let busy_ticks = per_cpu
+            .iter()
+            .map(|f| f.iter().sum::<u64>() - f[3] - f[4])
+            .collect();
+        let softirq_ticks = per_cpu.iter().map(|f| f[6]).collect();
         let net_rx = softirqs
             .lines()
             .find_map(|l| l.trim_start().strip_prefix("NET_RX:"))
@@ -118,6 +135,8 @@ impl CpuWork {
             .map(|l| u64::from_str_radix(l.split_whitespace().nth(9).unwrap(), 16).unwrap())
             .collect();
         CpuWork {
+            ticks,
+            busy_ticks,
             softirq_ticks,
             net_rx,
             rps_received,
@@ -132,6 +151,8 @@ impl CpuWork {
                 *s += a - b;
             }
         };
+        add(&mut self.ticks, &before.ticks, &after.ticks);
+        add(&mut self.busy_ticks, &before.busy_ticks, &after.busy_ticks);
         add(
             &mut self.softirq_ticks,
             &before.softirq_ticks,

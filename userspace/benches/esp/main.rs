@@ -5,8 +5,8 @@
 //! Each round brings every setup up in turn on a fresh two-node lab (same namespaces, pods and
 //! addresses), warms it up, runs iperf3 from node1's pod to node2's pod with one stream and with
 //! N = vCPUs streams, and tears it down; xsteer's setups are measured twice in place, with and
-//! without RPS on node2's uplink, the hand-built tunnel with and without node2's uplink in the
-//! veth's NAPI mode, in alternating order. Around each run both nodes' /proc/net/xfrm_stat, the
+//! without RPS on node2's uplink, in alternating order. One more xsteer setup puts the ingress
+//! guard at XDP instead of tc ingress on the veth uplinks, to show what that hook costs there. Around each run both nodes' /proc/net/xfrm_stat, the
 //! lab links' drop counters and the VM's per-CPU softirq counters are read. Under TCG only the
 //! medians' ratios mean anything, so nothing here asserts a figure: the report compares them with
 //! the targets.
@@ -35,11 +35,21 @@ pub const SECONDS: u32 = 10;
 /// Length of the unrecorded run after each bring-up (ARP, path MTU, slow start).
 const WARM_UP_SECONDS: u32 = 1;
 
-/// The setups a run alternates. Per-CPU SAs are one field of the xsteer setup, which becomes
-/// the lab's `--per-cpu-sas`.
+/// The setups a run alternates. Per-CPU SAs and the guard's hook are fields of the xsteer
+/// setup, which become the lab's `--per-cpu-sas` and `--ingress-hook xdp`.
 const SETUPS: &[Setup] = &[
-    Setup::Xsteer { per_cpu_sas: false },
-    Setup::Xsteer { per_cpu_sas: true },
+    Setup::Xsteer {
+        per_cpu_sas: false,
+        guard_at_xdp: false,
+    },
+    Setup::Xsteer {
+        per_cpu_sas: true,
+        guard_at_xdp: false,
+    },
+    Setup::Xsteer {
+        per_cpu_sas: false,
+        guard_at_xdp: true,
+    },
     Setup::HandTunnel,
     Setup::Plain,
 ];
@@ -54,13 +64,14 @@ pub struct Config {
 }
 
 /// The receive modes `setup` is measured in, in one bring-up: xsteer's also with RPS (does
-/// spreading the receiver's decryption pay?); the hand-built tunnel's also in the veth's NAPI
-/// mode, which xsteer's XDP guard puts the uplink in (is that what tells (a) from (b)?).
+/// spreading the receiver's decryption pay?), but for the guard-at-XDP comparison.
 fn receive_modes(setup: Setup) -> &'static [Receive] {
     match setup {
-        Setup::Xsteer { .. } => &[Receive::AsSetUp, Receive::Rps],
-        Setup::HandTunnel => &[Receive::AsSetUp, Receive::Napi],
-        Setup::Plain => &[Receive::AsSetUp],
+        Setup::Xsteer {
+            guard_at_xdp: false,
+            ..
+        } => &[Receive::AsSetUp, Receive::Rps],
+        _ => &[Receive::AsSetUp],
     }
 }
 
@@ -109,10 +120,9 @@ fn main() {
             if round % 2 == 0 {
                 modes.reverse();
             }
-            let gro = modes.contains(&Receive::Napi);
             let mut payload = 0;
             for receive in modes {
-                setup::set_receive(receiver, cpus, receive, gro);
+                setup::set_receive(receiver, cpus, receive);
                 let config = Config { setup, receive };
                 let i = configs.iter().position(|c| *c == config).unwrap();
                 let s = &mut samples[i];

@@ -110,8 +110,20 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
     }
     println!();
     let ratio = |a: &Samples, b: &Samples| (Ratio::of(&a.one, &b.one), Ratio::of(&a.many, &b.many));
-    let off = find(Xsteer { per_cpu_sas: false }, Receive::AsSetUp);
-    let on = find(Xsteer { per_cpu_sas: true }, Receive::AsSetUp);
+    let xsteer = |per_cpu_sas, guard_at_xdp| {
+        find(
+            Xsteer {
+                per_cpu_sas,
+                guard_at_xdp,
+            },
+            Receive::AsSetUp,
+        )
+    };
+    let (off, on, at_xdp) = (
+        xsteer(false, false),
+        xsteer(true, false),
+        xsteer(false, true),
+    );
     let tunnel = find(Setup::HandTunnel, Receive::AsSetUp);
     let plain = find(Setup::Plain, Receive::AsSetUp);
     if let (Some(a), Some(b)) = (off, tunnel) {
@@ -121,10 +133,10 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
             met(one.of_medians >= XSTEER_VS_TUNNEL && many.of_medians >= XSTEER_VS_TUNNEL)
         );
     }
-    if let (Some(a), Some(b)) = (off, find(Setup::HandTunnel, Receive::Napi)) {
-        let (one, many) = ratio(a, b);
+    if let (Some(x), Some(b)) = (at_xdp, tunnel) {
+        let (one, many) = ratio(x, b);
         println!(
-            "- (a) / (b) with node2's uplink in NAPI mode (the receive path xsteer's XDP guard gives it): 1 stream {one}, {streams} streams {many}."
+            "- (a) with the ingress guard at XDP on the veth uplinks / (b): 1 stream {one}, {streams} streams {many}."
         );
     }
     for (name, x) in [("(a)", off), ("(b)", tunnel)] {
@@ -146,7 +158,10 @@ pub fn print(cpus: usize, streams: usize, configs: &[Config], samples: &[Samples
         println!("- per-CPU SAs on / off: {streams} streams {many}{target}; 1 stream {one}.");
     }
     for per_cpu_sas in [false, true] {
-        let setup = Xsteer { per_cpu_sas };
+        let setup = Xsteer {
+            per_cpu_sas,
+            guard_at_xdp: false,
+        };
         if let (Some(rps), Some(plain)) = (find(setup, Receive::Rps), find(setup, Receive::AsSetUp))
         {
             let (one, many) = ratio(rps, plain);
@@ -197,13 +212,13 @@ fn print_counters(streams: usize, configs: &[Config], samples: &[Samples]) {
 /// How the VM's softirq work (where the receiving node decrypts) spread over the CPUs.
 fn print_spread(streams: usize, configs: &[Config], samples: &[Samples]) {
     println!(
-        "Where the softirq work ran (the whole VM's /proc/stat, /proc/softirqs and /proc/net/softnet_stat, both nodes and the wire, over the {ROUNDS} runs of each):"
+        "Where the work ran (the whole VM's /proc/stat, /proc/softirqs and /proc/net/softnet_stat, both nodes and the wire, over the {ROUNDS} runs of each): how busy each vCPU was (not idle, not waiting for I/O), how the softirq time split between them, NET_RX softirqs and RPS wake-ups:"
     );
     println!();
     println!(
-        "| configuration | streams | softirq time per CPU | NET_RX softirqs per CPU | RPS wake-ups received per CPU |"
+        "| configuration | streams | busy per CPU | softirq time per CPU | NET_RX softirqs per CPU | RPS wake-ups received per CPU |"
     );
-    println!("|---|---:|---|---|---|");
+    println!("|---|---:|---|---|---|---|");
     let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
     for (config, s) in configs.iter().zip(samples) {
         for (n, cpu) in [(1, &s.cpu_one), (streams, &s.cpu_many)] {
@@ -213,9 +228,16 @@ fn print_spread(streams: usize, configs: &[Config], samples: &[Samples]) {
                 .iter()
                 .map(|t| format!("{:.0} %", *t as f64 * 100.0 / total as f64))
                 .collect();
+            let busy: Vec<String> = cpu
+                .busy_ticks
+                .iter()
+                .zip(&cpu.ticks)
+                .map(|(b, t)| format!("{:.0} %", *b as f64 * 100.0 / (*t).max(1) as f64))
+                .collect();
             println!(
-                "| {} | {n} | {} | {} | {} |",
+                "| {} | {n} | {} | {} | {} | {} |",
                 label(config),
+                busy.join(" / "),
                 shares.join(" / "),
                 join(&cpu.net_rx),
                 join(&cpu.rps_received)

@@ -1,5 +1,5 @@
 //! The three ways the same two-node lab carries pod traffic, brought up and torn down whole for
-//! each measurement, and how the receiving node's uplink hands packets on (RPS, NAPI mode).
+//! each measurement, and how the receiving node's uplink hands packets on (RPS or not).
 
 use std::{
     io::Write as _,
@@ -34,6 +34,9 @@ pub enum Setup {
     Xsteer {
         /// The lab's `--per-cpu-sas`: one OUT SA per CPU instead of one per peer.
         per_cpu_sas: bool,
+        /// The lab's `--ingress-hook xdp`: the ingress guard at XDP on the veth uplinks rather
+        /// than at tc ingress, where the agent puts it on a veth.
+        guard_at_xdp: bool,
     },
     /// (b) The same namespaces and pods, one ESP tunnel built with `ip xfrm` as xsteer builds
     /// its SAs, no BPF program.
@@ -46,8 +49,22 @@ impl Setup {
     /// How the tables name it.
     pub fn label(self) -> &'static str {
         match self {
-            Setup::Xsteer { per_cpu_sas: false } => "(a) xsteer",
-            Setup::Xsteer { per_cpu_sas: true } => "(a) xsteer, per-CPU SAs",
+            Setup::Xsteer {
+                per_cpu_sas: false,
+                guard_at_xdp: false,
+            } => "(a) xsteer",
+            Setup::Xsteer {
+                per_cpu_sas: true,
+                guard_at_xdp: false,
+            } => "(a) xsteer, per-CPU SAs",
+            Setup::Xsteer {
+                per_cpu_sas: false,
+                guard_at_xdp: true,
+            } => "(a) xsteer, ingress guard at XDP",
+            Setup::Xsteer {
+                per_cpu_sas: true,
+                guard_at_xdp: true,
+            } => "(a) xsteer, per-CPU SAs, ingress guard at XDP",
             Setup::HandTunnel => "(b) hand-built `ip xfrm` tunnel, no BPF",
             Setup::Plain => "(c) no encryption, no BPF",
         }
@@ -63,12 +80,18 @@ impl Setup {
 pub fn up(setup: Setup, dir: &Path, nodes: &[LabNode]) {
     down(dir);
     match setup {
-        Setup::Xsteer { per_cpu_sas } => {
+        Setup::Xsteer {
+            per_cpu_sas,
+            guard_at_xdp,
+        } => {
             let size = SIZE.nodes.to_string();
             let pods = SIZE.pods.to_string();
             let mut args = vec!["up", "--nodes", &size, "--pods", &pods];
             if per_cpu_sas {
                 args.push("--per-cpu-sas");
+            }
+            if guard_at_xdp {
+                args.extend(["--ingress-hook", "xdp"]);
             }
             assert!(xsteer_lab(&args, dir), "xsteer lab up");
         }
@@ -170,14 +193,10 @@ fn ip_batch(netns: &str, commands: &str) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Receive {
     /// As the setup leaves it: a veth without an XDP program passes each packet to the sending
-    /// CPU's backlog; one with an XDP program (xsteer's ingress guard) queues it to the veth's
-    /// one NAPI instance.
+    /// CPU's backlog; one with an XDP program queues it to the veth's one NAPI instance.
     AsSetUp,
     /// RPS over every CPU.
     Rps,
-    /// The veth's NAPI mode without an XDP program (GRO on): receives as xsteer's uplink does,
-    /// so that (b) can be compared with (a) on the same receive path.
-    Napi,
 }
 
 impl Receive {
@@ -186,26 +205,19 @@ impl Receive {
         match self {
             Receive::AsSetUp => "",
             Receive::Rps => ", RPS on node2's uplink",
-            Receive::Napi => ", node2's uplink in NAPI mode (GRO on)",
         }
     }
 }
 
-/// Puts `node`'s uplink in `mode`: RPS over `cpus` CPUs or none, and GRO (the veth's NAPI
-/// mode) on for [`Receive::Napi`]; GRO is left alone unless `gro` (an uplink with an XDP
-/// program is in NAPI mode anyway). The queue's sysfs file is the namespace's own: `ip netns
-/// exec` mounts its sysfs.
-pub fn set_receive(node: &LabNode, cpus: usize, mode: Receive, gro: bool) {
+/// Puts `node`'s uplink in `mode`: RPS over `cpus` CPUs or none. The queue's sysfs file is the
+/// namespace's own: `ip netns exec` mounts its sysfs.
+pub fn set_receive(node: &LabNode, cpus: usize, mode: Receive) {
     let mask = if mode == Receive::Rps {
         (1u64 << cpus) - 1
     } else {
         0
     };
-    let mut script = format!("echo {mask:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus");
-    if gro {
-        let on = if mode == Receive::Napi { "on" } else { "off" };
-        script.push_str(&format!(" && ethtool -K eth0 gro {on}"));
-    }
+    let script = format!("echo {mask:x} > /sys/class/net/eth0/queues/rx-0/rps_cpus");
     let status = Command::new("ip")
         .args(["netns", "exec", &node.netns, "sh", "-c", &script])
         .status()

@@ -224,9 +224,11 @@ async fn attach_ingress_guard(
             match at_xdp {
                 Ok(how) => how,
                 Err(e @ LinkError::Attach { .. }) if configured.is_none() => {
+                    // Most often a driver without native XDP; generic XDP would drop what
+                    // xfrm decrypts (links::xdp), so tc it is.
                     warn!(
-                        "uplink {uplink}: {e}: its driver runs no native XDP, so the ingress \
-                         guard runs at tc ingress"
+                        "uplink {uplink}: {e}; the ingress guard runs at tc ingress instead \
+                         (set node.ingress_hook to choose)"
                     );
                     hook = IngressHook::Tc;
                     at_tc(&mut node.dataplane)?
