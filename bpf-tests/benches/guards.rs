@@ -171,6 +171,8 @@ enum Program {
     Classifier,
     EgressGuard,
     IngressGuard,
+    /// The ingress guard's tc entry point, which the agent attaches on a veth uplink.
+    IngressGuardTc,
 }
 
 impl Program {
@@ -179,12 +181,13 @@ impl Program {
             Program::Classifier => "pod_classifier",
             Program::EgressGuard => "egress_guard",
             Program::IngressGuard => "ingress_guard",
+            Program::IngressGuardTc => "ingress_tc",
         }
     }
 
     fn empty(self) -> Empty {
         match self {
-            Program::Classifier | Program::EgressGuard => Empty::Tc,
+            Program::Classifier | Program::EgressGuard | Program::IngressGuardTc => Empty::Tc,
             Program::IngressGuard => Empty::Xdp,
         }
     }
@@ -201,6 +204,13 @@ impl Program {
             Program::EgressGuard => dp.egress_guard().unwrap().fd().unwrap().as_fd().as_raw_fd(),
             Program::IngressGuard => dp
                 .ingress_guard()
+                .unwrap()
+                .fd()
+                .unwrap()
+                .as_fd()
+                .as_raw_fd(),
+            Program::IngressGuardTc => dp
+                .ingress_guard_tc()
                 .unwrap()
                 .fd()
                 .unwrap()
@@ -315,6 +325,20 @@ fn rows() -> Vec<Row> {
             false,
         ),
         row(
+            Program::IngressGuardTc,
+            "ESP from a peer with a valid SPI (accepted)",
+            Ipv4::esp(peer, local, wire_spi(PEER_ID, 0, 3)).frame(),
+            TC_NEXT,
+            true,
+        ),
+        row(
+            Program::IngressGuardTc,
+            "plaintext from a remote pod (dropped; not decrypted, so the secpath is asked)",
+            Ipv4::udp(remote_pod, local_pod).frame(),
+            TC_SHOT,
+            false,
+        ),
+        row(
             Program::Classifier,
             "IPv6: UDP from a local pod to a remote pod (marked)",
             Ipv6::udp(local_pod6, remote_pod6).frame(),
@@ -371,6 +395,13 @@ fn rows() -> Vec<Row> {
             Ipv6::udp(remote_pod6, local_pod6).frame(),
             XDP_DROP,
             false,
+        ),
+        row(
+            Program::IngressGuardTc,
+            "IPv6: ESP from a peer with a valid SPI (accepted)",
+            Ipv6::esp(peer6, local6, wire_spi(PEER_ID, 0, 3)).frame(),
+            TC_NEXT,
+            true,
         ),
     ]
 }
