@@ -270,11 +270,15 @@ fn is_ext_header(next: u8) -> bool {
     )
 }
 
-/// Parses the frame of a tc packet, first pulling its headers into the linear area.
+/// Parses the frame of a tc packet, pulling its headers into the linear area only when a read
+/// the programs make falls outside it.
 ///
 /// A paged skb may hold fewer linear bytes than its headers span; parsing it as is would call
 /// a real IPv4 packet malformed, which the classifier leaves unmarked and the egress guard
-/// drops.
+/// drops. Pulling is not free, though: `bpf_skb_pull_data` makes the head writable, which
+/// copies the head of a cloned skb (every TCP segment a pod sends is a clone), and a TCP GSO
+/// skb holds its 66 header bytes linear and its payload in pages. So the frame is parsed as it
+/// is first, and pulled and parsed again only when what was read is not enough.
 #[inline(always)]
 pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan) -> Frame {
     let wanted = if ctx.len() < HEADERS_MAX {
@@ -282,10 +286,33 @@ pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan) -> Frame {
     } else {
         HEADERS_MAX
     };
-    if ctx.data() + wanted as usize > ctx.data_end() {
-        // On failure the bounds checks below see the short linear area: an IPv4 header that
-        // is not all in it is Malformed, so the egress guard fails closed.
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    // Only a verdict leaves the first parse: a frame kept across the pull made LLVM copy
+    // registers the 6.12 verifier calls uninitialised.
+    if data + wanted as usize > data_end && !frame(data, data_end, vlan).read_whole(data, data_end)
+    {
+        // On failure the bounds checks see the short linear area: an IPv4 header that is not
+        // all in it is Malformed, so the egress guard fails closed.
         let _ = ctx.pull_data(wanted);
     }
     frame(ctx.data(), ctx.data_end(), vlan)
+}
+
+impl Frame {
+    /// Whether every read the programs make of this frame lies in `[data, data_end)`: the IP
+    /// header, and the 4 bytes after it when they are an ESP
+    /// SPI or an ICMPv6 type (neighbour discovery). An IPv6 extension-header chain is walked
+    /// only after a pull, as it is rare and its end unknown until walked.
+    #[inline(always)]
+    fn read_whole(&self, data: usize, data_end: usize) -> bool {
+        match self {
+            Frame::Ipv4(ip) => ip.protocol != IPPROTO_ESP || data + ip.l4_offset + 4 <= data_end,
+            Frame::Ipv6(ip) => match ip.next_header {
+                IPPROTO_ESP | IPPROTO_ICMPV6 => data + ip.ext_offset + 4 <= data_end,
+                next => !is_ext_header(next),
+            },
+            Frame::NotIp | Frame::TooManyTags => true,
+            Frame::Malformed | Frame::MalformedIpv6 => false,
+        }
+    }
 }
