@@ -7,11 +7,14 @@
 use std::{collections::BTreeMap, fmt::Write as _, fs, io, net::IpAddr, path::Path};
 
 use serde::Serialize;
-use xsteer_common::counters::Counter;
+use xsteer_common::{counters::Counter, programs};
 
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{
+        Dataplane, DataplaneError,
+        links::{self, IngressHook},
+    },
     kernel::{
         Netlink,
         xfrm::{self, XfrmError},
@@ -158,6 +161,34 @@ pub struct Peer {
     pub esp_accepted_packets: u64,
 }
 
+/// Where the guards are attached, read from their link pins: a pinned link stays attached
+/// whether an agent runs or not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Guards {
+    /// The interfaces the ingress guard guards, each with the hook it runs at (`xdp`, `tc`).
+    pub ingress: Vec<(String, String)>,
+    /// The interfaces the egress guard guards.
+    pub egress: Vec<String>,
+}
+
+impl Guards {
+    /// The guards' attachments pinned in `pin_dir`.
+    fn pinned(pin_dir: &Path) -> Guards {
+        let mut ingress: Vec<(String, String)> = [IngressHook::Xdp, IngressHook::Tc]
+            .into_iter()
+            .flat_map(|hook| {
+                links::pinned_interfaces(pin_dir, hook.program())
+                    .into_iter()
+                    .map(move |interface| (interface, hook.to_string()))
+            })
+            .collect();
+        let mut egress = links::pinned_interfaces(pin_dir, programs::EGRESS_GUARD);
+        ingress.sort();
+        egress.sort();
+        Guards { ingress, egress }
+    }
+}
+
 /// A node's status.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
@@ -177,6 +208,8 @@ pub struct Status {
     pub retired_generations: Vec<Generation>,
     /// The peers.
     pub peers: Vec<Peer>,
+    /// Where the guards are attached.
+    pub guards: Guards,
     /// The programs' counters, by name.
     pub counters: Vec<(String, u64)>,
     /// The kernel's non-zero xfrm error counters (/proc/net/xfrm_stat).
@@ -344,6 +377,7 @@ pub async fn collect(
         generations,
         retired_generations: retired.to_vec(),
         peers,
+        guards: Guards::pinned(pin_dir),
         counters,
         xfrm_errors: xfrm_errors()?,
     })
@@ -368,6 +402,7 @@ impl Status {
         };
         let _ = writeln!(out, "pod CIDRs {}", self.pod_cidrs.join(" "));
         let _ = writeln!(out, "cluster pod space {}", self.cluster_cidrs.join(" "));
+        let _ = writeln!(out, "{}", self.guards.table());
         let _ = writeln!(out, "\nkey generations:");
         for g in &self.generations {
             let newest = if g.newest { "  (newest)" } else { "" };
@@ -477,6 +512,28 @@ impl Status {
         }
         let _ = writeln!(
             out,
+            "# HELP xsteer_guard_attached 1 for each interface a guard is attached to, by hook.\n\
+             # TYPE xsteer_guard_attached gauge"
+        );
+        let ingress = self
+            .guards
+            .ingress
+            .iter()
+            .map(|(interface, hook)| ("ingress", interface, hook.as_str()));
+        let egress = self
+            .guards
+            .egress
+            .iter()
+            .map(|interface| ("egress", interface, "tc"));
+        for (guard, interface, hook) in ingress.chain(egress) {
+            let _ = writeln!(
+                out,
+                "xsteer_guard_attached{{guard=\"{guard}\",interface=\"{}\",hook=\"{hook}\"}} 1",
+                label(interface)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP xsteer_rekey_in_progress 1 while this node moves its SAs to a new epoch.\n\
              # TYPE xsteer_rekey_in_progress gauge\nxsteer_rekey_in_progress {}",
             u8::from(self.next_epoch.is_some())
@@ -530,6 +587,31 @@ impl Status {
     }
 }
 
+impl Guards {
+    /// One line per guard: where it runs, or that it runs nowhere.
+    fn table(&self) -> String {
+        let ingress: Vec<String> = self
+            .ingress
+            .iter()
+            .map(|(interface, hook)| format!("{interface} at {hook}"))
+            .collect();
+        format!(
+            "ingress guard {}\negress guard {}",
+            list_or_none(&ingress),
+            list_or_none(&self.egress)
+        )
+    }
+}
+
+/// `items` joined by commas, or a warning that there are none.
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "attached nowhere".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// A Prometheus label value: backslash, double quote and newline escaped.
 fn label(value: &str) -> String {
     value
@@ -541,6 +623,42 @@ fn label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guards_are_read_from_their_link_pins() {
+        let dir = std::env::temp_dir().join(format!("xsteer-status-guards-{}", std::process::id()));
+        let pins = links::links_dir(&dir);
+        fs::create_dir_all(&pins).unwrap();
+        assert_eq!(Guards::pinned(&dir), Guards::default());
+        assert_eq!(
+            Guards::default().table(),
+            "ingress guard attached nowhere\negress guard attached nowhere"
+        );
+        for (program, interface) in [
+            (programs::INGRESS_GUARD_TC, "eth0"),
+            (programs::INGRESS_GUARD, "ens1"),
+            (programs::EGRESS_GUARD, "eth0"),
+            (programs::POD_CLASSIFIER, "veth1"),
+        ] {
+            fs::write(links::pin_path(&dir, program, interface), b"").unwrap();
+        }
+        let guards = Guards::pinned(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            guards,
+            Guards {
+                ingress: vec![
+                    ("ens1".to_owned(), "xdp".to_owned()),
+                    ("eth0".to_owned(), "tc".to_owned())
+                ],
+                egress: vec!["eth0".to_owned()],
+            }
+        );
+        assert_eq!(
+            guards.table(),
+            "ingress guard ens1 at xdp, eth0 at tc\negress guard eth0"
+        );
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -382,18 +382,7 @@ fn spoofed_plaintext_ipv6_from_a_remote_pod_is_dropped_at_the_ingress_guard() {
     thread::sleep(Duration::from_millis(500));
     let after_control = received(&listener);
     let control_dropped = lab.counter(0, Counter::IngressPlaintextDropped) - before - dropped;
-    let (ok, status) = xsteer_in(
-        Some(&node1.netns),
-        &[
-            "status",
-            "--config",
-            &format!("{DIR}/node1/xsteer.toml"),
-            "--pin-dir",
-            agents::pin_dir("node1").to_str().unwrap(),
-            "--state-dir",
-            &format!("{DIR}/node1/state"),
-        ],
-    );
+    let (ok, status) = status_of(node1);
     eprintln!(
         "injected towards node1: 5 plaintext IPv6 datagrams from a pod of node2 -> {dropped} \
          dropped by the ingress guard, {} reached the pod; 3 from node2's ULA -> {} reached \
@@ -905,6 +894,22 @@ fn tcx_programs(node: &LabNode, direction: TcAttachType) -> Vec<String> {
     .unwrap()
 }
 
+/// `xsteer status` of a node of the lab, in its namespace: whether it succeeded, and its output.
+fn status_of(node: &LabNode) -> (bool, String) {
+    xsteer_in(
+        Some(&node.netns),
+        &[
+            "status",
+            "--config",
+            &format!("{DIR}/{}/xsteer.toml", node.name),
+            "--pin-dir",
+            agents::pin_dir(&node.name).to_str().unwrap(),
+            "--state-dir",
+            &format!("{DIR}/{}/state", node.name),
+        ],
+    )
+}
+
 /// An agent that restarts with another `ingress_hook` attaches the guard at the new hook before
 /// it removes the pin of the old one, as an agent upgraded from XDP-only does on a veth: the
 /// uplink ends with one ingress guard, at tc, and pods of both families still reach the node's
@@ -917,6 +922,11 @@ fn an_agent_restarted_with_another_ingress_hook_moves_the_guard() {
     let link = netns::ip_in(&node1.netns, &["-d", "link", "show", "eth0"]).unwrap();
     assert!(link.contains("xdp"), "the lab starts at XDP: {link}");
     assert!(tcx_programs(node1, TcAttachType::Ingress).is_empty());
+    let (ok, status) = status_of(node1);
+    assert!(
+        ok && status.contains("ingress guard eth0 at xdp\negress guard eth0\n"),
+        "xsteer status names the hook:\n{status}"
+    );
 
     agents::stop(&lab.dir, std::slice::from_ref(node1));
     let config = agents::log_path(&lab.dir, node1).with_file_name("xsteer.toml");
@@ -947,6 +957,11 @@ fn an_agent_restarted_with_another_ingress_hook_moves_the_guard() {
         pins.contains(&format!("{}@eth0", programs::INGRESS_GUARD_TC))
             && !pins.contains(&format!("{}@eth0", programs::INGRESS_GUARD)),
         "{pins:?}"
+    );
+    let (ok, status) = status_of(node1);
+    assert!(
+        ok && status.contains("ingress guard eth0 at tc\negress guard eth0\n"),
+        "xsteer status names the new hook alone:\n{status}"
     );
     let log = std::fs::read_to_string(agents::log_path(&lab.dir, node1)).unwrap();
     assert!(
