@@ -391,32 +391,25 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
             11,
             "the ingress guard is not attached to any uplink",
         );
-        let mut at_tc = Dataplane::load_pinned(&pin_dir).unwrap();
-        at_tc.load_programs().unwrap();
-        links::tc(
-            at_tc.ingress_guard_tc().unwrap(),
-            programs::INGRESS_GUARD_TC,
-            UPLINK,
-            TcAttachType::Ingress,
-            &pin_dir,
-        )
-        .unwrap();
-        drop(at_tc);
+        // Loads the pinned object and pins `ingress_tc` attached to the uplink at `direction`.
+        let pin_ingress_tc = |direction| {
+            let mut dataplane = Dataplane::load_pinned(&pin_dir).unwrap();
+            dataplane.load_programs().unwrap();
+            links::tc(
+                dataplane.ingress_guard_tc().unwrap(),
+                programs::INGRESS_GUARD_TC,
+                UPLINK,
+                direction,
+                &pin_dir,
+            )
+            .unwrap();
+        };
+        pin_ingress_tc(TcAttachType::Ingress);
         let (exit, stdout) = node.plugin("ADD", &conf);
         assert_eq!(exit, 0, "the ingress guard at tc ingress: {stdout}");
         // The same program pinned as attached at tc egress instead: not the uplink's ingress.
         links::unpin(&pin_dir, programs::INGRESS_GUARD_TC, UPLINK).unwrap();
-        let mut wrong_way = Dataplane::load_pinned(&pin_dir).unwrap();
-        wrong_way.load_programs().unwrap();
-        links::tc(
-            wrong_way.ingress_guard_tc().unwrap(),
-            programs::INGRESS_GUARD_TC,
-            UPLINK,
-            TcAttachType::Egress,
-            &pin_dir,
-        )
-        .unwrap();
-        drop(wrong_way);
+        pin_ingress_tc(TcAttachType::Egress);
         node.assert_error(
             "ADD",
             &conf,
