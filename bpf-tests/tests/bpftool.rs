@@ -12,6 +12,7 @@ use xsteer_bpf_tests::{
     dataplane,
     topology::{PEER_B_IP, PEER_B_WIRE_SPI, populate},
 };
+use xsteer_common::counters::Counter;
 use xsteer_common::maps::{
     CLUSTER_POD_CIDRS, CLUSTER_POD_CIDRS_V6, COUNTERS, LOCAL_POD_CIDRS, LOCAL_POD_CIDRS_V6,
     PEER_ADDRS_V6, PEER_NODES_V6, PEER_SPI_SETS, PEER_SPIS, POD_CIDR_GRID_V6, REMOTE_POD_CIDRS,
@@ -180,6 +181,92 @@ fn pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name() {
         Err(other) => panic!("expected PinnedLayout, got {other}"),
         Ok(_) => panic!("a map of another layout was adopted"),
     }
+}
+
+/// A build that adds a counter changes the size of `counters`: the agent and `apply`
+/// (`load_pinned_as_owner`) replace that map of statistics with an empty one and say so, and
+/// adopt the others with their entries; readers still refuse it, and a map the programs decide
+/// on is refused by the owner too.
+#[test]
+fn a_counters_map_of_another_layout_is_replaced_by_the_owner_only() {
+    let Some(mut dp) = dataplane("a_counters_map_of_another_layout_is_replaced_by_the_owner_only")
+    else {
+        return;
+    };
+    populate(&mut dp);
+    let dir = pinned(&mut dp, "counters");
+    drop(dp);
+    // What a build with ten counters would have left.
+    let stale = dir.0.join(COUNTERS);
+    fs::remove_file(&stale).unwrap();
+    bpftool(
+        &["map", "create"],
+        &stale,
+        &[
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "10",
+            "name",
+            "counters",
+        ],
+    );
+    assert!(matches!(
+        Dataplane::load_pinned(&dir.0),
+        Err(DataplaneError::PinnedLayout { .. })
+    ));
+
+    let (mut owner, renewed) = Dataplane::load_pinned_as_owner(&dir.0).unwrap();
+    assert_eq!(renewed.len(), 1, "{renewed:?}");
+    let notice = renewed[0].to_string();
+    assert!(
+        notice.contains(&stale.display().to_string())
+            && notice.contains("10 entries")
+            && notice.contains(&format!("{} entries", Counter::COUNT))
+            && notice.contains("start again from zero"),
+        "{notice}"
+    );
+    assert_eq!(
+        owner.peer_spis().unwrap().keys().unwrap(),
+        [(PEER_B_IP, PEER_B_WIRE_SPI)],
+        "the other maps are adopted with their entries"
+    );
+    assert!(
+        owner
+            .counters()
+            .unwrap()
+            .read()
+            .unwrap()
+            .iter()
+            .all(|(_, v)| v == 0)
+    );
+    drop(owner);
+    // The new pin has this build's layout: a reader adopts it, the owner renews nothing.
+    drop(Dataplane::load_pinned(&dir.0).expect("the renewed counters map"));
+    assert!(
+        Dataplane::load_pinned_as_owner(&dir.0)
+            .unwrap()
+            .1
+            .is_empty()
+    );
+
+    let stale = dir.0.join(PEER_SPI_SETS);
+    fs::remove_file(&stale).unwrap();
+    bpftool(
+        &["map", "create"],
+        &stale,
+        &[
+            "type", "hash", "key", "8", "value", "16", "entries", "16", "name", "old",
+        ],
+    );
+    assert!(matches!(
+        Dataplane::load_pinned_as_owner(&dir.0),
+        Err(DataplaneError::PinnedLayout { .. })
+    ));
 }
 
 /// A pin directory left by a build from before IPv6 has no IPv6 maps: its IPv4 maps are

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     cidr::NODE_POD_PREFIX_LEN,
-    dataplane::{Dataplane, DataplaneError, GridV6, bpffs, grid::Grid},
+    dataplane::{Dataplane, DataplaneError, GridV6, Renewed, bpffs, grid::Grid},
     kernel::{
         Netlink,
         events::Removed,
@@ -98,13 +98,17 @@ fn cipher_name(cipher: Cipher) -> &'static str {
     }
 }
 
-/// Opens the pinned maps, or for a dry run without pins, fresh unpinned ones that vanish on exit.
-fn maps(opts: &ApplyOptions) -> Result<Dataplane, ApplyError> {
+/// Opens the pinned maps, or for a dry run without pins, fresh unpinned ones that vanish on exit;
+/// with what was replaced of them (a dry run replaces nothing).
+fn maps(opts: &ApplyOptions) -> Result<(Dataplane, Vec<Renewed>), ApplyError> {
     if opts.dry_run && !Dataplane::is_pinned(&opts.pin_dir) {
-        return Ok(Dataplane::load()?);
+        return Ok((Dataplane::load()?, Vec::new()));
     }
     bpffs::ensure_mounted().map_err(ApplyError::Bpffs)?;
-    Ok(Dataplane::load_pinned(&opts.pin_dir)?)
+    if opts.dry_run {
+        return Ok((Dataplane::load_pinned(&opts.pin_dir)?, Vec::new()));
+    }
+    Ok(Dataplane::load_pinned_as_owner(&opts.pin_dir)?)
 }
 
 /// What an apply did.
@@ -266,7 +270,11 @@ impl Applier {
         // Everything is checked: from here on, bpffs may be written (maps created and pinned).
         let dataplane = match &mut self.dataplane {
             Some(dataplane) => dataplane,
-            None => self.dataplane.insert(maps(&self.opts)?),
+            None => {
+                let (dataplane, renewed) = maps(&self.opts)?;
+                notices.extend(renewed.iter().map(ToString::to_string));
+                self.dataplane.insert(dataplane)
+            }
         };
         if !self.opts.dry_run {
             // The grid of /24 slots over the cluster CIDR: a constant-time classifier lookup.

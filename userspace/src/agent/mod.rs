@@ -689,7 +689,10 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
     let version = inputs_version(&opts.config, &files.config.key_file);
     bpffs::ensure_mounted().map_err(AgentError::Bpffs)?;
-    let mut dataplane = Dataplane::load_pinned(&opts.pin_dir)?;
+    let (mut dataplane, renewed) = Dataplane::load_pinned_as_owner(&opts.pin_dir)?;
+    for map in renewed {
+        warn!("{map}");
+    }
     dataplane.load_programs()?;
     let cache = Cache {
         path: opts.state_dir.join(CACHE_FILE),

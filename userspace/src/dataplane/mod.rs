@@ -28,6 +28,7 @@ pub use maps::{
     CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemoteCidrs,
     RemotePodCidrs,
 };
+pub use pinned::Renewed;
 pub use spis::{PeerSpis, spi_owner};
 pub use v6::{
     ClusterPodCidrsV6, GridV6, GridV6Error, LocalPodCidrsV6, PeerNodesV6, RemotePodCidrsV6,
