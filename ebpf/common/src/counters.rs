@@ -23,8 +23,7 @@ pub enum Counter {
     /// the link's IPv6 neighbour discovery); dropped. (With the IPv4 pod space not filled:
     /// IPv4 from one of this node's pods; with the IPv6 one not filled, no IPv6.)
     EgressLeakDropped = 5,
-    /// Ingress guard: passed (not IP, nothing from a pod address, not ESP from a peer; at tc
-    /// ingress also what xfrm decrypted, which comes through the uplink's receive path again).
+    /// Ingress guard: passed (not IP, nothing from a pod address, not ESP from a peer).
     IngressPassed = 6,
     /// Ingress guard: ESP from a peer with a currently valid SPI; passed to xfrm.
     IngressEspAccepted = 7,
@@ -50,11 +49,14 @@ pub enum Counter {
     IngressMalformedDropped = 12,
     /// Ingress guard: still VLAN-tagged after [`crate::programs::VLAN_TAGS_MAX`] tags; dropped.
     IngressVlanDepthDropped = 13,
+    /// Ingress guard at tc: from a pod address, but decrypted by xfrm (it carries the SA's
+    /// secpath: tunnel mode hands the inner packet back to the uplink's receive path); passed.
+    IngressDecryptedPassed = 14,
 }
 
 impl Counter {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -72,6 +74,7 @@ impl Counter {
         Counter::EgressVlanDepthDropped,
         Counter::IngressMalformedDropped,
         Counter::IngressVlanDepthDropped,
+        Counter::IngressDecryptedPassed,
     ];
 
     /// The stable snake_case name used in metrics and docs.
@@ -91,6 +94,7 @@ impl Counter {
             Counter::EgressVlanDepthDropped => "egress_vlan_depth_dropped",
             Counter::IngressMalformedDropped => "ingress_malformed_dropped",
             Counter::IngressVlanDepthDropped => "ingress_vlan_depth_dropped",
+            Counter::IngressDecryptedPassed => "ingress_decrypted_passed",
         }
     }
 }

@@ -88,7 +88,9 @@ pub fn ingress_tc(ctx: TcContext) -> i32 {
         ctx.len() as u64,
         decrypted,
     ) {
-        Counter::IngressPassed | Counter::IngressEspAccepted => TC_ACT_UNSPEC,
+        Counter::IngressPassed | Counter::IngressEspAccepted | Counter::IngressDecryptedPassed => {
+            TC_ACT_UNSPEC
+        }
         _ => TC_ACT_SHOT as i32,
     }
 }
@@ -137,7 +139,7 @@ fn verdict<C: EbpfContext>(
     };
     if from_a_pod(&ip) {
         if decrypted() {
-            return counted(Counter::IngressPassed);
+            return counted(Counter::IngressDecryptedPassed);
         }
         debug!(
             ctx,
@@ -178,7 +180,7 @@ fn ipv6<C: EbpfContext>(
     if let Some(space) = cluster_pod_space_v6() {
         if space.contains(ip.src) && !ip.is_neighbour_discovery(data, data_end) {
             if decrypted() {
-                return Counter::IngressPassed;
+                return Counter::IngressDecryptedPassed;
             }
             debug!(
                 ctx,

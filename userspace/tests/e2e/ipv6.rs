@@ -927,6 +927,11 @@ fn an_agent_restarted_with_another_ingress_hook_moves_the_guard() {
         ok && status.contains("ingress guard eth0 at xdp\negress guard eth0\n"),
         "xsteer status names the hook:\n{status}"
     );
+    assert_eq!(
+        lab.counter(0, Counter::IngressDecryptedPassed),
+        0,
+        "XDP runs before xfrm: it never sees a decrypted packet"
+    );
 
     agents::stop(&lab.dir, std::slice::from_ref(node1));
     let config = agents::log_path(&lab.dir, node1).with_file_name("xsteer.toml");
@@ -1004,6 +1009,8 @@ fn an_agent_restarted_with_another_ingress_hook_moves_the_guard() {
         dropped_before,
         "decrypted packets are not taken for plaintext"
     );
-    // ESP from each peer reached node1's guard at tc and was accepted.
+    // ESP from each peer reached node1's guard at tc and was accepted, and the inner packets
+    // came past it again, decrypted.
     assert!(lab.counter(0, Counter::IngressEspAccepted) > 0);
+    assert!(lab.counter(0, Counter::IngressDecryptedPassed) > 0);
 }
