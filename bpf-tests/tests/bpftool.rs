@@ -19,6 +19,11 @@ use xsteer_common::maps::{
     REMOTE_POD_CIDRS_V6, REMOTE_POD_SLOTS_V6,
 };
 
+/// `peer_spi_sets` as a build of another layout had it: a hash of 16 entries.
+const OLD_PEER_SPI_SETS: [&str; 10] = [
+    "type", "hash", "key", "8", "value", "16", "entries", "16", "name", "old",
+];
+
 /// A pin directory of this test's own, removed when dropped.
 struct PinDir(PathBuf);
 
@@ -41,6 +46,23 @@ fn bpftool(args: &[&str], path: &PathBuf, rest: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Replaces the pin of map `name` under `dir` with a map bpftool creates from `spec` (type, key
+/// and value sizes, entries, name), as a build with another layout would have left it.
+fn pin_stale(dir: &PinDir, name: &str, spec: &[&str]) -> PathBuf {
+    let stale = dir.0.join(name);
+    fs::remove_file(&stale).unwrap();
+    bpftool(&["map", "create"], &stale, spec);
+    stale
+}
+
+/// The maps of a populated object, pinned in a directory of `test`'s own; the object is gone,
+/// as after an agent's exit.
+fn populated_pins(test: &str, tag: &str) -> Option<PinDir> {
+    let mut dp = dataplane(test)?;
+    populate(&mut dp);
+    Some(pinned(&mut dp, tag))
 }
 
 fn bpftool_dump(path: &PathBuf) -> String {
@@ -142,14 +164,12 @@ fn an_lpm_key_with_host_bits_written_by_bpftool_is_an_error_naming_it() {
 
 #[test]
 fn pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name() {
-    let Some(mut dp) =
-        dataplane("pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name")
-    else {
+    let Some(dir) = populated_pins(
+        "pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name",
+        "layout",
+    ) else {
         return;
     };
-    populate(&mut dp);
-    let dir = pinned(&mut dp, "layout");
-    drop(dp);
     let mut adopted = Dataplane::load_pinned(&dir.0).expect("the maps this build pinned");
     assert_eq!(
         adopted.peer_spis().unwrap().keys().unwrap(),
@@ -158,15 +178,7 @@ fn pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name() {
     drop(adopted);
 
     // What an older build would have left: a map of this name with another type and sizes.
-    let stale = dir.0.join(PEER_SPI_SETS);
-    fs::remove_file(&stale).unwrap();
-    bpftool(
-        &["map", "create"],
-        &stale,
-        &[
-            "type", "hash", "key", "8", "value", "16", "entries", "16", "name", "old",
-        ],
-    );
+    let stale = pin_stale(&dir, PEER_SPI_SETS, &OLD_PEER_SPI_SETS);
     match Dataplane::load_pinned(&dir.0) {
         Err(e @ DataplaneError::PinnedLayout { .. }) => {
             let text = e.to_string();
@@ -189,19 +201,16 @@ fn pinned_maps_are_adopted_and_one_of_another_layout_is_refused_by_name() {
 /// on is refused by the owner too.
 #[test]
 fn a_counters_map_of_another_layout_is_replaced_by_the_owner_only() {
-    let Some(mut dp) = dataplane("a_counters_map_of_another_layout_is_replaced_by_the_owner_only")
-    else {
+    let Some(dir) = populated_pins(
+        "a_counters_map_of_another_layout_is_replaced_by_the_owner_only",
+        "counters",
+    ) else {
         return;
     };
-    populate(&mut dp);
-    let dir = pinned(&mut dp, "counters");
-    drop(dp);
     // What a build with ten counters would have left.
-    let stale = dir.0.join(COUNTERS);
-    fs::remove_file(&stale).unwrap();
-    bpftool(
-        &["map", "create"],
-        &stale,
+    let stale = pin_stale(
+        &dir,
+        COUNTERS,
         &[
             "type",
             "percpu_array",
@@ -254,15 +263,7 @@ fn a_counters_map_of_another_layout_is_replaced_by_the_owner_only() {
             .is_empty()
     );
 
-    let stale = dir.0.join(PEER_SPI_SETS);
-    fs::remove_file(&stale).unwrap();
-    bpftool(
-        &["map", "create"],
-        &stale,
-        &[
-            "type", "hash", "key", "8", "value", "16", "entries", "16", "name", "old",
-        ],
-    );
+    pin_stale(&dir, PEER_SPI_SETS, &OLD_PEER_SPI_SETS);
     assert!(matches!(
         Dataplane::load_pinned_as_owner(&dir.0),
         Err(DataplaneError::PinnedLayout { .. })
@@ -273,13 +274,12 @@ fn a_counters_map_of_another_layout_is_replaced_by_the_owner_only() {
 /// adopted with their entries, and the IPv6 maps are created empty and pinned beside them.
 #[test]
 fn pins_without_the_ipv6_maps_are_adopted_and_the_ipv6_maps_added() {
-    let Some(mut dp) = dataplane("pins_without_the_ipv6_maps_are_adopted_and_the_ipv6_maps_added")
-    else {
+    let Some(dir) = populated_pins(
+        "pins_without_the_ipv6_maps_are_adopted_and_the_ipv6_maps_added",
+        "v6-added",
+    ) else {
         return;
     };
-    populate(&mut dp);
-    let dir = pinned(&mut dp, "v6-added");
-    drop(dp);
     let v6 = [
         REMOTE_POD_CIDRS_V6,
         POD_CIDR_GRID_V6,

@@ -149,26 +149,35 @@ fn settle(dp: &mut Dataplane, c: Counter, want: u64) -> u64 {
     }
 }
 
-/// Attaches `program` at tc ingress of the tap, loaded in a fresh copy of the object with the
-/// test topology, and returns the object.
-fn attached(test: &str, pick: fn(&mut Dataplane) -> &mut SchedClassifier) -> Option<Dataplane> {
-    let mut dp = dataplane(test)?;
-    populate(&mut dp);
-    populate_v6(&mut dp, false);
-    pick(&mut dp).attach(TAP, TcAttachType::Ingress).unwrap();
-    Some(dp)
+/// Runs `body` once with GRO off and once on, each time in a fresh network namespace with the
+/// tap and a fresh copy of the object holding the test topology, `program` attached at tc
+/// ingress of the tap.
+fn with_gro_off_and_on(
+    test: &'static str,
+    program: fn(&mut Dataplane) -> &mut SchedClassifier,
+    body: fn(&mut Tap, &mut Dataplane),
+) {
+    for gro in [false, true] {
+        println!("{test}: GRO {}", if gro { "on" } else { "off" });
+        in_own_netns(move || {
+            let mut tap = Tap::open(gro).unwrap();
+            let Some(mut dp) = dataplane(test) else {
+                return;
+            };
+            populate(&mut dp);
+            populate_v6(&mut dp, false);
+            program(&mut dp).attach(TAP, TcAttachType::Ingress).unwrap();
+            body(&mut tap, &mut dp);
+        });
+    }
 }
 
 #[test]
 fn the_ingress_guard_at_tc_reads_paged_headers_as_linear_ones() {
-    for gro in [false, true] {
-        let test = "the_ingress_guard_at_tc_reads_paged_headers_as_linear_ones";
-        println!("{test}: GRO {}", if gro { "on" } else { "off" });
-        in_own_netns(move || {
-            let mut tap = Tap::open(gro).unwrap();
-            let Some(mut dp) = attached(test, |dp| dp.ingress_guard_tc().unwrap()) else {
-                return;
-            };
+    with_gro_off_and_on(
+        "the_ingress_guard_at_tc_reads_paged_headers_as_linear_ones",
+        |dp| dp.ingress_guard_tc().unwrap(),
+        |tap, dp| {
             let accepted = [
                 Ipv4::esp(PEER_B_IP, LOCAL_NODE_IP, PEER_B_WIRE_SPI).frame(),
                 Ipv6::esp(PEER_B_IP6, LOCAL_NODE_IP6, PEER_B_WIRE_SPI).frame(),
@@ -197,24 +206,20 @@ fn the_ingress_guard_at_tc_reads_paged_headers_as_linear_ones() {
                 (Counter::IngressBadSpiDropped, bad_spi.len()),
                 (Counter::IngressPlaintextDropped, plaintext.len()),
             ] {
-                assert_eq!(settle(&mut dp, c, want as u64), want as u64, "{c:?}");
+                assert_eq!(settle(dp, c, want as u64), want as u64, "{c:?}");
             }
-            assert!(settle(&mut dp, Counter::IngressPassed, 1) >= 1);
-            assert_eq!(counter(&mut dp, Counter::IngressMalformedDropped), 0);
-        });
-    }
+            assert!(settle(dp, Counter::IngressPassed, 1) >= 1);
+            assert_eq!(counter(dp, Counter::IngressMalformedDropped), 0);
+        },
+    );
 }
 
 #[test]
 fn the_pod_classifier_marks_a_paged_packet_to_a_remote_pod() {
-    for gro in [false, true] {
-        let test = "the_pod_classifier_marks_a_paged_packet_to_a_remote_pod";
-        println!("{test}: GRO {}", if gro { "on" } else { "off" });
-        in_own_netns(move || {
-            let mut tap = Tap::open(gro).unwrap();
-            let Some(mut dp) = attached(test, |dp| dp.pod_classifier().unwrap()) else {
-                return;
-            };
+    with_gro_off_and_on(
+        "the_pod_classifier_marks_a_paged_packet_to_a_remote_pod",
+        |dp| dp.pod_classifier().unwrap(),
+        |tap, dp| {
             let marked = [
                 Ipv4::udp(LOCAL_POD, PEER_B_POD).frame(),
                 Ipv6::udp(LOCAL_POD6, PEER_B_POD6).frame(),
@@ -222,9 +227,9 @@ fn the_pod_classifier_marks_a_paged_packet_to_a_remote_pod() {
             for frame in &marked {
                 tap.send(frame);
             }
-            let got = settle(&mut dp, Counter::PodMarked, marked.len() as u64);
+            let got = settle(dp, Counter::PodMarked, marked.len() as u64);
             assert_eq!(got, marked.len() as u64);
-            assert_eq!(counter(&mut dp, Counter::PodMalformed), 0);
-        });
-    }
+            assert_eq!(counter(dp, Counter::PodMalformed), 0);
+        },
+    );
 }
