@@ -89,6 +89,21 @@ pub fn run_tc(program: &SchedClassifier, frame: &[u8], mark: u32) -> TcOutcome {
     }
 }
 
+/// Runs a tc program once on `frame` and returns its verdict and the packet as the program
+/// left it (for programs that rewrite packets).
+pub fn run_tc_rewrite(program: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut data_out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN of a tc program");
+    data_out.truncate(result.data_size_out as usize);
+    (result.return_value, data_out)
+}
+
 /// Runs an XDP program once on `frame` and returns its verdict.
 pub fn run_xdp(program: &Xdp, frame: &[u8]) -> u32 {
     let mut data_out = vec![0u8; frame.len() + 256];

@@ -27,6 +27,32 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// "No next header" (IPv6).
 pub const IPPROTO_NONE: u8 = 59;
 
+/// `frame` (untagged IPv4) with its IPv4 header checksum filled in.
+pub fn with_ipv4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let ihl = usize::from(frame[14] & 0x0F) * 4;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let sum = ones_complement_sum(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&(!sum).to_be_bytes());
+    frame
+}
+
+/// Whether the IPv4 header of `frame` (untagged) has a valid checksum.
+pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
+    let ihl = usize::from(frame[14] & 0x0F) * 4;
+    ones_complement_sum(&frame[14..14 + ihl]) == 0xFFFF
+}
+
+fn ones_complement_sum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// An Ethernet frame: destination, source MAC, then `ethertype` and `payload`.
 pub fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
@@ -96,6 +122,32 @@ impl Ipv4 {
         Ipv4 {
             protocol: IPPROTO_ESP,
             payload,
+            ..Ipv4::udp(src, dst)
+        }
+    }
+
+    /// ESP in UDP (RFC 3948) from `src` to UDP port `dport` of `dst`, with `spi` and
+    /// sequence number 1; the UDP checksum is 0, as the kernel sends it.
+    pub fn esp_in_udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16, spi: u32) -> Ipv4 {
+        let esp = Ipv4::esp(src, dst, spi).payload;
+        Ipv4::udp_datagram(src, dst, 4500, dport, &esp)
+    }
+
+    /// A UDP datagram from `src`:`sport` to `dst`:`dport` carrying `payload`, checksum 0.
+    pub fn udp_datagram(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Ipv4 {
+        let mut datagram = sport.to_be_bytes().to_vec();
+        datagram.extend_from_slice(&dport.to_be_bytes());
+        datagram.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        datagram.extend_from_slice(&[0, 0]);
+        datagram.extend_from_slice(payload);
+        Ipv4 {
+            payload: datagram,
             ..Ipv4::udp(src, dst)
         }
     }

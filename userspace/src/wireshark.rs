@@ -160,6 +160,7 @@ mod tests {
             crypto,
             esn: true,
             cpu: None,
+            encap: None,
         }
     }
 

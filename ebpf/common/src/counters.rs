@@ -52,11 +52,18 @@ pub enum Counter {
     /// Ingress guard at tc: from a pod address, but decrypted by xfrm (it carries the SA's
     /// secpath: tunnel mode hands the inner packet back to the uplink's receive path); passed.
     IngressDecryptedPassed = 14,
+    /// Ingress guard: ESP in UDP to this node's encapsulation port
+    /// ([`crate::maps::UDP_ENCAP`]) from a peer with a currently valid SPI; at tc, its UDP
+    /// header stripped and passed to xfrm as ESP.
+    IngressUdpEspAccepted = 15,
+    /// Ingress guard: a NAT keepalive (one byte, 0xFF) to the encapsulation port; it only
+    /// refreshes the NATs on its way, and nothing listens on the port: dropped.
+    IngressKeepaliveDropped = 16,
 }
 
 impl Counter {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -75,6 +82,8 @@ impl Counter {
         Counter::IngressMalformedDropped,
         Counter::IngressVlanDepthDropped,
         Counter::IngressDecryptedPassed,
+        Counter::IngressUdpEspAccepted,
+        Counter::IngressKeepaliveDropped,
     ];
 
     /// The stable snake_case name used in metrics and docs.
@@ -95,6 +104,8 @@ impl Counter {
             Counter::IngressMalformedDropped => "ingress_malformed_dropped",
             Counter::IngressVlanDepthDropped => "ingress_vlan_depth_dropped",
             Counter::IngressDecryptedPassed => "ingress_decrypted_passed",
+            Counter::IngressUdpEspAccepted => "ingress_udp_esp_accepted",
+            Counter::IngressKeepaliveDropped => "ingress_keepalive_dropped",
         }
     }
 }

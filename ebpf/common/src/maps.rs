@@ -54,6 +54,10 @@ pub const PEER_NODES_V6: &str = "peer6_nodes";
 /// Array: node ID → that peer's IPv6 node address (zero: none), the ingress guard's
 /// constant-time check that ESP over IPv6 comes from the node its SPI names.
 pub const PEER_ADDRS_V6: &str = "peer6_addrs";
+/// Array of one [`UdpEncap`]: the UDP port on which this node receives ESP in UDP (RFC 3948)
+/// from peers behind NAT. The ingress guard at tc checks the SPI there and strips the UDP
+/// header, so that xfrm takes the packet for plain ESP. Port 0, as loaded: none.
+pub const UDP_ENCAP: &str = "udp_encap";
 
 /// Capacity of [`REMOTE_POD_CIDRS`]: one CIDR per node ID with room for extra pools.
 pub const REMOTE_POD_CIDRS_MAX: u32 = 65_536;
@@ -265,6 +269,16 @@ pub struct LocalPodCidr {
     pub flags: u16,
 }
 
+/// Where ESP in UDP arrives (see [`UDP_ENCAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpEncap {
+    /// The UDP destination port, in host byte order; 0 turns decapsulation off.
+    pub port: u16,
+    /// Reserved, zero.
+    pub reserved: u16,
+}
+
 /// A peer node, keyed by its node IP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -400,6 +414,8 @@ mod pod {
     // SAFETY: u32, u32, then 8 × ([u8; 16], [u8; 16]): 264 bytes, align 4, no padding; every
     // bit pattern is a value (a count past 8 is read as 8).
     unsafe impl aya::Pod for super::ClusterPodSpaceV6 {}
+    // SAFETY: u16, u16: 4 bytes, no padding; every bit pattern is a value.
+    unsafe impl aya::Pod for super::UdpEncap {}
 }
 
 #[cfg(test)]

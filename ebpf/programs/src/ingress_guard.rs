@@ -14,6 +14,14 @@
 //! - ESP from a peer node must carry an SPI that peer may currently use: anything else is
 //!   dropped before xfrm spends a decryption on it, and valid ESP is counted per peer.
 //!
+//! ESP in UDP (RFC 3948), which peers behind NAT send, gets the same SPI check when it arrives on
+//! this node's encapsulation port (`udp_encap`; none while 0): at tc an accepted datagram then
+//! loses its UDP header and goes on as plain ESP, so that xfrm decrypts it with no socket
+//! open on the port, and stays decryptable across agent restarts as the guard does. Anything
+//! else to that port is dropped, save IKE's non-ESP marker; NAT keepalives are counted apart.
+//! At XDP the same checks run but nothing is stripped: the agent attaches at tc whenever the
+//! port is in use.
+//!
 //! ESP from hosts that are not peers belongs to someone else's IPsec and passes untouched. The
 //! typical packet, ESP from a peer, costs the parse, one short loop over the pod space and the
 //! set of valid SPIs its SPI's node ID indexes: array reads all, which the verifier inlines.
@@ -32,7 +40,7 @@ use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_xfrm_state, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode, bpf_xfrm_state, xdp_action},
     helpers::generated::bpf_skb_get_xfrm_state,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -43,9 +51,12 @@ use xsteer_common::{counters::Counter, maps::ipv6_from_words};
 use crate::{
     maps::{
         cluster_pod_space, cluster_pod_space_v6, count, count_valid_esp, count_valid_esp_v6,
-        is_local_pod, is_peer, is_peer_v6,
+        is_local_pod, is_peer, is_peer_v6, udp_encap_port,
     },
-    parse::{Frame, IPPROTO_ESP, Ipv4, Ipv6, Vlan, frame, tc_frame},
+    parse::{
+        ETH_HLEN, Frame, IPPROTO_ESP, IPPROTO_UDP, Ipv4, Ipv6, UDP_HLEN, UdpEncapPayload, Vlan,
+        frame, tc_frame,
+    },
 };
 
 /// The guard at XDP, for uplinks whose driver runs XDP natively (real NICs).
@@ -63,7 +74,11 @@ pub fn ingress_guard(ctx: XdpContext) -> u32 {
         (data_end - data) as u64,
         decrypted,
     ) {
-        Counter::IngressPassed | Counter::IngressEspAccepted => xdp_action::XDP_PASS,
+        // ESP in UDP passes as it is: nothing decapsulates it behind XDP, which is why the
+        // agent attaches at tc when the encapsulation port is in use.
+        Counter::IngressPassed | Counter::IngressEspAccepted | Counter::IngressUdpEspAccepted => {
+            xdp_action::XDP_PASS
+        }
         _ => xdp_action::XDP_DROP,
     }
 }
@@ -91,8 +106,35 @@ pub fn ingress_tc(ctx: TcContext) -> i32 {
         Counter::IngressPassed | Counter::IngressEspAccepted | Counter::IngressDecryptedPassed => {
             TC_ACT_UNSPEC
         }
+        Counter::IngressUdpEspAccepted => match strip_udp_header(&ctx) {
+            Ok(()) => TC_ACT_UNSPEC,
+            // The packet may be half rewritten; xfrm would drop it anyway.
+            Err(_) => TC_ACT_SHOT as i32,
+        },
         _ => TC_ACT_SHOT as i32,
     }
+}
+
+/// Turns ESP in UDP into plain ESP: removes the 8-byte UDP header after the IPv4 header, sets
+/// the protocol to ESP and shortens the total length, keeping the header checksum right.
+/// The caller has checked the frame is `Ipv4::udp_header_strippable`.
+#[inline(always)]
+fn strip_udp_header(ctx: &TcContext) -> Result<(), i64> {
+    ctx.adjust_room(-(UDP_HLEN as i32), bpf_adj_room_mode::BPF_ADJ_ROOM_NET, 0)?;
+    // Both fields as the 16-bit words the checksum sums, in packet byte order.
+    const TOT_LEN: usize = ETH_HLEN + 2;
+    const TTL_PROTOCOL: usize = ETH_HLEN + 8;
+    const CHECKSUM: usize = ETH_HLEN + 10;
+    let old_len: u16 = ctx.load(TOT_LEN)?;
+    let new_len = (u16::from_be(old_len).wrapping_sub(UDP_HLEN as u16)).to_be();
+    ctx.store(TOT_LEN, &new_len, 0)?;
+    ctx.l3_csum_replace(CHECKSUM, u64::from(old_len), u64::from(new_len), 2)?;
+    let old_word: u16 = ctx.load(TTL_PROTOCOL)?;
+    let [ttl, _] = old_word.to_ne_bytes();
+    let new_word = u16::from_ne_bytes([ttl, IPPROTO_ESP]);
+    ctx.store(TTL_PROTOCOL, &new_word, 0)?;
+    ctx.l3_csum_replace(CHECKSUM, u64::from(old_word), u64::from(new_word), 2)?;
+    Ok(())
 }
 
 /// Whether xfrm decrypted the packet in `ctx`: it carries a secpath.
@@ -148,6 +190,13 @@ fn verdict<C: EbpfContext>(
         return counted(Counter::IngressPlaintextDropped);
     }
     // Later fragments carry no SPI; reassembly drops them if the first was dropped.
+    if ip.protocol == IPPROTO_UDP && !ip.later_fragment {
+        if let Some(port) = udp_encap_port() {
+            if ip.udp_dst_port(data, data_end) == Some(port) {
+                return counted(esp_in_udp(ctx, &ip, data, data_end, len));
+            }
+        }
+    }
     if ip.protocol != IPPROTO_ESP || ip.later_fragment {
         return counted(Counter::IngressPassed);
     }
@@ -165,6 +214,37 @@ fn verdict<C: EbpfContext>(
         return counted(Counter::IngressBadSpiDropped);
     }
     counted(Counter::IngressPassed)
+}
+
+/// The checks for a datagram to the encapsulation port, which belongs to xsteer: ESP in UDP
+/// must carry an SPI valid for its sender and be strippable; keepalives are dropped, IKE's
+/// non-ESP marker passes (no socket takes it), anything else is dropped. The verdict's
+/// counter, not yet counted.
+#[inline(always)]
+fn esp_in_udp<C: EbpfContext>(
+    ctx: &C,
+    ip: &Ipv4,
+    data: usize,
+    data_end: usize,
+    len: u64,
+) -> Counter {
+    match ip.udp_encap(data, data_end) {
+        Some(UdpEncapPayload::Esp(spi)) if ip.udp_header_strippable() => {
+            if count_valid_esp(ip.src, spi, len) {
+                return Counter::IngressUdpEspAccepted;
+            }
+            debug!(
+                ctx,
+                "ingress guard: dropped ESP in UDP from {:i} with SPI {:x}", ip.src, spi
+            );
+            Counter::IngressBadSpiDropped
+        }
+        Some(UdpEncapPayload::Keepalive) => Counter::IngressKeepaliveDropped,
+        Some(UdpEncapPayload::NonEsp) => Counter::IngressPassed,
+        // Tagged, with options, fragmented, too short or cut off: nothing here or in the
+        // kernel would decapsulate it.
+        _ => Counter::IngressMalformedDropped,
+    }
 }
 
 /// The checks above, for IPv6; the verdict's counter, not yet counted.

@@ -15,7 +15,8 @@ use xsteer_common::{
         LOCAL_POD_CIDRS_V6_MAX, LocalPodCidr, PEER_NODES_MAX, PEER_NODES_V6_MAX, PEER_SPI_SETS_MAX,
         PEER_SPIS_MAX, PeerNode, PeerSpi, PeerSpiSet, PodCidrGrid, PodCidrGridV6,
         REMOTE_POD_CIDRS_MAX, REMOTE_POD_CIDRS_V6_MAX, REMOTE_POD_SLOTS_MAX,
-        REMOTE_POD_SLOTS_V6_MAX, RemotePodCidr, SLOT_CONSULT_TRIE, ipv6_from_words, ipv6_words,
+        REMOTE_POD_SLOTS_V6_MAX, RemotePodCidr, SLOT_CONSULT_TRIE, UdpEncap, ipv6_from_words,
+        ipv6_words,
     },
     spi,
 };
@@ -76,6 +77,18 @@ static PEER_NODES_V6: HashMap<Ipv6, PeerNode, { PEER_NODES_V6_MAX as usize }> = 
 
 #[btf_map(name = "peer6_addrs")]
 static PEER_ADDRS_V6: Array<Ipv6, { PEER_NODES_V6_MAX as usize }> = Array::new();
+
+#[btf_map(name = "udp_encap")]
+static UDP_ENCAP: Array<UdpEncap, 1> = Array::new();
+
+/// The UDP port ESP in UDP arrives on, or `None` while this node receives plain ESP only.
+#[inline(always)]
+pub fn udp_encap_port() -> Option<u16> {
+    UDP_ENCAP
+        .get(0)
+        .map(|encap| encap.port)
+        .filter(|&port| port != 0)
+}
 
 /// The remote pod CIDR that contains `addr`, if any: from the grid's slot when `addr` lies in
 /// the grid and the slot can answer alone, from the trie otherwise.

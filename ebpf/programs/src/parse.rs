@@ -1,5 +1,5 @@
 //! Bounds-checked parsing of Ethernet, up to [`VLAN_TAGS_MAX`] VLAN tags, IPv4, IPv6 with up to
-//! [`IPV6_EXT_HEADERS_MAX`] extension headers, and the ESP SPI.
+//! [`IPV6_EXT_HEADERS_MAX`] extension headers, and the ESP SPI, bare or in UDP (RFC 3948).
 //!
 //! Every read is checked against `data_end` first, as the verifier demands; anything short,
 //! truncated, too deeply tagged or not IP is reported, never guessed at: the classifier
@@ -7,7 +7,8 @@
 
 use xsteer_common::programs::{IPV6_EXT_HEADERS_MAX, VLAN_TAGS_MAX};
 
-const ETH_HLEN: usize = 14;
+/// Length of an Ethernet header.
+pub const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -24,8 +25,13 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const IPV4_MIN_HLEN: usize = 20;
 /// IP protocol number of ESP.
 pub const IPPROTO_ESP: u8 = 50;
-/// Bytes a tc program wants linear: Ethernet, the tags, the longest IPv4 header, the SPI.
-pub const HEADERS_MAX: u32 = (ETH_HLEN + VLAN_TAGS_MAX * VLAN_HLEN + 60 + 4) as u32;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// Length of a UDP header.
+pub const UDP_HLEN: usize = 8;
+/// Bytes a tc program wants linear: Ethernet, the tags, the longest IPv4 header, a UDP header
+/// (of ESP in UDP), the SPI.
+pub const HEADERS_MAX: u32 = (ETH_HLEN + VLAN_TAGS_MAX * VLAN_HLEN + 60 + UDP_HLEN + 4) as u32;
 
 /// What a frame turned out to be.
 pub enum Frame {
@@ -63,10 +69,28 @@ pub struct Ipv4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub protocol: u8,
+    /// Offset of the IPv4 header from the start of the frame (past Ethernet and any tags).
+    pub l3_offset: usize,
     /// Offset of the layer-4 header from the start of the frame.
     l4_offset: usize,
     /// True for the second and later fragments, which carry no layer-4 header.
     pub later_fragment: bool,
+    /// True when the more-fragments flag is set: a first fragment carries only part of its
+    /// layer-4 payload.
+    pub more_fragments: bool,
+}
+
+/// What a UDP datagram to the ESP-in-UDP port carries (RFC 3948, section 2).
+pub enum UdpEncapPayload {
+    /// ESP: its SPI (non-zero) in host byte order.
+    Esp(u32),
+    /// A NAT keepalive: one byte, 0xFF.
+    Keepalive,
+    /// The non-ESP marker (four zero bytes), which IKE puts in front of its messages.
+    NonEsp,
+    /// A UDP length shorter than its header, or a payload of 1 to 3 bytes that is no
+    /// keepalive: not something the kernel would decapsulate.
+    Malformed,
 }
 
 /// The fields of an IPv6 fixed header the programs decide on. Addresses are two 64-bit words
@@ -148,13 +172,15 @@ pub fn frame(data: usize, data_end: usize, vlan: Vlan) -> Frame {
     if header[0] >> 4 != 4 || ihl < 5 || data + l4_offset > data_end {
         return Frame::Malformed;
     }
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1FFF;
+    let flags_fragment = u16::from_be_bytes([header[6], header[7]]);
     Frame::Ipv4(Ipv4 {
         src: [header[12], header[13], header[14], header[15]],
         dst: [header[16], header[17], header[18], header[19]],
         protocol: header[9],
+        l3_offset,
         l4_offset,
-        later_fragment: fragment_offset != 0,
+        later_fragment: flags_fragment & 0x1FFF != 0,
+        more_fragments: flags_fragment & 0x2000 != 0,
     })
 }
 
@@ -184,6 +210,48 @@ impl Ipv4 {
     #[inline(always)]
     pub fn esp_spi(&self, data: usize, data_end: usize) -> Option<u32> {
         bytes::<4>(data, data_end, self.l4_offset).map(u32::from_be_bytes)
+    }
+
+    /// The destination port of a UDP datagram in host byte order, if its header is inside
+    /// the frame (the caller checks the protocol and that this is no later fragment).
+    #[inline(always)]
+    pub fn udp_dst_port(&self, data: usize, data_end: usize) -> Option<u16> {
+        bytes::<2>(data, data_end, self.l4_offset + 2).map(u16::from_be_bytes)
+    }
+
+    /// What the UDP datagram carries, read as ESP in UDP; `None` when its header and the
+    /// bytes that tell are not all inside the frame.
+    #[inline(always)]
+    pub fn udp_encap(&self, data: usize, data_end: usize) -> Option<UdpEncapPayload> {
+        let header = bytes::<UDP_HLEN>(data, data_end, self.l4_offset)?;
+        let payload_len = u16::from_be_bytes([header[4], header[5]]) as usize;
+        if payload_len < UDP_HLEN {
+            return Some(UdpEncapPayload::Malformed);
+        }
+        match payload_len - UDP_HLEN {
+            // The header's last byte and the payload's only one: a one-byte bounds check
+            // teaches this kernel's verifier nothing (see `is_neighbour_discovery`).
+            1 => match bytes::<2>(data, data_end, self.l4_offset + UDP_HLEN - 1)? {
+                [_, 0xFF] => Some(UdpEncapPayload::Keepalive),
+                _ => Some(UdpEncapPayload::Malformed),
+            },
+            0..=3 => Some(UdpEncapPayload::Malformed),
+            _ => match u32::from_be_bytes(bytes::<4>(data, data_end, self.l4_offset + UDP_HLEN)?) {
+                0 => Some(UdpEncapPayload::NonEsp),
+                spi => Some(UdpEncapPayload::Esp(spi)),
+            },
+        }
+    }
+
+    /// Whether the UDP header can be stripped with `bpf_skb_adjust_room(BPF_ADJ_ROOM_NET)`,
+    /// which removes bytes right after a 20-byte IPv4 header behind a plain Ethernet header:
+    /// no options, no VLAN tags in the frame, no fragment.
+    #[inline(always)]
+    pub fn udp_header_strippable(&self) -> bool {
+        self.l3_offset == ETH_HLEN
+            && self.l4_offset == ETH_HLEN + IPV4_MIN_HLEN
+            && !self.more_fragments
+            && !self.later_fragment
     }
 }
 
@@ -300,13 +368,19 @@ pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan) -> Frame {
 
 impl Frame {
     /// Whether every read the programs make of this frame lies in `[data, data_end)`: the IP
-    /// header, and the 4 bytes after it when they are an ESP
-    /// SPI or an ICMPv6 type (neighbour discovery). An IPv6 extension-header chain is walked
+    /// header, and the 4 bytes after it when they are an ESP SPI or an ICMPv6 type (neighbour
+    /// discovery), or the 12 of a UDP header and the SPI of ESP in UDP. An IPv6 extension-header chain is walked
     /// only after a pull, as it is rare and its end unknown until walked.
     #[inline(always)]
     fn read_whole(&self, data: usize, data_end: usize) -> bool {
         match self {
-            Frame::Ipv4(ip) => ip.protocol != IPPROTO_ESP || data + ip.l4_offset + 4 <= data_end,
+            Frame::Ipv4(ip) => match ip.protocol {
+                IPPROTO_ESP => data + ip.l4_offset + 4 <= data_end,
+                // Read only when the port is ESP in UDP; cheap to ask for, as a datagram's
+                // headers are linear save in GSO, which UDP from the wire rarely is.
+                IPPROTO_UDP => data + ip.l4_offset + UDP_HLEN + 4 <= data_end,
+                _ => true,
+            },
             Frame::Ipv6(ip) => match ip.next_header {
                 IPPROTO_ESP | IPPROTO_ICMPV6 => data + ip.ext_offset + 4 <= data_end,
                 next => !is_ext_header(next),

@@ -13,7 +13,7 @@ use xsteer_common::{
     counters::Counter,
     maps::{
         self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidr, ClusterPodSpace, Ipv4, LocalPodCidr,
-        PeerNode, RemotePodCidr,
+        PeerNode, RemotePodCidr, UdpEncap,
     },
 };
 
@@ -110,6 +110,34 @@ impl<'a> ClusterPodCidrs<'a> {
     /// The CIDRs of the pod space, in slot order; empty when it is not filled.
     pub fn get(&self) -> Result<Vec<Ipv4Cidr>, DataplaneError> {
         space_cidrs(&self.raw()?)
+    }
+}
+
+/// The UDP port this node receives ESP in UDP on (one array slot of [`UdpEncap`]).
+pub struct UdpEncapPort<'a> {
+    map: Array<&'a mut MapData, UdpEncap>,
+}
+
+impl<'a> UdpEncapPort<'a> {
+    pub(super) fn new(map: &'a mut Map) -> Result<Self, DataplaneError> {
+        let map = Array::try_from(map).map_err(map_err(names::UDP_ENCAP))?;
+        Ok(UdpEncapPort { map })
+    }
+
+    /// Makes the ingress guard decapsulate ESP in UDP to `port`; `None` stops it. One
+    /// atomic write of four bytes.
+    pub fn set(&mut self, port: Option<u16>) -> Result<(), DataplaneError> {
+        let value = UdpEncap {
+            port: port.unwrap_or(0),
+            reserved: 0,
+        };
+        self.map.set(0, value, 0).map_err(map_err(names::UDP_ENCAP))
+    }
+
+    /// The port, or `None` when decapsulation is off.
+    pub fn get(&self) -> Result<Option<u16>, DataplaneError> {
+        let value = self.map.get(&0, 0).map_err(map_err(names::UDP_ENCAP))?;
+        Ok(Some(value.port).filter(|&port| port != 0))
     }
 }
 

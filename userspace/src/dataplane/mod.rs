@@ -26,7 +26,7 @@ use aya::{
 };
 pub use maps::{
     CidrMap, ClusterPodCidrs, CounterValues, Counters, LocalPodCidrs, PeerNodes, RemoteCidrs,
-    RemotePodCidrs,
+    RemotePodCidrs, UdpEncapPort,
 };
 pub use pinned::Renewed;
 pub use spis::{PeerSpis, spi_owner};
@@ -46,8 +46,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Every map xsteer owns, by pin name. The IPv6 maps came after the others: a pin directory
 /// left by an earlier build lacks them, and loading it pins new, empty ones beside the adopted
-/// IPv4 maps.
-pub const MAPS: [&str; 17] = [
+/// IPv4 maps; so does one left before ESP in UDP, which lacks `udp_encap`.
+pub const MAPS: [&str; 18] = [
     map_names::REMOTE_POD_CIDRS,
     map_names::POD_CIDR_GRID,
     map_names::REMOTE_POD_SLOTS,
@@ -65,6 +65,7 @@ pub const MAPS: [&str; 17] = [
     map_names::LOCAL_POD_CIDRS_V6,
     map_names::PEER_NODES_V6,
     map_names::PEER_ADDRS_V6,
+    map_names::UDP_ENCAP,
 ];
 
 /// Where programs are pinned, under the pin dir.
@@ -285,6 +286,12 @@ impl Dataplane {
     /// attaching the guards: while it is empty they fall back to this node's pod CIDRs alone.
     pub fn cluster_pod_cidrs(&mut self) -> Result<ClusterPodCidrs<'_>, DataplaneError> {
         ClusterPodCidrs::new(self.map(map_names::CLUSTER_POD_CIDRS)?)
+    }
+
+    /// The UDP port this node receives ESP in UDP on, which the ingress guard at tc
+    /// decapsulates.
+    pub fn udp_encap(&mut self) -> Result<UdpEncapPort<'_>, DataplaneError> {
+        UdpEncapPort::new(self.map(map_names::UDP_ENCAP)?)
     }
 
     /// This node's pod CIDRs.

@@ -327,6 +327,7 @@ pub fn desired(
                             crypto: crypto(derive(&out_id(slot))?),
                             esn: around.esn,
                             cpu: slot.checked_sub(1).map(u32::from),
+                            encap: None,
                         };
                         s.states.insert(out.key(), out);
                     }
@@ -341,6 +342,7 @@ pub fn desired(
                             crypto: crypto(derive(&out_id(slot).reversed())?),
                             esn: around.esn,
                             cpu: None,
+                            encap: None,
                         };
                         s.states.insert(inbound.key(), inbound);
                     }

@@ -378,6 +378,7 @@ mod tests {
             },
             esn: true,
             cpu: None,
+            encap: None,
         }
     }
 

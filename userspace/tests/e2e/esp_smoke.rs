@@ -44,6 +44,7 @@ fn sa(src: Ipv4Addr, dst: Ipv4Addr, spi: u32, mark: Option<Mark>, key_byte: u8) 
         },
         esn: false,
         cpu: None,
+        encap: None,
     }
 }
 

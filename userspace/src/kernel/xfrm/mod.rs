@@ -255,6 +255,23 @@ pub struct State {
     /// The CPU whose packets this outbound SA carries (a per-CPU SA, `XFRMA_SA_PCPU`); `None`
     /// for an SA any CPU may use, and for inbound SAs.
     pub cpu: Option<u32>,
+    /// On an outbound SA: send ESP in UDP (RFC 3948) rather than bare ESP, for a path through
+    /// NAT. Inbound SAs never carry it: the ingress guard strips the UDP header before xfrm
+    /// sees the packet (see the `udp_encap` map).
+    pub encap: Option<EspInUdp>,
+}
+
+/// How an outbound SA wraps ESP in UDP (`XFRMA_ENCAP` with `UDP_ENCAP_ESPINUDP`, and
+/// `XFRMA_NAT_KEEPALIVE_INTERVAL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EspInUdp {
+    /// UDP source port.
+    pub sport: u16,
+    /// UDP destination port: where the peer, or the NAT in front of it, receives.
+    pub dport: u16,
+    /// Seconds of idleness after which the kernel sends a NAT keepalive on this SA (Linux
+    /// 6.11); 0 sends none. Set only where the kernel was found to keep it.
+    pub keepalive_secs: u32,
 }
 
 /// What identifies an SA in the kernel.
@@ -294,6 +311,12 @@ impl fmt::Display for State {
         }
         if let Some(cpu) = self.cpu {
             write!(f, " cpu {cpu}")?;
+        }
+        if let Some(encap) = self.encap {
+            write!(f, " espinudp {}:{}", encap.sport, encap.dport)?;
+            if encap.keepalive_secs != 0 {
+                write!(f, " keepalive {}s", encap.keepalive_secs)?;
+            }
         }
         write!(f, " key {}", self.crypto.fingerprint())
     }
@@ -416,6 +439,7 @@ pub async fn states(netlink: &Netlink) -> Result<Vec<State>, XfrmError> {
                 crypto,
                 esn: info.flags & XFRM_STATE_ESN != 0,
                 cpu: new_sa::cpu_of(&m.nlas),
+                encap: new_sa::encap_of(&m.nlas),
             })
         })
         .collect())
@@ -683,6 +707,7 @@ pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
         },
         esn: false,
         cpu: None,
+        encap: None,
     };
     for cipher in [Cipher::Gcm, Cipher::CbcHmacSha256] {
         let mut state = probe(cipher);
