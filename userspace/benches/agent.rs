@@ -178,6 +178,7 @@ fn join_latency() -> Duration {
             acks: Default::default(),
             generations: vec![Generation::MIN],
             per_cpu_sas: 0,
+            esp_in_udp: None,
         };
         let started = Instant::now();
         source.publish(&record).unwrap();

@@ -225,6 +225,7 @@ fn peer(i: u32) -> Peer {
         acked_epoch: None,
         generations: None,
         per_cpu_sas: 0,
+        esp_in_udp: None,
     }
 }
 
@@ -244,6 +245,7 @@ fn view(n: u32) -> View {
             epoch: Epoch::from_bytes([0x11; 16]),
             next_epoch: None,
             per_cpu_sas: 0,
+            encap: None,
         },
         peers: Vec::new(),
     };
@@ -270,6 +272,7 @@ async fn desired_state(netlink: &Netlink, n: u32) -> (Uplink, Snapshot) {
         cipher: Cipher::Gcm,
         esn: true,
         per_cpu: false,
+        nat_keepalive_secs: 0,
     };
     let mut want = desired(&view, &keys, &around).unwrap();
     want.states.clear(); // no ESP on the host kernel

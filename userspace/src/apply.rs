@@ -7,7 +7,11 @@
 //! or into plaintext. Then the reconcile reads what xsteer owns, plans the difference and applies
 //! it; `--dry-run` stops after the plan.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 use crate::{
     cidr::NODE_POD_PREFIX_LEN,
@@ -15,6 +19,7 @@ use crate::{
     kernel::{
         Netlink,
         events::Removed,
+        nat,
         routing::{self, DEFAULT_RULE_PRIORITY},
         xfrm::{self, Cipher, EspSupport},
     },
@@ -207,12 +212,15 @@ impl Applier {
     ) -> Result<Applied, ApplyError> {
         let netlink = &self.netlink;
         let uplink = routing::uplink(netlink, &view.node.uplink).await?;
+        // Routes to where ESP goes: a peer's NAT, when the pair speaks ESP in UDP.
+        let outer = |peer: &crate::view::Peer| peer.path(&view.node).0;
         self.next_hops
-            .retain(|ip, _| view.peers.iter().any(|p| p.ip == *ip));
+            .retain(|ip, _| view.peers.iter().any(|p| outer(p) == *ip));
         for peer in &view.peers {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.next_hops.entry(peer.ip)
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                self.next_hops.entry(outer(peer))
             {
-                slot.insert(routing::route_to(netlink, peer.ip).await?);
+                slot.insert(routing::route_to(netlink, outer(peer)).await?);
             }
         }
         let mut notices = Vec::new();
@@ -222,11 +230,13 @@ impl Applier {
             cipher,
             esn,
             per_cpu,
+            nat_keepalive,
         } = match (self.opts.dry_run, self.support) {
             (true, _) => EspSupport {
                 cipher: Cipher::Gcm,
                 esn: true,
                 per_cpu: true,
+                nat_keepalive: true,
             },
             (false, Some(support)) => support,
             (false, None) => *self.support.insert(xfrm::probe(netlink).await?),
@@ -258,6 +268,14 @@ impl Applier {
                     .to_owned(),
             );
         }
+        if !nat_keepalive && view.node.encap.is_some() {
+            notices.push(
+                "this kernel sends no NAT keepalives (XFRMA_NAT_KEEPALIVE_INTERVAL, Linux 6.11): \
+                 a NAT between this node and a peer may forget an idle path, until traffic \
+                 from behind it opens the path again"
+                    .to_owned(),
+            );
+        }
         let around = Surroundings {
             uplink: &uplink,
             next_hops: &self.next_hops,
@@ -265,6 +283,11 @@ impl Applier {
             cipher,
             esn,
             per_cpu,
+            nat_keepalive_secs: if nat_keepalive {
+                xfrm::NAT_KEEPALIVE_SECS
+            } else {
+                0
+            },
         };
         let want = desired(view, keys, &around)?;
         // Everything is checked: from here on, bpffs may be written (maps created and pinned).
@@ -314,10 +337,39 @@ impl Applier {
             report,
         )
         .await?;
+        notices.extend(open_nat_mappings(view, &changes));
         self.known = Some(want);
         self.table = view.route_table;
         Ok(Applied { changes, notices })
     }
+}
+
+/// Behind a NAT, opens its mapping towards each peer that `changes` installed an OUT SA with
+/// ESP in UDP towards (`kernel::nat`); says why it could not, if it could not.
+fn open_nat_mappings(view: &View, changes: &[Change]) -> Option<String> {
+    let local = &view.node;
+    let encap = local.encap.filter(|e| e.behind_nat(local.ip))?;
+    let to: BTreeSet<SocketAddr> = changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::AddState(sa) if sa.src == local.ip => {
+                Some(SocketAddr::new(sa.dst, sa.encap?.dport))
+            }
+            _ => None,
+        })
+        .collect();
+    if to.is_empty() {
+        return None;
+    }
+    let from = SocketAddr::new(local.ip, encap.port);
+    let to: Vec<SocketAddr> = to.into_iter().collect();
+    nat::open_mappings(from, &to).err().map(|e| {
+        format!(
+            "could not send the NAT keepalive that opens the way from {from} to {to:?} at once \
+             ({e}); the kernel's keepalives open it within {} s",
+            xfrm::NAT_KEEPALIVE_SECS
+        )
+    })
 }
 
 /// Applies `view` with `keys` once, reading the kernel in full; calls `report` with each change

@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     fmt, fs, io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -30,7 +30,11 @@ use crate::{
     dataplane::links::IngressHook,
     keys::Epoch,
     protocol::PER_CPU_SAS_MAX,
+    view::LocalEncap,
 };
+
+/// The UDP port of ESP in UDP when the config names none (RFC 3948's).
+pub const DEFAULT_ENCAP_PORT: u16 = 4500;
 
 /// The policy-routing table used when the config names none.
 pub const DEFAULT_ROUTE_TABLE: u32 = 200;
@@ -112,6 +116,9 @@ pub struct NodeConfig {
     /// Where the ingress guard runs on the uplink (`ingress_hook = "xdp"` or `"tc"`); `None`
     /// (`"auto"`, the default): tc on a veth, XDP otherwise. Read at the agent's start.
     pub ingress_hook: Option<IngressHook>,
+    /// ESP in UDP (`encap = "udp"`, in `[node]` or for the whole file): the port this node
+    /// receives it on (`encap_port`) and where peers send it (`public`); `None` for plain ESP.
+    pub encap: Option<LocalEncap>,
 }
 
 impl NodeConfig {
@@ -139,6 +146,8 @@ pub struct PeerConfig {
     /// How many per-CPU SAs the peer sends on besides its shared one, 0..=63: this node
     /// installs an IN SA for each.
     pub per_cpu_sas: u8,
+    /// Where the peer receives ESP in UDP (`encap = "udp"`, `public`), if it does.
+    pub esp_in_udp: Option<SocketAddr>,
 }
 
 /// One thing wrong with a config, at one field.
@@ -331,6 +340,21 @@ impl Config {
         if let Some(why) = uplink_problem(&node.uplink) {
             p.push("node.uplink", why);
         }
+        if let Some(encap) = node.encap {
+            if encap.public.is_ipv4() != node.ip.is_ipv4() {
+                p.push(
+                    "node.public",
+                    format!("{} is not of node.ip {}'s family", encap.public, node.ip),
+                );
+            }
+            if node.ingress_hook == Some(IngressHook::Xdp) {
+                p.push(
+                    "node.ingress_hook",
+                    "\"xdp\" cannot take ESP in UDP apart (encap = \"udp\"): leave it out or \
+                     set \"tc\"",
+                );
+            }
+        }
         for (i, peer) in self.peers.iter().enumerate() {
             check_name(&mut p, &format!("peers[{i}].name"), &peer.name);
             check_ip(&mut p, &format!("peers[{i}].ip"), peer.ip);
@@ -341,6 +365,12 @@ impl Config {
                         "{} is not of node.ip {}'s family: tunnels join node IPs of one family",
                         peer.ip, node.ip
                     ),
+                );
+            }
+            if let Some(public) = peer.esp_in_udp.filter(|a| a.is_ipv4() != node.ip.is_ipv4()) {
+                p.push(
+                    format!("peers[{i}].public"),
+                    format!("{public} is not of node.ip {}'s family", node.ip),
                 );
             }
             check_id(&mut p, &format!("peers[{i}].id"), peer.id);
@@ -753,6 +783,7 @@ struct RawConfig {
     nodes_dir: Option<PathBuf>,
     cluster_cidr: Option<OneOrMany>,
     cluster_cidr_v6: Option<OneOrMany>,
+    encap: Option<String>,
     node: RawNode,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -787,6 +818,9 @@ struct RawNode {
     #[serde(default)]
     per_cpu_sas: bool,
     ingress_hook: Option<String>,
+    encap: Option<String>,
+    encap_port: Option<i64>,
+    public: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -798,6 +832,44 @@ struct RawPeer {
     pod_cidrs: Vec<String>,
     epoch: String,
     per_cpu_sas: Option<i64>,
+    encap: Option<String>,
+    public: Option<String>,
+}
+
+/// Whether `encap` (at `path`) asks for ESP in UDP: "esp" (plain ESP) or "udp"; `None` when
+/// it is neither, after saying so.
+fn parse_encap(p: &mut Problems, path: &str, encap: Option<&str>, default: bool) -> Option<bool> {
+    match encap {
+        None => Some(default),
+        Some("esp") => Some(false),
+        Some("udp") => Some(true),
+        Some(other) => {
+            p.push(path, format!("{other:?} is not \"esp\" or \"udp\""));
+            None
+        }
+    }
+}
+
+/// Where a node receives ESP in UDP, from `public` at `path`: an address with or without a
+/// port (`"203.0.113.7:4501"`, `"[2001:db8::7]:4501"`, `"203.0.113.7"`), `port` when none is
+/// given.
+fn parse_public(p: &mut Problems, path: &str, text: &str, port: u16) -> Option<SocketAddr> {
+    let addr = match (text.parse::<SocketAddr>(), text.parse::<IpAddr>()) {
+        (Ok(addr), _) => addr,
+        (_, Ok(ip)) => SocketAddr::new(ip, port),
+        _ => {
+            p.push(
+                path,
+                format!("{text:?} is not an address or address:port (IPv6 as [address]:port)"),
+            );
+            return None;
+        }
+    };
+    if addr.port() == 0 {
+        p.push(path, format!("{text:?}: port 0 cannot be sent to"));
+        return None;
+    }
+    Some(addr)
 }
 
 fn parse_ip(p: &mut Problems, path: &str, text: &str) -> Option<IpAddr> {
@@ -874,6 +946,8 @@ impl RawConfig {
             .epoch
             .as_deref()
             .map(|epoch| p.parse("node.epoch", epoch).ok_or(()));
+        let cluster_udp = parse_encap(&mut p, "encap", self.encap.as_deref(), false);
+        let encap = node_encap(&mut p, &n, ip, cluster_udp);
         let ingress_hook = match n.ingress_hook.as_deref() {
             None | Some("auto") => Ok(None),
             Some(hook) => match hook.parse() {
@@ -892,6 +966,7 @@ impl RawConfig {
             pod_cidr_v6.transpose(),
             epoch.transpose(),
             ingress_hook,
+            encap,
         ) {
             (
                 Some(name),
@@ -901,6 +976,7 @@ impl RawConfig {
                 Ok(pod_cidr_v6),
                 Ok(epoch),
                 Ok(ingress_hook),
+                Ok(encap),
             ) => Some(NodeConfig {
                 name,
                 ip,
@@ -911,6 +987,7 @@ impl RawConfig {
                 epoch,
                 per_cpu_sas: n.per_cpu_sas,
                 ingress_hook,
+                encap,
             }),
             _ => None,
         };
@@ -946,6 +1023,7 @@ impl RawConfig {
                     None
                 }
             };
+            let esp_in_udp = peer_esp_in_udp(&mut p, i, &peer, ip, cluster_udp);
             if let (
                 Some(ip),
                 Some(id),
@@ -953,6 +1031,7 @@ impl RawConfig {
                 Some(pod_cidrs_v6),
                 Some(epoch),
                 Some(per_cpu_sas),
+                Some(esp_in_udp),
             ) = (
                 ip,
                 id,
@@ -960,6 +1039,7 @@ impl RawConfig {
                 cidrs_v6.into_iter().collect(),
                 epoch,
                 per_cpu_sas,
+                esp_in_udp,
             ) {
                 peers.push(PeerConfig {
                     name: peer.name,
@@ -969,6 +1049,7 @@ impl RawConfig {
                     pod_cidrs_v6,
                     epoch,
                     per_cpu_sas,
+                    esp_in_udp,
                 });
             }
         }
@@ -984,6 +1065,86 @@ impl RawConfig {
             }),
             _ => Err(p.0),
         }
+    }
+}
+
+/// `[node]`'s ESP in UDP: `Ok(None)` for plain ESP, `Err(())` after a problem was pushed.
+/// `cluster_udp` is the file-wide `encap` (`None`: it was wrong).
+fn node_encap(
+    p: &mut Problems,
+    n: &RawNode,
+    ip: Option<IpAddr>,
+    cluster_udp: Option<bool>,
+) -> Result<Option<LocalEncap>, ()> {
+    let udp = parse_encap(
+        p,
+        "node.encap",
+        n.encap.as_deref(),
+        cluster_udp.unwrap_or(false),
+    );
+    let port = match n.encap_port {
+        None => Some(DEFAULT_ENCAP_PORT),
+        Some(port) => u16::try_from(port)
+            .ok()
+            .filter(|&port| port != 0)
+            .or_else(|| {
+                p.push(
+                    "node.encap_port",
+                    format!("must be 1..=65535, found {port}"),
+                );
+                None
+            }),
+    };
+    let (Some(udp), Some(port), Some(ip), Some(_)) = (udp, port, ip, cluster_udp) else {
+        return Err(());
+    };
+    if !udp {
+        for (field, given) in [
+            ("node.encap_port", n.encap_port.is_some()),
+            ("node.public", n.public.is_some()),
+        ] {
+            if given {
+                p.push(field, "only with encap = \"udp\"");
+            }
+        }
+        return if n.encap_port.is_some() || n.public.is_some() {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    }
+    let public = match n.public.as_deref() {
+        None => SocketAddr::new(ip, port),
+        Some(text) => parse_public(p, "node.public", text, port).ok_or(())?,
+    };
+    Ok(Some(LocalEncap { port, public }))
+}
+
+/// Where `peers[i]` receives ESP in UDP: `Some(None)` for plain ESP, `None` after a
+/// problem was pushed.
+fn peer_esp_in_udp(
+    p: &mut Problems,
+    i: usize,
+    peer: &RawPeer,
+    ip: Option<IpAddr>,
+    cluster_udp: Option<bool>,
+) -> Option<Option<SocketAddr>> {
+    let path = format!("peers[{i}].encap");
+    let udp = parse_encap(
+        p,
+        &path,
+        peer.encap.as_deref(),
+        cluster_udp.unwrap_or(false),
+    )?;
+    let public_path = format!("peers[{i}].public");
+    match (udp, peer.public.as_deref()) {
+        (false, None) => Some(None),
+        (false, Some(_)) => {
+            p.push(public_path, "only with encap = \"udp\"");
+            None
+        }
+        (true, None) => Some(Some(SocketAddr::new(ip?, DEFAULT_ENCAP_PORT))),
+        (true, Some(text)) => parse_public(p, &public_path, text, DEFAULT_ENCAP_PORT).map(Some),
     }
 }
 
@@ -1325,6 +1486,117 @@ epoch = "0123456789abcdef0123456789abcdef"
         assert_eq!(
             e,
             "node.ingress_hook: \"XDP\" is not \"auto\", \"xdp\" or \"tc\""
+        );
+    }
+
+    /// `[node]` with `node` after its uplink, peer node-b with `peer` after its epoch, and
+    /// `top` before everything.
+    fn with_encap(top: &str, node: &str, peer: &str) -> Result<Config, ConfigError> {
+        let text = edited(
+            "[node]",
+            "uplink = \"eth0\"\n",
+            &format!("uplink = \"eth0\"\n{node}"),
+        );
+        let text = text.replacen(
+            "epoch = \"ffeeddccbbaa99887766554433221100\"\n",
+            &format!("epoch = \"ffeeddccbbaa99887766554433221100\"\n{peer}"),
+            1,
+        );
+        format!("{top}{text}").parse()
+    }
+
+    #[test]
+    fn esp_in_udp_is_off_by_default_and_on_per_node_peer_or_file() {
+        let plain = with_encap("", "", "").unwrap();
+        assert_eq!(plain.node.encap, None);
+        assert_eq!(plain.peers[0].esp_in_udp, None);
+
+        // The file-wide switch: every node at its IP and port 4500.
+        let all = with_encap("encap = \"udp\"\n", "", "").unwrap();
+        assert_eq!(
+            all.node.encap,
+            Some(LocalEncap {
+                port: 4500,
+                public: "192.168.0.1:4500".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            all.peers.iter().map(|p| p.esp_in_udp).collect::<Vec<_>>(),
+            ["192.168.0.2:4500", "192.168.0.3:4500"].map(|a| Some(a.parse().unwrap()))
+        );
+
+        // Behind a NAT: its address and port; a bare address takes the node's port.
+        let natted = with_encap(
+            "",
+            "encap = \"udp\"\nencap_port = 4600\npublic = \"203.0.113.7:4501\"\n",
+            "encap = \"udp\"\npublic = \"198.51.100.2\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            natted.node.encap,
+            Some(LocalEncap {
+                port: 4600,
+                public: "203.0.113.7:4501".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            natted.peers[0].esp_in_udp,
+            Some("198.51.100.2:4500".parse().unwrap())
+        );
+        assert_eq!(natted.peers[1].esp_in_udp, None);
+        let bare = with_encap("", "encap = \"udp\"\npublic = \"203.0.113.7\"\n", "").unwrap();
+        assert_eq!(
+            bare.node.encap.unwrap().public,
+            "203.0.113.7:4500".parse().unwrap()
+        );
+        // A node may stay out of a file-wide switch.
+        let out = with_encap("encap = \"udp\"\n", "encap = \"esp\"\n", "").unwrap();
+        assert_eq!(out.node.encap, None);
+        assert!(out.peers[0].esp_in_udp.is_some());
+    }
+
+    #[test]
+    fn esp_in_udp_settings_that_cannot_work_are_refused_by_field() {
+        let e = |top: &str, node: &str, peer: &str| {
+            with_encap(top, node, peer).unwrap_err().to_string()
+        };
+        assert_eq!(
+            e("encap = \"ipip\"\n", "", ""),
+            "encap: \"ipip\" is not \"esp\" or \"udp\""
+        );
+        assert_eq!(
+            e("", "public = \"203.0.113.7:4501\"\n", ""),
+            "node.public: only with encap = \"udp\""
+        );
+        assert_eq!(
+            e("", "encap = \"udp\"\nencap_port = 0\n", ""),
+            "node.encap_port: must be 1..=65535, found 0"
+        );
+        assert_eq!(
+            e("", "encap = \"udp\"\npublic = \"203.0.113.7:0\"\n", ""),
+            "node.public: \"203.0.113.7:0\": port 0 cannot be sent to"
+        );
+        assert_eq!(
+            e("", "encap = \"udp\"\npublic = \"nat.example\"\n", ""),
+            "node.public: \"nat.example\" is not an address or address:port (IPv6 as \
+             [address]:port)"
+        );
+        assert_eq!(
+            e("", "encap = \"udp\"\npublic = \"[2001:db8::7]:4501\"\n", ""),
+            "node.public: [2001:db8::7]:4501 is not of node.ip 192.168.0.1's family"
+        );
+        assert_eq!(
+            e("", "encap = \"udp\"\ningress_hook = \"xdp\"\n", ""),
+            "node.ingress_hook: \"xdp\" cannot take ESP in UDP apart (encap = \"udp\"): leave \
+             it out or set \"tc\""
+        );
+        assert_eq!(
+            e("", "", "public = \"198.51.100.2:4500\"\n"),
+            "peers[0].public: only with encap = \"udp\""
+        );
+        assert_eq!(
+            e("", "", "encap = \"udp\"\npublic = \"[2001:db8::2]:4500\"\n"),
+            "peers[0].public: [2001:db8::2]:4500 is not of node.ip 192.168.0.1's family"
         );
     }
 

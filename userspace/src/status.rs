@@ -139,6 +139,9 @@ pub struct Peer {
     pub ip: IpAddr,
     /// Its node ID.
     pub id: u16,
+    /// Where this node sends its ESP in UDP (`address:port`: its NAT's, behind one), when the
+    /// pair speaks ESP in UDP; `None` for bare ESP to `ip`.
+    pub esp_in_udp: Option<std::net::SocketAddr>,
     /// Its pod CIDRs, IPv4 then IPv6.
     pub pod_cidrs: Vec<String>,
     /// The generation its pod CIDRs are marked with (`remote_pod_cidrs`), if any.
@@ -341,6 +344,10 @@ pub async fn collect(
             name: p.name.clone(),
             ip: p.ip,
             id: p.id,
+            esp_in_udp: match p.path(local) {
+                (outer, Some(port)) => Some(std::net::SocketAddr::new(outer, port)),
+                (_, None) => None,
+            },
             pod_cidrs: cidr_strings(&p.pod_cidrs, &p.pod_cidrs_v6),
             sending_generation,
             sending_generation_v6: remote_v6
@@ -355,7 +362,8 @@ pub async fn collect(
                 .flat_map(|(g, ours, theirs)| {
                     let in_use = sending_epochs(local, p) == (ours, theirs);
                     let spi = wire_spi(local.id, g, &ours, &theirs);
-                    set(spi, g, p.ip, in_use, local.per_cpu_sas)
+                    // Sent to where ESP goes: the NAT in front of the peer, if there is one.
+                    set(spi, g, p.path(local).0, in_use, local.per_cpu_sas)
                 })
                 .collect(),
             inbound: pairings(p)
@@ -481,6 +489,21 @@ impl Status {
                 None => String::new(),
             };
             let _ = writeln!(out, "  {:<16} {}{v6}", p.name, p.pod_cidrs.join(" "));
+        }
+        let through_udp: Vec<_> = self
+            .peers
+            .iter()
+            .filter_map(|p| Some((&p.name, p.esp_in_udp?)))
+            .collect();
+        if !through_udp.is_empty() {
+            let _ = writeln!(
+                out,
+                "
+ESP in UDP to:"
+            );
+            for (name, to) in through_udp {
+                let _ = writeln!(out, "  {name:<16} {to}");
+            }
         }
         let _ = writeln!(out, "\ncounters:");
         for (name, value) in &self.counters {

@@ -6,7 +6,7 @@
 //! the key generations and epochs they advertise. [`crate::inputs`] puts them together; the
 //! reconcile, the agent's rotation and re-key steps and `status` read only this.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
@@ -53,6 +53,28 @@ pub struct LocalNode {
     /// How many per-CPU SAs the node sends on besides each set's shared SA, if the kernel can
     /// bind SAs to CPUs: one per CPU with `per_cpu_sas = true`, else 0.
     pub per_cpu_sas: u8,
+    /// This node's ESP in UDP (`encap = "udp"`), if on.
+    pub encap: Option<LocalEncap>,
+}
+
+/// How a node with `encap = "udp"` takes part in ESP in UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalEncap {
+    /// The UDP port its ingress guard decapsulates and its outbound SAs send from.
+    pub port: u16,
+    /// Where its peers send to: its NAT's address and port when it sits behind one (it is
+    /// advertised in its record as `esp_in_udp`), else its node IP and `port`.
+    pub public: SocketAddr,
+}
+
+impl LocalEncap {
+    /// Whether the node sits behind a NAT: peers send to another address or port than its
+    /// own. Only such a node sends NAT keepalives (RFC 3948, section 2.3): they keep its NAT's
+    /// mapping open, and a peer's keepalives towards a NAT that has no mapping yet could only
+    /// make the NAT's state worse.
+    pub fn behind_nat(&self, node_ip: IpAddr) -> bool {
+        self.public != SocketAddr::new(node_ip, self.port)
+    }
 }
 
 /// Another node that pod traffic is encrypted to and from.
@@ -82,9 +104,22 @@ pub struct Peer {
     /// How many per-CPU SAs the peer sends on besides each set's shared SA, from its record or
     /// the config: this node installs an IN SA for each.
     pub per_cpu_sas: u8,
+    /// Where the peer receives ESP in UDP, if it does (`encap = "udp"` on it): from its record's
+    /// `esp_in_udp`, or the config.
+    pub esp_in_udp: Option<SocketAddr>,
 }
 
 impl Peer {
+    /// Where ESP between `local` and this peer goes: the peer's `esp_in_udp` address and port
+    /// when both nodes have ESP in UDP on, else its node IP and no port. Both ends decide
+    /// alike from each other's records, so a pair never mixes the two.
+    pub fn path(&self, local: &LocalNode) -> (IpAddr, Option<u16>) {
+        match (local.encap, self.esp_in_udp) {
+            (Some(_), Some(public)) => (public.ip(), Some(public.port())),
+            _ => (self.ip, None),
+        }
+    }
+
     /// A peer as the config file gives it: no record, so nothing advertised.
     pub fn from_config(peer: &PeerConfig) -> Peer {
         Peer {
@@ -98,6 +133,7 @@ impl Peer {
             acked_epoch: None,
             generations: None,
             per_cpu_sas: peer.per_cpu_sas,
+            esp_in_udp: peer.esp_in_udp,
         }
     }
 }
@@ -158,6 +194,7 @@ impl View {
                 } else {
                     0
                 },
+                encap: node.encap,
             },
             peers: Vec::new(),
         }
@@ -231,6 +268,14 @@ impl View {
                 candidate.ip
             ));
         }
+        if let Some(public) = candidate.esp_in_udp
+            && public.is_ipv4() != local.ip.is_ipv4()
+        {
+            return Some(format!(
+                "ESP-in-UDP address {public} is not of this node's family ({})",
+                local.ip
+            ));
+        }
         let others = std::iter::once((
             format!("this node ({})", local.name),
             local.name.as_str(),
@@ -272,6 +317,16 @@ impl View {
                 }
             }
         }
+        // ESP is told apart by its outer source: two peers behind one NAT address would
+        // share it.
+        let (outer, _) = candidate.path(local);
+        if let Some(other) = self.peers.iter().find(|p| p.path(local).0 == outer) {
+            return Some(format!(
+                "its ESP goes to {outer}, as node {}'s does: nodes behind one NAT address \
+                 cannot be told apart",
+                other.name
+            ));
+        }
         None
     }
 
@@ -311,6 +366,40 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn two_peers_behind_one_nat_address_cannot_both_be_admitted() {
+        let mut view = fixtures::two_nodes();
+        view.node.encap = Some(LocalEncap {
+            port: 4500,
+            public: "192.168.0.1:4500".parse().unwrap(),
+        });
+        view.peers[0].esp_in_udp = Some("203.0.113.9:4501".parse().unwrap());
+        let behind_the_same = Peer {
+            name: "c".into(),
+            ip: Ipv4Addr::new(192, 168, 0, 3).into(),
+            id: 3,
+            pod_cidrs: vec!["10.244.3.0/24".parse().unwrap()],
+            esp_in_udp: Some("203.0.113.9:4502".parse().unwrap()),
+            ..view.peers[0].clone()
+        };
+        assert_eq!(
+            view.clash(&behind_the_same).unwrap(),
+            "its ESP goes to 203.0.113.9, as node b's does: nodes behind one NAT address cannot \
+             be told apart"
+        );
+        // With ESP in UDP off here, the pair speaks plain ESP to the node IP: no clash.
+        view.node.encap = None;
+        assert_eq!(view.clash(&behind_the_same), None);
+        let v6 = Peer {
+            esp_in_udp: Some("[2001:db8::9]:4500".parse().unwrap()),
+            ..behind_the_same
+        };
+        assert_eq!(
+            view.clash(&v6).unwrap(),
+            "ESP-in-UDP address [2001:db8::9]:4500 is not of this node's family (192.168.0.1)"
+        );
+    }
 
     #[test]
     fn a_clashing_peer_is_refused_with_the_reason() {

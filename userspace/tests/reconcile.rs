@@ -107,6 +107,7 @@ async fn desired_without_sas(netlink: &Netlink, view: &View) -> reconcile::Snaps
         cipher: Cipher::Gcm,
         esn: true,
         per_cpu: true,
+        nat_keepalive_secs: 20,
     };
     let mut want = reconcile::desired::desired(view, &keys, &around).unwrap();
     want.states.clear();

@@ -180,7 +180,8 @@ async fn fresh_epoch_if_no_sas(files: &mut Files, applier: &Applier) -> Result<(
 /// the new guard runs before the old one goes, so the uplink is never unguarded.
 ///
 /// Chosen by the uplink's kind, a veth gets tc and anything else native XDP, or tc when its
-/// driver has no native XDP.
+/// driver has no native XDP. With ESP in UDP on it is tc: only there is the UDP header taken
+/// off (the config refuses `ingress_hook = "xdp"` with it).
 async fn attach_ingress_guard(
     node: &mut Node,
     uplink: &str,
@@ -189,6 +190,7 @@ async fn attach_ingress_guard(
     let configured = node.files.config.node.ingress_hook;
     let mut hook = match configured {
         Some(hook) => hook,
+        None if node.files.config.node.encap.is_some() => IngressHook::Tc,
         None => {
             let link = routing::link_by_name(handle, uplink)
                 .await

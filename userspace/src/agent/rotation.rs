@@ -149,6 +149,7 @@ mod tests {
             acked_epoch: None,
             generations: generations.map(gens),
             per_cpu_sas: 0,
+            esp_in_udp: None,
         }
     }
 

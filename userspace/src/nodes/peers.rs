@@ -236,6 +236,7 @@ impl Peers {
                 .collect(),
             generations: keys.generations().iter().map(|g| g.generation()).collect(),
             per_cpu_sas,
+            esp_in_udp: node.encap.map(|encap| encap.public),
         };
         if self.published.as_ref() == Some(&record) {
             return Ok(false);

@@ -3,7 +3,11 @@
 //! Records are untrusted input: every field is checked on the way in, and a record that fails
 //! is reported by the node it stands for, with the field and what is wrong.
 
-use std::{collections::BTreeMap, io, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +51,10 @@ pub struct NodeRecord {
     /// How many per-CPU SAs it sends on besides each set's shared SA, 0..=63: peers install an
     /// IN SA for each. Written only when not 0.
     pub per_cpu_sas: u8,
+    /// Where it receives ESP in UDP (its NAT's address and port, when it sits behind one), if
+    /// it has `encap = "udp"`. Written only then; builds before ESP in UDP refuse such a
+    /// record (an unknown field), so they never send it plain ESP it could not receive.
+    pub esp_in_udp: Option<SocketAddr>,
 }
 
 impl NodeRecord {
@@ -63,6 +71,7 @@ impl NodeRecord {
             acked_epoch: self.acks.get(reader).copied(),
             generations: Some(self.generations.clone()),
             per_cpu_sas: self.per_cpu_sas,
+            esp_in_udp: self.esp_in_udp,
         }
     }
 }
@@ -86,6 +95,8 @@ struct RawRecord {
     generations: Vec<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     per_cpu_sas: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    esp_in_udp: Option<String>,
 }
 
 /// Why a record could not be used. `origin` says where it came from, e.g. `node record
@@ -157,7 +168,7 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
     if let Some(why) = node_name_problem(&raw.name) {
         return Err(field("name", why));
     }
-    let ip = raw
+    let ip: IpAddr = raw
         .ip
         .parse()
         .map_err(|_| field("ip", format!("{:?} is not an IP address", raw.ip)))?;
@@ -212,6 +223,20 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
             ));
         }
     };
+    let esp_in_udp = raw
+        .esp_in_udp
+        .map(|text| match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => Err(format!("{text:?}: port 0 cannot be sent to")),
+            Ok(addr) if addr.is_ipv4() != ip.is_ipv4() => {
+                Err(format!("{text:?} is not of the family of ip {ip}"))
+            }
+            Ok(addr) => Ok(addr),
+            Err(_) => Err(format!(
+                "{text:?} is not address:port (IPv6 as [address]:port)"
+            )),
+        })
+        .transpose()
+        .map_err(|problem| field("esp_in_udp", problem))?;
     Ok(NodeRecord {
         name: raw.name,
         ip,
@@ -223,6 +248,7 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
         acks,
         generations,
         per_cpu_sas,
+        esp_in_udp,
     })
 }
 
@@ -247,6 +273,7 @@ fn raw(record: &NodeRecord) -> RawRecord {
             .map(|g| i64::from(g.get()))
             .collect(),
         per_cpu_sas: (record.per_cpu_sas > 0).then_some(i64::from(record.per_cpu_sas)),
+        esp_in_udp: record.esp_in_udp.map(|addr| addr.to_string()),
     }
 }
 
@@ -266,6 +293,7 @@ pub(super) fn test_record(name: &str, id: u16) -> NodeRecord {
         acks: BTreeMap::new(),
         generations: generations.to_vec(),
         per_cpu_sas: 0,
+        esp_in_udp: None,
     }
 }
 
@@ -300,6 +328,37 @@ mod tests {
         assert!(text.contains("\"per_cpu_sas\": 7"), "{text}");
         assert_eq!(NodeRecord::parse("b", &text).unwrap(), record);
         assert_eq!(record.peer("a").per_cpu_sas, 7);
+    }
+
+    #[test]
+    fn esp_in_udp_is_written_only_when_on_and_checked_on_the_way_in() {
+        let mut record = test_record("b", 2);
+        assert!(!record.render().contains("esp_in_udp"));
+        record.esp_in_udp = Some("203.0.113.7:4501".parse().unwrap());
+        let text = record.render();
+        assert!(
+            text.contains("\"esp_in_udp\": \"203.0.113.7:4501\""),
+            "{text}"
+        );
+        assert_eq!(NodeRecord::parse("b", &text).unwrap(), record);
+        assert_eq!(record.peer("a").esp_in_udp, record.esp_in_udp);
+        for (bad, problem) in [
+            ("203.0.113.7", "is not address:port"),
+            ("203.0.113.7:0", "port 0 cannot be sent to"),
+            (
+                "[2001:db8::7]:4500",
+                "is not of the family of ip 192.168.0.2",
+            ),
+            ("203.0.113.7:70000", "is not address:port"),
+        ] {
+            let e = NodeRecord::parse("node record b", &text.replace("203.0.113.7:4501", bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("node record b: esp_in_udp: ") && e.contains(problem),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -48,14 +48,17 @@ use crate::{
     kernel::{
         routing::{EncryptRule, NextHop, PodRoute, Uplink},
         xfrm::{
-            BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, Mark, PEER_POLICY_PRIORITY, Policy,
-            PolicyAction, State, UNMARKED_POLICY_PRIORITY, set_reqid,
+            BLOCK_POLICY_PRIORITY, Cipher, Crypto, Direction, EspInUdp, Mark, PEER_POLICY_PRIORITY,
+            Policy, PolicyAction, State, UNMARKED_POLICY_PRIORITY, set_reqid,
         },
     },
     keys::{Algorithm, DeriveError, Generation, GenerationError, KeyFile, SaKey, SaKeyId},
     protocol::{cpu_spi, epochs, sending_epochs, sending_generation, wire_spi},
     view::View,
 };
+
+/// Bytes ESP in UDP adds to every packet: the UDP header.
+const UDP_HEADER: u32 = 8;
 
 /// What the network around the node looks like, as read from the kernel.
 pub struct Surroundings<'a> {
@@ -73,6 +76,9 @@ pub struct Surroundings<'a> {
     /// Whether the kernel binds outbound SAs to CPUs: without, the node sends on one SA per
     /// set whatever its config asks for.
     pub per_cpu: bool,
+    /// Seconds between the kernel's NAT keepalives on SAs that send ESP in UDP; 0 where the
+    /// kernel has none (before Linux 6.11).
+    pub nat_keepalive_secs: u32,
 }
 
 /// Why the desired state cannot be computed.
@@ -136,19 +142,22 @@ pub fn desired(
     // Any generation in service may carry a peer's traffic (an older one until the peer has
     // the newest), so the routes take the smallest MTU of them all: it shrinks as soon as a
     // generation with more overhead is installed, and grows only once the last one is gone.
-    let route_mtu = keys
-        .generations()
-        .iter()
-        .map(|g| {
-            let esp = if cbc_fallback {
-                EspTransform::CbcHmacSha256
-            } else {
-                transform(g.algorithm())
-            };
-            inner_mtu(around.uplink.mtu, esp, IpFamily::of(local.ip))
-        })
-        .min()
-        .unwrap_or(around.uplink.mtu);
+    // ESP in UDP takes 8 bytes more of every packet.
+    let route_mtu = |udp: bool| {
+        let outer_mtu = around.uplink.mtu - if udp { UDP_HEADER } else { 0 };
+        keys.generations()
+            .iter()
+            .map(|g| {
+                let esp = if cbc_fallback {
+                    EspTransform::CbcHmacSha256
+                } else {
+                    transform(g.algorithm())
+                };
+                inner_mtu(outer_mtu, esp, IpFamily::of(local.ip))
+            })
+            .min()
+            .unwrap_or(outer_mtu)
+    };
     let mut s = Snapshot::default();
     // Per-CPU SAs towards every peer, if the config asks and the kernel can.
     let local_cpus = if around.per_cpu { local.per_cpu_sas } else { 0 };
@@ -181,6 +190,7 @@ pub fn desired(
             table: view.route_table,
         });
     }
+    s.maps.udp_encap_port = local.encap.map(|encap| encap.port);
     s.maps.cluster_pod_cidrs = view
         .cluster_cidrs
         .iter()
@@ -201,21 +211,34 @@ pub fn desired(
     }
 
     for peer in &view.peers {
+        // The peer's node IP names it inside tunnels and in key derivation; ESP itself goes
+        // to `outer`, its NAT's address when the pair speaks ESP in UDP.
+        let (outer, peer_port) = peer.path(local);
+        // Keepalives only from behind a NAT, which they keep open.
+        let encap = local.encap.zip(peer_port).map(|(mine, dport)| EspInUdp {
+            sport: mine.port,
+            dport,
+            keepalive_secs: match mine.behind_nat(local.ip) {
+                true => around.nat_keepalive_secs,
+                false => 0,
+            },
+        });
+        let route_mtu = route_mtu(encap.is_some());
         let hop = around
             .next_hops
-            .get(&peer.ip)
+            .get(&outer)
             .ok_or_else(|| DesiredError::NoRoute {
                 name: peer.name.clone(),
-                ip: peer.ip,
+                ip: outer,
             })?;
         s.maps.peer_nodes.insert(
-            peer.ip,
+            outer,
             PeerNode {
                 node_id: peer.id,
                 flags: 0,
             },
         );
-        let tunnel_family = IpFamily::of(peer.ip);
+        let tunnel_family = IpFamily::of(outer);
         let sending = sending_generation(keys, peer.generations.as_deref())?;
         let peer_pods: Vec<IpCidr> = peer
             .pod_cidrs
@@ -224,7 +247,7 @@ pub fn desired(
             .chain(peer.pod_cidrs_v6.iter().map(|&c| c.into()))
             .collect();
         let from_peer = PolicyAction::Tunnel {
-            src: peer.ip,
+            src: outer,
             dst: local.ip,
             reqid: 0,
         };
@@ -270,7 +293,7 @@ pub fn desired(
         for &cidr in &peer_pods {
             // A route of the tunnel's family goes by the tunnel's next hop; one of the other
             // family names none, and the tunnel's own route picks it.
-            let via = (cidr.family() == tunnel_family).then(|| hop.gateway.unwrap_or(peer.ip));
+            let via = (cidr.family() == tunnel_family).then(|| hop.gateway.unwrap_or(outer));
             s.routes.insert(PodRoute {
                 dst: cidr,
                 via,
@@ -306,6 +329,7 @@ pub fn desired(
             // re-key while the other does too.
             for local_epoch in epochs(local.epoch, local.next_epoch) {
                 for peer_epoch in epochs(peer.epoch, peer.next_epoch) {
+                    // Node IPs, not `outer`: both ends know both, NAT or not.
                     let out_id = |cpu_slot| SaKeyId {
                         src: local.ip,
                         dst: peer.ip,
@@ -321,21 +345,22 @@ pub fn desired(
                     for slot in 0..=local_cpus {
                         let out = State {
                             src: local.ip,
-                            dst: peer.ip,
+                            dst: outer,
                             spi: cpu_spi(out_set, slot),
                             mark: None,
                             crypto: crypto(derive(&out_id(slot))?),
                             esn: around.esn,
                             cpu: slot.checked_sub(1).map(u32::from),
-                            encap: None,
+                            encap,
                         };
                         s.states.insert(out.key(), out);
                     }
                     // An IN SA for each SA the peer sends on, by SPI alone.
                     let in_set = wire_spi(peer.id, g, &peer_epoch, &local_epoch);
                     for slot in 0..=peer.per_cpu_sas {
+                        // Plain ESP by the time xfrm sees it: the guard strips the UDP.
                         let inbound = State {
-                            src: peer.ip,
+                            src: outer,
                             dst: local.ip,
                             spi: cpu_spi(in_set, slot),
                             mark: None,
@@ -346,14 +371,14 @@ pub fn desired(
                         };
                         s.states.insert(inbound.key(), inbound);
                     }
-                    s.maps.peer_spis.insert((spi_owner(peer.ip), in_set));
+                    s.maps.peer_spis.insert((spi_owner(outer), in_set));
                 }
             }
             // The OUT SAs of all pairings share one mark: the policy's template names the set
             // in use by reqid, so moving over to a re-keyed set is one atomic policy update.
             let to_peer = PolicyAction::Tunnel {
                 src: local.ip,
-                dst: peer.ip,
+                dst: outer,
                 reqid: set_reqid(wire_spi(local.id, g, &send_local, &send_peer)),
             };
             for &cidr in &peer_pods {
@@ -376,7 +401,7 @@ pub fn desired(
         if let Some(g) = sending {
             let to_peer = PolicyAction::Tunnel {
                 src: local.ip,
-                dst: peer.ip,
+                dst: outer,
                 reqid: set_reqid(wire_spi(local.id, g, &send_local, &send_peer)),
             };
             let selectors = peer_pods
@@ -422,7 +447,7 @@ mod tests {
 
     use crate::{
         keys::Epoch,
-        view::{Peer, fixtures::two_nodes},
+        view::{LocalEncap, Peer, fixtures::two_nodes},
     };
 
     fn g(n: u8) -> Generation {
@@ -440,7 +465,11 @@ mod tests {
             oif: 2,
             gateway: None,
         };
-        let next_hops = view.peers.iter().map(|p| (p.ip, on_link)).collect();
+        let next_hops = view
+            .peers
+            .iter()
+            .map(|p| (p.path(&view.node).0, on_link))
+            .collect();
         let around = Surroundings {
             uplink: &uplink,
             next_hops: &next_hops,
@@ -448,6 +477,7 @@ mod tests {
             cipher,
             esn: true,
             per_cpu: true,
+            nat_keepalive_secs: 20,
         };
         desired(view, keys, &around).unwrap()
     }
@@ -458,6 +488,127 @@ mod tests {
             KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
                 .unwrap();
         desired_for(&view, &keys, cipher)
+    }
+
+    /// Node a behind a NAT (203.0.113.1:4501 reaches it) and node b, both with ESP in UDP,
+    /// each as the other's record shows it: every SA one sends on is the other's IN SA under
+    /// the same SPI and key (derived from the node IPs, which neither NAT changes); what goes
+    /// out is ESP in UDP to where the peer receives it, what comes in is plain ESP (the guard
+    /// stripped the UDP) from where the peer's ESP appears to come from.
+    #[test]
+    fn a_pair_through_a_nat_sends_esp_in_udp_that_the_other_end_takes_as_its_own() {
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let a_ip: IpAddr = Ipv4Addr::new(192, 168, 0, 1).into();
+        let b_ip: IpAddr = Ipv4Addr::new(192, 168, 0, 2).into();
+        let a_public: std::net::SocketAddr = "203.0.113.1:4501".parse().unwrap();
+        let b_public: std::net::SocketAddr = "192.168.0.2:4500".parse().unwrap();
+        let mut at_a = two_nodes();
+        at_a.node.encap = Some(LocalEncap {
+            port: 4500,
+            public: a_public,
+        });
+        at_a.peers[0].esp_in_udp = Some(b_public);
+        let mut at_b = at_a.clone();
+        std::mem::swap(&mut at_b.node.name, &mut at_b.peers[0].name);
+        std::mem::swap(&mut at_b.node.id, &mut at_b.peers[0].id);
+        std::mem::swap(&mut at_b.node.epoch, &mut at_b.peers[0].epoch);
+        at_b.node.ip = b_ip;
+        at_b.peers[0].ip = a_ip;
+        at_b.node.pod_cidr = at_a.peers[0].pod_cidrs[0];
+        at_b.peers[0].pod_cidrs = vec![at_a.node.pod_cidr];
+        at_b.node.encap = Some(LocalEncap {
+            port: 4500,
+            public: b_public,
+        });
+        at_b.peers[0].esp_in_udp = Some(a_public);
+
+        let a = desired_for(&at_a, &keys, Cipher::Gcm);
+        let b = desired_for(&at_b, &keys, Cipher::Gcm);
+        let sas = |s: &Snapshot, out_of: IpAddr| -> Vec<State> {
+            s.states
+                .values()
+                .filter(|sa| sa.src == out_of)
+                .cloned()
+                .collect()
+        };
+        let (a_out, b_out) = (sas(&a, a_ip), sas(&b, b_ip));
+        assert_eq!((a_out.len(), b_out.len()), (1, 1));
+        let a_in: Vec<State> = a
+            .states
+            .values()
+            .filter(|sa| sa.dst == a_ip)
+            .cloned()
+            .collect();
+        let b_in: Vec<State> = b
+            .states
+            .values()
+            .filter(|sa| sa.dst == b_ip)
+            .cloned()
+            .collect();
+        let a_encap = EspInUdp {
+            sport: 4500,
+            dport: 4500,
+            keepalive_secs: 20,
+        };
+        // a sends from behind the NAT to b's node IP; b sees it come from the NAT.
+        assert_eq!((a_out[0].dst, a_out[0].encap), (b_ip, Some(a_encap)));
+        assert_eq!(b_in[0].src, a_public.ip());
+        assert_eq!(b_in[0].encap, None);
+        assert_eq!(
+            (b_in[0].spi, &b_in[0].crypto),
+            (a_out[0].spi, &a_out[0].crypto)
+        );
+        // b sends to the NAT's address and port; a takes it as from b.
+        // b is not behind a NAT: it sends no keepalives.
+        let b_encap = EspInUdp {
+            dport: 4501,
+            keepalive_secs: 0,
+            ..a_encap
+        };
+        assert_eq!(
+            (b_out[0].dst, b_out[0].encap),
+            (a_public.ip(), Some(b_encap))
+        );
+        assert_eq!((a_in[0].src, a_in[0].encap), (b_ip, None));
+        assert_eq!(
+            (a_in[0].spi, &a_in[0].crypto),
+            (b_out[0].spi, &b_out[0].crypto)
+        );
+        // b's guard knows a by the NAT's address, and its policies tunnel to it.
+        assert!(b.maps.peer_nodes.contains_key(&a_public.ip()));
+        assert!(
+            b.maps
+                .peer_spis
+                .iter()
+                .all(|(ip, _)| IpAddr::from(*ip) == a_public.ip())
+        );
+        for p in b.policies.values() {
+            if let PolicyAction::Tunnel { src, dst, .. } = p.action {
+                assert!(
+                    (src, dst) == (a_public.ip(), b_ip) || (src, dst) == (b_ip, a_public.ip()),
+                    "{p}"
+                );
+            }
+        }
+        // Both decapsulate on their port; 8 bytes of UDP come off the routes' MTU.
+        assert_eq!(
+            (a.maps.udp_encap_port, b.maps.udp_encap_port),
+            (Some(4500), Some(4500))
+        );
+        for route in a.routes.iter().chain(&b.routes) {
+            assert_eq!(route.mtu, 1438, "{route:?}");
+        }
+
+        // With b's ESP in UDP off, a's record reader sees no endpoint for b: the pair falls
+        // back to plain ESP between node IPs, both ways, and a's port stays open for others.
+        at_a.peers[0].esp_in_udp = None;
+        let a = desired_for(&at_a, &keys, Cipher::Gcm);
+        let a_out = sas(&a, a_ip);
+        assert_eq!((a_out[0].dst, a_out[0].encap), (b_ip, None));
+        assert_eq!(a.maps.udp_encap_port, Some(4500));
+        assert!(a.routes.iter().all(|route| route.mtu == 1446));
     }
 
     /// A kernel that cannot bind SAs to CPUs gets the shared SAs only, whatever the config
@@ -493,6 +644,7 @@ mod tests {
             cipher: Cipher::Gcm,
             esn: true,
             per_cpu: false,
+            nat_keepalive_secs: 0,
         };
         let want = desired(&view, &keys, &around).unwrap();
         let out: Vec<&State> = want

@@ -94,6 +94,7 @@ pub async fn read(
             .collect(),
         peer_spis: dataplane.peer_spis()?.keys()?.into_iter().collect(),
         peer_per_cpu_sas: dataplane.peer_spis()?.per_cpu_sas()?,
+        udp_encap_port: dataplane.udp_encap()?.get()?,
     };
     Ok(snapshot)
 }
@@ -186,6 +187,7 @@ pub async fn execute(
             Change::AddPeerSpi(ip, spi) => dataplane.peer_spis()?.insert(*ip, *spi)?,
             Change::DeletePeerSpi(ip, spi) => dataplane.peer_spis()?.remove(*ip, *spi)?,
             Change::SetPeerPerCpuSas(id, n) => dataplane.peer_spis()?.set_per_cpu_sas(*id, *n)?,
+            Change::SetUdpEncapPort(port) => dataplane.udp_encap()?.set(*port)?,
             Change::SetRemotePodCidr(IpCidr::V4(c), v) => {
                 dataplane.remote_pod_cidrs()?.insert(*c, *v)?
             }

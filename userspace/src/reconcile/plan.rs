@@ -64,6 +64,8 @@ pub struct MapSnapshot {
     /// How many per-CPU SAs each peer node ID sends on besides its shared SAs, where not 0, as
     /// its set in `peer_spi_sets` says.
     pub peer_per_cpu_sas: BTreeMap<u16, u16>,
+    /// `udp_encap`: the port the ingress guard takes ESP in UDP apart on, if any.
+    pub udp_encap_port: Option<u16>,
 }
 
 /// One write to the kernel.
@@ -105,6 +107,8 @@ pub enum Change {
     DeletePeerSpi(Ipv4Addr, u32),
     /// Set how many per-CPU SAs a peer node ID sends on.
     SetPeerPerCpuSas(u16, u16),
+    /// Set the port of ESP in UDP (`None`: off).
+    SetUdpEncapPort(Option<u16>),
     /// Write a `remote_pod_cidrs` entry: one atomic update as the programs see it.
     SetRemotePodCidr(IpCidr, RemotePodCidr),
     /// Remove a `remote_pod_cidrs` entry.
@@ -137,6 +141,8 @@ impl fmt::Display for Change {
             Change::SetPeerPerCpuSas(id, n) => {
                 write!(f, "set peer_spi_sets {id} per-CPU SAs {n}")
             }
+            Change::SetUdpEncapPort(Some(port)) => write!(f, "set udp_encap port {port}"),
+            Change::SetUdpEncapPort(None) => write!(f, "set udp_encap off"),
             Change::SetRemotePodCidr(c, v) => write!(
                 f,
                 "set remote_pod_cidrs {c} -> node {} generation {}",
@@ -242,6 +248,13 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
     if !pod_space_last {
         changes.extend(pod_space.clone());
     }
+    // The port goes on with the maps that admit peers; peers send ESP in UDP only once this
+    // node's record advertises it, which is published after the reconcile. Off, it goes last.
+    let encap_port = (cm.udp_encap_port != dm.udp_encap_port)
+        .then_some(Change::SetUdpEncapPort(dm.udp_encap_port));
+    if dm.udp_encap_port.is_some() {
+        changes.extend(encap_port.clone());
+    }
     let local = delta(&cm.local_pod_cidrs, &dm.local_pod_cidrs);
     let peers = delta(&cm.peer_nodes, &dm.peer_nodes);
     let (spis_added, spis_removed) = set_delta(&cm.peer_spis, &dm.peer_spis);
@@ -295,6 +308,9 @@ pub fn plan(current: &Snapshot, desired: &Snapshot) -> Vec<Change> {
             .iter()
             .map(|(c, _)| Change::DeleteLocalPodCidr(**c)),
     );
+    if dm.udp_encap_port.is_none() {
+        changes.extend(encap_port);
+    }
     if pod_space_last {
         changes.extend(pod_space);
     }

@@ -676,7 +676,14 @@ pub struct EspSupport {
     pub esn: bool,
     /// Whether outbound SAs can be bound to a CPU (`XFRMA_SA_PCPU`, Linux 6.13 or a backport).
     pub per_cpu: bool,
+    /// Whether the kernel sends NAT keepalives on outbound SAs with ESP in UDP
+    /// (`XFRMA_NAT_KEEPALIVE_INTERVAL`, Linux 6.11).
+    pub nat_keepalive: bool,
 }
+
+/// Seconds of idleness after which an SA that sends ESP in UDP sends a NAT keepalive: RFC
+/// 3948's 20, well inside the 30 s that NATs commonly keep an idle UDP mapping.
+pub const NAT_KEEPALIVE_SECS: u32 = 20;
 
 /// Finds out, by installing and removing throwaway SAs, whether this kernel can do ESP, with
 /// which cipher (GCM preferred), and whether with extended sequence numbers.
@@ -736,11 +743,13 @@ pub async fn probe(netlink: &Netlink) -> Result<EspSupport, XfrmError> {
             delete_state(netlink, &state).await?;
         }
         state.esn = esn;
-        let per_cpu = probe_per_cpu(netlink, state).await?;
+        let per_cpu = probe_per_cpu(netlink, state.clone()).await?;
+        let nat_keepalive = probe_nat_keepalive(netlink, state).await?;
         return Ok(EspSupport {
             cipher,
             esn,
             per_cpu,
+            nat_keepalive,
         });
     }
     Err(XfrmError::NoCipher)
@@ -759,6 +768,28 @@ async fn probe_per_cpu(netlink: &Netlink, mut probe: State) -> Result<bool, Xfrm
         .any(|s| s.key() == probe.key() && s.cpu == Some(0));
     delete_state(netlink, &probe).await?;
     Ok(bound)
+}
+
+/// Whether the kernel keeps a NAT keepalive interval on `probe`, given ESP in UDP and one.
+/// A kernel that does not know the attribute ignores it, so the SA is read back, as in
+/// [`probe_per_cpu`]; and the agent compares the SAs it reads with the ones it wants, so one
+/// that came back without its interval would be replaced on every reconcile.
+async fn probe_nat_keepalive(netlink: &Netlink, mut probe: State) -> Result<bool, XfrmError> {
+    let encap = EspInUdp {
+        sport: 4500,
+        dport: 4500,
+        keepalive_secs: NAT_KEEPALIVE_SECS,
+    };
+    probe.encap = Some(encap);
+    if add_state(netlink, &probe).await.is_err() {
+        return Ok(false);
+    }
+    let kept = states(netlink)
+        .await?
+        .iter()
+        .any(|s| s.key() == probe.key() && s.encap == Some(encap));
+    delete_state(netlink, &probe).await?;
+    Ok(kept)
 }
 
 /// How many per-CPU SAs this machine sends on: one per possible CPU (the kernel refuses a CPU
