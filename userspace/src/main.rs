@@ -248,9 +248,15 @@ fn run(command: Command) -> Result<()> {
                 (true, false) => lab::topology::Stack::Dual,
                 (false, false) => lab::topology::Stack::V4,
             };
+            let plan = |s: &LabSize| lab::LabPlan {
+                size: size(s),
+                stack: stack(s),
+                nat: s.nat.clone(),
+            };
             let settings = |s: &LabSize| -> Result<lab::agents::AgentSettings> {
                 Ok(lab::agents::AgentSettings {
                     per_cpu_sas: s.per_cpu_sas,
+                    esp_in_udp: s.esp_in_udp,
                     ingress_hook: match s.ingress_hook.as_str() {
                         "auto" => None,
                         hook => Some(hook.parse().map_err(anyhow::Error::msg)?),
@@ -258,15 +264,11 @@ fn run(command: Command) -> Result<()> {
                 })
             };
             match command {
-                LabCommand::Up { size: s, dir } => {
-                    lab::up(size(&s), stack(&s), &dir.dir, settings(&s)?)
-                }
+                LabCommand::Up { size: s, dir } => lab::up(&plan(&s), &dir.dir, settings(&s)?),
                 LabCommand::Test { dir } => lab::test(&dir.dir),
                 LabCommand::Down { dir } => lab::down(&dir.dir),
                 LabCommand::Status { dir } => lab::status(&dir.dir),
-                LabCommand::Run { size: s, dir } => {
-                    lab::run(size(&s), stack(&s), &dir.dir, settings(&s)?)
-                }
+                LabCommand::Run { size: s, dir } => lab::run(&plan(&s), &dir.dir, settings(&s)?),
                 LabCommand::Pod(LabPodCommand::Add { name, dir }) => lab::pod_add(&dir.dir, &name),
                 LabCommand::Pod(LabPodCommand::Del { name, dir }) => lab::pod_del(&dir.dir, &name),
                 LabCommand::Exec { name, command } => {
@@ -457,6 +459,22 @@ struct LabSize {
     /// uplinks), `xdp` or `tc`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "xdp", "tc"])]
     ingress_hook: String,
+    /// Every agent speaks ESP in UDP (`encap = "udp"`) rather than bare ESP.
+    #[arg(long)]
+    esp_in_udp: bool,
+    /// Puts node K (`nodeK` or `K`) behind a masquerading router that maps its ESP in UDP to
+    /// another port, as a NAT at an edge site would; implies --esp-in-udp. Repeatable; IPv4
+    /// labs only.
+    #[arg(long = "nat", value_name = "NODE", value_parser = parse_lab_node)]
+    nat: Vec<u8>,
+}
+
+/// A lab node as `--nat` names it: `nodeK` or `K`.
+fn parse_lab_node(text: &str) -> Result<u8, String> {
+    text.strip_prefix("node")
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| format!("{text:?} is not a lab node (node1, node2, ... or 1, 2, ...)"))
 }
 
 /// Where a lab keeps its files.

@@ -58,6 +58,9 @@ pub struct AgentSettings {
     /// Where the ingress guard runs (`ingress_hook`); `None` lets the agent choose (tc, since
     /// the lab's uplinks are veths).
     pub ingress_hook: Option<IngressHook>,
+    /// Every node speaks ESP in UDP (`encap = "udp"`); a node behind NAT advertises its
+    /// router's address and port (`public`).
+    pub esp_in_udp: bool,
 }
 
 /// The config of `node`: itself, the shared key file and node records, the cluster CIDR (whose
@@ -75,9 +78,17 @@ pub fn config_text(dir: &Path, node: &LabNode, epoch: &Epoch, settings: AgentSet
         Some(hook) => format!("ingress_hook = \"{hook}\"\n"),
         None => String::new(),
     };
+    let encap = match settings.esp_in_udp {
+        true => "encap = \"udp\"\n",
+        false => "",
+    };
+    let public = match node.nat {
+        true => format!("public = \"{}:{}\"\n", node.ip, topology::NAT_PORT),
+        false => String::new(),
+    };
     format!(
-        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n{cluster_v6}\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
-         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\nper_cpu_sas = {per_cpu_sas}\n{hook}",
+        "key_file = \"{keys}\"\nnodes_dir = \"{nodes}\"\ncluster_cidr = \"10.244.0.0/16\"\n{cluster_v6}{encap}\n[node]\nname = \"{name}\"\nip = \"{ip}\"\n\
+         id = {id}\nuplink = \"eth0\"\npod_cidr = \"{cidr}\"\n{pod_v6}epoch = \"{epoch}\"\nper_cpu_sas = {per_cpu_sas}\n{hook}{public}",
         keys = dir.join("keys").display(),
         nodes = dir.join("nodes").display(),
         name = node.name,
@@ -262,6 +273,7 @@ mod tests {
         let settings = AgentSettings {
             per_cpu_sas: true,
             ingress_hook: Some(IngressHook::Xdp),
+            esp_in_udp: false,
         };
         let text = config_text(dir, &v4[2], &epoch, settings);
         let value: toml::Value = toml::from_str(&text).unwrap();
@@ -278,5 +290,41 @@ mod tests {
             Some("fd00:10:244:3::/64")
         );
         assert_eq!(value["node"]["ip"].as_str(), Some("192.168.100.3"));
+    }
+
+    /// Behind NAT a node's config names its private IP and its router's address and port;
+    /// the parsed config is what the agent will run with.
+    #[test]
+    fn a_node_behind_nat_advertises_its_routers_address_and_port() {
+        let epoch = Epoch::random().unwrap();
+        let dir = Path::new("/run/xsteer-lab");
+        let mut nodes = plan_stack(Size { nodes: 3, pods: 1 }, Stack::V4);
+        topology::put_behind_nat(&mut nodes, &[3]);
+        let settings = AgentSettings {
+            esp_in_udp: true,
+            ..AgentSettings::default()
+        };
+        let natted: crate::config::Config = config_text(dir, &nodes[2], &epoch, settings)
+            .parse()
+            .unwrap();
+        assert_eq!(
+            natted.node.ip,
+            "172.31.3.2".parse::<std::net::IpAddr>().unwrap()
+        );
+        let encap = natted.node.encap.unwrap();
+        assert_eq!(
+            (encap.port, encap.public),
+            (4500, "192.168.100.3:4501".parse().unwrap())
+        );
+        let open: crate::config::Config = config_text(dir, &nodes[0], &epoch, settings)
+            .parse()
+            .unwrap();
+        let encap = open.node.encap.unwrap();
+        assert_eq!(encap.public, "192.168.100.1:4500".parse().unwrap());
+        let plain: crate::config::Config =
+            config_text(dir, &nodes[0], &epoch, AgentSettings::default())
+                .parse()
+                .unwrap();
+        assert_eq!(plain.node.encap, None);
     }
 }

@@ -47,12 +47,44 @@ pub struct Packet {
     pub dst: Ipv4Addr,
     /// The SPI, for ESP (host order).
     pub spi: Option<u32>,
+    /// The UDP header and the start of its payload, for UDP.
+    pub udp: Option<Udp>,
+}
+
+/// What the wire shows of a UDP datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Udp {
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Payload length, from the UDP length field.
+    pub payload_len: u16,
+    /// The first four payload bytes (zero where there are fewer), in network order.
+    pub head: u32,
 }
 
 impl Packet {
     /// Whether this is ESP.
     pub fn is_esp(&self) -> bool {
         self.proto == IPPROTO_ESP
+    }
+
+    /// The SPI of ESP in UDP (RFC 3948) from or to one of `ports`: a datagram long enough for
+    /// an ESP header whose first four bytes are not the non-ESP marker.
+    pub fn esp_in_udp_spi(&self, ports: &[u16]) -> Option<u32> {
+        let udp = self.udp?;
+        let ours = ports.contains(&udp.sport) || ports.contains(&udp.dport);
+        (ours && udp.payload_len >= 8 && udp.head != 0).then_some(udp.head)
+    }
+
+    /// Whether this is a NAT keepalive (one byte, 0xFF) from or to one of `ports`.
+    pub fn is_nat_keepalive(&self, ports: &[u16]) -> bool {
+        self.udp.is_some_and(|udp| {
+            (ports.contains(&udp.sport) || ports.contains(&udp.dport))
+                && udp.payload_len == 1
+                && udp.head >> 24 == 0xFF
+        })
     }
 
     /// Whether this is plaintext UDP to `dst`.
@@ -237,11 +269,29 @@ pub fn parse(frame: &[u8]) -> Option<Packet> {
     let spi = (proto == IPPROTO_ESP)
         .then(|| Some(u32::from_be_bytes(ip.get(ihl..ihl + 4)?.try_into().ok()?)))
         .flatten();
+    let later_fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1FFF != 0;
+    let udp = (proto == IPPROTO_UDP && !later_fragment)
+        .then(|| {
+            let header = ip.get(ihl..ihl + 8)?;
+            let word = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+            let mut head = [0u8; 4];
+            let payload = ip.get(ihl + 8..).unwrap_or_default();
+            let n = payload.len().min(4);
+            head[..n].copy_from_slice(&payload[..n]);
+            Some(Udp {
+                sport: word(0),
+                dport: word(2),
+                payload_len: word(4).saturating_sub(8),
+                head: u32::from_be_bytes(head),
+            })
+        })
+        .flatten();
     Some(Packet {
         proto,
         src: addr(12)?,
         dst: addr(16)?,
         spi,
+        udp,
     })
 }
 
@@ -315,6 +365,48 @@ mod tests {
         f.extend_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
         f.extend_from_slice(rest);
         f
+    }
+
+    /// An Ethernet frame with an IPv4 header (no options) and `rest` after it.
+    fn frame4(proto: u8, rest: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+        f.extend_from_slice(&(20 + rest.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[
+            0, 0, 0, 0, 64, proto, 0, 0, 192, 168, 100, 1, 192, 168, 100, 2,
+        ]);
+        f.extend_from_slice(rest);
+        f
+    }
+
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut d = sport.to_be_bytes().to_vec();
+        d.extend_from_slice(&dport.to_be_bytes());
+        d.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+        d.extend_from_slice(&[0, 0]);
+        d.extend_from_slice(payload);
+        d
+    }
+
+    #[test]
+    fn esp_in_udp_and_keepalives_are_told_from_other_udp() {
+        let ports = [4500, 4501];
+        let esp = parse(&frame4(
+            17,
+            &udp(4500, 4501, &[0, 2, 0, 3, 0, 0, 0, 1, 9, 9]),
+        ))
+        .unwrap();
+        assert_eq!(esp.esp_in_udp_spi(&ports), Some(0x0002_0003));
+        assert!(!esp.is_esp() && !esp.is_nat_keepalive(&ports));
+        let keepalive = parse(&frame4(17, &udp(4500, 4500, &[0xFF]))).unwrap();
+        assert!(keepalive.is_nat_keepalive(&ports));
+        assert_eq!(keepalive.esp_in_udp_spi(&ports), None);
+        let ike = parse(&frame4(17, &udp(4500, 4500, &[0, 0, 0, 0, 1, 2, 3, 4]))).unwrap();
+        assert_eq!(ike.esp_in_udp_spi(&ports), None);
+        let elsewhere = parse(&frame4(17, &udp(53, 5353, &[1, 2, 3, 4, 5, 6, 7, 8]))).unwrap();
+        assert_eq!(elsewhere.esp_in_udp_spi(&ports), None);
+        let bare = parse(&frame4(50, &[0, 2, 0, 3, 0, 0, 0, 1])).unwrap();
+        assert_eq!((bare.spi, bare.udp), (Some(0x0002_0003), None));
     }
 
     #[test]

@@ -41,13 +41,43 @@ const DUAL_STACK: &str = "dual-stack";
 /// The word in the `size` file that marks a lab of IPv6 node IPs.
 const IPV6_NODES: &str = "ipv6-nodes";
 
-/// The `size` file's text: `NODES PODS`, then `dual-stack` or `ipv6-nodes` for those labs.
-fn size_text(size: Size, stack: Stack) -> String {
-    match stack {
-        Stack::V4 => format!("{} {}\n", size.nodes, size.pods),
-        Stack::Dual => format!("{} {} {DUAL_STACK}\n", size.nodes, size.pods),
-        Stack::Ipv6Nodes => format!("{} {} {IPV6_NODES}\n", size.nodes, size.pods),
+/// The word in the `size` file that lists the nodes behind NAT: `nat=1,3`.
+const NAT: &str = "nat=";
+
+/// What a lab is made of: its size, its address families, and which nodes sit behind NAT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabPlan {
+    /// Nodes and pods per node.
+    pub size: Size,
+    /// Address families.
+    pub stack: Stack,
+    /// The indexes of the nodes behind a masquerading router each (IPv4 labs only).
+    pub nat: Vec<u8>,
+}
+
+impl LabPlan {
+    /// Its nodes and pods.
+    pub fn nodes(&self) -> Vec<LabNode> {
+        let mut nodes = topology::plan_stack(self.size, self.stack);
+        topology::put_behind_nat(&mut nodes, &self.nat);
+        nodes
     }
+}
+
+/// The `size` file's text: `NODES PODS`, then `dual-stack` or `ipv6-nodes` for those labs,
+/// then `nat=K,...` for a lab with nodes behind NAT.
+fn size_text(plan: &LabPlan) -> String {
+    let Size { nodes, pods } = plan.size;
+    let mut text = match plan.stack {
+        Stack::V4 => format!("{nodes} {pods}"),
+        Stack::Dual => format!("{nodes} {pods} {DUAL_STACK}"),
+        Stack::Ipv6Nodes => format!("{nodes} {pods} {IPV6_NODES}"),
+    };
+    if !plan.nat.is_empty() {
+        let nat: Vec<String> = plan.nat.iter().map(u8::to_string).collect();
+        let _ = write!(text, " {NAT}{}", nat.join(","));
+    }
+    text + "\n"
 }
 
 /// How a report names the lab's families.
@@ -59,25 +89,49 @@ fn stack_note(stack: Stack) -> &'static str {
     }
 }
 
-/// What a `size` file says (one written before dual-stack labs says `NODES PODS` only).
-fn parse_size(text: &str) -> Option<(Size, Stack)> {
-    let mut words = text.split_whitespace();
-    let nodes = words.next()?.parse().ok()?;
-    let pods = words.next()?.parse().ok()?;
-    let stack = match words.next() {
-        None => Stack::V4,
-        Some(DUAL_STACK) => Stack::Dual,
-        Some(IPV6_NODES) => Stack::Ipv6Nodes,
-        Some(_) => return None,
-    };
-    words
-        .next()
-        .is_none()
-        .then_some((Size { nodes, pods }, stack))
+/// How a report names the nodes behind NAT.
+fn nat_note(nodes: &[LabNode]) -> String {
+    let behind: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.nat)
+        .map(|n| n.name.as_str())
+        .collect();
+    match behind.as_slice() {
+        [] => String::new(),
+        names => format!(", {} behind NAT (ESP in UDP)", names.join(", ")),
+    }
 }
 
-/// The size and address families of the lab set up in `dir`.
-pub fn existing_plan(dir: &Path) -> Result<(Size, Stack)> {
+/// What a `size` file says (one written before dual-stack labs says `NODES PODS` only).
+fn parse_size(text: &str) -> Option<LabPlan> {
+    let mut words = text.split_whitespace().peekable();
+    let nodes = words.next()?.parse().ok()?;
+    let pods = words.next()?.parse().ok()?;
+    let stack = match words.peek() {
+        Some(&DUAL_STACK) => Stack::Dual,
+        Some(&IPV6_NODES) => Stack::Ipv6Nodes,
+        _ => Stack::V4,
+    };
+    if stack != Stack::V4 {
+        words.next();
+    }
+    let nat = match words.next() {
+        None => Vec::new(),
+        Some(word) => word
+            .strip_prefix(NAT)?
+            .split(',')
+            .map(|k| k.parse().ok())
+            .collect::<Option<_>>()?,
+    };
+    words.next().is_none().then_some(LabPlan {
+        size: Size { nodes, pods },
+        stack,
+        nat,
+    })
+}
+
+/// The plan of the lab set up in `dir`.
+pub fn existing_plan(dir: &Path) -> Result<LabPlan> {
     let text = fs::read_to_string(size_path(dir))
         .with_context(|| format!("no lab in {} (run `xsteer lab up` first)", dir.display()))?;
     parse_size(&text).with_context(|| format!("{} is damaged: {text:?}", size_path(dir).display()))
@@ -85,15 +139,23 @@ pub fn existing_plan(dir: &Path) -> Result<(Size, Stack)> {
 
 /// The lab set up in `dir`.
 pub fn existing(dir: &Path) -> Result<Vec<LabNode>> {
-    let (size, stack) = existing_plan(dir)?;
-    Ok(topology::plan_stack(size, stack))
+    Ok(existing_plan(dir)?.nodes())
 }
 
 /// Builds the lab and starts its agents, configured with `settings`; when they all know each
-/// other, it is up.
-pub fn up(size: Size, stack: Stack, dir: &Path, settings: AgentSettings) -> Result<()> {
+/// other, it is up. With nodes behind NAT, every agent speaks ESP in UDP.
+pub fn up(plan: &LabPlan, dir: &Path, settings: AgentSettings) -> Result<()> {
+    let LabPlan { size, stack, .. } = *plan;
     if !(2..=250).contains(&size.nodes) || !(1..=250).contains(&size.pods) {
         bail!("a lab has 2..=250 nodes and 1..=250 pods per node");
+    }
+    if let Some(k) = plan.nat.iter().find(|&&k| k == 0 || k > size.nodes) {
+        bail!("--nat {k}: the lab's nodes are 1..={}", size.nodes);
+    }
+    if !plan.nat.is_empty() && stack != Stack::V4 {
+        bail!(
+            "--nat: nodes behind NAT are for IPv4 labs (ESP in UDP is taken apart for IPv4 only)"
+        );
     }
     if !netns::list(topology::PREFIX).is_empty() || size_path(dir).exists() {
         bail!(
@@ -101,9 +163,13 @@ pub fn up(size: Size, stack: Stack, dir: &Path, settings: AgentSettings) -> Resu
             dir.display()
         );
     }
-    let nodes = topology::plan_stack(size, stack);
+    let nodes = plan.nodes();
+    let settings = AgentSettings {
+        esp_in_udp: settings.esp_in_udp || !plan.nat.is_empty(),
+        ..settings
+    };
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::write(size_path(dir), size_text(size, stack))?;
+    fs::write(size_path(dir), size_text(plan))?;
     topology::wire_up(&nodes)?;
     agents::write_files(dir, &nodes, settings)?;
     for node in &nodes {
@@ -117,10 +183,11 @@ pub fn up(size: Size, stack: Stack, dir: &Path, settings: AgentSettings) -> Resu
     agents::wait_for_plugin(dir, &nodes, Duration::from_secs(30))?;
     pods::add_all(dir, &nodes)?;
     println!(
-        "lab up: {} nodes x {} pods{}, agents running (logs in {}/node*/agent.log)",
+        "lab up: {} nodes x {} pods{}{}, agents running (logs in {}/node*/agent.log)",
         size.nodes,
         size.pods,
         stack_note(stack),
+        nat_note(&nodes),
         dir.display()
     );
     Ok(())
@@ -242,6 +309,8 @@ fn pod_node(ip: std::net::Ipv4Addr) -> Option<u8> {
 pub struct Census {
     /// ESP packets (over IPv4 or IPv6; each carries pod packets of either family).
     pub esp: usize,
+    /// ESP in UDP between node addresses (to or from the agents' port or the lab routers').
+    pub esp_in_udp: usize,
     /// IPv4 pod-to-pod packets between different nodes, not in ESP: must be 0.
     pub plaintext: usize,
     /// Every other IPv4 packet (ARP is not IPv4 and not counted; this is e.g. node-to-node
@@ -265,6 +334,7 @@ impl Census {
             IpPacket::V4(p) if p.proto == IPPROTO_ESP => self.esp += 1,
             IpPacket::V4(p) => match (pod_node(p.src), pod_node(p.dst)) {
                 (Some(a), Some(b)) if a != b => self.plaintext += 1,
+                _ if p.esp_in_udp_spi(&ENCAP_PORTS).is_some() => self.esp_in_udp += 1,
                 _ => self.other += 1,
             },
             IpPacket::V6(p) if p.is_esp() => self.esp += 1,
@@ -296,6 +366,48 @@ pub fn census_all(packets: &[IpPacket]) -> Census {
     c
 }
 
+/// The ports ESP in UDP uses in a lab: the agents' and the one the routers map it to.
+const ENCAP_PORTS: [u16; 2] = [crate::config::DEFAULT_ENCAP_PORT, topology::NAT_PORT];
+
+/// ESP to and from the nodes behind NAT, as captured on either side of their routers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NatCensus {
+    /// ESP in UDP.
+    pub esp_in_udp: usize,
+    /// NAT keepalives.
+    pub keepalives: usize,
+    /// Bare ESP (protocol 50), which most NATs cannot carry: must be 0.
+    pub plain_esp: usize,
+}
+
+/// Counts the ESP to and from the nodes of `nodes` that sit behind NAT, by their addresses on
+/// either side of their routers; `None` when none does.
+pub fn nat_census(nodes: &[LabNode], packets: &[IpPacket]) -> Option<NatCensus> {
+    let behind: Vec<std::net::IpAddr> = nodes
+        .iter()
+        .filter(|n| n.nat)
+        .flat_map(|n| [n.ip.into(), n.tunnel_ip])
+        .collect();
+    if behind.is_empty() {
+        return None;
+    }
+    let mut census = NatCensus::default();
+    for packet in packets {
+        let IpPacket::V4(p) = packet else { continue };
+        if !behind.contains(&p.src.into()) && !behind.contains(&p.dst.into()) {
+            continue;
+        }
+        if p.is_esp() {
+            census.plain_esp += 1;
+        } else if p.esp_in_udp_spi(&ENCAP_PORTS).is_some() {
+            census.esp_in_udp += 1;
+        } else if p.is_nat_keepalive(&ENCAP_PORTS) {
+            census.keepalives += 1;
+        }
+    }
+    Some(census)
+}
+
 /// Per node: packets on its OUT SAs, by peer node name.
 fn sa_counters(nodes: &[LabNode]) -> Result<String> {
     let mut out = String::new();
@@ -311,9 +423,10 @@ fn sa_counters(nodes: &[LabNode]) -> Result<String> {
         })?;
         let mut parts = Vec::new();
         for peer in nodes.iter().filter(|p| p.index != node.index) {
+            // A peer behind NAT is sent to at its router's address.
             let packets: u64 = counters
                 .iter()
-                .filter(|(key, _)| key.dst == peer.tunnel_ip)
+                .filter(|(key, _)| key.dst == peer.tunnel_ip || peer.nat && key.dst == peer.ip)
                 .map(|(_, c)| c.packets)
                 .sum();
             parts.push(format!("{} {packets}", peer.name));
@@ -332,15 +445,22 @@ fn sa_counters(nodes: &[LabNode]) -> Result<String> {
 /// dual-stack lab over IPv4 and over IPv6), captures the wire, prints the report; fails if any
 /// pair failed or any plaintext was seen.
 pub fn test(dir: &Path) -> Result<()> {
-    let (size, stack) = existing_plan(dir)?;
-    let nodes = topology::plan_stack(size, stack);
+    let plan = existing_plan(dir)?;
+    let stack = plan.stack;
+    let nodes = plan.nodes();
     let dual = stack.is_dual();
     let pods: Vec<_> = nodes.iter().flat_map(|n| n.pods.clone()).collect();
     let _servers = probe::serve(&pods)?;
-    let captures = nodes
+    // What each node sends, and around each NAT what its router sends on either side: the
+    // node's traffic as the wire sees it, and the wire's as the node gets it.
+    let mut captures = nodes
         .iter()
         .map(|n| Capture::start(&n.netns, "eth0"))
         .collect::<Result<Vec<_>>>()?;
+    for router in nodes.iter().filter_map(LabNode::router_netns) {
+        captures.push(Capture::start(&router, "wan")?);
+        captures.push(Capture::start(&router, "lan")?);
+    }
 
     let families: &[&str] = if dual { &["IPv4", "IPv6"] } else { &["IPv4"] };
     let mut failures = Vec::new();
@@ -391,6 +511,7 @@ pub fn test(dir: &Path) -> Result<()> {
         packets.extend(capture.take_all()?);
     }
     let seen = census_all(&packets);
+    let through_nat = nat_census(&nodes, &packets);
     let same_node_on_wire = packets
         .iter()
         .filter(|p| match p {
@@ -437,9 +558,20 @@ pub fn test(dir: &Path) -> Result<()> {
     );
     let _ = writeln!(
         report,
-        "  packets the nodes sent on the wire: {} ESP, {} other IPv4, {} cross-node pod packets in plaintext",
-        seen.esp, seen.other, seen.plaintext
+        "  packets the nodes sent on the wire: {} ESP, {} ESP in UDP, {} other IPv4, {} cross-node pod packets in plaintext",
+        seen.esp, seen.esp_in_udp, seen.other, seen.plaintext
     );
+    let nat_failed = match through_nat {
+        Some(nat) => {
+            let _ = writeln!(
+                report,
+                "  to and from nodes behind NAT, both sides of each: {} ESP in UDP, {} NAT keepalives, {} plain ESP",
+                nat.esp_in_udp, nat.keepalives, nat.plain_esp
+            );
+            nat.plain_esp > 0 || nat.esp_in_udp == 0
+        }
+        None => false,
+    };
     if dual {
         let _ = writeln!(
             report,
@@ -460,16 +592,19 @@ pub fn test(dir: &Path) -> Result<()> {
             failures.len()
         );
     }
+    if nat_failed {
+        bail!("lab test failed: ESP to or from a node behind NAT was not all ESP in UDP");
+    }
     Ok(())
 }
 
 /// Up, test, a bpftool dump of node1's `remote_pod_cidrs` (and, dual-stack, `remote6_cidrs`),
 /// down; fails if the test did.
-pub fn run(size: Size, stack: Stack, dir: &Path, settings: AgentSettings) -> Result<()> {
-    let result = up(size, stack, dir, settings).and_then(|()| test(dir));
+pub fn run(plan: &LabPlan, dir: &Path, settings: AgentSettings) -> Result<()> {
+    let result = up(plan, dir, settings).and_then(|()| test(dir));
     if result.is_ok() {
         let mut maps = vec![xsteer_common::maps::REMOTE_POD_CIDRS];
-        if stack.is_dual() {
+        if plan.stack.is_dual() {
             maps.push(xsteer_common::maps::REMOTE_POD_CIDRS_V6);
         }
         for name in maps {
@@ -527,6 +662,7 @@ mod tests {
             seen,
             Census {
                 esp: 2,
+                esp_in_udp: 0,
                 plaintext: 1,
                 other: 0,
                 plaintext6: 3,
@@ -537,16 +673,103 @@ mod tests {
     }
 
     #[test]
-    fn the_size_file_remembers_a_dual_stack_lab() {
+    fn the_size_file_remembers_a_dual_stack_lab_and_the_nodes_behind_nat() {
         let size = Size { nodes: 3, pods: 2 };
-        for stack in [Stack::V4, Stack::Dual] {
-            assert_eq!(parse_size(&size_text(size, stack)), Some((size, stack)));
+        let plan = |stack, nat: &[u8]| LabPlan {
+            size,
+            stack,
+            nat: nat.to_vec(),
+        };
+        for plan in [
+            plan(Stack::V4, &[]),
+            plan(Stack::Dual, &[]),
+            plan(Stack::Ipv6Nodes, &[]),
+            plan(Stack::V4, &[1, 3]),
+        ] {
+            assert_eq!(parse_size(&size_text(&plan)), Some(plan.clone()));
         }
-        assert_eq!(size_text(size, Stack::Dual), "3 2 dual-stack\n");
-        assert_eq!(parse_size("3 2\n"), Some((size, Stack::V4)));
-        for bad in ["", "3", "3 x", "3 2 v6", "3 2 dual-stack more"] {
+        assert_eq!(size_text(&plan(Stack::Dual, &[])), "3 2 dual-stack\n");
+        assert_eq!(size_text(&plan(Stack::V4, &[1, 3])), "3 2 nat=1,3\n");
+        assert_eq!(parse_size("3 2\n"), Some(plan(Stack::V4, &[])));
+        for bad in [
+            "",
+            "3",
+            "3 x",
+            "3 2 v6",
+            "3 2 dual-stack more",
+            "3 2 nat=",
+            "3 2 nat=1,x",
+            "3 2 nat=1 more",
+        ] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
         }
+        let nodes = plan(Stack::V4, &[3]).nodes();
+        assert_eq!(nodes[2].router_netns().as_deref(), Some("xsl-nat3"));
+        assert_eq!(nodes[2].tunnel_ip, Ipv4Addr::new(172, 31, 3, 2));
+        assert_eq!(nodes[2].ip, Ipv4Addr::new(192, 168, 100, 3));
+        assert_eq!(nodes[0].router_netns(), None);
+    }
+
+    #[test]
+    fn through_a_nat_esp_counts_only_in_udp() {
+        let nodes = LabPlan {
+            size: Size { nodes: 2, pods: 1 },
+            stack: Stack::V4,
+            nat: vec![2],
+        }
+        .nodes();
+        let udp = |src: [u8; 4], dst: [u8; 4], sport, dport, len, head| {
+            IpPacket::V4(Packet {
+                udp: Some(capture::Udp {
+                    sport,
+                    dport,
+                    payload_len: len,
+                    head,
+                }),
+                ..packet(17, src, dst)
+            })
+        };
+        let packets = [
+            // node2 (172.31.2.2) to node1, then as the router puts it on the wire.
+            udp(
+                [172, 31, 2, 2],
+                [192, 168, 100, 1],
+                4500,
+                4500,
+                100,
+                0x0002_0003,
+            ),
+            udp(
+                [192, 168, 100, 2],
+                [192, 168, 100, 1],
+                4501,
+                4500,
+                100,
+                0x0002_0003,
+            ),
+            udp(
+                [192, 168, 100, 2],
+                [192, 168, 100, 1],
+                4501,
+                4500,
+                1,
+                0xFF00_0000,
+            ),
+            // Plain ESP towards the NAT, and ESP between nodes not behind one.
+            IpPacket::V4(packet(50, [192, 168, 100, 1], [192, 168, 100, 2])),
+            IpPacket::V4(packet(50, [192, 168, 100, 1], [192, 168, 100, 3])),
+        ];
+        assert_eq!(
+            nat_census(&nodes, &packets),
+            Some(NatCensus {
+                esp_in_udp: 2,
+                keepalives: 1,
+                plain_esp: 1,
+            })
+        );
+        assert_eq!(census_all(&packets).esp_in_udp, 2);
+        let no_nat = topology::plan(Size { nodes: 2, pods: 1 });
+        assert_eq!(nat_census(&no_nat, &packets), None);
     }
 
     fn packet(proto: u8, src: [u8; 4], dst: [u8; 4]) -> Packet {
@@ -555,6 +778,7 @@ mod tests {
             src: Ipv4Addr::from(src),
             dst: Ipv4Addr::from(dst),
             spi: None,
+            udp: None,
         }
     }
 

@@ -16,12 +16,31 @@
 //! a capture of the wire shows whether xsteer is what encrypts it. A lab of IPv6 node IPs
 //! ([`Stack::Ipv6Nodes`]) is wired the same, and its agents take the ULAs as their node IPs:
 //! every tunnel is ESP over IPv6.
+//!
+//! A node put behind NAT ([`put_behind_nat`], IPv4 labs) sits behind a router namespace
+//! `xsl-nat{k}`, as a node at an edge site or in another VPC sits behind its gateway: the router
+//! holds 192.168.100.k on the wire (port `node{k}` of the bridge, its `wan`), the node
+//! 172.31.k.2/24 behind it (its `eth0` to the router's `lan`, 172.31.k.1, its default route).
+//! The router masquerades everything the node sends, ESP in UDP from port 4500 to port
+//! [`NAT_PORT`] (a port change, as NATs make them), and forgets an idle UDP mapping after
+//! [`NAT_UDP_TIMEOUT_S`]. It routes the node's pod CIDR to it, so that plaintext to its pods
+//! stays routable and the wire shows what encrypts it; ESP in UDP reaches the node only
+//! through a mapping the node opened.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
 use anyhow::{Context, Result};
 
 use super::netns::{ip, ip_in, run_in};
+
+/// The port a lab router maps a node's ESP in UDP (from port 4500) to on the wire.
+pub const NAT_PORT: u16 = 4501;
+/// Seconds a lab router keeps an idle UDP mapping (both of conntrack's UDP timeouts): shorter
+/// than the kernel's defaults (30 and 120), so that a test can outwait it.
+pub const NAT_UDP_TIMEOUT_S: u32 = 30;
 
 /// Every lab namespace starts with this.
 pub const PREFIX: &str = "xsl-";
@@ -79,8 +98,11 @@ pub struct LabNode {
     pub ip: Ipv4Addr,
     /// Its IPv6 address on the wire (a ULA), in a dual-stack lab.
     pub ip6: Option<Ipv6Addr>,
-    /// The node IP xsteer's tunnels start and end at: `ip`, or `ip6` in a lab of IPv6 node IPs.
+    /// The node IP xsteer's tunnels start and end at: `ip`, or `ip6` in a lab of IPv6 node IPs;
+    /// behind NAT its private address, 172.31.k.2.
     pub tunnel_ip: IpAddr,
+    /// Whether it sits behind a masquerading router, which then holds `ip` on the wire.
+    pub nat: bool,
     /// Its pods.
     pub pods: Vec<LabPod>,
 }
@@ -99,6 +121,11 @@ pub struct LabPod {
 }
 
 impl LabNode {
+    /// The namespace of its router, if it sits behind NAT.
+    pub fn router_netns(&self) -> Option<String> {
+        self.nat.then(|| format!("{PREFIX}nat{}", self.index))
+    }
+
     /// Its pod CIDR.
     pub fn pod_cidr(&self) -> String {
         format!("10.244.{}.0/24", self.index)
@@ -146,6 +173,7 @@ pub fn plan_stack(size: Size, stack: Stack) -> Vec<LabNode> {
                     (Stack::Ipv6Nodes, Some(ip6)) => ip6.into(),
                     _ => ip.into(),
                 },
+                nat: false,
                 pods: (1..=size.pods)
                     .map(|j| LabPod {
                         netns: format!("{PREFIX}{name}-pod{j}"),
@@ -160,10 +188,119 @@ pub fn plan_stack(size: Size, stack: Stack) -> Vec<LabNode> {
         .collect()
 }
 
+/// Puts the nodes whose indexes are in `nat` behind a router each: their node IPs become
+/// private (172.31.k.2). IPv4 labs only: ESP in UDP is decapsulated for IPv4 alone.
+pub fn put_behind_nat(nodes: &mut [LabNode], nat: &[u8]) {
+    for node in nodes.iter_mut().filter(|n| nat.contains(&n.index)) {
+        node.nat = true;
+        node.tunnel_ip = private_ip(node.index, 2).into();
+    }
+}
+
+/// 172.31.k.h: host h of the private link behind node k's router.
+fn private_ip(k: u8, h: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 31, k, h)
+}
+
 fn sysctl(netns: &str, path: String) -> Result<()> {
+    sysctl_value(netns, path, "1".into())
+}
+
+fn sysctl_value(netns: &str, path: String, value: String) -> Result<()> {
     run_in(netns, move || {
-        std::fs::write(&path, "1").with_context(|| format!("writing 1 to {path}"))
+        std::fs::write(&path, &value).with_context(|| format!("writing {value} to {path}"))
     })
+}
+
+/// Wires node `node`'s router: the wire on `wan`, the node on `lan`, masquerading out of `wan`
+/// with ESP in UDP mapped to [`NAT_PORT`], idle UDP mappings forgotten after
+/// [`NAT_UDP_TIMEOUT_S`]. The node's own end is `eth0` in its namespace, left to the caller.
+fn wire_router(node: &LabNode, router: &str, nodes: &[LabNode]) -> Result<()> {
+    let ns = node.netns.as_str();
+    ip(&["netns", "add", router])?;
+    ip_in(router, &["link", "set", "lo", "up"])?;
+    let port = node.name.as_str();
+    ip_in(
+        WIRE,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", "wan", "netns", router,
+        ],
+    )?;
+    ip_in(WIRE, &["link", "set", port, "master", "br0", "up"])?;
+    ip_in(
+        router,
+        &["addr", "add", &format!("{}/24", node.ip), "dev", "wan"],
+    )?;
+    ip_in(router, &["link", "set", "wan", "up"])?;
+    ip_in(
+        router,
+        &[
+            "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    let lan = private_ip(node.index, 1);
+    ip_in(router, &["addr", "add", &format!("{lan}/24"), "dev", "lan"])?;
+    ip_in(router, &["link", "set", "lan", "up"])?;
+    sysctl(router, "/proc/sys/net/ipv4/ip_forward".into())?;
+    // What is routed to the node's pods arrives at the router; and the router reaches the
+    // other nodes' pods as the nodes do.
+    ip_in(
+        router,
+        &[
+            "route",
+            "add",
+            &node.pod_cidr(),
+            "via",
+            &node.tunnel_ip.to_string(),
+        ],
+    )?;
+    for other in nodes.iter().filter(|o| o.index != node.index) {
+        ip_in(
+            router,
+            &[
+                "route",
+                "add",
+                &other.pod_cidr(),
+                "via",
+                &other.ip.to_string(),
+            ],
+        )?;
+    }
+    // One rule per line, its words split on whitespace.
+    let iptables = |rule: &str| -> Result<()> {
+        let mut command = Command::new("iptables");
+        command.args(rule.split_whitespace());
+        super::netns::command_in(&mut command, router, false)?;
+        let out = command.output().context("running iptables (install it)")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "iptables {rule} in {router}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    iptables(&format!(
+        "-t nat -A POSTROUTING -o wan -p udp --sport 4500 -j MASQUERADE --to-ports {NAT_PORT}"
+    ))?;
+    iptables("-t nat -A POSTROUTING -o wan -j MASQUERADE")?;
+    // A firewall, as NAT gateways have: nothing unasked from the wire (replies to the node are
+    // forwarded, not delivered here). Without it, ESP in UDP from a peer that arrives before
+    // the node opened its mapping leaves a conntrack entry in the mapping's place (MASQUERADE
+    // to port 4501 then finds the port taken) for as long as the peer keeps sending.
+    iptables("-A INPUT -i wan -j DROP")?;
+    // The namespace's conntrack exists once a NAT rule loaded it.
+    for timeout in [
+        "nf_conntrack_udp_timeout",
+        "nf_conntrack_udp_timeout_stream",
+    ] {
+        sysctl_value(
+            router,
+            format!("/proc/sys/net/netfilter/{timeout}"),
+            NAT_UDP_TIMEOUT_S.to_string(),
+        )?;
+    }
+    Ok(())
 }
 
 /// Creates the namespaces, links, addresses and routes of `nodes` (not their pods).
@@ -176,18 +313,33 @@ pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
         let ns = node.netns.as_str();
         ip(&["netns", "add", ns])?;
         ip_in(ns, &["link", "set", "lo", "up"])?;
-        let port = node.name.as_str();
-        ip_in(
-            WIRE,
-            &[
-                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
-        )?;
-        ip_in(WIRE, &["link", "set", port, "master", "br0", "up"])?;
-        ip_in(
-            ns,
-            &["addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
-        )?;
+        let router = node.router_netns();
+        if let Some(router) = &router {
+            wire_router(node, router, nodes)?;
+            ip_in(
+                ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", node.tunnel_ip),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+        } else {
+            let port = node.name.as_str();
+            ip_in(
+                WIRE,
+                &[
+                    "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                ],
+            )?;
+            ip_in(WIRE, &["link", "set", port, "master", "br0", "up"])?;
+            ip_in(
+                ns,
+                &["addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
+            )?;
+        }
         if let Some(ip6) = node.ip6 {
             // nodad: usable at once, not tentative for the second DAD takes.
             ip_in(
@@ -204,11 +356,19 @@ pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
             )?;
         }
         ip_in(ns, &["link", "set", "eth0", "up"])?;
+        if router.is_some() {
+            let gateway = private_ip(node.index, 1).to_string();
+            ip_in(ns, &["route", "add", "default", "via", &gateway])?;
+        }
         sysctl(ns, "/proc/sys/net/ipv4/ip_forward".into())?;
         if node.ip6.is_some() {
             sysctl(ns, "/proc/sys/net/ipv6/conf/all/forwarding".into())?;
         }
         for other in nodes.iter().filter(|o| o.index != node.index) {
+            // Behind NAT, everything goes by the router (the default route).
+            if router.is_some() {
+                continue;
+            }
             ip_in(
                 ns,
                 &[

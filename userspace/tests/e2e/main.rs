@@ -20,6 +20,7 @@ mod fail_closed;
 mod guards;
 mod ipv6;
 mod lab;
+mod nat;
 mod podman;
 mod records;
 mod rekey;
