@@ -268,7 +268,8 @@ impl Applier {
                     .to_owned(),
             );
         }
-        if !nat_keepalive && view.node.encap.is_some() {
+        let node = &view.node;
+        if !nat_keepalive && node.encap.is_some_and(|e| e.behind_nat(node.ip)) {
             notices.push(
                 "this kernel sends no NAT keepalives (XFRMA_NAT_KEEPALIVE_INTERVAL, Linux 6.11): \
                  a NAT between this node and a peer may forget an idle path, until traffic \

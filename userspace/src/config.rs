@@ -341,6 +341,13 @@ impl Config {
             p.push("node.uplink", why);
         }
         if let Some(encap) = node.encap {
+            if node.ip.is_ipv6() {
+                p.push(
+                    "node.encap",
+                    "\"udp\" is for IPv4 node IPs: the ingress guard takes ESP in UDP apart over \
+                     IPv4 only",
+                );
+            }
             if encap.public.is_ipv4() != node.ip.is_ipv4() {
                 p.push(
                     "node.public",
@@ -1589,6 +1596,17 @@ epoch = "0123456789abcdef0123456789abcdef"
             e("", "encap = \"udp\"\ningress_hook = \"xdp\"\n", ""),
             "node.ingress_hook: \"xdp\" cannot take ESP in UDP apart (encap = \"udp\"): leave \
              it out or set \"tc\""
+        );
+        let v6 = edited("[node]", "ip = \"192.168.0.1\"", "ip = \"2001:db8::1\"")
+            .replace("ip = \"192.168.0.2\"", "ip = \"2001:db8::2\"")
+            .replace("ip = \"192.168.0.3\"", "ip = \"2001:db8::3\"");
+        let e6 = format!("encap = \"udp\"\n{v6}")
+            .parse::<Config>()
+            .unwrap_err();
+        assert_eq!(
+            e6.problems()[0].to_string(),
+            "node.encap: \"udp\" is for IPv4 node IPs: the ingress guard takes ESP in UDP apart \
+             over IPv4 only"
         );
         assert_eq!(
             e("", "", "public = \"198.51.100.2:4500\"\n"),

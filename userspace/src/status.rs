@@ -496,11 +496,7 @@ impl Status {
             .filter_map(|p| Some((&p.name, p.esp_in_udp?)))
             .collect();
         if !through_udp.is_empty() {
-            let _ = writeln!(
-                out,
-                "
-ESP in UDP to:"
-            );
+            let _ = writeln!(out, "\nESP in UDP to:");
             for (name, to) in through_udp {
                 let _ = writeln!(out, "  {name:<16} {to}");
             }

@@ -107,7 +107,30 @@ fn xsteer(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The figure after `label` in `text`, e.g. `3` after "ESP in UDP: " in "ESP in UDP: 3".
+/// `xsteer status` of `node`, run in its namespace.
+fn status_of(node: &LabNode) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xsteer"));
+    command.args([
+        "status",
+        "--config",
+        &format!("{DIR}/{}/xsteer.toml", node.name),
+        "--pin-dir",
+        agents::pin_dir(&node.name).to_str().unwrap(),
+        "--state-dir",
+        &format!("{DIR}/{}/state", node.name),
+    ]);
+    netns::command_in(&mut command, &node.netns, false).unwrap();
+    let out = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "xsteer status:\n{text}");
+    text
+}
+
+/// The figure just before `label` in `text`, e.g. `3` before "ESP in UDP" in "3 ESP in UDP".
 fn figure_before(text: &str, label: &str) -> usize {
     let at = text
         .find(label)
@@ -153,6 +176,20 @@ fn through_a_nat_every_pair_talks_esp_in_udp_idle_mappings_stay_and_rotation_los
             .unwrap_or_else(|| panic!("no count for {peer} in {sas:?}"));
         assert!(packets > 0, "{sas}");
     }
+
+    // What an operator sees on node1: where node3's ESP goes, and ESP in UDP accepted.
+    let status = status_of(&lab.nodes[0]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.trim() == "node3            192.168.100.3:4501"),
+        "xsteer status on node1:\n{status}"
+    );
+    assert!(
+        lab.counter(0, Counter::IngressUdpEspAccepted) > 0,
+        "{status}"
+    );
+    assert_eq!(lab.counter(0, Counter::IngressEspAccepted), 0, "{status}");
 
     // 2. Idle past the router's UDP timeout; then node1 opens a flow to node3 first.
     let keepalives_before = lab.counter(0, Counter::IngressKeepaliveDropped);
