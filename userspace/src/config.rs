@@ -29,9 +29,8 @@ use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
     dataplane::links::IngressHook,
     keys::Epoch,
-    protocol::PER_CPU_SAS_MAX,
-    view::LocalEncap,
 };
+use xsteer_common::spi::PER_CPU_SAS_MAX;
 
 /// The UDP port of ESP in UDP when the config names none (RFC 3948's).
 pub const DEFAULT_ENCAP_PORT: u16 = 4500;
@@ -125,6 +124,26 @@ impl NodeConfig {
     /// The node ID and pod CIDR the file gives, if it gives both.
     pub fn identity(&self) -> Option<(u16, Ipv4Cidr)> {
         Some((self.id?, self.pod_cidr?))
+    }
+}
+
+/// How a node with `encap = "udp"` takes part in ESP in UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalEncap {
+    /// The UDP port its ingress guard decapsulates and its outbound SAs send from.
+    pub port: u16,
+    /// Where its peers send to: its NAT's address and port when it sits behind one (it is
+    /// advertised in its record as `esp_in_udp`), else its node IP and `port`.
+    pub public: SocketAddr,
+}
+
+impl LocalEncap {
+    /// Whether the node sits behind a NAT: peers send to another address or port than its
+    /// own. Only such a node sends NAT keepalives (RFC 3948, section 2.3): they keep its NAT's
+    /// mapping open, and a peer's keepalives towards a NAT that has no mapping yet could only
+    /// make the NAT's state worse.
+    pub fn behind_nat(&self, node_ip: IpAddr) -> bool {
+        self.public != SocketAddr::new(node_ip, self.port)
     }
 }
 

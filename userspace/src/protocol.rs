@@ -5,6 +5,8 @@
 //! them for people.
 
 use xsteer_common::spi;
+/// The most per-CPU SAs a node sends on (defined with the SPI layout).
+pub use xsteer_common::spi::PER_CPU_SAS_MAX;
 
 use crate::{
     keys::{Epoch, Generation, GenerationError, KeyFile},
@@ -36,10 +38,6 @@ pub fn wire_spi(node_id: u16, generation: Generation, src_epoch: &Epoch, dst_epo
 pub fn cpu_spi(set_spi: u32, slot: u8) -> u32 {
     spi::shared(set_spi) | (u32::from(slot) << spi::CPU_SLOT_SHIFT & spi::CPU_SLOT_MASK)
 }
-
-/// The most per-CPU SAs a node sends on: one per CPU slot of the wire SPI after the shared SA's.
-/// CPUs past them use the shared SA.
-pub const PER_CPU_SAS_MAX: u8 = (spi::CPU_SLOTS_MAX - 1) as u8;
 
 /// The epochs of a node: the current one, then the one it is re-keying to.
 pub fn epochs(epoch: Epoch, next: Option<Epoch>) -> impl Iterator<Item = Epoch> + Clone {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     cidr::{Ipv4Cidr, Ipv6Cidr},
-    config::{Config, PeerConfig},
+    config::{Config, LocalEncap, PeerConfig},
     kernel::xfrm,
     keys::{Epoch, Generation},
 };
@@ -55,26 +55,6 @@ pub struct LocalNode {
     pub per_cpu_sas: u8,
     /// This node's ESP in UDP (`encap = "udp"`), if on.
     pub encap: Option<LocalEncap>,
-}
-
-/// How a node with `encap = "udp"` takes part in ESP in UDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalEncap {
-    /// The UDP port its ingress guard decapsulates and its outbound SAs send from.
-    pub port: u16,
-    /// Where its peers send to: its NAT's address and port when it sits behind one (it is
-    /// advertised in its record as `esp_in_udp`), else its node IP and `port`.
-    pub public: SocketAddr,
-}
-
-impl LocalEncap {
-    /// Whether the node sits behind a NAT: peers send to another address or port than its
-    /// own. Only such a node sends NAT keepalives (RFC 3948, section 2.3): they keep its NAT's
-    /// mapping open, and a peer's keepalives towards a NAT that has no mapping yet could only
-    /// make the NAT's state worse.
-    pub fn behind_nat(&self, node_ip: IpAddr) -> bool {
-        self.public != SocketAddr::new(node_ip, self.port)
-    }
 }
 
 /// Another node that pod traffic is encrypted to and from.

@@ -26,6 +26,9 @@ pub const CPU_SLOT_SHIFT: u32 = 10;
 pub const CPU_SLOT_MASK: u32 = 0x0000_FC00;
 /// How many CPU slots an SPI can name: slot 0 and one per CPU for the first 63 CPUs.
 pub const CPU_SLOTS_MAX: u32 = 64;
+/// The most per-CPU SAs a node sends on: one per CPU slot after the shared SA's. CPUs past
+/// them use the shared SA.
+pub const PER_CPU_SAS_MAX: u8 = (CPU_SLOTS_MAX - 1) as u8;
 /// Where the pairing of the two epoch tags sits (the sender's above the receiver's).
 pub const PAIRING_SHIFT: u32 = 4;
 /// The pairing bits, once shifted down.

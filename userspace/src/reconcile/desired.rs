@@ -446,8 +446,9 @@ mod tests {
     use super::*;
 
     use crate::{
+        config::LocalEncap,
         keys::Epoch,
-        view::{LocalEncap, Peer, fixtures::two_nodes},
+        view::{Peer, fixtures::two_nodes},
     };
 
     fn g(n: u8) -> Generation {
