@@ -179,6 +179,7 @@ fn join_latency() -> Duration {
             generations: vec![Generation::MIN],
             per_cpu_sas: 0,
             esp_in_udp: None,
+            esn: true,
         };
         let started = Instant::now();
         source.publish(&record).unwrap();

@@ -226,6 +226,7 @@ fn peer(i: u32) -> Peer {
         generations: None,
         per_cpu_sas: 0,
         esp_in_udp: None,
+        esn: true,
     }
 }
 

@@ -158,6 +158,12 @@ impl Applier {
         }
     }
 
+    /// Whether SAs get ESN on this kernel: what the probe found, or `true` before it ran (a
+    /// node says so in its record only after an apply).
+    pub fn esn(&self) -> bool {
+        self.support.is_none_or(|support| support.esn)
+    }
+
     /// Opens netlink. The maps are opened by the first apply, once its inputs checked out.
     pub fn new(opts: ApplyOptions) -> Result<Applier, ApplyError> {
         let netlink = Netlink::connect().map_err(ApplyError::Netlink)?;

@@ -167,6 +167,9 @@ pub struct PeerConfig {
     pub per_cpu_sas: u8,
     /// Where the peer receives ESP in UDP (`encap = "udp"`, `public`), if it does.
     pub esp_in_udp: Option<SocketAddr>,
+    /// Whether the peer's SAs take ESN (`esn`, default true): false for a peer whose kernel,
+    /// or whose hand-built SAs, have 32-bit sequence numbers.
+    pub esn: bool,
 }
 
 /// One thing wrong with a config, at one field.
@@ -860,6 +863,12 @@ struct RawPeer {
     per_cpu_sas: Option<i64>,
     encap: Option<String>,
     public: Option<String>,
+    #[serde(default = "yes")]
+    esn: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Whether `encap` (at `path`) asks for ESP in UDP: "esp" (plain ESP) or "udp"; `None` when
@@ -1076,6 +1085,7 @@ impl RawConfig {
                     epoch,
                     per_cpu_sas,
                     esp_in_udp,
+                    esn: peer.esn,
                 });
             }
         }
@@ -1579,6 +1589,18 @@ epoch = "0123456789abcdef0123456789abcdef"
         let out = with_encap("encap = \"udp\"\n", "encap = \"esp\"\n", "").unwrap();
         assert_eq!(out.node.encap, None);
         assert!(out.peers[0].esp_in_udp.is_some());
+    }
+
+    #[test]
+    fn a_peer_may_be_said_to_have_no_esn() {
+        let plain = with_encap("", "", "").unwrap();
+        assert!(plain.peers.iter().all(|p| p.esn));
+        let without = with_encap("", "", "esn = false\n").unwrap();
+        assert!(!without.peers[0].esn && without.peers[1].esn);
+        let e = with_encap("", "", "esn = \"no\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("esn"), "{e}");
     }
 
     #[test]

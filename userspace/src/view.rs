@@ -87,6 +87,10 @@ pub struct Peer {
     /// Where the peer receives ESP in UDP, if it does (`encap = "udp"` on it): from its record's
     /// `esp_in_udp`, or the config.
     pub esp_in_udp: Option<SocketAddr>,
+    /// Whether the peer's SAs take 64-bit extended sequence numbers (its kernel can, per its
+    /// record; `esn = false` in the config for one that cannot): a pair uses ESN only when both
+    /// ends can, or each would drop the other's ESP.
+    pub esn: bool,
 }
 
 impl Peer {
@@ -114,6 +118,7 @@ impl Peer {
             generations: None,
             per_cpu_sas: peer.per_cpu_sas,
             esp_in_udp: peer.esp_in_udp,
+            esn: peer.esn,
         }
     }
 }

@@ -356,9 +356,10 @@ impl Node {
         }
         // Only now, with the IN SAs for every generation installed, may peers send to us.
         let per_cpu_sas = self.applier.per_cpu_sas(&self.inputs.view);
+        let esn = self.applier.esn();
         match self
             .peers
-            .publish(&self.inputs.view, &self.inputs.keys, per_cpu_sas)
+            .publish(&self.inputs.view, &self.inputs.keys, per_cpu_sas, esn)
         {
             Ok(true) => info!("published this node's record"),
             Ok(false) => {}

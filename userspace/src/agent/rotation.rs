@@ -150,6 +150,7 @@ mod tests {
             generations: generations.map(gens),
             per_cpu_sas: 0,
             esp_in_udp: None,
+            esn: true,
         }
     }
 

@@ -213,12 +213,14 @@ impl Peers {
 
     /// Publishes this node's record if it changed: called after a successful reconcile, so
     /// the generations and epochs it lists, and the re-keys it acks, have their SAs installed.
-    /// `per_cpu_sas` is how many per-CPU SAs that reconcile installed towards each peer.
+    /// `per_cpu_sas` is how many per-CPU SAs that reconcile installed towards each peer, `esn`
+    /// whether the kernel takes ESN SAs.
     pub fn publish(
         &mut self,
         view: &View,
         keys: &KeyFile,
         per_cpu_sas: u8,
+        esn: bool,
     ) -> Result<bool, SourceError> {
         let node = &view.node;
         let record = NodeRecord {
@@ -237,6 +239,7 @@ impl Peers {
             generations: keys.generations().iter().map(|g| g.generation()).collect(),
             per_cpu_sas,
             esp_in_udp: node.encap.map(|encap| encap.public),
+            esn,
         };
         if self.published.as_ref() == Some(&record) {
             return Ok(false);

@@ -55,6 +55,9 @@ pub struct NodeRecord {
     /// it has `encap = "udp"`. Written only then; builds before ESP in UDP refuse such a
     /// record (an unknown field), so they never send it plain ESP it could not receive.
     pub esp_in_udp: Option<SocketAddr>,
+    /// Whether its kernel takes ESN SAs. Written only when not (`"esn": false`): a record
+    /// without the field, as every earlier build wrote, is a node with ESN.
+    pub esn: bool,
 }
 
 impl NodeRecord {
@@ -72,6 +75,7 @@ impl NodeRecord {
             generations: Some(self.generations.clone()),
             per_cpu_sas: self.per_cpu_sas,
             esp_in_udp: self.esp_in_udp,
+            esn: self.esn,
         }
     }
 }
@@ -97,6 +101,8 @@ struct RawRecord {
     per_cpu_sas: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     esp_in_udp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    esn: Option<bool>,
 }
 
 /// Why a record could not be used. `origin` says where it came from, e.g. `node record
@@ -249,6 +255,7 @@ fn parse_record(origin: &str, text: &str) -> Result<NodeRecord, RecordError> {
         generations,
         per_cpu_sas,
         esp_in_udp,
+        esn: raw.esn.unwrap_or(true),
     })
 }
 
@@ -274,6 +281,7 @@ fn raw(record: &NodeRecord) -> RawRecord {
             .collect(),
         per_cpu_sas: (record.per_cpu_sas > 0).then_some(i64::from(record.per_cpu_sas)),
         esp_in_udp: record.esp_in_udp.map(|addr| addr.to_string()),
+        esn: (!record.esn).then_some(false),
     }
 }
 
@@ -294,6 +302,7 @@ pub(super) fn test_record(name: &str, id: u16) -> NodeRecord {
         generations: generations.to_vec(),
         per_cpu_sas: 0,
         esp_in_udp: None,
+        esn: true,
     }
 }
 
@@ -359,6 +368,18 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_node_without_esn_says_so_and_one_that_says_nothing_has_it() {
+        let mut record = test_record("b", 2);
+        let with = record.render();
+        assert!(!with.contains("esn"), "{with}");
+        assert!(NodeRecord::parse("b", &with).unwrap().peer("a").esn);
+        record.esn = false;
+        let without = record.render();
+        assert!(without.contains("\"esn\": false"), "{without}");
+        assert!(!NodeRecord::parse("b", &without).unwrap().peer("a").esn);
     }
 
     #[test]

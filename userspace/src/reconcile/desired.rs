@@ -224,6 +224,8 @@ pub fn desired(
             },
         });
         let route_mtu = route_mtu(encap.is_some());
+        // ESN only when both ends take it: each end's IN SA must number as the other's OUT SA.
+        let esn = around.esn && peer.esn;
         let hop = around
             .next_hops
             .get(&outer)
@@ -349,7 +351,7 @@ pub fn desired(
                             spi: cpu_spi(out_set, slot),
                             mark: None,
                             crypto: crypto(derive(&out_id(slot))?),
-                            esn: around.esn,
+                            esn,
                             cpu: slot.checked_sub(1).map(u32::from),
                             encap,
                         };
@@ -365,7 +367,7 @@ pub fn desired(
                             spi: cpu_spi(in_set, slot),
                             mark: None,
                             crypto: crypto(derive(&out_id(slot).reversed())?),
-                            esn: around.esn,
+                            esn,
                             cpu: None,
                             encap: None,
                         };
@@ -610,6 +612,29 @@ mod tests {
         assert_eq!((a_out[0].dst, a_out[0].encap), (b_ip, None));
         assert_eq!(a.maps.udp_encap_port, Some(4500));
         assert!(a.routes.iter().all(|route| route.mtu == 1446));
+    }
+
+    /// A peer without ESN gets 32-bit SAs both ways; a peer with it keeps ESN.
+    #[test]
+    fn esn_is_used_with_a_peer_only_when_both_ends_take_it() {
+        let mut view = two_nodes();
+        let mut without = view.peers[0].clone();
+        without.name = "c".into();
+        without.id = 3;
+        without.ip = Ipv4Addr::new(192, 168, 0, 3).into();
+        without.pod_cidrs = vec!["10.244.3.0/24".parse().unwrap()];
+        without.esn = false;
+        view.peers.push(without);
+        let keys =
+            KeyFile::parse("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n")
+                .unwrap();
+        let want = desired_for(&view, &keys, Cipher::Gcm);
+        let c: IpAddr = Ipv4Addr::new(192, 168, 0, 3).into();
+        for sa in want.states.values() {
+            let with_c = sa.src == c || sa.dst == c;
+            assert_eq!(sa.esn, !with_c, "{sa}");
+        }
+        assert_eq!(want.states.len(), 4);
     }
 
     /// A kernel that cannot bind SAs to CPUs gets the shared SAs only, whatever the config

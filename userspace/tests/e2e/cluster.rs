@@ -105,8 +105,14 @@ impl Node {
 
     /// Starts `xsteer agent EXTRA..` in the node's namespace, as [`Node::start_agent`] does.
     pub fn start_agent_with(&self, extra: &[&str]) -> Child {
+        self.start_agent_with_env(extra, &[])
+    }
+
+    /// Starts `xsteer agent EXTRA..` with `env` added to its environment.
+    pub fn start_agent_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
         let log = self.dir.join("agent.log");
         let mut command = self.xsteer("agent", extra);
+        command.envs(env.iter().copied());
         let file = fs::File::create(&log).unwrap();
         command.stdout(Stdio::null()).stderr(file);
         let mut child = self.netns.run(move || command.spawn().unwrap());

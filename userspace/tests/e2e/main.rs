@@ -15,6 +15,7 @@ mod agent;
 mod apply_tunnel;
 mod cluster;
 mod cni;
+mod esn;
 mod esp_smoke;
 mod fail_closed;
 mod guards;
