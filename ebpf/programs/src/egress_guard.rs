@@ -32,7 +32,7 @@ use crate::{
 
 #[classifier]
 pub fn egress_guard(ctx: TcContext) -> i32 {
-    let verdict = match tc_frame(&ctx, Vlan::LookThrough) {
+    let verdict = match tc_frame(&ctx, Vlan::LookThrough, false) {
         Frame::Ipv4(ip) if !to_another_nodes_pod(&ip) => Counter::EgressPassed,
         Frame::Ipv4(ip) => {
             debug!(

@@ -93,7 +93,7 @@ pub fn ingress_guard(ctx: XdpContext) -> u32 {
 /// so it passes; the kernel's IN and FWD policies then check which SA that was.
 #[classifier]
 pub fn ingress_tc(ctx: TcContext) -> i32 {
-    let frame = tc_frame(&ctx, Vlan::LookThrough);
+    let frame = tc_frame(&ctx, Vlan::LookThrough, udp_encap_port().is_some());
     let decrypted = || decrypted_by_xfrm(&ctx);
     match verdict(
         &ctx,

@@ -348,7 +348,11 @@ fn is_ext_header(next: u8) -> bool {
 /// skb holds its 66 header bytes linear and its payload in pages. So the frame is parsed as it
 /// is first, and pulled and parsed again only when what was read is not enough.
 #[inline(always)]
-pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan) -> Frame {
+///
+/// `udp_payload` says whether the caller reads the start of a UDP payload (the ingress guard,
+/// with ESP in UDP on): the other programs never do, and pulling a pod's UDP GSO skb for it
+/// would copy its head for nothing.
+pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan, udp_payload: bool) -> Frame {
     let wanted = if ctx.len() < HEADERS_MAX {
         ctx.len()
     } else {
@@ -357,7 +361,8 @@ pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan) -> Frame {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     // Only a verdict leaves the first parse: a frame kept across the pull made LLVM copy
     // registers the 6.12 verifier calls uninitialised.
-    if data + wanted as usize > data_end && !frame(data, data_end, vlan).read_whole(data, data_end)
+    if data + wanted as usize > data_end
+        && !frame(data, data_end, vlan).read_whole(data, data_end, udp_payload)
     {
         // On failure the bounds checks see the short linear area: an IPv4 header that is not
         // all in it is Malformed, so the egress guard fails closed.
@@ -369,16 +374,15 @@ pub fn tc_frame(ctx: &aya_ebpf::programs::TcContext, vlan: Vlan) -> Frame {
 impl Frame {
     /// Whether every read the programs make of this frame lies in `[data, data_end)`: the IP
     /// header, and the 4 bytes after it when they are an ESP SPI or an ICMPv6 type (neighbour
-    /// discovery), or the 12 of a UDP header and the SPI of ESP in UDP. An IPv6 extension-header chain is walked
-    /// only after a pull, as it is rare and its end unknown until walked.
+    /// discovery), or, when `udp_payload`, the 12 of a UDP header and the SPI of ESP in UDP.
+    /// An IPv6 extension-header chain is walked only after a pull, as it is rare and its end
+    /// unknown until walked.
     #[inline(always)]
-    fn read_whole(&self, data: usize, data_end: usize) -> bool {
+    fn read_whole(&self, data: usize, data_end: usize, udp_payload: bool) -> bool {
         match self {
             Frame::Ipv4(ip) => match ip.protocol {
                 IPPROTO_ESP => data + ip.l4_offset + 4 <= data_end,
-                // Read only when the port is ESP in UDP; cheap to ask for, as a datagram's
-                // headers are linear save in GSO, which UDP from the wire rarely is.
-                IPPROTO_UDP => data + ip.l4_offset + UDP_HLEN + 4 <= data_end,
+                IPPROTO_UDP if udp_payload => data + ip.l4_offset + UDP_HLEN + 4 <= data_end,
                 _ => true,
             },
             Frame::Ipv6(ip) => match ip.next_header {

@@ -16,7 +16,7 @@ use crate::{
 
 #[classifier]
 pub fn pod_classifier(ctx: TcContext) -> i32 {
-    let remote = match tc_frame(&ctx, Vlan::Stop) {
+    let remote = match tc_frame(&ctx, Vlan::Stop, false) {
         Frame::Ipv4(ip) => remote_pod_cidr(ip.dst),
         Frame::Ipv6(ip) => remote_pod_cidr_v6(ip.dst),
         // TooManyTags only comes from looking through tags, which the classifier does not.
