@@ -10,8 +10,8 @@
 //!   records), put together by [`inputs`] into a [`view`];
 //! - what is written: [`kernel`] (xfrm, routing) and [`dataplane`] (the eBPF object, its maps and
 //!   links), planned and written by [`reconcile`] and [`apply`];
-//! - what runs: [`agent`], the one-shot commands [`status`], [`uninstall`], [`wireshark`]
-//!   and [`lab`], and the chained CNI plugin [`cni`].
+//! - what runs: [`agent`], the one-shot commands [`status`], [`uninstall`], [`wireshark`],
+//!   [`foreign`] (`peer export`) and [`lab`], and the chained CNI plugin [`cni`].
 
 pub mod agent;
 pub mod apply;
@@ -19,6 +19,7 @@ pub mod cidr;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod foreign;
 pub mod inputs;
 pub mod kernel;
 pub mod keys;

@@ -18,6 +18,7 @@ use xsteer::{
     cni::{conflist::PLUGIN_TYPE, install as cni_install},
     config::{Config, DEFAULT_ROUTE_TABLE},
     dataplane::{Dataplane, MAPS},
+    foreign,
     inputs::{self, Access},
     kernel::xfrm::REQID,
     keys::{self, Generation},
@@ -100,6 +101,9 @@ enum Command {
     /// The node records every agent learns its peers from.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Peers that are not xsteer (docs/interop.md).
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Show peers, key generations (fingerprints only), SA traffic and counters.
     Status {
         /// The node's TOML config.
@@ -298,6 +302,13 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Wireshark) => print_esp_sa_table(),
+        Command::Peer(PeerCommand::Export {
+            name,
+            config,
+            key_file,
+            secrets,
+            state_dir,
+        }) => export_peer(&name, &config, key_file.as_deref(), secrets, &state_dir),
         Command::Node(NodeCommand::Remove { config, name }) => {
             let dir = inputs::remove_node(&config, &name)?;
             println!(
@@ -505,6 +516,31 @@ enum KeysCommand {
     Wireshark,
 }
 
+/// `xsteer peer ...`.
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Print the shell script that gives a peer that is not xsteer its side of the pair: its
+    /// SAs, xfrm policies and routes as `ip` commands (docs/interop.md). Keys only with
+    /// --secrets. Needs root: it probes the kernel's ESP and reads this node's SAs.
+    Export {
+        /// The peer, one of the config's [[peers]].
+        name: String,
+        /// This node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// A key file to derive the keys from instead of the config's: the next one, before
+        /// this node reads it, so that the peer can receive its new generation first.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Print the keys. The script is then secret.
+        #[arg(long)]
+        secrets: bool,
+        /// This node's state directory (its epochs).
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
 /// `xsteer node ...`.
 #[derive(Subcommand)]
 enum NodeCommand {
@@ -683,6 +719,52 @@ fn run_apply(config_path: &std::path::Path, opts: ApplyOptions) -> Result<()> {
 }
 
 /// `xsteer keys wireshark`: the `esp_sa` lines on stdout, the warning about them on stderr.
+fn export_peer(
+    name: &str,
+    config: &std::path::Path,
+    key_file: Option<&std::path::Path>,
+    secrets: bool,
+    state_dir: &std::path::Path,
+) -> Result<()> {
+    let inputs = inputs::load(config, state_dir, Access::ReadOnly)?;
+    let keys = match key_file {
+        // The generations this node retired stay out, as they do of the config's key file.
+        Some(path) => {
+            let file = keys::KeyFile::load(path)?;
+            file.retain(|g| !inputs.retired.contains(&g.generation()))
+        }
+        None => inputs.keys,
+    };
+    let side = runtime()?.block_on(foreign::export(&inputs.view, &keys, name))?;
+    let script = side.script(secrets);
+    eprintln!(
+        "{name} sends with key generation {}",
+        side.sending_generation
+    );
+    if side.sending_generation != side.newest_generation {
+        eprintln!(
+            "note: this node holds no IN SA of generation {newest} from {name} yet, so {name} \
+             keeps sending with {}; export again once this node's agent has read the key file \
+             with {newest}",
+            side.sending_generation,
+            newest = side.newest_generation
+        );
+    }
+    if secrets {
+        eprintln!(
+            "warning: the script on stdout holds the keys of every SA between {name} and this \
+             node: keep it secret, delete it once {name} has run it"
+        );
+    }
+    let mut stdout = io::stdout().lock();
+    // The whole script ends in a newline: it goes straight to the file descriptor, never into
+    // stdout's buffer (which is not wiped).
+    stdout
+        .write_all(script.as_bytes())
+        .context("writing to stdout")?;
+    stdout.flush().context("writing to stdout")
+}
+
 fn print_esp_sa_table() -> Result<()> {
     let table = runtime()?.block_on(wireshark::table())?;
     for left_out in &table.left_out {

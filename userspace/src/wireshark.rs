@@ -11,9 +11,12 @@ use std::{fmt::Write as _, io};
 
 use zeroize::Zeroizing;
 
-use crate::kernel::{
-    Netlink,
-    xfrm::{self, Crypto, State, XfrmError},
+use crate::{
+    kernel::{
+        Netlink,
+        xfrm::{self, Crypto, State, XfrmError},
+    },
+    keys::push_hex,
 };
 
 /// Wireshark's name of AES-CBC.
@@ -75,18 +78,6 @@ pub fn line(state: &State) -> Result<Zeroizing<String>, UnsupportedSa> {
     push_hex(&mut out, auth_key);
     out.push_str("\"\n");
     Ok(out)
-}
-
-/// Appends `0x` and the hex digits of `bytes` (nothing for no bytes), one character at a time.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    if bytes.is_empty() {
-        return;
-    }
-    out.push_str("0x");
-    for byte in bytes {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
-    }
 }
 
 /// The `esp_sa` table of the SAs xsteer owns in this network namespace.

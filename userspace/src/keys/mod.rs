@@ -28,7 +28,7 @@ pub use file::{
 };
 pub use generation::Generation;
 pub use rotate::{RotateError, Rotated, rotate};
-pub use secret::Fingerprint;
+pub use secret::{Fingerprint, push_hex};
 
 use std::fmt::Write as _;
 

@@ -88,6 +88,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Appends `0x` and the hex digits of `bytes` (nothing for no bytes), one character at a time,
+/// so that a key never passes through a temporary string.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    out.push_str("0x");
+    for byte in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+    }
+}
+
 /// Decodes hex digits, with an optional `0x` prefix, straight into a wiped buffer. The error
 /// says what is wrong without repeating any of the input.
 pub(crate) fn decode_hex(token: &str) -> Result<Zeroizing<Vec<u8>>, HexError> {

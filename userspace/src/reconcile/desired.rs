@@ -439,26 +439,13 @@ fn any_of(cidr: IpCidr) -> IpCidr {
     }
 }
 
+/// Desired states for the unit tests of other modules.
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use std::net::Ipv4Addr;
-
+pub(crate) mod fixtures {
     use super::*;
 
-    use crate::{
-        config::LocalEncap,
-        keys::Epoch,
-        view::{Peer, fixtures::two_nodes},
-    };
-
-    fn g(n: u8) -> Generation {
-        Generation::new(n).unwrap()
-    }
-
     /// The desired state of `view` with `keys`, on a 1500-byte uplink with every peer on link.
-    fn desired_for(view: &View, keys: &KeyFile, cipher: Cipher) -> Snapshot {
+    pub fn desired_for(view: &View, keys: &KeyFile, cipher: Cipher) -> Snapshot {
         let uplink = Uplink {
             name: "eth0".into(),
             index: 2,
@@ -483,6 +470,27 @@ mod tests {
             nat_keepalive_secs: 20,
         };
         desired(view, keys, &around).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    use crate::{
+        config::LocalEncap,
+        keys::Epoch,
+        view::{Peer, fixtures::two_nodes},
+    };
+
+    use super::fixtures::desired_for;
+
+    fn g(n: u8) -> Generation {
+        Generation::new(n).unwrap()
     }
 
     fn snapshot(cipher: Cipher) -> Snapshot {

@@ -110,9 +110,15 @@ impl Node {
 
     /// Starts `xsteer agent EXTRA..` with `env` added to its environment.
     pub fn start_agent_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
-        let log = self.dir.join("agent.log");
         let mut command = self.xsteer("agent", extra);
         command.envs(env.iter().copied());
+        self.spawn_agent(command)
+    }
+
+    /// Spawns `command`, an `xsteer agent`, in the node's namespace with its log in
+    /// `dir/agent.log`, and waits until it says it is running.
+    pub fn spawn_agent(&self, mut command: Command) -> Child {
+        let log = self.dir.join("agent.log");
         let file = fs::File::create(&log).unwrap();
         command.stdout(Stdio::null()).stderr(file);
         let mut child = self.netns.run(move || command.spawn().unwrap());

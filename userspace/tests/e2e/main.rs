@@ -19,6 +19,7 @@ mod esn;
 mod esp_smoke;
 mod fail_closed;
 mod guards;
+mod interop;
 mod ipv6;
 mod lab;
 mod nat;
