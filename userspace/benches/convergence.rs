@@ -479,6 +479,7 @@ async fn reconcile_timed(
     let mut outbound = reconcile::Outbound {
         ledger,
         node_ip: NODE_IP.into(),
+        peers: Default::default(),
     };
     reconcile::execute(
         netlink,

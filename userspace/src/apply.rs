@@ -84,7 +84,8 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// Whether the apply stopped short of installing an outbound key this node used before:
-    /// its SAs were removed behind its back (a reboot, a flush), and only a new epoch helps.
+    /// its SAs were removed behind its back (a reboot, a flush), and only a new epoch (this
+    /// node's, or that of the peers named) helps.
     pub fn is_key_reuse(&self) -> bool {
         matches!(self, ApplyError::Reconcile(ReconcileError::KeyReuse { .. }))
     }
@@ -331,10 +332,7 @@ impl Applier {
             return Ok(Applied { changes, notices });
         }
         let mut ledger = KeyLedger::open(&self.opts.state_dir).map_err(ReconcileError::from)?;
-        let mut outbound = reconcile::Outbound {
-            ledger: &mut ledger,
-            node_ip: view.node.ip,
-        };
+        let mut outbound = reconcile::Outbound::of(&mut ledger, view);
         reconcile::execute(
             netlink,
             dataplane,

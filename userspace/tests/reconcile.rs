@@ -89,6 +89,7 @@ fn outbound(ledger: &mut KeyLedger) -> reconcile::Outbound<'_> {
     reconcile::Outbound {
         ledger,
         node_ip: "192.168.77.1".parse().unwrap(),
+        peers: Default::default(),
     }
 }
 
@@ -385,6 +386,7 @@ fn ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps() {
         let mut outbound = reconcile::Outbound {
             ledger: &mut ledger,
             node_ip: view.node.ip,
+            peers: Default::default(),
         };
         let after = converge(&netlink, &mut dataplane, &mut outbound, &want).await;
         assert_eq!(after, want, "IPv6 tunnels, exactly as desired");
