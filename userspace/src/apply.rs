@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     cidr::NODE_POD_PREFIX_LEN,
-    dataplane::{Dataplane, DataplaneError, GridV6, Renewed, bpffs, grid::Grid},
+    dataplane::{Dataplane, DataplaneError, GridV6, bpffs, grid::Grid},
     kernel::{
         Netlink,
         events::Removed,
@@ -105,16 +105,31 @@ fn cipher_name(cipher: Cipher) -> &'static str {
 }
 
 /// Opens the pinned maps, or for a dry run without pins, fresh unpinned ones that vanish on exit;
-/// with what was replaced of them (a dry run replaces nothing).
-fn maps(opts: &ApplyOptions) -> Result<(Dataplane, Vec<Renewed>), ApplyError> {
+/// with notices of what was replaced of them (a dry run replaces nothing) and of a bpffs that
+/// vanishes on exit too.
+fn maps(opts: &ApplyOptions) -> Result<(Dataplane, Vec<String>), ApplyError> {
     if opts.dry_run && !Dataplane::is_pinned(&opts.pin_dir) {
         return Ok((Dataplane::load()?, Vec::new()));
     }
-    bpffs::ensure_mounted().map_err(ApplyError::Bpffs)?;
+    let mount = bpffs::ensure_mounted().map_err(ApplyError::Bpffs)?;
+    // Not refused: the kernel objects apply writes stay and work, and it attaches no program
+    // that could be left holding maps that vanish; only the maps are lost, and the agent,
+    // which attaches the programs, fills its own.
+    let mut notices: Vec<String> = (mount == bpffs::Mount::Private)
+        .then(|| {
+            bpffs::private_notice(
+                "taking the maps pinned in it along: no agent sees them, and the next apply \
+                 fills them again (the SAs, policies, rules and routes it installed stay)",
+            )
+        })
+        .into_iter()
+        .collect();
     if opts.dry_run {
-        return Ok((Dataplane::load_pinned(&opts.pin_dir)?, Vec::new()));
+        return Ok((Dataplane::load_pinned(&opts.pin_dir)?, notices));
     }
-    Ok(Dataplane::load_pinned_as_owner(&opts.pin_dir)?)
+    let (dataplane, renewed) = Dataplane::load_pinned_as_owner(&opts.pin_dir)?;
+    notices.extend(renewed.iter().map(ToString::to_string));
+    Ok((dataplane, notices))
 }
 
 /// What an apply did.
@@ -302,8 +317,8 @@ impl Applier {
         let dataplane = match &mut self.dataplane {
             Some(dataplane) => dataplane,
             None => {
-                let (dataplane, renewed) = maps(&self.opts)?;
-                notices.extend(renewed.iter().map(ToString::to_string));
+                let (dataplane, about_maps) = maps(&self.opts)?;
+                notices.extend(about_maps);
                 self.dataplane.insert(dataplane)
             }
         };
