@@ -480,6 +480,7 @@ async fn reconcile_timed(
         ledger,
         node_ip: NODE_IP.into(),
         peers: Default::default(),
+        epochs: Vec::new(),
     };
     reconcile::execute(
         netlink,

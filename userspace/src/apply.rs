@@ -84,10 +84,15 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// Whether the apply stopped short of installing an outbound key this node used before:
-    /// its SAs were removed behind its back (a reboot, a flush), and only a new epoch (this
-    /// node's, or that of the peers named) helps.
+    /// its SAs were removed behind its back (a reboot, a flush), or its epoch is one it left;
+    /// only a new epoch (this node's, or that of the peers named) helps.
     pub fn is_key_reuse(&self) -> bool {
-        matches!(self, ApplyError::Reconcile(ReconcileError::KeyReuse { .. }))
+        matches!(
+            self,
+            ApplyError::Reconcile(
+                ReconcileError::KeyReuse { .. } | ReconcileError::RetiredEpoch { .. }
+            )
+        )
     }
 }
 
@@ -348,6 +353,7 @@ impl Applier {
         }
         let mut ledger = KeyLedger::open(&self.opts.state_dir).map_err(ReconcileError::from)?;
         let mut outbound = reconcile::Outbound::of(&mut ledger, view);
+        outbound.prune()?;
         reconcile::execute(
             netlink,
             dataplane,

@@ -101,6 +101,7 @@ pub async fn uninstall(
         ledger: &mut ledger,
         node_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
         peers: Default::default(),
+        epochs: Vec::new(),
     };
     reconcile::execute(
         &netlink,

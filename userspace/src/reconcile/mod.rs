@@ -22,6 +22,8 @@ use crate::{
         routing::{self, RoutingError},
         xfrm::{self, Crypto, XfrmError},
     },
+    keys::Epoch,
+    protocol,
     state::{KeyLedger, StateError},
     view::View,
 };
@@ -57,6 +59,17 @@ pub enum ReconcileError {
         first: String,
         /// The peers they go to, each once.
         peers: Vec<RefusedPeer>,
+    },
+    /// This node's epoch is one it left, whose keys the ledger no longer holds.
+    #[error(
+        "refusing to install SAs under this node's epoch {epoch}: it was in service before and \
+         has been retired, so its keys could come back with restarted sequence counters, which \
+         would repeat AES-GCM nonces; give the node a new epoch (node.epoch in the config; \
+         xsteer agent takes one by itself)"
+    )]
+    RetiredEpoch {
+        /// The epoch.
+        epoch: Epoch,
     },
 }
 
@@ -174,6 +187,9 @@ pub struct Outbound<'a> {
     pub node_ip: IpAddr,
     /// The peers, by where their ESP goes ([`crate::view::Peer::path`]): a refusal names them.
     pub peers: BTreeMap<(IpAddr, Option<u16>), RefusedPeer>,
+    /// This node's epochs in service, current then next: each key is recorded with the one it
+    /// is derived under, and the ledger prunes the keys of all others.
+    pub epochs: Vec<Epoch>,
 }
 
 impl<'a> Outbound<'a> {
@@ -191,7 +207,22 @@ impl<'a> Outbound<'a> {
             ledger,
             node_ip: view.node.ip,
             peers: peers.collect(),
+            epochs: protocol::epochs(view.node.epoch, view.node.next_epoch).collect(),
         }
+    }
+
+    /// Drops from the ledger the keys of this node's epochs not in service; refuses, before,
+    /// an epoch in service that the ledger retired.
+    pub fn prune(&mut self) -> Result<(), ReconcileError> {
+        // No epochs known (uninstall): none can be told from the others.
+        if self.epochs.is_empty() {
+            return Ok(());
+        }
+        if let Some(&epoch) = self.epochs.iter().find(|e| self.ledger.is_retired(e)) {
+            return Err(ReconcileError::RetiredEpoch { epoch });
+        }
+        self.ledger.prune(&self.epochs)?;
+        Ok(())
     }
 
     /// The peer an outbound SA goes to.
@@ -253,7 +284,8 @@ pub async fn execute(
         match change {
             Change::AddState(s) => {
                 if let Some(key) = outbound.key(s) {
-                    outbound.ledger.record(key)?;
+                    let epoch = protocol::sender_epoch(s.spi, &outbound.epochs);
+                    outbound.ledger.record(key, epoch)?;
                 }
                 xfrm::add_state(netlink, s).await?
             }
@@ -362,7 +394,7 @@ mod tests {
     fn a_refusal_counts_every_reused_key_and_names_each_peer_once() {
         let (dir, mut ledger) = ledger("peers");
         for key in [1, 2, 3, 4] {
-            ledger.record(&[key; 20]).unwrap();
+            ledger.record(&[key; 20], None).unwrap();
         }
         let (b, c) = ([192, 168, 0, 2], [192, 168, 0, 3]);
         let outbound = Outbound {
@@ -373,6 +405,7 @@ mod tests {
                 ((c.into(), None), RefusedPeer::Recorded("node-c".into())),
             ]
             .into(),
+            epochs: Vec::new(),
         };
         let changes = [
             sa([192, 168, 0, 1], b, 0x0001_0011, 5),
@@ -416,11 +449,12 @@ mod tests {
     #[test]
     fn a_refused_sa_to_no_known_peer_leaves_only_the_node_epoch() {
         let (dir, mut ledger) = ledger("unknown");
-        ledger.record(&[1; 20]).unwrap();
+        ledger.record(&[1; 20], None).unwrap();
         let outbound = Outbound {
             ledger: &mut ledger,
             node_ip: LOCAL,
             peers: BTreeMap::new(),
+            epochs: Vec::new(),
         };
         let changes = [sa([192, 168, 0, 1], [192, 168, 0, 9], 0x0001_0011, 1)];
         let text = check_key_reuse(&changes, &outbound)
@@ -436,6 +470,41 @@ mod tests {
                 && !text.contains("suffices"),
             "{text}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn pruning_refuses_a_retired_epoch_in_service() {
+        let (dir, mut ledger) = ledger("retired");
+        let (old, current) = (Epoch::from_bytes([0x11; 16]), Epoch::from_bytes([0x44; 16]));
+        ledger.record(&[1; 20], Some(old)).unwrap();
+        ledger.record(&[2; 20], Some(current)).unwrap();
+        let mut outbound = Outbound {
+            ledger: &mut ledger,
+            node_ip: LOCAL,
+            peers: BTreeMap::new(),
+            epochs: vec![current],
+        };
+        outbound.prune().unwrap();
+        assert!(!outbound.ledger.contains(&[1; 20]) && outbound.ledger.contains(&[2; 20]));
+        // The operator configures the old epoch again.
+        outbound.epochs = vec![old];
+        let err = outbound.prune().unwrap_err();
+        assert!(matches!(err, ReconcileError::RetiredEpoch { epoch } if epoch == old));
+        assert!(
+            err.to_string().contains(&format!(
+                "this node's epoch {old}: it was in service before and has been retired"
+            )),
+            "{err}"
+        );
+        assert!(
+            outbound.ledger.contains(&[2; 20]),
+            "a refusal prunes nothing"
+        );
+        // No epochs known: nothing is pruned.
+        outbound.epochs.clear();
+        outbound.prune().unwrap();
+        assert!(outbound.ledger.contains(&[2; 20]));
         let _ = std::fs::remove_dir_all(dir);
     }
 }
