@@ -479,6 +479,8 @@ async fn reconcile_timed(
     let mut outbound = reconcile::Outbound {
         ledger,
         node_ip: NODE_IP.into(),
+        peers: Default::default(),
+        epochs: Vec::new(),
     };
     reconcile::execute(
         netlink,

@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     cidr::NODE_POD_PREFIX_LEN,
-    dataplane::{Dataplane, DataplaneError, GridV6, Renewed, bpffs, grid::Grid},
+    dataplane::{Dataplane, DataplaneError, GridV6, bpffs, grid::Grid},
     kernel::{
         Netlink,
         events::Removed,
@@ -84,9 +84,15 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// Whether the apply stopped short of installing an outbound key this node used before:
-    /// its SAs were removed behind its back (a reboot, a flush), and only a new epoch helps.
+    /// its SAs were removed behind its back (a reboot, a flush), or its epoch is one it left;
+    /// only a new epoch (this node's, or that of the peers named) helps.
     pub fn is_key_reuse(&self) -> bool {
-        matches!(self, ApplyError::Reconcile(ReconcileError::KeyReuse { .. }))
+        matches!(
+            self,
+            ApplyError::Reconcile(
+                ReconcileError::KeyReuse { .. } | ReconcileError::RetiredEpoch { .. }
+            )
+        )
     }
 }
 
@@ -104,16 +110,31 @@ fn cipher_name(cipher: Cipher) -> &'static str {
 }
 
 /// Opens the pinned maps, or for a dry run without pins, fresh unpinned ones that vanish on exit;
-/// with what was replaced of them (a dry run replaces nothing).
-fn maps(opts: &ApplyOptions) -> Result<(Dataplane, Vec<Renewed>), ApplyError> {
+/// with notices of what was replaced of them (a dry run replaces nothing) and of a bpffs that
+/// vanishes on exit too.
+fn maps(opts: &ApplyOptions) -> Result<(Dataplane, Vec<String>), ApplyError> {
     if opts.dry_run && !Dataplane::is_pinned(&opts.pin_dir) {
         return Ok((Dataplane::load()?, Vec::new()));
     }
-    bpffs::ensure_mounted().map_err(ApplyError::Bpffs)?;
+    let mount = bpffs::ensure_mounted().map_err(ApplyError::Bpffs)?;
+    // Not refused: the kernel objects apply writes stay and work, and it attaches no program
+    // that could be left holding maps that vanish; only the maps are lost, and the agent,
+    // which attaches the programs, fills its own.
+    let mut notices: Vec<String> = (mount == bpffs::Mount::Private)
+        .then(|| {
+            bpffs::private_notice(
+                "taking the maps pinned in it along: no agent sees them, and the next apply \
+                 fills them again (the SAs, policies, rules and routes it installed stay)",
+            )
+        })
+        .into_iter()
+        .collect();
     if opts.dry_run {
-        return Ok((Dataplane::load_pinned(&opts.pin_dir)?, Vec::new()));
+        return Ok((Dataplane::load_pinned(&opts.pin_dir)?, notices));
     }
-    Ok(Dataplane::load_pinned_as_owner(&opts.pin_dir)?)
+    let (dataplane, renewed) = Dataplane::load_pinned_as_owner(&opts.pin_dir)?;
+    notices.extend(renewed.iter().map(ToString::to_string));
+    Ok((dataplane, notices))
 }
 
 /// What an apply did.
@@ -301,8 +322,8 @@ impl Applier {
         let dataplane = match &mut self.dataplane {
             Some(dataplane) => dataplane,
             None => {
-                let (dataplane, renewed) = maps(&self.opts)?;
-                notices.extend(renewed.iter().map(ToString::to_string));
+                let (dataplane, about_maps) = maps(&self.opts)?;
+                notices.extend(about_maps);
                 self.dataplane.insert(dataplane)
             }
         };
@@ -331,10 +352,8 @@ impl Applier {
             return Ok(Applied { changes, notices });
         }
         let mut ledger = KeyLedger::open(&self.opts.state_dir).map_err(ReconcileError::from)?;
-        let mut outbound = reconcile::Outbound {
-            ledger: &mut ledger,
-            node_ip: view.node.ip,
-        };
+        let mut outbound = reconcile::Outbound::of(&mut ledger, view);
+        outbound.prune()?;
         reconcile::execute(
             netlink,
             dataplane,

@@ -33,6 +33,14 @@ pub fn wire_spi(node_id: u16, generation: Generation, src_epoch: &Epoch, dst_epo
     )
 }
 
+/// Which of a node's `epochs` (current, next) its outbound SA with wire SPI `spi` is keyed
+/// under: the one whose tag the SPI carries as the sender's. A re-key's two epochs have
+/// different tags, so there is at most one.
+pub fn sender_epoch(spi: u32, epochs: &[Epoch]) -> Option<Epoch> {
+    let tag = (spi::pairing(spi) >> spi::TAG_BITS) as u8;
+    epochs.iter().find(|e| e.spi_tag() == tag).copied()
+}
+
 /// The SPI of the SA in CPU slot `slot` of the set whose slot-0 SPI is `set_spi`: slot `c + 1`
 /// is the per-CPU SA of the sender's CPU `c`.
 pub fn cpu_spi(set_spi: u32, slot: u8) -> u32 {
@@ -78,6 +86,19 @@ pub fn sending_generation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outbound_spi_names_the_senders_epoch_it_is_keyed_under() {
+        let current = Epoch::from_bytes([0x20; 16]);
+        let next = Epoch::from_bytes([0xE0; 16]);
+        let peer = Epoch::from_bytes([0x40; 16]);
+        let g = Generation::new(3).unwrap();
+        let epochs = [current, next];
+        for (src, expect) in [(current, Some(current)), (next, Some(next)), (peer, None)] {
+            let spi = cpu_spi(wire_spi(1, g, &src, &peer), 5);
+            assert_eq!(sender_epoch(spi, &epochs), expect, "{src}");
+        }
+    }
 
     fn g(n: u8) -> Generation {
         Generation::new(n).unwrap()

@@ -160,7 +160,9 @@ pub struct Peer {
     pub outbound: Vec<Sa>,
     /// SAs from it, per generation and pairing of epochs.
     pub inbound: Vec<Sa>,
-    /// ESP the ingress guard accepted from it.
+    /// ESP from it with a known SPI that the ingress guard let through to xfrm: not what xfrm
+    /// decrypted (the inbound SAs' packets), since xfrm may still reject it (a wrong key, a
+    /// replay), as `xfrm_errors` counts.
     pub esp_accepted_packets: u64,
 }
 
@@ -239,14 +241,32 @@ pub enum StatusError {
 /// The non-zero counters of /proc/net/xfrm_stat.
 fn xfrm_errors() -> Result<Vec<(String, u64)>, StatusError> {
     let text = fs::read_to_string("/proc/net/xfrm_stat").map_err(StatusError::XfrmStat)?;
-    Ok(text
-        .lines()
+    Ok(nonzero_xfrm_stats(&text))
+}
+
+/// The non-zero counters of an xfrm_stat text (`<name> <whitespace> <value>` per line).
+fn nonzero_xfrm_stats(text: &str) -> Vec<(String, u64)> {
+    text.lines()
         .filter_map(|line| {
             let (name, value) = line.split_once(char::is_whitespace)?;
             let value: u64 = value.trim().parse().ok()?;
             (value > 0).then(|| (name.to_owned(), value))
         })
-        .collect())
+        .collect()
+}
+
+/// What an xfrm_stat counter says about ESP the ingress guard let through, for the counters
+/// by which xfrm rejects it after the guard.
+fn xfrm_stat_meaning(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "XfrmInNoStates" => "no SA for its SPI",
+        "XfrmInStateProtoError" => {
+            "failed to decrypt or authenticate: a key or ESN setting other than the sender's"
+        }
+        "XfrmInStateSeqError" => "a replay, or behind the replay window",
+        "XfrmInTmplMismatch" => "decrypted, but by an SA no policy accepts",
+        _ => return None,
+    })
 }
 
 /// Gathers the status of the node `view` describes, from the maps pinned in `pin_dir`; `keys`
@@ -444,7 +464,7 @@ impl Status {
             "out bytes",
             "in pkts",
             "in bytes",
-            "esp ok"
+            "to xfrm"
         );
         for p in &self.peers {
             let sum = |sas: &[Sa]| {
@@ -479,6 +499,14 @@ impl Status {
                 p.esp_accepted_packets
             );
         }
+        if !self.peers.is_empty() {
+            let _ = writeln!(
+                out,
+                "  (in pkts: ESP its IN SAs decrypted; to xfrm: ESP with a known SPI that the \
+                 ingress guard let through to xfrm, which may still reject it: see the kernel \
+                 xfrm errors, /proc/net/xfrm_stat)"
+            );
+        }
         let _ = writeln!(out, "\npeer pod CIDRs:");
         for p in &self.peers {
             let v6 = match p.sending_generation_v6 {
@@ -508,7 +536,8 @@ impl Status {
         if !self.xfrm_errors.is_empty() {
             let _ = writeln!(out, "\nkernel xfrm errors:");
             for (name, value) in &self.xfrm_errors {
-                let _ = writeln!(out, "  {name:<28} {value}");
+                let meaning = xfrm_stat_meaning(name).map_or(String::new(), |m| format!("  ({m})"));
+                let _ = writeln!(out, "  {name:<28} {value}{meaning}");
             }
         }
         out
@@ -579,7 +608,10 @@ impl Status {
         }
         let _ = writeln!(
             out,
-            "# HELP xsteer_esp_accepted_packets_total ESP the ingress guard accepted, per peer.\n\
+            "# HELP xsteer_esp_accepted_packets_total ESP with a known SPI that the ingress guard \
+             let through to xfrm, per peer; not what xfrm decrypted (xsteer_sa_packets_total \
+             direction=\"in\"): xfrm may still reject it (xsteer_xfrm_errors_total, e.g. \
+             XfrmInStateProtoError).\n\
              # TYPE xsteer_esp_accepted_packets_total counter"
         );
         for p in &self.peers {
@@ -676,6 +708,102 @@ mod tests {
         assert_eq!(
             guards.table(),
             "ingress guard ens1 at xdp, eth0 at tc\negress guard eth0"
+        );
+    }
+
+    /// A status with one peer whose guard let 10 ESP through to xfrm, of which xfrm decrypted 7.
+    fn one_peer() -> Status {
+        let generation = Generation::new(1).unwrap();
+        Status {
+            node: "node-a".into(),
+            epoch: "11".repeat(16),
+            next_epoch: None,
+            pod_cidrs: vec!["10.244.1.0/24".into()],
+            cluster_cidrs: vec!["10.244.0.0/16".into()],
+            generations: Vec::new(),
+            retired_generations: Vec::new(),
+            peers: vec![Peer {
+                name: "node-b".into(),
+                ip: "192.168.0.2".parse().unwrap(),
+                id: 2,
+                esp_in_udp: None,
+                pod_cidrs: vec!["10.244.2.0/24".into()],
+                sending_generation: Some(generation),
+                sending_generation_v6: None,
+                receives: None,
+                rotation: Rotation::Done,
+                rekey: Rekey::None,
+                outbound: Vec::new(),
+                inbound: vec![Sa {
+                    spi: 0x0002_0011,
+                    cpu: None,
+                    generation,
+                    installed: true,
+                    in_use: false,
+                    bytes: 700,
+                    packets: 7,
+                }],
+                esp_accepted_packets: 10,
+            }],
+            guards: Guards::default(),
+            counters: Vec::new(),
+            xfrm_errors: vec![
+                ("XfrmInStateProtoError".into(), 3),
+                ("XfrmOutNoStates".into(), 1),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_tells_what_the_guard_passed_from_what_xfrm_decrypted() {
+        let table = one_peer().table();
+        let header = table.lines().find(|l| l.starts_with("peer ")).unwrap();
+        assert!(
+            header.ends_with("in pkts     in bytes    to xfrm"),
+            "{header:?}"
+        );
+        let row = table.lines().find(|l| l.starts_with("node-b")).unwrap();
+        assert!(row.ends_with("7          700         10"), "{row:?}");
+        assert!(
+            table.contains(
+                "to xfrm: ESP with a known SPI that the ingress guard let through to xfrm, which \
+                 may still reject it: see the kernel xfrm errors, /proc/net/xfrm_stat)"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "  XfrmInStateProtoError        3  (failed to decrypt or authenticate: a key or \
+                 ESN setting other than the sender's)\n  XfrmOutNoStates              1\n"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_metric_help_says_the_guard_count_is_not_what_xfrm_decrypted() {
+        let metrics = one_peer().metrics();
+        assert!(
+            metrics.contains(
+                "# HELP xsteer_esp_accepted_packets_total ESP with a known SPI that the ingress \
+                 guard let through to xfrm, per peer; not what xfrm decrypted"
+            ),
+            "{metrics}"
+        );
+        assert!(metrics.contains("xsteer_esp_accepted_packets_total{peer=\"node-b\"} 10\n"));
+        assert!(metrics.contains("xsteer_xfrm_errors_total{stat=\"XfrmInStateProtoError\"} 3\n"));
+    }
+
+    #[test]
+    fn only_the_nonzero_xfrm_stats_are_kept() {
+        let text = "XfrmInError             \t0\nXfrmInNoStates          \t12\n\
+                    XfrmInStateSeqError     \t5\ngarbage\n";
+        assert_eq!(
+            nonzero_xfrm_stats(text),
+            [
+                ("XfrmInNoStates".to_owned(), 12),
+                ("XfrmInStateSeqError".to_owned(), 5)
+            ]
         );
     }
 

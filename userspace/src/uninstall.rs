@@ -100,6 +100,8 @@ pub async fn uninstall(
     let mut outbound = reconcile::Outbound {
         ledger: &mut ledger,
         node_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        peers: Default::default(),
+        epochs: Vec::new(),
     };
     reconcile::execute(
         &netlink,

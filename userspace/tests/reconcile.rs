@@ -89,6 +89,8 @@ fn outbound(ledger: &mut KeyLedger) -> reconcile::Outbound<'_> {
     reconcile::Outbound {
         ledger,
         node_ip: "192.168.77.1".parse().unwrap(),
+        peers: Default::default(),
+        epochs: Vec::new(),
     }
 }
 
@@ -385,6 +387,8 @@ fn ipv6_node_ips_converge_with_ipv6_tunnels_and_the_peer6_maps() {
         let mut outbound = reconcile::Outbound {
             ledger: &mut ledger,
             node_ip: view.node.ip,
+            peers: Default::default(),
+            epochs: Vec::new(),
         };
         let after = converge(&netlink, &mut dataplane, &mut outbound, &want).await;
         assert_eq!(after, want, "IPv6 tunnels, exactly as desired");

@@ -691,7 +691,15 @@ pub async fn run(opts: AgentOptions) -> Result<(), AgentError> {
         );
     }
     let version = inputs_version(&opts.config, &files.config.key_file);
-    bpffs::ensure_mounted().map_err(AgentError::Bpffs)?;
+    if bpffs::ensure_mounted().map_err(AgentError::Bpffs)? == bpffs::Mount::Private {
+        warn!(
+            "{}",
+            bpffs::private_notice(
+                "taking the maps and links pinned in it along: a restarted agent finds none \
+                 of them, and a guard attached by a BPF link detaches once this agent exits"
+            )
+        );
+    }
     let (mut dataplane, renewed) = Dataplane::load_pinned_as_owner(&opts.pin_dir)?;
     for map in renewed {
         warn!("{map}");

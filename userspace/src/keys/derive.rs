@@ -29,7 +29,7 @@ impl Epoch {
     }
 
     /// The epoch with these bytes.
-    pub fn from_bytes(bytes: [u8; 16]) -> Epoch {
+    pub const fn from_bytes(bytes: [u8; 16]) -> Epoch {
         Epoch(bytes)
     }
 

@@ -1,4 +1,5 @@
-//! Append-only line files: read them whole, append one line durably.
+//! Append-only line files: read them whole, append one line durably, replace them whole
+//! atomically.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -40,4 +41,26 @@ pub(super) fn append_line(path: &Path, line: &str) -> io::Result<()> {
         .open(path)?;
     writeln!(file, "{line}")?;
     file.sync_all()
+}
+
+/// Replaces `path` with `lines` atomically and durably: a crash leaves the old file or the new
+/// one, never a mix. The new file has mode 0600.
+pub(super) fn replace(path: &Path, lines: &[String]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".new");
+    let temp = dir.join(name);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    for line in lines {
+        writeln!(file, "{line}")?;
+    }
+    file.sync_all()?;
+    fs::rename(&temp, path)?;
+    // The rename is durable once the directory is.
+    File::open(dir)?.sync_all()
 }

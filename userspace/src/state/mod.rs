@@ -2,9 +2,10 @@
 //! ledger of outbound keys it has installed ([`KeyLedger`]), the key generations it retired
 //! ([`RetiredGenerations`]) and its epochs ([`NodeEpochs`]).
 //!
-//! Each is an append-only file of lines, and each line is written and fsynced before the kernel
+//! Each is a file of lines, appended to, and each line is written and fsynced before the kernel
 //! change it guards, so a crash can only leave a line whose change never happened, never the
-//! reverse. The directory is created mode 0700 and the files 0600.
+//! reverse; the ledger, when pruned, is replaced whole by an atomic rename. The directory is
+//! created mode 0700 and the files 0600.
 
 pub mod epochs;
 pub mod ledger;
