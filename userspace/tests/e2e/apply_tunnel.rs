@@ -2,7 +2,7 @@
 //! pod veth: pod-to-pod traffic crosses the wire as ESP only, in both directions. Applying again
 //! changes nothing, a dry run lists changes without making them, and foreign objects survive.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use aya::programs::{TcAttachType, tc};
 use xsteer::dataplane::Dataplane;
@@ -168,6 +168,42 @@ fn two_nodes_configured_by_apply_exchange_esp_only() {
             "{spis:x?}"
         );
     }
+
+    // Under `ip netns exec` (a mount namespace of its own, without bpffs) apply still works,
+    // and says that the maps it pins vanish with the command.
+    let mut apply = Command::new("ip");
+    apply
+        .args([
+            "netns",
+            "exec",
+            &a.netns.name,
+            env!("CARGO_BIN_EXE_xsteer"),
+            "apply",
+        ])
+        .arg("--config")
+        .arg(a.config())
+        .arg("--pin-dir")
+        .arg(a.pin_dir())
+        .arg("--state-dir")
+        .arg(a.dir.join("state"));
+    let out = apply.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!(
+        "apply under ip netns exec: {}\n{stderr}",
+        last_line(&stdout)
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("warning: bpffs was not mounted at /sys/fs/bpf in this mount namespace"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains(" SA "),
+        "the kernel's SAs are as the first apply left them:\n{stdout}"
+    );
 
     // Uninstall removes xsteer's objects and nothing else: node A is as it was before.
     drop(dataplanes);
