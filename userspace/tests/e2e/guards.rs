@@ -19,24 +19,10 @@ use xsteer_common::{counters::Counter, programs};
 
 use crate::{
     cluster::{self, Node},
+    labs,
     support::Netns,
     wire::Capture,
 };
-
-/// The MAC address of `ifname` in `netns`.
-fn mac(netns: &Netns, ifname: &str) -> [u8; 6] {
-    let out = netns.ip(&["link", "show", ifname]);
-    let text = out
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC in {out}"));
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
 
 /// An Ethernet + IPv4 frame carrying `payload` as protocol `proto`.
 fn frame(
@@ -140,7 +126,8 @@ fn the_wire_is_guarded_and_bad_input_keeps_the_last_good_state() {
 
     // Injected from b's side of the wire to a: a plaintext datagram "from" a pod of b to a's
     // pod, and ESP from b under an SPI b never had.
-    let (a_mac, b_mac) = (mac(&a.netns, "eth0"), mac(&b.netns, "eth0"));
+    let mac = |netns: &Netns| labs::mac(&netns.ip(&["link", "show", "eth0"]));
+    let (a_mac, b_mac) = (mac(&a.netns), mac(&b.netns));
     let pod_port = 7300;
     let listener = {
         let ip = a.pod_ip;

@@ -36,17 +36,16 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use xsteer::{
-    dataplane::Dataplane,
-    lab::{
-        self, agents,
-        capture::{Capture, IpPacket, Packet6},
-        netns,
-        probe::{self, ECHO_PORT, Proto},
-        topology::{self, LabNode, LabPod, Size, Stack},
-    },
+use xsteer::lab::{
+    self, agents,
+    capture::{Capture, IpPacket, Packet6},
+    netns,
+    probe::{self, ECHO_PORT, Proto},
+    topology::{self, LabNode, LabPod, Size, Stack},
 };
 use xsteer_common::{counters::Counter, programs};
+
+use crate::labs::{self, xsteer};
 
 const DIR: &str = "/tmp/xsteer-e2e-ipv6";
 
@@ -92,22 +91,11 @@ impl Lab {
     }
 
     fn counter(&self, node: usize, counter: Counter) -> u64 {
-        let mut dataplane =
-            Dataplane::load_pinned(&agents::pin_dir(&self.nodes[node].name)).unwrap();
-        dataplane.counters().unwrap().read().unwrap().get(counter)
+        labs::counter(&self.nodes[node], counter)
     }
 
     fn agent_logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {} ---\n{}",
-                    n.name,
-                    std::fs::read_to_string(agents::log_path(&self.dir, n)).unwrap_or_default()
-                )
-            })
-            .collect()
+        labs::agent_logs(&self.dir, &self.nodes)
     }
 
     /// What `ip ARGS` shows in every node, for failure messages.
@@ -130,10 +118,6 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = lab::down(&self.dir);
     }
-}
-
-fn xsteer(args: &[&str]) -> (bool, String) {
-    xsteer_in(None, args)
 }
 
 /// Runs this build's `xsteer` with `args`, inside `netns_name` if given (entered with setns, so
@@ -249,21 +233,6 @@ fn dual_stack_pods_talk_over_ipv6_and_ipv4_with_nothing_in_plaintext() {
     assert_eq!(census.plaintext, 0, "{census:?}");
     // A request and a reply at least per pair and protocol, each ESP.
     assert!(census.esp >= pairs * 3 * 2, "{census:?}");
-}
-
-/// The MAC address of `ifname` in `netns`.
-fn mac(netns_name: &str, ifname: &str) -> [u8; 6] {
-    let out = netns::ip_in(netns_name, &["link", "show", ifname]).unwrap();
-    let text = out
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC in {out}"));
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
 }
 
 fn fold(mut sum: u32) -> u16 {
@@ -1013,4 +982,9 @@ fn an_agent_restarted_with_another_ingress_hook_moves_the_guard() {
     // came past it again, decrypted.
     assert!(lab.counter(0, Counter::IngressEspAccepted) > 0);
     assert!(lab.counter(0, Counter::IngressDecryptedPassed) > 0);
+}
+
+/// The MAC address of `ifname` in the namespace `netns_name`.
+fn mac(netns_name: &str, ifname: &str) -> [u8; 6] {
+    labs::mac(&netns::ip_in(netns_name, &["link", "show", ifname]).unwrap())
 }

@@ -1,20 +1,9 @@
 //! `xsteer lab` end to end: three nodes with two pods each, every cross-node pair over ICMP, TCP
 //! and UDP, the wire proven ESP-only, and nothing left behind.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-fn xsteer(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use crate::labs::xsteer;
 
 #[test]
 #[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]

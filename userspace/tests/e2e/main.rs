@@ -22,6 +22,7 @@ mod guards;
 mod interop;
 mod ipv6;
 mod lab;
+mod labs;
 mod nat;
 mod podman;
 mod records;

@@ -21,17 +21,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xsteer::{
-    dataplane::Dataplane,
-    lab::{
-        self, agents,
-        capture::{Capture, IpPacket},
-        netns,
-        probe::{self, ECHO_PORT, Proto},
-        topology::{self, LabNode},
-    },
+use xsteer::lab::{
+    self, agents,
+    capture::{Capture, IpPacket},
+    netns,
+    probe::{self, ECHO_PORT, Proto},
+    topology::{self, LabNode},
 };
 use xsteer_common::counters::Counter;
+
+use crate::labs::{self, xsteer};
 
 const DIR: &str = "/tmp/xsteer-e2e-nat";
 
@@ -56,22 +55,11 @@ impl Lab {
     }
 
     fn counter(&self, node: usize, counter: Counter) -> u64 {
-        let mut dataplane =
-            Dataplane::load_pinned(&agents::pin_dir(&self.nodes[node].name)).unwrap();
-        dataplane.counters().unwrap().read().unwrap().get(counter)
+        labs::counter(&self.nodes[node], counter)
     }
 
     fn agent_logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "--- {} ---\n{}",
-                    n.name,
-                    std::fs::read_to_string(agents::log_path(&self.dir, n)).unwrap_or_default()
-                )
-            })
-            .collect()
+        labs::agent_logs(&self.dir, &self.nodes)
     }
 
     /// What each node and node3's router send, on both sides of the router.
@@ -92,19 +80,6 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = lab::down(&self.dir);
     }
-}
-
-fn xsteer(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xsteer"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// `xsteer status` of `node`, run in its namespace.
@@ -328,21 +303,6 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     u
 }
 
-/// The MAC address of `ifname` in `netns`.
-fn mac(netns_name: &str, ifname: &str) -> [u8; 6] {
-    let out = netns::ip_in(netns_name, &["link", "show", ifname]).unwrap();
-    let text = out
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC in {out}"));
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    bytes.try_into().unwrap()
-}
-
 #[test]
 #[ignore = "needs a kernel with ESP: runs in the VM bed (cargo xtask test)"]
 fn the_guard_drops_esp_in_udp_with_a_bad_spi_and_plaintext_from_pods_through_the_nat() {
@@ -412,4 +372,9 @@ fn the_guard_drops_esp_in_udp_with_a_bad_spi_and_plaintext_from_pods_through_the
     let _servers = probe::serve(&node1.pods).unwrap();
     probe::check_to(&node3.pods[0], node1.pods[0].ip.into(), Proto::Udp).unwrap();
     assert!(lab.counter(0, Counter::IngressUdpEspAccepted) > accepted_before);
+}
+
+/// The MAC address of `ifname` in the namespace `netns_name`.
+fn mac(netns_name: &str, ifname: &str) -> [u8; 6] {
+    labs::mac(&netns::ip_in(netns_name, &["link", "show", ifname]).unwrap())
 }
