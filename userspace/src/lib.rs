@@ -5,7 +5,7 @@
 //! the userspace side: it loads the programs and manages what they read.
 //!
 //! The modules, from the ground up (docs/architecture.md draws them):
-//! - values and rules: [`cidr`], [`keys`], [`protocol`];
+//! - values and rules: [`cidr`], [`keys`], [`protocol`], and [`durable`] files;
 //! - what is read: [`config`] (the file), [`state`] (the state directory), [`nodes`] (node
 //!   records), put together by [`inputs`] into a [`view`];
 //! - what is written: [`kernel`] (xfrm, routing) and [`dataplane`] (the eBPF object, its maps and
@@ -19,6 +19,7 @@ pub mod cidr;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod durable;
 pub mod foreign;
 pub mod inputs;
 pub mod kernel;

@@ -6,9 +6,8 @@
 //! peers that have not switched yet still send with them.
 
 use std::{
-    fs::{self, OpenOptions},
-    io::{self, Read, Write},
-    os::unix::fs::OpenOptionsExt,
+    fs,
+    io::{self, Read},
     path::{Path, PathBuf},
 };
 
@@ -134,33 +133,7 @@ pub fn rotate(path: &Path) -> Result<Rotated, RotateError> {
         .and_then(|g| g.fingerprints().first().copied())
         .expect("the line just added");
 
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or("keys".into(), |n| n.to_string_lossy());
-    let tmp = dir.join(format!(".{name}.xsteer-rotate"));
-    let tmp_error = |error| RotateError::Io {
-        path: tmp.clone(),
-        error,
-    };
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(tmp_error)?;
-    file.write_all(new.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(tmp_error)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_error)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error)?;
+    crate::durable::replace(path, new.as_bytes(), 0o600).map_err(io_error)?;
     Ok(Rotated {
         generation,
         fingerprint,

@@ -436,45 +436,36 @@ mod tests {
 
     #[test]
     fn a_stream_over_loopback_comes_back_whole() {
-        let _servers = serve_here_on_loopback();
-        let report = stream(
-            Ipv4Addr::LOCALHOST,
-            TEST_PORT,
-            500,
-            Duration::from_millis(400),
-        )
-        .unwrap();
+        let (_servers, port) = serve_on_loopback(Ipv4Addr::LOCALHOST.into());
+        let report = stream(Ipv4Addr::LOCALHOST, port, 500, Duration::from_millis(400)).unwrap();
         assert!(report.sent >= 150, "{report:?}");
         assert_eq!(report.lost(), 0, "{report:?}");
-        reach(Ipv4Addr::LOCALHOST, TEST_PORT, Proto::Udp).unwrap();
-        reach(Ipv4Addr::LOCALHOST, TEST_PORT, Proto::Tcp).unwrap();
+        reach(Ipv4Addr::LOCALHOST, port, Proto::Udp).unwrap();
+        reach(Ipv4Addr::LOCALHOST, port, Proto::Tcp).unwrap();
     }
-
-    const TEST_PORT: u16 = 47_731;
 
     #[test]
     fn probes_and_streams_work_over_ipv6_loopback() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (udp, tcp) = bind(Ipv6Addr::LOCALHOST.into(), TEST_PORT + 1).unwrap();
-        spawn_echo(udp, tcp, &stop).unwrap();
-        let _servers = EchoServers { stop };
-        reach(Ipv6Addr::LOCALHOST, TEST_PORT + 1, Proto::Udp).unwrap();
-        reach(Ipv6Addr::LOCALHOST, TEST_PORT + 1, Proto::Tcp).unwrap();
-        let report = stream(
-            Ipv6Addr::LOCALHOST,
-            TEST_PORT + 1,
-            500,
-            Duration::from_millis(300),
-        )
-        .unwrap();
+        let (_servers, port) = serve_on_loopback(Ipv6Addr::LOCALHOST.into());
+        reach(Ipv6Addr::LOCALHOST, port, Proto::Udp).unwrap();
+        reach(Ipv6Addr::LOCALHOST, port, Proto::Tcp).unwrap();
+        let report = stream(Ipv6Addr::LOCALHOST, port, 500, Duration::from_millis(300)).unwrap();
         assert!(report.sent >= 100, "{report:?}");
         assert_eq!(report.lost(), 0, "{report:?}");
     }
 
-    fn serve_here_on_loopback() -> EchoServers {
+    /// Echo servers on `ip` at a port free for both UDP and TCP (other tests, or another run
+    /// of these, may hold any fixed one); and the port.
+    fn serve_on_loopback(ip: IpAddr) -> (EchoServers, u16) {
         let stop = Arc::new(AtomicBool::new(false));
-        let (udp, tcp) = bind(Ipv4Addr::LOCALHOST.into(), TEST_PORT).unwrap();
-        spawn_echo(udp, tcp, &stop).unwrap();
-        EchoServers { stop }
+        for _ in 0..100 {
+            let udp = UdpSocket::bind((ip, 0)).unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = TcpListener::bind((ip, port)) {
+                spawn_echo(udp, tcp, &stop).unwrap();
+                return (EchoServers { stop }, port);
+            }
+        }
+        panic!("no port free for both UDP and TCP on {ip}");
     }
 }

@@ -178,13 +178,13 @@ fn locked<T>(
 
 /// Writes node `name`'s reservation, `.alloc/<name>`: "ID CIDR".
 fn write_reservation(dir: &Path, name: &str, id: u16, cidr: Ipv4Cidr) -> Result<(), AllocError> {
-    let tmp = dir.join(".alloc").join(format!(".{name}.tmp"));
-    fs::write(&tmp, format!("{id} {cidr}\n"))
-        .and_then(|()| fs::rename(&tmp, dir.join(".alloc").join(name)))
-        .map_err(|error| AllocError::Io {
+    let reservation = dir.join(".alloc").join(name);
+    crate::durable::replace(&reservation, format!("{id} {cidr}\n").as_bytes(), 0o644).map_err(
+        |error| AllocError::Io {
             dir: dir.to_owned(),
             error,
-        })
+        },
+    )
 }
 
 #[cfg(test)]

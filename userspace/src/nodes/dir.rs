@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
+    io::{self, Read},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     time::SystemTime,
@@ -20,7 +20,7 @@ use std::{
 use futures::StreamExt;
 
 use super::{Changes, NodeRecord, NodeSource, RecordError, Snapshot, SourceError};
-use crate::watch::DirWatch;
+use crate::{durable, watch::DirWatch};
 
 /// The largest record file read; a record is a few hundred bytes.
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
@@ -136,9 +136,7 @@ impl DirSource {
         let marker = self.dir.join(REMOVED_DIR).join(name);
         let mark = || -> io::Result<()> {
             fs::create_dir_all(self.dir.join(REMOVED_DIR))?;
-            let tmp = self.dir.join(REMOVED_DIR).join(format!(".{name}.tmp"));
-            fs::write(&tmp, "removed by xsteer node remove\n")?;
-            fs::rename(&tmp, &marker)
+            durable::replace(&marker, b"removed by xsteer node remove\n", 0o644)
         };
         mark().map_err(io_error(format!("writing {}", marker.display())))?;
         self.withdraw(name)?;
@@ -241,7 +239,6 @@ impl NodeSource for DirSource {
 
     fn publish(&mut self, record: &NodeRecord) -> Result<(), SourceError> {
         let path = self.dir.join(format!("{}.json", record.name));
-        let tmp = self.dir.join(format!(".{}.json.tmp", record.name));
         let write = || -> io::Result<()> {
             fs::create_dir_all(&self.dir)?;
             // A node that publishes is back, whatever removed it before.
@@ -249,16 +246,7 @@ impl NodeSource for DirSource {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&tmp)?;
-            file.write_all(record.render().as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
+            durable::replace(&path, record.render().as_bytes(), 0o644)
         };
         write().map_err(io_error(format!("publishing {}", path.display())))
     }

@@ -10,14 +10,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
-    io::{self, Write},
-    os::unix::fs::OpenOptionsExt,
+    fs, io,
     path::PathBuf,
 };
 
 use super::{NodeRecord, NodeSource, SourceError};
 use crate::{
+    durable,
     keys::KeyFile,
     view::{Peer, View},
 };
@@ -196,19 +195,7 @@ impl Peers {
             .filter_map(|(name, r)| Some((name.clone(), serde_json::from_str(&r.render()).ok()?)))
             .collect();
         let text = serde_json::Value::Object(records).to_string();
-        let tmp = cache.path.with_extension("json.tmp");
-        let write = || -> io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &cache.path)
-        };
-        let _ = write();
+        let _ = durable::replace(&cache.path, text.as_bytes(), 0o600);
     }
 
     /// Publishes this node's record if it changed: called after a successful reconcile, so

@@ -271,7 +271,7 @@ mod tests {
         let text = fs::read_to_string(dir.join(FILE_NAME)).unwrap();
         assert_eq!(text.lines().count(), 5, "{text}");
         assert!(text.starts_with(&format!("retired {E1}\n")), "{text}");
-        assert!(!dir.join("outbound-keys.new").exists());
+        assert!(!crate::durable::temp_path(&dir.join(FILE_NAME)).exists());
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(dir.join(FILE_NAME))
             .unwrap()

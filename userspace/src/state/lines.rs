@@ -43,24 +43,12 @@ pub(super) fn append_line(path: &Path, line: &str) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Replaces `path` with `lines` atomically and durably: a crash leaves the old file or the new
-/// one, never a mix. The new file has mode 0600.
+/// Replaces `path` with `lines` atomically and durably ([`crate::durable`]), mode 0600.
 pub(super) fn replace(path: &Path, lines: &[String]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".new");
-    let temp = dir.join(name);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)?;
+    let mut text = String::new();
     for line in lines {
-        writeln!(file, "{line}")?;
+        text.push_str(line);
+        text.push('\n');
     }
-    file.sync_all()?;
-    fs::rename(&temp, path)?;
-    // The rename is durable once the directory is.
-    File::open(dir)?.sync_all()
+    crate::durable::replace(path, text.as_bytes(), 0o600)
 }
