@@ -23,7 +23,7 @@ use crate::{
     kernel::{
         Netlink,
         routing::{self, DEFAULT_RULE_PRIORITY, RoutingError},
-        xfrm::{self, Crypto, Direction, PolicyAction, REPLAY_WINDOW, State, XfrmError},
+        xfrm::{self, Crypto, Direction, PolicyAction, REPLAY_WINDOW, REQID, State, XfrmError},
     },
     keys::{GenerationError, KeyFile, push_hex},
     protocol::{sending_epochs, sending_generation, wire_spi},
@@ -325,6 +325,15 @@ impl ForeignSide {
         }
         let _ = writeln!(
             out,
+            "\n# SAs of xsteer's between {local} and {peer} (reqid ending in {REQID:#06x}) that \
+             this script does not list: of generations gone from {local}'s key file, or epochs \
+             left."
+        );
+        let inbound: Vec<u32> = self.inbound.iter().map(|s| s.spi).collect();
+        push_stale_cleanup(&mut out, (local_ip, peer_ip), &inbound);
+        push_stale_cleanup(&mut out, (peer_ip, local_ip), &[self.outbound.spi]);
+        let _ = writeln!(
+            out,
             "\n# Routes to {local}'s pods, with room for ESP (on a link shared with {local})."
         );
         for cidr in &self.routes {
@@ -336,6 +345,25 @@ impl ForeignSide {
         }
         out
     }
+}
+
+/// Appends the loop that deletes xsteer's SAs from `src` to `dst` whose SPI is not in `keep`.
+/// The low 16 bits of the reqid tell xsteer's SAs from others between the same two nodes.
+fn push_stale_cleanup(out: &mut String, (src, dst): (IpAddr, IpAddr), keep: &[u32]) {
+    let _ = write!(out, "keep=\"");
+    for spi in keep {
+        let _ = write!(out, " {spi:#010x}");
+    }
+    let _ = writeln!(
+        out,
+        " \"\n\
+         for spi in $(ip xfrm state list src {src} dst {dst} proto esp | awk '$1 == \"proto\" {{ \
+         s = \"\"; r = -1; for (i = 1; i < NF; i++) {{ if ($i == \"spi\") s = $(i + 1); \
+         if ($i == \"reqid\") r = $(i + 1) }} if (r % 65536 == {REQID}) print s }}'); do\n  \
+         case \"$keep\" in *\" $spi \"*) ;; *) ip xfrm state delete src {src} dst {dst} proto \
+         esp spi \"$spi\" ;; esac\n\
+         done"
+    );
 }
 
 /// Appends the command that adds `state` unless an SA with its SPI exists.
@@ -547,6 +575,20 @@ mod tests {
                 "{line}\nnot in\n{}",
                 secret.as_str()
             );
+        }
+        // Stale SAs go: those of xsteer's (by reqid) between the two that the script does not
+        // list, each way.
+        let inbound: String = side
+            .inbound
+            .iter()
+            .map(|s| format!(" {:#010x}", s.spi))
+            .collect();
+        for line in [
+            format!("keep=\"{inbound} \"\nfor spi in $(ip xfrm state list src 192.168.0.1 dst 192.168.0.2 proto esp | awk "),
+            format!("keep=\" {spi:#010x} \"\nfor spi in $(ip xfrm state list src 192.168.0.2 dst 192.168.0.1 proto esp | awk "),
+            "if (r % 65536 == 30835) print s }'); do\n  case \"$keep\" in *\" $spi \"*) ;; *) ip xfrm state delete src 192.168.0.2 dst 192.168.0.1 proto esp spi \"$spi\" ;; esac\ndone\n".to_owned(),
+        ] {
+            assert!(secret.contains(&line), "{line}\nnot in\n{}", secret.as_str());
         }
         assert_eq!(secret.matches(" dir out ").count(), 3);
         assert_eq!(secret.matches(" dir in ").count(), 3);

@@ -171,7 +171,7 @@ fn peer_configured_only_from_export(esn: bool) {
     let blocks = blocks();
     assert_eq!(
         blocks.iter().map(|b| b.on).collect::<String>(),
-        "ababaab",
+        "ababaabab",
         "the steps of docs/interop.md, as this test follows them"
     );
     let _etc = Etc::install(&a, esn);
@@ -241,10 +241,10 @@ fn peer_configured_only_from_export(esn: bool) {
     }
 }
 
-/// The page's rotation (blocks 2 to 6) while a stream runs each way between the pods: none
-/// loses a datagram.
+/// The page's rotation (blocks 2 to 8) while a stream runs each way between the pods: none
+/// loses a datagram, and each node ends with the SAs of the new generation alone.
 fn rotate_under_streams(a: &Node, b: &Node, blocks: &[Block], workdir: &Path) {
-    const SECONDS: u32 = 20;
+    const SECONDS: u32 = 30;
     let (ab, ba, left) = thread::scope(|s| {
         let start = Instant::now();
         let ab = s.spawn(|| stream(a, b, 7602, 100, SECONDS));
@@ -262,6 +262,23 @@ fn rotate_under_streams(a: &Node, b: &Node, blocks: &[Block], workdir: &Path) {
         }
         run(&blocks[5], (a, b), workdir);
         run(&blocks[6], (a, b), workdir);
+        // Generations 3 and 4 leave a's key file; b's script deletes its SAs of them.
+        run(&blocks[7], (a, b), workdir);
+        run(&blocks[8], (a, b), workdir);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while [3, 4].iter().any(|&g| holds(a, 1, g) || holds(a, 2, g)) {
+            assert!(Instant::now() < deadline, "{}", agent_logs(&[a]));
+            thread::sleep(Duration::from_millis(200));
+        }
+        for node in [a, b] {
+            let spis: Vec<u32> = sas(&node.netns).iter().map(|sa| sa.spi).collect();
+            assert_eq!(spis.len(), 2, "{}: {spis:x?}", node.name);
+            assert!(
+                spis.iter().all(|spi| spi & 0xF == 5),
+                "{}: {spis:x?}",
+                node.name
+            );
+        }
         let left = Duration::from_secs(SECONDS.into()).checked_sub(start.elapsed());
         (ab.join().unwrap(), ba.join().unwrap(), left)
     });
