@@ -43,10 +43,21 @@ impl Tap {
     /// Creates [`TAP`] in the calling thread's network namespace, with GRO on or off, and
     /// brings it up.
     fn open(gro: bool) -> io::Result<Tap> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/net/tun")?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+        };
+        // A kernel with tun as a module (Debian's, in the VM bed) has no /dev/net/tun until
+        // the module is loaded.
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Command::new("modprobe").arg("tun").status()?;
+                open()?
+            }
+            other => other?,
+        };
         let mut request = Ifreq::new(TAP);
         request.data =
             (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_NAPI | libc::IFF_NAPI_FRAGS) as usize;

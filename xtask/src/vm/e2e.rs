@@ -1,6 +1,10 @@
 //! The end-to-end level of `cargo xtask test`: the `e2e` test binary of the xsteer crate, built
 //! on the host (compiling inside the emulated guest would take far too long) and run in one guest
 //! boot with its VM-only (ignored on the host) tests included.
+//!
+//! The same boot first runs the bpf-tests again, against the guest's kernel: the host's may
+//! accept a program (or build an skb) that the stock kernel xsteer runs on does not, and the
+//! e2e tests would show that only late and indirectly.
 
 use std::{path::Path, process::Command};
 
@@ -58,63 +62,85 @@ pub fn run_e2e(root: &Path) -> Result<()> {
     install::apt(PACKAGES)?;
     // As the deployment level builds it (a no-op when it just did): the image of this tree.
     let image = image::run(root, image::Args::default())?;
-    let binary = build(root)?;
+    let e2e = test_binaries(root, &["-p", "xsteer", "--test", "e2e"])?;
+    let [e2e] = e2e.as_slice() else {
+        bail!(
+            "cargo reported {} executables for the e2e tests, not one",
+            e2e.len()
+        );
+    };
+    let bpf_tests = test_binaries(root, &["-p", "xsteer-bpf-tests", "--tests"])?;
+    if bpf_tests.is_empty() {
+        bail!("cargo reported no executable for the bpf-tests");
+    }
+    // Every binary runs whatever another one did; the guest's exit code says if any failed.
+    let script = r#"e2e=$1; shift; rc=0
+for t in "$@"; do "$t" || rc=1; done
+"$e2e" --include-ignored --test-threads=1 --show-output || rc=1
+exit $rc"#;
+    let mut command: Vec<String> = vec!["sh".into(), "-c".into(), script.into(), "sh".into()];
+    command.push(e2e.clone());
+    command.extend(bpf_tests.iter().cloned());
     let args = Args {
         kernel: None,
         cpus: None,
         mem: DEFAULT_MEM_MB,
         timeout: SUITE_TIMEOUT_S,
-        command: vec![
-            binary,
-            "--include-ignored".into(),
-            "--test-threads=1".into(),
-            // The wire counts and losses each test prints belong in the log when it passes too.
-            "--show-output".into(),
+        command,
+        env: vec![
+            (IMAGE_ENV.to_owned(), path_str(&image.path)?),
+            // A bpf-test that cannot load its object fails rather than skips.
+            ("XSTEER_REQUIRE_PRIVILEGED".to_owned(), "1".to_owned()),
         ],
-        env: vec![(IMAGE_ENV.to_owned(), path_str(&image.path)?)],
     };
     let guest = super::boot(root, &args)?;
     match guest.ending {
         Ending::Exited(0) => {}
-        Ending::Exited(code) => bail!("end-to-end tests failed in the VM (exit code {code})"),
+        Ending::Exited(code) => {
+            bail!("bpf-tests or end-to-end tests failed in the VM (exit code {code})")
+        }
         Ending::TimedOut => bail!("end-to-end tests timed out in the VM"),
         Ending::NoExitCode => bail!("the VM running the end-to-end tests died"),
     }
     let (passed, failed) = summary(&String::from_utf8_lossy(&guest.stdout));
     if failed > 0 || passed == 0 {
         bail!(
-            "end-to-end tests: {passed} passed, {failed} failed; at least one must run, none fail"
+            "bpf-tests and end-to-end tests in the VM: {passed} passed, {failed} failed; at \
+             least one must run, none fail"
         );
     }
-    eprintln!("xtask: end-to-end tests in the VM: {passed} passed");
+    eprintln!("xtask: bpf-tests and end-to-end tests in the VM: {passed} passed");
     Ok(())
 }
 
-/// Builds the `e2e` test binary and returns its path.
-fn build(root: &Path) -> Result<String> {
+/// Builds the test targets that `selection` (cargo test arguments) names and returns their
+/// executables.
+fn test_binaries(root: &Path, selection: &[&str]) -> Result<Vec<String>> {
     let out = Command::new("cargo")
         .current_dir(root)
-        .args([
-            "test", "--locked", "-p", "xsteer", "--test", "e2e", "--no-run",
-        ])
+        .args(["test", "--locked", "--no-run"])
+        .args(selection)
         .arg("--message-format=json-render-diagnostics")
         .stderr(std::process::Stdio::inherit())
         .output()
-        .context("running cargo test --no-run for the e2e tests")?;
+        .with_context(|| format!("running cargo test --no-run {}", selection.join(" ")))?;
     if !out.status.success() {
-        bail!("building the e2e tests failed: {}", out.status);
+        bail!(
+            "building the tests {} failed: {}",
+            selection.join(" "),
+            out.status
+        );
     }
-    // The `xsteer` binary is built too (for tests that run it): keep the e2e test target's line.
+    // Binaries built along (`xsteer`, for tests that run it) are not test targets.
     const KEY: &str = "\"executable\":\"";
-    String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|line| line.contains("\"kind\":[\"test\"]") && line.contains("\"name\":\"e2e\""))
+        .filter(|line| line.contains("\"kind\":[\"test\"]"))
         .filter_map(|line| {
             let rest = &line[line.find(KEY)? + KEY.len()..];
             Some(rest[..rest.find('"')?].to_owned())
         })
-        .next_back()
-        .context("cargo reported no executable for the e2e tests")
+        .collect())
 }
 
 /// Sums libtest's "test result: ok. N passed; M failed; …" lines.
