@@ -1,14 +1,13 @@
 //! What the CIDR maps need of an address family, so that one implementation serves the IPv4
 //! maps and their IPv6 twins (`remote_pod_cidrs` and `remote6_cidrs`, `local_pod_cidrs` and
-//! `local6_cidrs`): the LPM trie's key, and the grid of slots in front of the remote trie.
+//! `local6_cidrs`): the LPM trie's key, and the grid of slots in front of the remote trie. Each
+//! family implements them beside its grid (`grid` for IPv4, `v6` for IPv6), so that this module
+//! depends on neither.
 
 use std::{collections::BTreeMap, fmt, ops::Range};
 
 use aya::{Pod, maps::lpm_trie::Key};
-use xsteer_common::maps::{self as names, Ipv4, Ipv6, RemotePodCidr};
-
-use super::{grid::Grid, v6::GridV6};
-use crate::cidr::{Ipv4Cidr, Ipv6Cidr};
+use xsteer_common::maps::RemotePodCidr;
 
 /// A CIDR of one family as the maps key it.
 pub trait MapCidr: Copy + Ord + fmt::Display {
@@ -58,58 +57,4 @@ pub trait SlotGrid: Copy + PartialEq + Sized {
     /// whole slot; "ask the trie" if an entry finer than the slot lies in it; empty otherwise.
     fn slot_value(entries: &BTreeMap<Self::Cidr, RemotePodCidr>, slot: Self::Cidr)
     -> RemotePodCidr;
-}
-
-impl MapCidr for Ipv4Cidr {
-    type Addr = Ipv4;
-    type Grid = Grid;
-    const REMOTE_MAPS: RemoteMapNames = RemoteMapNames {
-        trie: names::REMOTE_POD_CIDRS,
-        grid: names::POD_CIDR_GRID,
-        slots: names::REMOTE_POD_SLOTS,
-    };
-
-    fn lpm_key(self) -> Key<Ipv4> {
-        Key::new(u32::from(self.prefix_len()), self.addr().octets())
-    }
-
-    fn from_lpm_key(key: &Key<Ipv4>) -> Option<Self> {
-        let len = u8::try_from(key.prefix_len()).ok()?;
-        Ipv4Cidr::new(key.data().into(), len).ok()
-    }
-
-    fn show_lpm_key(key: &Key<Ipv4>) -> String {
-        format!(
-            "{}/{}",
-            std::net::Ipv4Addr::from(key.data()),
-            key.prefix_len()
-        )
-    }
-}
-
-impl MapCidr for Ipv6Cidr {
-    type Addr = Ipv6;
-    type Grid = GridV6;
-    const REMOTE_MAPS: RemoteMapNames = RemoteMapNames {
-        trie: names::REMOTE_POD_CIDRS_V6,
-        grid: names::POD_CIDR_GRID_V6,
-        slots: names::REMOTE_POD_SLOTS_V6,
-    };
-
-    fn lpm_key(self) -> Key<Ipv6> {
-        Key::new(u32::from(self.prefix_len()), self.addr().octets())
-    }
-
-    fn from_lpm_key(key: &Key<Ipv6>) -> Option<Self> {
-        let len = u8::try_from(key.prefix_len()).ok()?;
-        Ipv6Cidr::new(key.data().into(), len).ok()
-    }
-
-    fn show_lpm_key(key: &Key<Ipv6>) -> String {
-        format!(
-            "{}/{}",
-            std::net::Ipv6Addr::from(key.data()),
-            key.prefix_len()
-        )
-    }
 }

@@ -10,12 +10,15 @@
 //! insert the trie first, then the slots; on a removal the slots first, then the trie. A slot
 //! that a CIDR finer than the slot lies in cannot answer alone: it says "ask the trie"
 //! ([`SLOT_CONSULT_TRIE`]). Addresses outside the grid always go to the trie.
+//!
+//! Here too is how an IPv4 CIDR keys the maps ([`MapCidr`]).
 
 use std::{collections::BTreeMap, net::Ipv4Addr, ops::Range};
 
-use xsteer_common::maps::{PodCidrGrid, RemotePodCidr, SLOT_CONSULT_TRIE};
+use aya::maps::lpm_trie::Key;
+use xsteer_common::maps::{self as names, Ipv4, PodCidrGrid, RemotePodCidr, SLOT_CONSULT_TRIE};
 
-use super::family::SlotGrid;
+use super::family::{MapCidr, RemoteMapNames, SlotGrid};
 use crate::cidr::Ipv4Cidr;
 
 /// The cluster CIDR cut into slots.
@@ -151,6 +154,29 @@ impl SlotGrid for Grid {
                 entries.get(&cover).copied()
             })
             .unwrap_or_default()
+    }
+}
+
+impl MapCidr for Ipv4Cidr {
+    type Addr = Ipv4;
+    type Grid = Grid;
+    const REMOTE_MAPS: RemoteMapNames = RemoteMapNames {
+        trie: names::REMOTE_POD_CIDRS,
+        grid: names::POD_CIDR_GRID,
+        slots: names::REMOTE_POD_SLOTS,
+    };
+
+    fn lpm_key(self) -> Key<Ipv4> {
+        Key::new(u32::from(self.prefix_len()), self.addr().octets())
+    }
+
+    fn from_lpm_key(key: &Key<Ipv4>) -> Option<Self> {
+        let len = u8::try_from(key.prefix_len()).ok()?;
+        Ipv4Cidr::new(key.data().into(), len).ok()
+    }
+
+    fn show_lpm_key(key: &Key<Ipv4>) -> String {
+        format!("{}/{}", Ipv4Addr::from(key.data()), key.prefix_len())
     }
 }
 

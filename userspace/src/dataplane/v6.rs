@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, net::Ipv6Addr, ops::Range};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, lpm_trie::Key};
 use xsteer_common::maps::{
     self as names, CLUSTER_POD_CIDRS_MAX, ClusterPodCidrV6, ClusterPodSpaceV6, Ipv6, LocalPodCidr,
     PeerNode, PodCidrGridV6, RemotePodCidr, SLOT_CONSULT_TRIE,
@@ -14,7 +14,7 @@ use xsteer_common::maps::{
 
 use super::{
     DataplaneError,
-    family::SlotGrid,
+    family::{MapCidr, RemoteMapNames, SlotGrid},
     maps::{CidrMap, RemoteCidrs, keep_slots, map_err},
 };
 use crate::cidr::{Ipv6Cidr, NODE_POD_PREFIX_LEN_V6};
@@ -293,6 +293,29 @@ impl<'a> PeerNodesV6<'a> {
             .get(&u32::from(node_id), 0)
             .map_err(map_err(names::PEER_ADDRS_V6))?;
         Ok((addr != [0; 16]).then(|| Ipv6Addr::from(addr)))
+    }
+}
+
+impl MapCidr for Ipv6Cidr {
+    type Addr = Ipv6;
+    type Grid = GridV6;
+    const REMOTE_MAPS: RemoteMapNames = RemoteMapNames {
+        trie: names::REMOTE_POD_CIDRS_V6,
+        grid: names::POD_CIDR_GRID_V6,
+        slots: names::REMOTE_POD_SLOTS_V6,
+    };
+
+    fn lpm_key(self) -> Key<Ipv6> {
+        Key::new(u32::from(self.prefix_len()), self.addr().octets())
+    }
+
+    fn from_lpm_key(key: &Key<Ipv6>) -> Option<Self> {
+        let len = u8::try_from(key.prefix_len()).ok()?;
+        Ipv6Cidr::new(key.data().into(), len).ok()
+    }
+
+    fn show_lpm_key(key: &Key<Ipv6>) -> String {
+        format!("{}/{}", Ipv6Addr::from(key.data()), key.prefix_len())
     }
 }
 

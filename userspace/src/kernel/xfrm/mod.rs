@@ -27,10 +27,11 @@ use zeroize::Zeroizing;
 use super::Netlink;
 
 mod new_sa;
+use xsteer_common::spi::PER_CPU_SAS_MAX;
+
 use crate::{
     cidr::IpCidr,
     keys::{self, CBC_AES as CBC, Fingerprint, GCM, HMAC_SHA256},
-    protocol::PER_CPU_SAS_MAX,
 };
 
 /// The low 16 bits of the reqid of every SA xsteer installs; the high 16 name the SA's set
