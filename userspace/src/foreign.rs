@@ -63,10 +63,10 @@ pub enum ExportError {
          `ip` commands cannot open; export covers bare ESP only (encap = \"esp\" for this peer)"
     )]
     EspInUdp(String),
-    /// The pair carries pods of a second family, whose routes the script cannot name.
+    /// The cluster or the peer has pods of a second family, whose routes the script cannot name.
     #[error(
-        "peer {0} has pod CIDRs of a second family (dual stack): export covers pod CIDRs of the \
-         node IPs' family only"
+        "peer {0}: the cluster is dual stack (cluster_cidr_v6, or IPv6 pod CIDRs of the peer): \
+         export covers single-stack clusters only"
     )]
     DualStack(String),
     /// This node holds no IN SA from the peer yet: the peer would send what it cannot decrypt.

@@ -212,6 +212,23 @@ fn sysctl_value(netns: &str, path: String, value: String) -> Result<()> {
     })
 }
 
+/// Plugs namespace `netns` into the wire: a veth whose end `port` is on the bridge and whose
+/// other end, `ifname` in `netns`, holds `addr`/24.
+fn plug_into_wire(port: &str, netns: &str, ifname: &str, addr: Ipv4Addr) -> Result<()> {
+    ip_in(
+        WIRE,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", netns,
+        ],
+    )?;
+    ip_in(WIRE, &["link", "set", port, "master", "br0", "up"])?;
+    ip_in(
+        netns,
+        &["addr", "add", &format!("{addr}/24"), "dev", ifname],
+    )?;
+    Ok(())
+}
+
 /// Wires node `node`'s router: the wire on `wan`, the node on `lan`, masquerading out of `wan`
 /// with ESP in UDP mapped to [`NAT_PORT`], idle UDP mappings forgotten after
 /// [`NAT_UDP_TIMEOUT_S`]. The node's own end is `eth0` in its namespace, left to the caller.
@@ -219,18 +236,7 @@ fn wire_router(node: &LabNode, router: &str, nodes: &[LabNode]) -> Result<()> {
     let ns = node.netns.as_str();
     ip(&["netns", "add", router])?;
     ip_in(router, &["link", "set", "lo", "up"])?;
-    let port = node.name.as_str();
-    ip_in(
-        WIRE,
-        &[
-            "link", "add", port, "type", "veth", "peer", "name", "wan", "netns", router,
-        ],
-    )?;
-    ip_in(WIRE, &["link", "set", port, "master", "br0", "up"])?;
-    ip_in(
-        router,
-        &["addr", "add", &format!("{}/24", node.ip), "dev", "wan"],
-    )?;
+    plug_into_wire(&node.name, router, "wan", node.ip)?;
     ip_in(router, &["link", "set", "wan", "up"])?;
     ip_in(
         router,
@@ -327,18 +333,7 @@ pub fn wire_up(nodes: &[LabNode]) -> Result<()> {
                 ],
             )?;
         } else {
-            let port = node.name.as_str();
-            ip_in(
-                WIRE,
-                &[
-                    "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
-                ],
-            )?;
-            ip_in(WIRE, &["link", "set", port, "master", "br0", "up"])?;
-            ip_in(
-                ns,
-                &["addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
-            )?;
+            plug_into_wire(&node.name, ns, "eth0", node.ip)?;
         }
         if let Some(ip6) = node.ip6 {
             // nodad: usable at once, not tentative for the second DAD takes.

@@ -66,6 +66,14 @@ struct Etc;
 
 impl Etc {
     fn install(a: &Node, esn: bool) -> Etc {
+        // These are the machine's own paths: outside the VM bed's throwaway root, an operator's
+        // files may be there.
+        for dir in Etc::DIRS {
+            assert!(
+                std::env::var_os("XSTEER_VM").is_some() || !Path::new(dir).exists(),
+                "{dir} exists and this is not the VM bed (XSTEER_VM unset): refusing to replace it"
+            );
+        }
         Etc::clear();
         fs::create_dir_all(ETC).unwrap();
         let mut config = fs::read_to_string(a.config()).unwrap();
@@ -80,8 +88,11 @@ impl Etc {
         Etc
     }
 
+    /// The config's, and the agent's default state and pin directories.
+    const DIRS: [&str; 3] = [ETC, "/var/lib/xsteer", "/sys/fs/bpf/xsteer"];
+
     fn clear() {
-        for dir in [ETC, "/var/lib/xsteer", "/sys/fs/bpf/xsteer"] {
+        for dir in Etc::DIRS {
             let _ = fs::remove_dir_all(dir);
         }
     }

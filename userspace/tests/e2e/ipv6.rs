@@ -40,7 +40,7 @@ use xsteer::lab::{
     self, agents,
     capture::{Capture, IpPacket, Packet6},
     netns,
-    probe::{self, ECHO_PORT, Proto},
+    probe::{self, Proto},
     topology::{self, LabNode, LabPod, Size, Stack},
 };
 use xsteer_common::{counters::Counter, programs};
@@ -687,26 +687,21 @@ fn a_key_rotation_loses_nothing_of_ipv6_streams() {
         })
     };
     let key_file = format!("{DIR}/keys");
-    let streams: Vec<(usize, usize, probe::StreamReport)> = thread::scope(|s| {
-        let handles: Vec<_> = (0..3)
-            .map(|i| {
-                let j = (i + 1) % 3;
-                let (from, to) = (firsts[i].clone(), IpAddr::from(ip6(&firsts[j])));
-                s.spawn(move || {
-                    let report = netns::run_in(&from.netns, move || {
-                        probe::stream(to, ECHO_PORT, RATE, STREAM)
-                    })
-                    .unwrap();
-                    (i, j, report)
-                })
-            })
-            .collect();
-        thread::sleep(Duration::from_secs(3));
-        let (ok, text) = xsteer(&["keys", "rotate", "--key-file", &key_file]);
-        assert!(ok, "keys rotate:\n{text}");
-        eprintln!("{:>4.1} s: {}", 3.0, text.trim());
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let pairs: Vec<(usize, usize)> = (0..3).map(|i| (i, (i + 1) % 3)).collect();
+    let to_and_from: Vec<_> = pairs
+        .iter()
+        .map(|&(i, j)| (firsts[i].clone(), IpAddr::from(ip6(&firsts[j]))))
+        .collect();
+    let streams: Vec<(usize, usize, probe::StreamReport)> = pairs
+        .into_iter()
+        .zip(labs::streams_through_a_rotation(
+            &to_and_from,
+            RATE,
+            STREAM,
+            &key_file,
+        ))
+        .map(|((i, j), report)| (i, j, report))
+        .collect();
     done.store(true, Ordering::Relaxed);
     let packets = drain.join().unwrap();
     let census = lab::census_all(&packets);

@@ -1,12 +1,16 @@
 //! Shared by the end-to-end tests that drive `xsteer lab` (lab.rs, ipv6.rs, nat.rs) or put
-//! frames on a wire by hand (guards.rs): the CLI, a lab node's counters and agent logs, and the
-//! MAC address `ip link show` prints.
+//! frames on a wire by hand (guards.rs): the CLI, a lab node's counters and agent logs, streams
+//! through a key rotation, and the MAC address `ip link show` prints.
 
-use std::{path::Path, process::Command};
+use std::{net::IpAddr, path::Path, process::Command, thread, time::Duration};
 
 use xsteer::{
     dataplane::Dataplane,
-    lab::{agents, topology::LabNode},
+    lab::{
+        agents, netns,
+        probe::{self, ECHO_PORT, StreamReport},
+        topology::{LabNode, LabPod},
+    },
 };
 use xsteer_common::counters::Counter;
 
@@ -42,6 +46,34 @@ pub fn agent_logs(dir: &Path, nodes: &[LabNode]) -> String {
             )
         })
         .collect()
+}
+
+/// Streams from each pod to its address (an echo server's) at `rate` per second for `length`,
+/// all at once, while `xsteer keys rotate` adds a generation to `key_file` 3 s in; returns each
+/// stream's report, in order.
+pub fn streams_through_a_rotation(
+    streams: &[(LabPod, IpAddr)],
+    rate: u32,
+    length: Duration,
+    key_file: &str,
+) -> Vec<StreamReport> {
+    thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|(from, to)| {
+                let (netns, to) = (from.netns.clone(), *to);
+                s.spawn(move || {
+                    netns::run_in(&netns, move || probe::stream(to, ECHO_PORT, rate, length))
+                        .unwrap()
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_secs(3));
+        let (ok, text) = xsteer(&["keys", "rotate", "--key-file", key_file]);
+        assert!(ok, "keys rotate:\n{text}");
+        eprintln!("3 s in: {}", text.trim());
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 /// The MAC address in `ip link show IFNAME`'s output.

@@ -193,25 +193,18 @@ fn through_a_nat_every_pair_talks_esp_in_udp_idle_mappings_stay_and_rotation_los
     const STREAM: Duration = Duration::from_secs(14);
     let captures = lab.capture();
     let key_file = format!("{DIR}/keys");
-    let reports: Vec<(usize, usize, probe::StreamReport)> = thread::scope(|s| {
-        let handles: Vec<_> = [(0, 2), (2, 1)]
-            .into_iter()
-            .map(|(i, j)| {
-                let (from, to) = (firsts[i].clone(), IpAddr::from(firsts[j].ip));
-                s.spawn(move || {
-                    let report = netns::run_in(&from.netns, move || {
-                        probe::stream(to, ECHO_PORT, RATE, STREAM)
-                    })
-                    .unwrap();
-                    (i, j, report)
-                })
-            })
-            .collect();
-        thread::sleep(Duration::from_secs(3));
-        let (ok, text) = xsteer(&["keys", "rotate", "--key-file", &key_file]);
-        assert!(ok, "keys rotate:\n{text}");
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let pairs = [(0, 2), (2, 1)];
+    let streams: Vec<_> = pairs
+        .iter()
+        .map(|&(i, j)| (firsts[i].clone(), IpAddr::from(firsts[j].ip)))
+        .collect();
+    let reports: Vec<(usize, usize, probe::StreamReport)> = pairs
+        .into_iter()
+        .zip(labs::streams_through_a_rotation(
+            &streams, RATE, STREAM, &key_file,
+        ))
+        .map(|((i, j), report)| (i, j, report))
+        .collect();
     // Per capture: node1's, node2's and node3's uplinks, then the router's two sides.
     let seen: Vec<Vec<IpPacket>> = captures.iter().map(|c| c.take_all().unwrap()).collect();
     let packets: Vec<IpPacket> = seen.iter().flatten().cloned().collect();
