@@ -13,6 +13,9 @@
 //!
 //! The script adds an SA only where the peer lacks it: running it again keeps every SA the
 //! peer has, with its sequence counter, so it never restarts a counter under the same key.
+//! What it installed before and no longer lists it deletes: SAs known by xsteer's reqid,
+//! policies by xsteer's policy priority, routes by xsteer's route protocol, each only between
+//! the two nodes, so the peer's other IPsec and routes are left alone.
 
 use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr};
 
@@ -22,8 +25,11 @@ use crate::{
     cidr::IpCidr,
     kernel::{
         Netlink,
-        routing::{self, DEFAULT_RULE_PRIORITY, RoutingError},
-        xfrm::{self, Crypto, Direction, PolicyAction, REPLAY_WINDOW, REQID, State, XfrmError},
+        routing::{self, DEFAULT_RULE_PRIORITY, ROUTE_PROTOCOL, RoutingError},
+        xfrm::{
+            self, Crypto, Direction, PEER_POLICY_PRIORITY, PolicyAction, REPLAY_WINDOW, REQID,
+            State, XfrmError,
+        },
     },
     keys::{GenerationError, KeyFile, push_hex},
     protocol::{sending_epochs, sending_generation, wire_spi},
@@ -309,8 +315,9 @@ impl ForeignSide {
         for (src, dst) in &self.selectors {
             let _ = writeln!(
                 out,
-                "ip xfrm policy update src {src} dst {dst} dir out tmpl src {peer_ip} dst \
-                 {local_ip} proto esp spi {spi:#010x} reqid {reqid:#x} mode tunnel"
+                "ip xfrm policy update src {src} dst {dst} dir out priority \
+                 {PEER_POLICY_PRIORITY:#x} tmpl src {peer_ip} dst {local_ip} proto esp spi \
+                 {spi:#010x} reqid {reqid:#x} mode tunnel"
             );
         }
         for (src, dst) in &self.selectors {
@@ -318,8 +325,9 @@ impl ForeignSide {
             for dir in ["in", "fwd"] {
                 let _ = writeln!(
                     out,
-                    "ip xfrm policy update src {dst} dst {src} dir {dir} tmpl src {local_ip} \
-                     dst {peer_ip} proto esp mode tunnel"
+                    "ip xfrm policy update src {dst} dst {src} dir {dir} priority \
+                     {PEER_POLICY_PRIORITY:#x} tmpl src {local_ip} dst {peer_ip} proto esp \
+                     mode tunnel"
                 );
             }
         }
@@ -337,13 +345,76 @@ impl ForeignSide {
             "\n# Routes to {local}'s pods, with room for ESP (on a link shared with {local})."
         );
         for cidr in &self.routes {
-            let _ = write!(out, "ip route replace {cidr} via {local_ip}");
+            let _ = write!(
+                out,
+                "ip route replace {cidr} via {local_ip} proto {ROUTE_PROTOCOL:#x}"
+            );
             if let Some(mtu) = self.route_mtu {
                 let _ = write!(out, " mtu {mtu}");
             }
             out.push('\n');
         }
+        let _ = writeln!(
+            out,
+            "\n# Policies (priority {PEER_POLICY_PRIORITY:#x}) and routes (proto \
+             {ROUTE_PROTOCOL:#x}) of earlier scripts between {local} and {peer} that this one \
+             does not list: {local}'s pod CIDRs or {peer}'s changed."
+        );
+        self.push_stale_policies(&mut out);
+        self.push_stale_routes(&mut out);
         out
+    }
+
+    /// Appends the loop that deletes the policies at xsteer's priority whose template joins
+    /// the two nodes and which the script does not list.
+    fn push_stale_policies(&self, out: &mut String) {
+        let (peer_ip, local_ip) = (self.peer_ip, self.local_ip);
+        let _ = write!(out, "keep=\"");
+        for (src, dst) in &self.selectors {
+            let _ = write!(out, " {src}>{dst}>out {dst}>{src}>in {dst}>{src}>fwd");
+        }
+        // `ip -o` puts each policy on one line, its parts joined by backslashes.
+        let _ = writeln!(
+            out,
+            " \"\n\
+             for policy in $(ip -o xfrm policy list priority {PEER_POLICY_PRIORITY:#x} | awk '{{ \
+             gsub(/\\\\/, \" \"); s = \"\"; d = \"\"; x = \"\"; t = \"\"; \
+             for (i = 1; i < NF; i++) {{ if ($i == \"tmpl\") t = $(i + 2) \">\" $(i + 4); \
+             else if ($i == \"dir\") x = $(i + 1); \
+             else if (t == \"\" && $i == \"src\") s = $(i + 1); \
+             else if (t == \"\" && $i == \"dst\") d = $(i + 1) }} \
+             if (t == \"{peer_ip}>{local_ip}\" || t == \"{local_ip}>{peer_ip}\") \
+             print s \">\" d \">\" x }}'); do\n  \
+             case \"$keep\" in *\" $policy \"*) ;; *)\n    \
+             src=${{policy%%>*}}; rest=${{policy#*>}}; dst=${{rest%%>*}}; dir=${{rest#*>}}\n    \
+             ip xfrm policy delete src \"$src\" dst \"$dst\" dir \"$dir\" ;;\n  \
+             esac\n\
+             done"
+        );
+    }
+
+    /// Appends the loop that deletes the routes via this node with xsteer's protocol that the
+    /// script does not list.
+    fn push_stale_routes(&self, out: &mut String) {
+        let local_ip = self.local_ip;
+        let (family, host_len) = match local_ip {
+            IpAddr::V4(_) => ("-4", 32),
+            IpAddr::V6(_) => ("-6", 128),
+        };
+        let _ = write!(out, "keep=\"");
+        for cidr in &self.routes {
+            let _ = write!(out, " {cidr}");
+        }
+        // `ip route` shows a host route without its prefix length.
+        let _ = writeln!(
+            out,
+            " \"\n\
+             for net in $(ip {family} route show proto {ROUTE_PROTOCOL:#x} via {local_ip} | awk \
+             '{{ print index($1, \"/\") ? $1 : $1 \"/{host_len}\" }}'); do\n  \
+             case \"$keep\" in *\" $net \"*) ;; *) ip {family} route delete \"$net\" via \
+             {local_ip} proto {ROUTE_PROTOCOL:#x} ;; esac\n\
+             done"
+        );
     }
 }
 
@@ -560,14 +631,14 @@ mod tests {
                  af-unspec esn aead 'rfc4106(gcm(aes))' {hex} 128\n"
             ),
             format!(
-                "ip xfrm policy update src 10.244.2.0/24 dst 192.168.0.1/32 dir out tmpl src \
-                 192.168.0.2 dst 192.168.0.1 proto esp spi {spi:#010x} reqid {reqid:#x} mode \
-                 tunnel\n"
+                "ip xfrm policy update src 10.244.2.0/24 dst 192.168.0.1/32 dir out priority \
+                 0x78730010 tmpl src 192.168.0.2 dst 192.168.0.1 proto esp spi {spi:#010x} \
+                 reqid {reqid:#x} mode tunnel\n"
             ),
-            "ip xfrm policy update src 192.168.0.1/32 dst 10.244.2.0/24 dir fwd tmpl src \
-             192.168.0.1 dst 192.168.0.2 proto esp mode tunnel\n"
+            "ip xfrm policy update src 192.168.0.1/32 dst 10.244.2.0/24 dir fwd priority \
+             0x78730010 tmpl src 192.168.0.1 dst 192.168.0.2 proto esp mode tunnel\n"
                 .to_owned(),
-            "ip route replace 10.244.1.0/24 via 192.168.0.1 mtu 1446\n".to_owned(),
+            "ip route replace 10.244.1.0/24 via 192.168.0.1 proto 0x78 mtu 1446\n".to_owned(),
         ];
         for line in expect {
             assert!(
@@ -590,6 +661,35 @@ mod tests {
         ] {
             assert!(secret.contains(&line), "{line}\nnot in\n{}", secret.as_str());
         }
+        // So do policies at xsteer's priority and routes with its protocol that the script does
+        // not list, each only between the two nodes.
+        for line in [
+            "for policy in $(ip -o xfrm policy list priority 0x78730010 | awk ",
+            "if (t == \"192.168.0.2>192.168.0.1\" || t == \"192.168.0.1>192.168.0.2\") print s",
+            "ip xfrm policy delete src \"$src\" dst \"$dst\" dir \"$dir\" ;;\n",
+            "keep=\" 10.244.1.0/24 \"\nfor net in $(ip -4 route show proto 0x78 via 192.168.0.1 | awk ",
+            "*) ip -4 route delete \"$net\" via 192.168.0.1 proto 0x78 ;; esac\ndone\n",
+        ] {
+            assert!(secret.contains(line), "{line}\nnot in\n{}", secret.as_str());
+        }
+        let kept = secret
+            .lines()
+            .find(|l| l.starts_with("keep=") && l.contains(">out "))
+            .expect("the policies the script keeps");
+        for selector in [
+            "10.244.1.0/24>10.244.2.0/24>in",
+            "10.244.1.0/24>10.244.2.0/24>fwd",
+            "10.244.2.0/24>10.244.1.0/24>out",
+            "192.168.0.2/32>10.244.1.0/24>out",
+            "10.244.1.0/24>192.168.0.2/32>fwd",
+        ] {
+            assert!(
+                kept.contains(&format!(" {selector} ")),
+                "{selector}: {kept}"
+            );
+        }
+        let selectors = kept.split_whitespace().filter(|t| t.contains('>')).count();
+        assert_eq!(selectors, 9, "{kept}");
         assert_eq!(secret.matches(" dir out ").count(), 3);
         assert_eq!(secret.matches(" dir in ").count(), 3);
         assert_eq!(secret.matches(" dir fwd ").count(), 3);

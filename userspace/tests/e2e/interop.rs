@@ -4,8 +4,9 @@
 //! page's blocks marked for it. Every `sh` block of the page is run, in order, in the node's
 //! namespace it is marked for, from one working directory (which stands for copying `b.sh`).
 //! Checked: ping, TCP and UDP between the pods both ways, b's SAs with or without ESN as
-//! configured, the page's key rotation losing no datagram of two streams, and no pod packet on
-//! the wire outside ESP.
+//! configured, the page's key rotation losing no datagram of two streams, running the script
+//! again deleting the policies and routes an earlier one left but not b's own, and no pod
+//! packet on the wire outside ESP.
 
 use std::{
     fs,
@@ -217,6 +218,9 @@ fn peer_configured_only_from_export(esn: bool) {
     // Keys 3 and 4: an IN SA of each from a, the OUT SA of 4.
     assert_eq!(b_sas.len(), 3);
     assert_eq!(flagged, if esn { 3 } else { 0 });
+    leftovers_go_and_bs_own_stay(&a, &b, &blocks[1], &workdir);
+    let failed = reachable(&a, &b);
+    assert!(failed.is_empty(), "{failed:#?}\n{}", agent_logs(&[&a]));
 
     if esn {
         rotate_under_streams(&a, &b, &blocks, &workdir);
@@ -250,6 +254,56 @@ fn peer_configured_only_from_export(esn: bool) {
             assert_eq!(generations.last(), Some(&5), "{} -> {}", from.name, to.name);
         }
     }
+}
+
+/// Policies and a route between a and b as an earlier script would have left them (xsteer's
+/// policy priority, its route protocol) for a pod CIDR a no longer has, beside the same of b's
+/// own operator: running `b.sh` again deletes the first and keeps the second, and every SA.
+fn leftovers_go_and_bs_own_stay(a: &Node, b: &Node, script: &Block, workdir: &Path) {
+    const PRIORITY: &str = "0x78730010";
+    let (a_ip, b_ip) = (a.wire_ip.to_string(), b.wire_ip.to_string());
+    let policy = |gone: &str, priority: &str| {
+        for (src, dst, dir, tmpl) in [
+            ("10.244.2.0/24", gone, "out", [&b_ip, &a_ip]),
+            (gone, "10.244.2.0/24", "in", [&a_ip, &b_ip]),
+        ] {
+            b.netns.ip(&[
+                "xfrm", "policy", "update", "src", src, "dst", dst, "dir", dir, "priority",
+                priority, "tmpl", "src", tmpl[0], "dst", tmpl[1], "proto", "esp", "mode", "tunnel",
+            ]);
+        }
+    };
+    policy("10.244.9.0/24", PRIORITY);
+    policy("10.244.8.0/24", "0");
+    b.netns.ip(&[
+        "route",
+        "replace",
+        "10.244.9.0/24",
+        "via",
+        &a_ip,
+        "proto",
+        "0x78",
+    ]);
+    b.netns
+        .ip(&["route", "replace", "10.244.8.0/24", "via", &a_ip]);
+    let spis = |n: &Node| sas(&n.netns).iter().map(|sa| sa.spi).collect::<Vec<_>>();
+    let before = spis(b);
+
+    run(script, (a, b), workdir);
+    let policies = b.netns.ip(&["-o", "xfrm", "policy", "list"]);
+    let routes = b.netns.ip(&["route", "show"]);
+    eprintln!("b's policies after the script ran again:\n{policies}b's routes:\n{routes}");
+    let has_policy = |cidr: &str| policies.contains(&format!(" {cidr} "));
+    assert!(!has_policy("10.244.9.0/24"), "a leftover policy stayed");
+    assert!(!routes.contains("10.244.9.0/24"), "a leftover route stayed");
+    assert!(has_policy("10.244.8.0/24"), "b's own policies went");
+    assert!(routes.contains("10.244.8.0/24 via"), "b's own route went");
+    let listed = b
+        .netns
+        .ip(&["-o", "xfrm", "policy", "list", "priority", PRIORITY]);
+    // Out, in and fwd for b's pods to a's pods, b to a's pods and b's pods to a.
+    assert_eq!(listed.lines().count(), 9, "{listed}");
+    assert_eq!(spis(b), before, "running the script again changed b's SAs");
 }
 
 /// The page's rotation (blocks 2 to 8) while a stream runs each way between the pods: none
