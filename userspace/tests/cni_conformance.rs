@@ -83,7 +83,7 @@ fn version_lists_the_supported_versions() {
     let answer: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         answer,
-        json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]})
+        json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
     );
 }
 
@@ -97,7 +97,7 @@ fn add_without_a_previous_result_is_refused() {
 
 #[test]
 fn an_unsupported_version_is_incompatible() {
-    for version in ["0.2.0", "1.1.0", "2.0.0"] {
+    for version in ["0.2.0", "1.2.0", "2.0.0"] {
         let stdin =
             json!({"cniVersion": version, "type": "xsteer-cni", "prevResult": prev_result()});
         for command in ["ADD", "DEL", "CHECK"] {
@@ -117,6 +117,20 @@ fn an_unsupported_version_is_incompatible() {
         1,
         "does not allow CHECK",
     );
+}
+
+#[test]
+fn status_on_a_node_without_the_dataplane_is_not_available_and_gc_finds_nothing() {
+    let stdin = json!({"cniVersion": "1.1.0", "name": "kindnet", "type": "xsteer-cni",
+        "pinDir": NO_PINS, "cni.dev/valid-attachments": []});
+    let stdin = stdin.to_string();
+    assert_error(
+        Some("STATUS"),
+        stdin.as_bytes(),
+        50,
+        "the xsteer dataplane is not loaded on this node",
+    );
+    assert_eq!(plugin(Some("GC"), stdin.as_bytes()), (0, String::new()));
 }
 
 #[test]

@@ -187,6 +187,18 @@ impl Node {
         conf
     }
 
+    /// The config a CNI 1.1.0 runtime hands to STATUS and GC: the network's, no result, and
+    /// for GC the attachments it still knows.
+    fn network_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "kindnet",
+            "type": "xsteer-cni",
+            "pinDir": self.pin_dir(),
+            "cni.dev/valid-attachments": [{"containerID": "0123abcd", "ifname": "eth0"}],
+        })
+    }
+
     /// Runs the plugin in this thread's namespace; returns exit code and stdout.
     fn plugin(&self, command: &str, conf: &Value) -> (i32, String) {
         let out = self
@@ -204,13 +216,19 @@ impl Node {
     }
 
     fn spawn(&self, command: &str, conf: &Value) -> std::process::Child {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xsteer-cni"))
+        let mut plugin = Command::new(env!("CARGO_BIN_EXE_xsteer-cni"));
+        plugin
             .env_clear()
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "0123abcd")
-            .env("CNI_NETNS", format!("/run/netns/{}", self.pod.name))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
+            .env("CNI_PATH", "/opt/cni/bin");
+        // STATUS and GC concern the network: a runtime names no container for them.
+        if !["STATUS", "GC"].contains(&command) {
+            plugin
+                .env("CNI_CONTAINERID", "0123abcd")
+                .env("CNI_NETNS", format!("/run/netns/{}", self.pod.name))
+                .env("CNI_IFNAME", "eth0");
+        }
+        let mut child = plugin
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -350,6 +368,13 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
             "the egress guard is not attached to any uplink",
         );
         node.assert_error("CHECK", &conf, 11, "egress guard");
+        // STATUS says the same before any ADD: the plugin cannot serve one (50).
+        node.assert_error(
+            "STATUS",
+            &node.network_conf(),
+            50,
+            "the egress guard is not attached to any uplink",
+        );
         unclassified();
 
         // Back, then the ingress guard's link unpinned.
@@ -381,6 +406,10 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
         assert_eq!(node.agent_start(&[]), [Attached::New; 2]);
         let (exit, stdout) = node.plugin("ADD", &conf);
         assert_eq!(exit, 0, "guards re-attached: {stdout}");
+        assert_eq!(
+            node.plugin("STATUS", &node.network_conf()),
+            (0, String::new())
+        );
 
         // The ingress guard at tc ingress, as the agent runs it on a veth uplink, counts as
         // attached; its pin without the attachment does not.
@@ -451,6 +480,12 @@ fn add_on_a_node_without_its_guards_is_try_again_later() {
             11,
             "the xsteer dataplane is not loaded on this node: no pinned pod classifier",
         );
+        node.assert_error(
+            "STATUS",
+            &node.network_conf(),
+            50,
+            "the xsteer dataplane is not loaded on this node: no pinned pod classifier",
+        );
     });
 }
 
@@ -487,6 +522,42 @@ fn a_dead_link_left_by_a_veth_of_the_same_name_is_replaced() {
         assert_eq!(exit, 0, "{stdout}");
         assert_eq!(tcx(POD_VETH, TcAttachType::Ingress), [node.classifier_id()]);
         assert_eq!(node.plugin("CHECK", &conf), (0, String::new()));
+    });
+}
+
+#[test]
+fn gc_unpins_the_links_of_pod_veths_that_are_gone_and_nothing_else() {
+    if !require_root("gc_unpins_the_links_of_pod_veths_that_are_gone_and_nothing_else") {
+        return;
+    }
+    let pod_netns = format!("xsteer-cni-pod-e-{}", std::process::id());
+    in_fresh_netns(move || async move {
+        let node = Node::new(&pod_netns);
+        let pin_dir = node.pin_dir();
+        let conf = node.conf(Some(node.prev_result()));
+        assert_eq!(node.plugin("ADD", &conf).0, 0);
+        let guards = links::pinned_interfaces(&pin_dir, programs::EGRESS_GUARD);
+        // The veth is there: its pin stays, attached.
+        assert_eq!(node.plugin("GC", &node.network_conf()), (0, String::new()));
+        assert!(classifier_pin(&pin_dir, POD_VETH).exists());
+        assert_eq!(tcx(POD_VETH, TcAttachType::Ingress), [node.classifier_id()]);
+        // The pod went without a DEL: its veth is gone and the pin holds a dead link.
+        ip(&["link", "del", POD_VETH]);
+        assert!(classifier_pin(&pin_dir, POD_VETH).exists());
+        assert_eq!(node.plugin("GC", &node.network_conf()), (0, String::new()));
+        assert!(!classifier_pin(&pin_dir, POD_VETH).exists());
+        // The guards' pins and the node's readiness are untouched.
+        assert_eq!(
+            links::pinned_interfaces(&pin_dir, programs::EGRESS_GUARD),
+            guards
+        );
+        assert_eq!(tcx(UPLINK, TcAttachType::Egress).len(), 1);
+        assert_eq!(
+            node.plugin("STATUS", &node.network_conf()),
+            (0, String::new())
+        );
+        // Nothing left to collect: GC again is a no-op.
+        assert_eq!(node.plugin("GC", &node.network_conf()), (0, String::new()));
     });
 }
 

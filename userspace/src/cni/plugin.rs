@@ -1,5 +1,6 @@
 //! The commands: ADD attaches the classifier to a new pod's host veth, DEL unpins its link,
-//! CHECK confirms it is attached, VERSION says which versions the plugin speaks.
+//! CHECK confirms it is attached, STATUS says whether an ADD could succeed now, GC unpins the
+//! links of veths that went without a DEL, VERSION says which versions the plugin speaks.
 //!
 //! Whatever the command, stdout carries exactly one JSON document (the result, the version
 //! answer or the error) and nothing else; what the plugin did goes to stderr, which runtimes
@@ -70,6 +71,8 @@ fn run(
         Command::Add => add(&conf()?, container),
         Command::Del => del(&conf()?, container).map(|()| String::new()),
         Command::Check => check(&conf()?, container).map(|()| String::new()),
+        Command::Status => status(&conf()?).map(|()| String::new()),
+        Command::Gc => gc(&conf()?).map(|()| String::new()),
     }
 }
 
@@ -174,27 +177,77 @@ fn del(conf: &NetConf, container: &str) -> Result<(), CniError> {
         return Ok(());
     }
     let pin_dir = &conf.pin_dir;
-    let _held = match links::lock(pin_dir) {
-        Ok(held) => held,
-        Err(LinkError::Files { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(());
-        }
-        Err(e) => return Err(CniError::Link(Box::new(e))),
+    let Some(_held) = lock_links(pin_dir)? else {
+        return Ok(());
     };
     for name in &hosts {
-        let path = links::pin_path(pin_dir, programs::POD_CLASSIFIER, name);
-        if !path.exists() {
-            continue;
+        if unpin_classifier(pin_dir, name)? {
+            eprintln!(
+                "xsteer-cni: container {container}: pod veth {name}: classifier link unpinned"
+            );
         }
-        links::unpin(pin_dir, programs::POD_CLASSIFIER, name).map_err(|error| {
-            CniError::Kernel {
-                what: format!("removing {}", path.display()),
-                error,
-            }
-        })?;
-        eprintln!("xsteer-cni: container {container}: pod veth {name}: classifier link unpinned");
     }
     Ok(())
+}
+
+/// Takes the links lock under `pin_dir`; `None` when there is no links directory, so nothing
+/// pinned to clean up.
+fn lock_links(pin_dir: &Path) -> Result<Option<links::LinksLock>, CniError> {
+    match links::lock(pin_dir) {
+        Ok(held) => Ok(Some(held)),
+        Err(LinkError::Files { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(CniError::Link(Box::new(e))),
+    }
+}
+
+/// Removes the classifier link pinned on `veth`; whether there was one.
+fn unpin_classifier(pin_dir: &Path, veth: &str) -> Result<bool, CniError> {
+    let path = links::pin_path(pin_dir, programs::POD_CLASSIFIER, veth);
+    if !path.exists() {
+        return Ok(false);
+    }
+    links::unpin(pin_dir, programs::POD_CLASSIFIER, veth).map_err(|error| CniError::Kernel {
+        what: format!("removing {}", path.display()),
+        error,
+    })?;
+    Ok(true)
+}
+
+/// STATUS: whether an ADD would find the node ready, the dataplane loaded and guarded. If not,
+/// error 50 (the plugin cannot serve ADD) with the reason ADD would give; a runtime that asks
+/// can keep the node's network not ready instead of starting pods that would be refused.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let pin_dir = &conf.pin_dir;
+    let ready = || {
+        node::pod_classifier(pin_dir)?;
+        runtime()?.block_on(async { Node::connect()?.guarded_uplink(pin_dir).await })
+    };
+    match ready() {
+        Ok(_) => Ok(()),
+        Err(CniError::NotReady(why)) => Err(CniError::Unavailable(why)),
+        Err(e) => Err(e),
+    }
+}
+
+/// GC: unpins the classifier links of pod veths that no longer exist, which their DEL would
+/// have unpinned had it come. The runtime's list of valid attachments is not needed: the pins
+/// are by veth, and a live veth's pin is never stale (ADD replaces a dead link on it).
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let pin_dir = &conf.pin_dir;
+    let Some(_held) = lock_links(pin_dir)? else {
+        return Ok(());
+    };
+    runtime()?.block_on(async {
+        let node = Node::connect()?;
+        for name in links::pinned_interfaces(pin_dir, programs::POD_CLASSIFIER) {
+            if node.link(&name).await?.is_none() && unpin_classifier(pin_dir, &name)? {
+                eprintln!("xsteer-cni: GC: pod veth {name} is gone: classifier link unpinned");
+            }
+        }
+        Ok(())
+    })
 }
 
 /// CHECK: the dataplane is loaded and guarded, and every host veth of the previous result
@@ -250,13 +303,7 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         };
-        let outcome = invoke(var, stdin.to_string().as_bytes());
-        let stdout = if outcome.stdout.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&outcome.stdout).unwrap()
-        };
-        (stdout, outcome.exit_code)
+        parsed(invoke(var, stdin.to_string().as_bytes()))
     }
 
     const MISSING: &str = "/nonexistent/xsteer-cni-unit";
@@ -288,6 +335,53 @@ mod tests {
         ] {
             assert_eq!(call("DEL", &stdin), (Value::Null, 0));
         }
+    }
+
+    #[test]
+    fn status_without_a_loaded_dataplane_is_not_available() {
+        // The runtime calls STATUS with the network's config and no container.
+        let (error, code) = invoke_bare(
+            "STATUS",
+            &json!({"cniVersion": "1.1.0", "name": "kindnet", "type": "xsteer-cni", "pinDir": MISSING}),
+        );
+        assert_eq!(code, 1);
+        assert_eq!(error["code"], spec::code::NOT_AVAILABLE);
+        assert_eq!(error["cniVersion"], "1.1.0");
+        let msg = error["msg"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("{MISSING}/programs/pod_classifier")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn gc_without_pins_succeeds_silently() {
+        let stdin = json!({
+            "cniVersion": "1.1.0", "name": "kindnet", "type": "xsteer-cni", "pinDir": MISSING,
+            "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
+        });
+        assert_eq!(invoke_bare("GC", &stdin), (Value::Null, 0));
+    }
+
+    /// The outcome's stdout as JSON (null when empty), and its exit code.
+    fn parsed(outcome: Outcome) -> (Value, i32) {
+        let stdout = if outcome.stdout.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&outcome.stdout).unwrap()
+        };
+        (stdout, outcome.exit_code)
+    }
+
+    /// Runs `command` with `CNI_COMMAND` and `CNI_PATH` alone in the environment, as a runtime
+    /// calls STATUS and GC.
+    fn invoke_bare(command: &str, stdin: &Value) -> (Value, i32) {
+        let var = |name: &str| match name {
+            "CNI_COMMAND" => Some(command.to_owned()),
+            "CNI_PATH" => Some("/opt/cni/bin".to_owned()),
+            _ => None,
+        };
+        parsed(invoke(var, stdin.to_string().as_bytes()))
     }
 
     #[test]

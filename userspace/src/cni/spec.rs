@@ -1,6 +1,6 @@
 //! The CNI protocol as xsteer-cni speaks it: the environment a runtime sets, the config on
-//! stdin, the result and the error JSON on stdout (CNI specification 1.0.0, and the 0.3 and 0.4
-//! versions that runtimes still send: kindnet's conflist says 0.3.1).
+//! stdin, the result and the error JSON on stdout (CNI specification 1.1.0 and 1.0.0, and the 0.3
+//! and 0.4 versions that runtimes still send: kindnet's conflist says 0.3.1).
 //!
 //! The plugin is chained: it never makes a result of its own. The result it prints is the
 //! previous plugin's (`prevResult`), passed through as the same JSON value.
@@ -14,14 +14,14 @@ use serde_json::{Value, json};
 use crate::{apply::DEFAULT_PIN_DIR, dataplane::links::LinkError};
 
 /// The CNI versions this plugin speaks; 0.1.0 and 0.2.0 results carry no interfaces.
-pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The newest supported version: what the plugin answers in when the config names none it
 /// speaks.
-pub const CURRENT_VERSION: &str = "1.0.0";
+pub const CURRENT_VERSION: &str = "1.1.0";
 
 /// The versions that know CHECK (it came with 0.4.0).
-const CHECK_VERSIONS: [&str; 2] = ["0.4.0", "1.0.0"];
+const CHECK_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// The spec's well-known error codes that this plugin uses, and its own from 100 on.
 pub mod code {
@@ -37,6 +37,8 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     /// Try again later: the node is not ready, the same call may succeed later.
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD requests.
+    pub const NOT_AVAILABLE: u32 = 50;
     /// The classifier could not be attached to a pod's veth.
     pub const ATTACH: u32 = 100;
     /// CHECK found a pod's veth without the classifier.
@@ -54,6 +56,10 @@ pub enum Command {
     Check,
     /// Which versions the plugin speaks.
     Version,
+    /// Whether the plugin could serve an ADD now (CNI 1.1.0).
+    Status,
+    /// Clean up what attachments that are gone left behind (CNI 1.1.0).
+    Gc,
 }
 
 /// Why an invocation failed; each maps to a CNI error code.
@@ -83,10 +89,10 @@ pub enum CniError {
         command: Command,
     },
     /// `CNI_COMMAND` is not set.
-    #[error("CNI_COMMAND is not set: it must be one of ADD, DEL, CHECK, VERSION")]
+    #[error("CNI_COMMAND is not set: it must be one of ADD, DEL, CHECK, STATUS, GC, VERSION")]
     MissingCommand,
     /// `CNI_COMMAND` names a command this plugin does not know.
-    #[error("unknown CNI_COMMAND {0:?}: it must be one of ADD, DEL, CHECK, VERSION")]
+    #[error("unknown CNI_COMMAND {0:?}: it must be one of ADD, DEL, CHECK, STATUS, GC, VERSION")]
     UnknownCommand(String),
     /// The config could not be read from stdin.
     #[error("reading the network config from stdin: {0}")]
@@ -107,6 +113,9 @@ pub enum CniError {
     /// the agent has started.
     #[error("{0}")]
     NotReady(String),
+    /// STATUS found the node not ready: an ADD now would fail with [`CniError::NotReady`].
+    #[error("{0}")]
+    Unavailable(String),
     /// The kernel could not be asked over netlink, or a pin could not be removed.
     #[error("{what}: {error}")]
     Kernel {
@@ -161,6 +170,7 @@ impl CniError {
             CniError::Decode(_) => code::DECODE,
             CniError::MissingPrevResult | CniError::InvalidConfig(_) => code::INVALID_CONFIG,
             CniError::NotReady(_) => code::TRY_AGAIN_LATER,
+            CniError::Unavailable(_) => code::NOT_AVAILABLE,
             CniError::Attach { .. } => code::ATTACH,
             CniError::NotClassified { .. } => code::NOT_CLASSIFIED,
         }
@@ -182,7 +192,7 @@ impl CniError {
 pub struct Env {
     /// The command.
     pub command: Command,
-    /// The container (`CNI_CONTAINERID`), for diagnostics; none for VERSION.
+    /// The container (`CNI_CONTAINERID`), for diagnostics; none for VERSION, STATUS and GC.
     pub container_id: Option<String>,
 }
 
@@ -197,13 +207,16 @@ impl Env {
             Some("DEL") => Command::Del,
             Some("CHECK") => Command::Check,
             Some("VERSION") => Command::Version,
+            Some("STATUS") => Command::Status,
+            Some("GC") => Command::Gc,
             Some(other) => return Err(CniError::UnknownCommand(other.to_owned())),
         };
         let required: &[&'static str] = match command {
             Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
             // The namespace may be gone by the time of DEL.
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
-            Command::Version => &[],
+            // They concern the network, not a container.
+            Command::Version | Command::Status | Command::Gc => &[],
         };
         for &name in required {
             if var(name).is_none_or(|v| v.is_empty()) {
@@ -343,6 +356,12 @@ mod tests {
             ("CNI_IFNAME", "eth0"),
         ]);
         assert_eq!(del.unwrap().command, Command::Del);
+        // STATUS and GC concern the network: nothing but the command is required.
+        assert_eq!(
+            env(&[("CNI_COMMAND", "STATUS")]).unwrap().command,
+            Command::Status
+        );
+        assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap().command, Command::Gc);
         for missing in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
             let vars: Vec<_> = ADD.iter().copied().filter(|(k, _)| *k != missing).collect();
             let error = env(&vars).unwrap_err();
@@ -356,9 +375,9 @@ mod tests {
         let missing = env(&[]).unwrap_err();
         assert!(matches!(missing, CniError::MissingCommand));
         assert_eq!(missing.code(), code::INVALID_ENV);
-        let unknown = env(&[("CNI_COMMAND", "GC")]).unwrap_err();
+        let unknown = env(&[("CNI_COMMAND", "INIT")]).unwrap_err();
         assert_eq!(unknown.code(), code::INVALID_ENV);
-        assert!(unknown.to_string().contains("\"GC\""), "{unknown}");
+        assert!(unknown.to_string().contains("\"INIT\""), "{unknown}");
     }
 
     #[test]
@@ -394,11 +413,11 @@ mod tests {
                 version
             );
         }
-        for refused in [r#""cniVersion":"0.2.0","#, r#""cniVersion":"1.1.0","#, ""] {
+        for refused in [r#""cniVersion":"0.2.0","#, r#""cniVersion":"1.2.0","#, ""] {
             let text = format!(r#"{{{refused}"type":"xsteer-cni"}}"#);
             let error = NetConf::parse(text.as_bytes()).unwrap_err();
             assert_eq!(error.code(), code::INCOMPATIBLE_VERSION, "{refused}");
-            assert!(error.to_string().contains("1.0.0"), "{error}");
+            assert!(error.to_string().contains("1.1.0"), "{error}");
         }
     }
 
@@ -468,9 +487,11 @@ mod tests {
         let version: Value = serde_json::from_str(&version_json()).unwrap();
         assert_eq!(
             version,
-            json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]})
+            json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
         );
         let not_ready = CniError::NotReady("no pinned pod classifier".into());
         assert_eq!(not_ready.code(), code::TRY_AGAIN_LATER);
+        let unavailable = CniError::Unavailable("no pinned pod classifier".into());
+        assert_eq!(unavailable.code(), code::NOT_AVAILABLE);
     }
 }
