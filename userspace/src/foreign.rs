@@ -338,8 +338,8 @@ impl ForeignSide {
              left."
         );
         let inbound: Vec<u32> = self.inbound.iter().map(|s| s.spi).collect();
-        push_stale_cleanup(&mut out, (local_ip, peer_ip), &inbound);
-        push_stale_cleanup(&mut out, (peer_ip, local_ip), &[self.outbound.spi]);
+        push_stale_states(&mut out, (local_ip, peer_ip), &inbound);
+        push_stale_states(&mut out, (peer_ip, local_ip), &[self.outbound.spi]);
         let _ = writeln!(
             out,
             "\n# Routes to {local}'s pods, with room for ESP (on a link shared with {local})."
@@ -420,7 +420,7 @@ impl ForeignSide {
 
 /// Appends the loop that deletes xsteer's SAs from `src` to `dst` whose SPI is not in `keep`.
 /// The low 16 bits of the reqid tell xsteer's SAs from others between the same two nodes.
-fn push_stale_cleanup(out: &mut String, (src, dst): (IpAddr, IpAddr), keep: &[u32]) {
+fn push_stale_states(out: &mut String, (src, dst): (IpAddr, IpAddr), keep: &[u32]) {
     let _ = write!(out, "keep=\"");
     for spi in keep {
         let _ = write!(out, " {spi:#010x}");
