@@ -23,7 +23,8 @@ use crate::{
 /// What an invocation prints on stdout, and its exit status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// The result, version answer or error JSON; empty for a DEL or CHECK that succeeded.
+    /// The result, version answer or error JSON; empty for a DEL, CHECK, STATUS or GC that
+    /// succeeded.
     pub stdout: String,
     /// 0 on success, 1 with an error JSON.
     pub exit_code: i32,
